@@ -1,0 +1,1 @@
+"""Encrypted twin bundles in the age format."""

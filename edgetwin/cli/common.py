@@ -1,0 +1,79 @@
+"""What every command shares: the resolved twin home, output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgetwin.errors import HomeError
+
+
+@dataclass
+class AppContext:
+    """Global options of one invocation."""
+
+    home_option: Path | None
+    passphrase_file: Path | None
+    keyfile: Path | None
+    as_json: bool
+    verbose: int
+
+    @property
+    def home(self) -> Path:
+        """The twin home: ``--home``, ``EDGETWIN_HOME``, else the user data dir."""
+        if self.home_option is not None:
+            return self.home_option.expanduser().absolute()
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("edgetwin", appauthor=False))
+
+    def require_home(self) -> Path:
+        """The home of an existing twin, or a clear error."""
+        home = self.home
+        if not (home / "twin.db").exists():
+            raise HomeError(
+                f"{home} holds no twin",
+                hint="run 'edgetwin init' first, or point --home / EDGETWIN_HOME at a twin",
+            )
+        return home
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def json_option(f: Any) -> Any:
+    """A per-command ``--json`` flag that also honours the global one."""
+
+    def _set(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.find_object(AppContext).as_json = True  # type: ignore[union-attr]
+        return value
+
+    return click.option(
+        "--json", "json_flag", is_flag=True, expose_value=False, callback=_set,
+        help="Machine-readable output.",
+    )(f)
+
+
+def emit_json(obj: Any) -> None:
+    """Write one JSON document to stdout."""
+    click.echo(json.dumps(obj, indent=None, separators=(",", ":"), default=_json_default))
+
+
+def is_tty() -> bool:
+    """Whether progress bars and colour make sense on stdout."""
+    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,251 @@
+"""Typed configuration: ``config.toml`` in the twin home, parsed once.
+
+Every section is a frozen dataclass whose defaults live here and nowhere else.
+Loading checks every key and value and fails with the file, the key, what is
+wrong and, for an unknown key, the closest known one.
+
+Sensitive settings (paired devices, their addresses) are not here: they live
+encrypted in the store. This file holds only behaviour.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetwin.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    """The twin's clock."""
+
+    step_s: float = 5.0  # one feature frame per step
+
+    def validate(self) -> None:
+        _positive("twin.step_s", self.step_s)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Supervisor, hub and persistence cadence."""
+
+    flush_interval_s: float = 1.0  # at most this much committed work is lost on SIGKILL
+    hub_queue_batches: int = 256  # per consumer; beyond it the oldest batch is dropped
+    watchdog_s: float = 10.0  # a source silent this long is reconnected
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+    def validate(self) -> None:
+        _positive("daemon.flush_interval_s", self.flush_interval_s)
+        _positive("daemon.hub_queue_batches", self.hub_queue_batches)
+        _positive("daemon.watchdog_s", self.watchdog_s)
+        _positive("daemon.backoff_initial_s", self.backoff_initial_s)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise _bad("daemon.backoff_max_s", "must be >= daemon.backoff_initial_s")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long each kind of data is kept; 0 keeps it forever."""
+
+    raw_days: int = 30
+    features_days: int = 365
+    predictions_days: int = 365
+
+    def validate(self) -> None:
+        for name in ("raw_days", "features_days", "predictions_days"):
+            if getattr(self, name) < 0:
+                raise _bad(f"retention.{name}", "must be 0 (keep forever) or a number of days")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """On-device models."""
+
+    enabled: bool = True
+    precision: str = "int8"  # int8 | fp32
+    intra_op_threads: int = 1
+
+    def validate(self) -> None:
+        if self.precision not in ("int8", "fp32"):
+            raise _bad("inference.precision", f"is {self.precision!r}; use 'int8' or 'fp32'")
+        _positive("inference.intra_op_threads", self.intra_op_threads)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy: budget caps and clipping bounds per metric."""
+
+    period: str = "day"
+    epsilon_per_release: float = 0.5
+    epsilon_per_period: float = 2.0
+    epsilon_lifetime: float = 100.0
+    # metric -> [lower, upper]; overrides the documented defaults in edgetwin.privacy
+    bounds: dict[str, list[float]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.period not in ("day", "hour"):
+            raise _bad("privacy.period", f"is {self.period!r}; use 'day' or 'hour'")
+        _positive("privacy.epsilon_per_release", self.epsilon_per_release)
+        _positive("privacy.epsilon_per_period", self.epsilon_per_period)
+        _positive("privacy.epsilon_lifetime", self.epsilon_lifetime)
+        for metric, pair in self.bounds.items():
+            key = f"privacy.bounds.{metric}"
+            if len(pair) != 2 or not all(isinstance(x, int | float) for x in pair):
+                raise _bad(key, "must be [lower, upper]")
+            if not pair[0] < pair[1]:
+                raise _bad(key, f"lower {pair[0]} must be below upper {pair[1]}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one twin."""
+
+    twin: TwinConfig = field(default_factory=TwinConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            getattr(self, f.name).validate()
+
+
+def load_config(home: Path) -> Config:
+    """Read ``home/config.toml``; a missing file means all defaults."""
+    path = home / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}", hint="check its permissions") from exc
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = CONFIG_FILE) -> Config:
+    """Parse TOML text into a validated :class:`Config`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="fix the syntax") from exc
+    try:
+        config: Config = _build(Config, raw, "")
+        config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from None
+    return config
+
+
+def default_config_text() -> str:
+    """The config file written by ``edgetwin init``: every default, commented."""
+    lines = ["# edgetwin configuration; every key shown with its default.", ""]
+    default = Config()
+    for section in fields(default):
+        lines.append(f"[{section.name}]")
+        value = getattr(default, section.name)
+        for f in fields(value):
+            lines.append(f"# {f.name} = {_toml_value(getattr(value, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- private helpers ---------------------------------------------------------
+
+
+def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise _bad(where, "must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else (
+                f"known keys: {', '.join(sorted(known))}"
+            )
+            raise ConfigError(f"unknown key '{prefix}{key}'", hint=hint)
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        if is_dataclass(kind):
+            kwargs[name] = _build(typing.cast("type[Any]", kind), value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(kind, value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(kind: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _bad(key, f"is {value!r}; expected true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(key, f"is {value!r}; expected a whole number")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(key, f"is {value!r}; expected a number")
+        if not math.isfinite(value):
+            raise _bad(key, "must be finite")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise _bad(key, f"is {value!r}; expected a string")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _bad(key, "must be a table")
+        _, vkind = typing.get_args(kind)
+        return {k: _coerce(vkind, v, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise _bad(key, "must be a list")
+        (ikind,) = typing.get_args(kind)
+        return [_coerce(ikind, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(kind):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+        raise _bad(key, f"is {value!r}; expected {kind}")
+    raise _bad(key, f"has unsupported type {kind}")  # a bug in a section definition
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise _bad(key, f"is {value}; must be greater than 0")
+
+
+def _bad(key: str, problem: str) -> ConfigError:
+    return ConfigError(
+        f"{key} {problem}", hint="edit config.toml, or delete the key to use the default"
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{}" if not value else "{ " + ", ".join(
+            f"{k} = {_toml_value(v)}" for k, v in value.items()
+        ) + " }"
+    return repr(value)

@@ -1,0 +1,1 @@
+"""The long-running daemon: supervisor, hub, scheduler and control socket."""

@@ -1,0 +1,1 @@
+"""Raw signals to the twin's per-step feature timeline."""

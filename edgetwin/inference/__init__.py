@@ -1,0 +1,1 @@
+"""On-device models served with onnxruntime."""

@@ -1,0 +1,1 @@
+"""Consent, clipping, differential privacy noise and the budget accountant."""

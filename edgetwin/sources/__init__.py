@@ -1,0 +1,1 @@
+"""Sensor sources: one module per transport behind the ``Source`` contract."""

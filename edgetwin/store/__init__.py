@@ -1,0 +1,1 @@
+"""The twin encrypted at rest."""

@@ -1,0 +1,1 @@
+"""Outbox and uplinks for differentially private releases."""

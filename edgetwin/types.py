@@ -1,0 +1,170 @@
+"""The few value types every layer shares.
+
+Channel names follow the CSV contract of DESIGN.md, so a channel's name tells
+its type and unit: ``hr`` (bpm), ``rr`` (ms, one row per beat), ``spo2`` (%),
+``temp`` (°C), ``eda`` (µS), ``ppg`` (a.u.), ``ecg_<lead>`` (µV),
+``eeg_<site>`` (µV), ``accel_x|y|z`` (g), ``gyro_x|y|z`` (deg/s),
+``fnirs_<source>_<detector>_<nm>`` (raw intensity, a.u.), ``battery`` (%).
+Other channels are kept in the store but ignored by the features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+# Canonical unit of each channel type, keyed by the name's prefix.
+CHANNEL_UNITS: dict[str, str] = {
+    "hr": "bpm",
+    "rr": "ms",
+    "spo2": "%",
+    "temp": "degC",
+    "eda": "uS",
+    "ppg": "a.u.",
+    "ecg": "uV",
+    "eeg": "uV",
+    "accel": "g",
+    "gyro": "deg/s",
+    "fnirs": "a.u.",
+    "battery": "%",
+    "resp": "a.u.",
+    "marker": "",
+}
+
+
+def channel_kind(name: str) -> str:
+    """The channel type of a channel name: ``eeg_af7`` -> ``eeg``."""
+    return name.split("_", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleBatch:
+    """Samples of one stream: ``values[i, j]`` is channel ``j`` at time ``t[i]``.
+
+    ``t`` is float64 seconds since the Unix epoch, non-decreasing. ``values``
+    is float64 of shape ``(len(t), len(channels))``; NaN marks a missing value.
+    ``meta`` carries per-stream facts the features need (e.g. fNIRS
+    ``distance_cm``) and must be JSON-serialisable.
+    """
+
+    stream: str
+    channels: tuple[str, ...]
+    units: tuple[str, ...]
+    t: FloatArray
+    values: FloatArray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != len(self.units):
+            raise ValueError(
+                f"stream {self.stream!r}: {len(self.channels)} channels but {len(self.units)} units"
+            )
+        if self.t.ndim != 1 or self.values.ndim != 2:
+            raise ValueError(f"stream {self.stream!r}: t must be 1-D and values 2-D")
+        if self.values.shape != (self.t.shape[0], len(self.channels)):
+            raise ValueError(
+                f"stream {self.stream!r}: values shape {self.values.shape} does not match "
+                f"{self.t.shape[0]} timestamps x {len(self.channels)} channels"
+            )
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    @property
+    def first_t(self) -> float:
+        return float(self.t[0]) if len(self) else float("nan")
+
+    @property
+    def last_t(self) -> float:
+        return float(self.t[-1]) if len(self) else float("nan")
+
+    @classmethod
+    def build(
+        cls,
+        stream: str,
+        channels: tuple[str, ...] | list[str],
+        t: npt.ArrayLike,
+        values: npt.ArrayLike,
+        units: tuple[str, ...] | list[str] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> SampleBatch:
+        """Make a batch, coercing arrays to float64 and filling canonical units."""
+        chans = tuple(channels)
+        t_arr = np.ascontiguousarray(t, dtype=np.float64).reshape(-1)
+        v_arr = np.ascontiguousarray(values, dtype=np.float64).reshape(t_arr.shape[0], len(chans))
+        if units is None:
+            units = tuple(CHANNEL_UNITS.get(channel_kind(c), "") for c in chans)
+        return cls(stream, chans, tuple(units), t_arr, v_arr, dict(meta or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFrame:
+    """One step of the twin's timeline.
+
+    ``values[k]`` is feature ``names[k]`` of the versioned schema
+    (``edgetwin.features.schema``) over the step ending at ``t``; NaN when
+    missing. ``quality[k]`` is 0..1; a feature is usable when it is finite and
+    its quality is at least the schema's threshold. ``imputed[k]`` is true
+    when the value came from the imputer, not from a sensor.
+    """
+
+    t: float
+    values: FloatArray
+    quality: FloatArray
+    imputed: npt.NDArray[np.bool_]
+    schema_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A forecast of one target feature made after the frame at ``t``.
+
+    ``horizon[k]`` forecasts ``t + (k + 1) * step_s``; ``band[k]`` is its
+    (lo, hi) prediction band. ``attention`` weights the context frames,
+    oldest first, and sums to 1. ``imputed`` lists ``(t_start, t_end)`` spans
+    of the context that the imputer filled. ``anomaly`` is set when the
+    observed value at ``t`` fell outside the band forecast for it.
+    """
+
+    t: float
+    target: str
+    step_s: float
+    horizon: tuple[float, ...]
+    band: tuple[tuple[float, float], ...]
+    attention: tuple[float, ...]
+    imputed: tuple[tuple[float, float], ...]
+    model: str
+    anomaly: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The DESIGN.md ``predictions`` JSON object."""
+        return {
+            "t": self.t,
+            "target": self.target,
+            "step_s": self.step_s,
+            "horizon": list(self.horizon),
+            "band": [list(b) for b in self.band],
+            "attention": list(self.attention),
+            "imputed": [list(s) for s in self.imputed],
+            "model": self.model,
+            "anomaly": self.anomaly,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Prediction:
+        return cls(
+            t=float(obj["t"]),
+            target=str(obj["target"]),
+            step_s=float(obj["step_s"]),
+            horizon=tuple(float(x) for x in obj["horizon"]),
+            band=tuple((float(lo), float(hi)) for lo, hi in obj["band"]),
+            attention=tuple(float(x) for x in obj["attention"]),
+            imputed=tuple((float(a), float(b)) for a, b in obj["imputed"]),
+            model=str(obj.get("model", "")),
+            anomaly=bool(obj.get("anomaly", False)),
+        )
