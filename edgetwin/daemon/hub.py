@@ -1,0 +1,123 @@
+"""The hub between sources and consumers, with bounded queues.
+
+Backpressure policy: sources are never blocked (a blocked BLE or BrainFlow
+reader would overflow the device's own buffer, losing data silently).
+Instead each consumer has its own bounded queue of batches; when a consumer
+falls behind and its queue is full, the **oldest** batch in that queue is
+dropped, counted per consumer and per stream, and shown in ``status``. The
+newest data wins because the twin is a live view: a forecast from fresh data
+beats a complete but stale one. Memory is bounded by
+``consumers x queue_batches x largest batch``; sources bound their batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from edgetwin.types import SampleBatch
+
+
+@dataclass
+class ConsumerQueue:
+    """A bounded FIFO of batches for one consumer."""
+
+    name: str
+    maxlen: int
+    dropped_batches: int = 0
+    dropped_samples: int = 0
+    dropped_by_stream: dict[str, int] = field(default_factory=dict)
+    _items: collections.deque[SampleBatch] = field(default_factory=collections.deque)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _closed: bool = False
+
+    def put(self, batch: SampleBatch) -> None:
+        if len(self._items) >= self.maxlen:
+            old = self._items.popleft()
+            self.dropped_batches += 1
+            self.dropped_samples += len(old)
+            self.dropped_by_stream[old.stream] = self.dropped_by_stream.get(old.stream, 0) + len(
+                old
+            )
+        self._items.append(batch)
+        self._ready.set()
+
+    async def get(self) -> SampleBatch | None:
+        """The next batch, or None once the hub is closed and the queue drained."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def drain(self) -> Iterator[SampleBatch]:
+        """Everything still queued, without waiting (used at shutdown)."""
+        while self._items:
+            yield self._items.popleft()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Hub:
+    """Fan-out of every published batch to every consumer queue."""
+
+    def __init__(self, queue_batches: int) -> None:
+        self._queue_batches = queue_batches
+        self._queues: dict[str, ConsumerQueue] = {}
+        self.published_batches = 0
+        self.published_samples = 0
+
+    def subscribe(self, name: str) -> ConsumerQueue:
+        queue = ConsumerQueue(name, self._queue_batches)
+        self._queues[name] = queue
+        return queue
+
+    def publish(self, batch: SampleBatch) -> None:
+        """Hand a batch to every consumer; never blocks, never raises on a full queue."""
+        self.published_batches += 1
+        self.published_samples += len(batch)
+        for queue in self._queues.values():
+            queue.put(batch)
+
+    def close(self) -> None:
+        for queue in self._queues.values():
+            queue.close()
+
+    def drops_by_stream(self) -> dict[str, int]:
+        """Samples dropped per stream, summed over consumers."""
+        out: dict[str, int] = {}
+        for queue in self._queues.values():
+            for stream, n in queue.dropped_by_stream.items():
+                out[stream] = out.get(stream, 0) + n
+        return out
+
+    def drops_by_source(self, source: str) -> int:
+        """Samples dropped from a source's streams (named ``<source>.<stream>``)."""
+        prefix = source + "."
+        return sum(
+            n for stream, n in self.drops_by_stream().items()
+            if stream == source or stream.startswith(prefix)
+        )
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "published_batches": self.published_batches,
+            "published_samples": self.published_samples,
+            "consumers": {
+                q.name: {
+                    "queued": len(q),
+                    "capacity": q.maxlen,
+                    "dropped_batches": q.dropped_batches,
+                    "dropped_samples": q.dropped_samples,
+                }
+                for q in self._queues.values()
+            },
+        }

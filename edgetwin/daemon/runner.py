@@ -1,0 +1,167 @@
+"""Runs one source forever: connect, stream into the hub, reconnect with backoff.
+
+Each source gets its own runner task, so one failing source never stops the
+others. A source that stays silent for ``watchdog_s`` is treated as a dropped
+link (BrainFlow boards and BLE links are known to go quiet without an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from edgetwin.daemon.backoff import Backoff, SourceState, describe_error, is_permanent
+from edgetwin.daemon.hub import Hub
+from edgetwin.errors import TransientSourceError
+from edgetwin.sources.base import Source
+
+_LOGGER = logging.getLogger(__name__)
+
+# A stream that stayed healthy this long resets the backoff to its initial delay.
+_HEALTHY_AFTER_S = 30.0
+
+
+class SourceRunner:
+    """The supervisor's handle on one source and its reconnect state."""
+
+    def __init__(
+        self,
+        source: Source,
+        hub: Hub,
+        *,
+        watchdog_s: float,
+        backoff: Backoff,
+        clock: Any = time.time,
+    ) -> None:
+        self.source = source
+        self.hub = hub
+        self.watchdog_s = watchdog_s
+        self.backoff = backoff
+        self._clock = clock
+        self.state = SourceState.IDLE
+        self.samples = 0
+        self.batches = 0
+        self.connects = 0
+        self.failures = 0
+        self.last_sample_t: float | None = None
+        self.last_error: str | None = None
+        self.next_attempt_t: float | None = None
+        self._rate_window: list[tuple[float, int]] = []
+
+    async def run(self) -> None:
+        """Loop until cancelled or until the source ends its stream on purpose."""
+        try:
+            while True:
+                error = await self._one_session()
+                if error is None:
+                    self.state = SourceState.STOPPED
+                    _LOGGER.info("source %s finished its stream", self.source.name)
+                    return
+                self.failures += 1
+                self.last_error = describe_error(error)
+                if is_permanent(error):
+                    self.state = SourceState.FAILED
+                    _LOGGER.error("source %s cannot run: %s", self.source.name, self.last_error)
+                    return
+                delay = self.backoff.next_delay(error)
+                # First failure is news; repeats of a flapping device are noise.
+                log = _LOGGER.warning if self.failures == 1 else _LOGGER.debug
+                log("source %s: %s; retrying in %.1f s", self.source.name, self.last_error, delay)
+                self.state = SourceState.BACKOFF
+                self.next_attempt_t = self._clock() + delay
+                await asyncio.sleep(delay)
+        finally:
+            if self.state not in (SourceState.FAILED, SourceState.STOPPED):
+                self.state = SourceState.STOPPED
+
+    def status(self) -> dict[str, Any]:
+        """The DESIGN.md ``status`` entry for this source."""
+        counters = self.source.counters
+        return {
+            "name": self.source.name,
+            "kind": self.source.kind,
+            "state": str(self.state),
+            "samples": self.samples,
+            "batches": self.batches,
+            "drops": counters.drops + self.hub.drops_by_source(self.source.name),
+            "bad_packets": counters.bad_packets,
+            "gaps": counters.gaps,
+            "last_sample_t": self.last_sample_t,
+            "rate_hz": self.rate_hz(),
+            "connects": self.connects,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "next_attempt_t": self.next_attempt_t if self.state == SourceState.BACKOFF else None,
+            **self.source.describe(),
+        }
+
+    def rate_hz(self) -> float:
+        """Samples per second over the last ~10 s."""
+        if len(self._rate_window) < 2:
+            return 0.0
+        (t0, _), (t1, _) = self._rate_window[0], self._rate_window[-1]
+        n = sum(count for _, count in self._rate_window[1:])
+        return n / (t1 - t0) if t1 > t0 else 0.0
+
+    # -- private -------------------------------------------------------------
+
+    async def _one_session(self) -> BaseException | None:
+        """Connect and stream once; the error that ended it, or None on a clean end."""
+        self.state = SourceState.CONNECTING
+        try:
+            await self.source.connect()
+        except Exception as exc:  # noqa: BLE001 - any failure of one source is contained
+            await self._close_quietly()
+            return exc
+        self.connects += 1
+        self.state = SourceState.STREAMING
+        self.next_attempt_t = None
+        started = self._clock()
+        iterator = self.source.stream().__aiter__()
+        try:
+            while True:
+                try:
+                    batch = await asyncio.wait_for(anext(iterator), self.watchdog_s)
+                except StopAsyncIteration:
+                    return None
+                except TimeoutError:
+                    return TransientSourceError(
+                        f"source {self.source.name} sent nothing for {self.watchdog_s:g} s",
+                        hint="reconnecting",
+                    )
+                self._count(batch)
+                self.hub.publish(batch)
+                if self.backoff.attempt and self._clock() - started > _HEALTHY_AFTER_S:
+                    self.backoff.reset()
+                    self.failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contained; logged by run()
+            return exc
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # a broken generator must not block close
+                    _LOGGER.debug("closing stream of %s failed", self.source.name, exc_info=True)
+            await self._close_quietly()
+
+    def _count(self, batch: Any) -> None:
+        n = len(batch)
+        self.samples += n
+        self.batches += 1
+        if n:
+            self.last_sample_t = batch.last_t
+        now = self._clock()
+        self._rate_window.append((now, n))
+        while self._rate_window and now - self._rate_window[0][0] > 10.0:
+            self._rate_window.pop(0)
+
+    async def _close_quietly(self) -> None:
+        try:
+            await self.source.close()
+        except Exception:  # best effort; the next connect starts clean
+            _LOGGER.debug("closing %s failed", self.source.name, exc_info=True)

@@ -1,0 +1,339 @@
+"""The daemon's core: sources -> hub -> (store, features -> inference -> store).
+
+Every background job is a named task kept in ``self._tasks``; ``stop()``
+cancels the sources first, lets the consumers drain what is in flight,
+flushes the feature pipeline, commits the store and only then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import resource
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgetwin.config import Config
+from edgetwin.daemon.backoff import Backoff
+from edgetwin.daemon.control import ControlServer
+from edgetwin.daemon.hub import ConsumerQueue, Hub
+from edgetwin.daemon.lock import DaemonLock
+from edgetwin.daemon.runner import SourceRunner
+from edgetwin.sources.base import Source
+from edgetwin.types import FeatureFrame, Prediction, SampleBatch
+
+_LOGGER = logging.getLogger(__name__)
+
+# Record under which the inference engine's running baseline survives restarts.
+ENGINE_STATE_RECORD = ("inference", "state")
+
+
+class Store(Protocol):
+    """What the daemon needs of ``edgetwin.store.TwinStore``."""
+
+    def append_samples(self, batch: SampleBatch) -> None: ...
+    def append_frames(self, frames: Sequence[FeatureFrame]) -> None: ...
+    def append_predictions(self, preds: Sequence[Prediction]) -> None: ...
+    def commit(self) -> None: ...
+    def streams(self) -> Sequence[Any]: ...
+    def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None: ...
+    def read_predictions(
+        self, last: int | None = None, t0: float | None = None
+    ) -> list[Prediction]: ...
+
+
+class Pipeline(Protocol):
+    def push(self, batch: SampleBatch) -> list[FeatureFrame]: ...
+    def flush(self) -> list[FeatureFrame]: ...
+
+
+class Engine(Protocol):
+    def observe(self, frame: FeatureFrame) -> tuple[FeatureFrame, list[Prediction]]: ...
+    def state(self) -> dict[str, Any]: ...
+
+
+PeriodicJob = tuple[str, float, Callable[[], None]]
+
+
+class Daemon:
+    """One twin's running daemon."""
+
+    def __init__(
+        self,
+        home: Path,
+        config: Config,
+        store: Store,
+        sources: Sequence[Source],
+        *,
+        pipeline: Pipeline | None = None,
+        engine: Engine | None = None,
+        on_prediction: Callable[[Prediction], None] | None = None,
+        periodic: Sequence[PeriodicJob] = (),
+        extra_status: Callable[[], dict[str, Any]] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.home = home
+        self.config = config
+        self.store = store
+        self.pipeline = pipeline
+        self.engine = engine
+        self.on_prediction = on_prediction
+        self.hub = Hub(config.daemon.hub_queue_batches)
+        rng = random.Random(seed)
+        self.runners = [
+            SourceRunner(
+                source,
+                self.hub,
+                watchdog_s=config.daemon.watchdog_s,
+                backoff=Backoff(
+                    config.daemon.backoff_initial_s,
+                    config.daemon.backoff_max_s,
+                    rng=random.Random(rng.random()),
+                ),
+            )
+            for source in sources
+        ]
+        self._periodic = list(periodic)
+        self._extra_status = extra_status
+        self._store_queue = self.hub.subscribe("store")
+        self._feature_queue = self.hub.subscribe("features") if pipeline is not None else None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._lock = DaemonLock(home)
+        self._control = ControlServer(home, self._handle_request)
+        self._started = time.time()
+        self._followers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.recent_predictions: collections.deque[Prediction] = collections.deque(maxlen=64)
+        self.last_frame_t: float | None = None
+        self.frames = 0
+        self.predictions = 0
+        self.commits = 0
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    async def run(self, duration: float | None = None) -> None:
+        """Run until SIGTERM/SIGINT, ``stop()``, or ``duration`` seconds have passed."""
+        self._lock.acquire()
+        try:
+            await self._control.start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
+            self._started = time.time()
+            for runner in self.runners:
+                self._spawn(f"source:{runner.source.name}", runner.run())
+            self._spawn("consumer:store", self._store_consumer(self._store_queue))
+            if self._feature_queue is not None:
+                self._spawn("consumer:features", self._feature_consumer(self._feature_queue))
+            self._spawn("flusher", self._flusher())
+            for name, interval, job in self._periodic:
+                self._spawn(f"periodic:{name}", self._every(name, interval, job))
+            _LOGGER.info("daemon started on %s with %d sources", self.home, len(self.runners))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), duration)
+            await self._shutdown()
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await self._control.close()
+            self._lock.release()
+
+    def stop(self) -> None:
+        """Ask for an orderly shutdown (safe from a signal handler)."""
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        """The DESIGN.md ``status`` document."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        last = self.recent_predictions[-1] if self.recent_predictions else None
+        out: dict[str, Any] = {
+            "daemon": {
+                "running": True,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - self._started, 3),
+                "rss_bytes": _rss_bytes(),
+                "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+                "frames": self.frames,
+                "predictions": self.predictions,
+                "last_frame_t": self.last_frame_t,
+                "commits": self.commits,
+                "errors": dict(self.errors),
+            },
+            "sources": [runner.status() for runner in self.runners],
+            "hub": self.hub.stats(),
+            "store": {"streams": [_stream_json(s) for s in self.store.streams()]},
+            "last_prediction": last.to_json() if last else None,
+        }
+        if self._extra_status is not None:
+            try:
+                out.update(self._extra_status())
+            except Exception:  # a status add-on must never break status itself
+                _LOGGER.debug("extra status failed", exc_info=True)
+        return out
+
+    # -- tasks ---------------------------------------------------------------
+
+    def _spawn(self, name: str, coro: Any) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks[name] = task
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.errors[task.get_name()] += 1
+            _LOGGER.error("task %s died: %r", task.get_name(), exc, exc_info=exc)
+
+    async def _store_consumer(self, queue: ConsumerQueue) -> None:
+        while (batch := await queue.get()) is not None:
+            self._persist(batch)
+
+    async def _feature_consumer(self, queue: ConsumerQueue) -> None:
+        assert self.pipeline is not None
+        while (batch := await queue.get()) is not None:
+            self._frames(self.pipeline.push(batch))
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.daemon.flush_interval_s)
+            self._commit()
+
+    async def _every(self, name: str, interval: float, job: Callable[[], None]) -> None:
+        while True:
+            try:
+                job()
+            except Exception:  # a failing housekeeping job is logged, the daemon keeps going
+                self.errors[f"periodic:{name}"] += 1
+                _LOGGER.exception("periodic job %s failed", name)
+            await asyncio.sleep(interval)
+
+    async def _shutdown(self) -> None:
+        _LOGGER.info("daemon stopping")
+        source_tasks = [t for n, t in self._tasks.items() if n.startswith("source:")]
+        other = [
+            t for n, t in self._tasks.items()
+            if n.startswith(("periodic:", "flusher"))
+        ]
+        for task in source_tasks + other:
+            task.cancel()
+        await asyncio.gather(*source_tasks, *other, return_exceptions=True)
+        # Sources are closed: nothing new arrives. Let the consumers drain what is in flight.
+        self.hub.close()
+        consumers = [t for n, t in self._tasks.items() if n.startswith("consumer:")]
+        await asyncio.gather(*consumers, return_exceptions=True)
+        if self.pipeline is not None:
+            self._frames(self.pipeline.flush())
+        if self.engine is not None:
+            self.store.put_record(*ENGINE_STATE_RECORD, self.engine.state())
+        self._commit()
+        for follower in self._followers:
+            follower.put_nowait({"end": True})
+        _LOGGER.info("daemon stopped")
+
+    # -- work ----------------------------------------------------------------
+
+    def _persist(self, batch: SampleBatch) -> None:
+        try:
+            self.store.append_samples(batch)
+        except Exception:  # keep serving other streams; the error is visible in status
+            self.errors["store"] += 1
+            _LOGGER.exception("storing a batch of %s failed", batch.stream)
+
+    def _frames(self, frames: list[FeatureFrame]) -> None:
+        if not frames:
+            return
+        stored: list[FeatureFrame] = []
+        preds: list[Prediction] = []
+        for raw in frames:
+            frame = raw
+            if self.engine is not None:
+                frame, new = self.engine.observe(raw)
+                preds.extend(new)
+            stored.append(frame)
+            self.last_frame_t = frame.t
+        self.frames += len(stored)
+        self.store.append_frames(stored)
+        if preds:
+            self.store.append_predictions(preds)
+            self.predictions += len(preds)
+            for pred in preds:
+                self.recent_predictions.append(pred)
+                for follower in self._followers:
+                    if follower.qsize() < 256:
+                        follower.put_nowait(pred.to_json())
+                if self.on_prediction is not None:
+                    self.on_prediction(pred)
+
+    def _commit(self) -> None:
+        try:
+            self.store.commit()
+            self.commits += 1
+        except Exception:  # e.g. a full disk: keep running, keep the batch buffered, say so
+            self.errors["commit"] += 1
+            _LOGGER.exception("committing to the store failed")
+
+    # -- control socket ------------------------------------------------------
+
+    async def _handle_request(
+        self, request: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> dict[str, Any] | None:
+        cmd = request.get("cmd")
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "status":
+            return self.status()
+        if cmd == "predictions":
+            last = request.get("last")
+            preds = list(self.recent_predictions)
+            if isinstance(last, int) and last >= 0:
+                preds = preds[-last:] if last else []
+            return {"predictions": [p.to_json() for p in preds]}
+        if cmd == "follow":
+            await self._follow(writer)
+            return None
+        return {"error": f"unknown command {cmd!r}"}
+
+    async def _follow(self, writer: asyncio.StreamWriter) -> None:
+        import json
+
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._followers.add(queue)
+        try:
+            while True:
+                item = await queue.get()
+                writer.write(json.dumps(item).encode() + b"\n")
+                await writer.drain()
+                if item.get("end"):
+                    return
+        finally:
+            self._followers.discard(queue)
+
+
+def _rss_bytes() -> int:
+    """Current resident set size (Linux), not the peak."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:  # noqa: PTH123 - hot, tiny read
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _stream_json(info: Any) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "samples": info.samples,
+        "first_t": info.first_t,
+        "last_t": info.last_t,
+    }

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import random
+
+from edgetwin.daemon.backoff import Backoff, is_permanent
+from edgetwin.errors import DriverMissing, PairingRefused, TransientSourceError
+
+
+def test_delays_grow_exponentially_with_jitter_and_are_capped() -> None:
+    b = Backoff(initial_s=1.0, max_s=30.0, rng=random.Random(1))
+    delays = [b.next_delay(TransientSourceError("x")) for _ in range(10)]
+    caps = [min(30.0, 2.0**i) for i in range(10)]
+    for d, cap in zip(delays, caps, strict=True):
+        assert cap / 2 <= d <= cap
+    assert max(delays) <= 30.0
+    assert len(set(delays)) == len(delays)  # jitter: no two identical waits
+
+
+def test_refused_pairing_waits_the_longest() -> None:
+    b = Backoff(initial_s=1.0, max_s=45.0)
+    assert b.next_delay(PairingRefused("bad key")) == 45.0
+
+
+def test_reset_starts_over() -> None:
+    b = Backoff(initial_s=1.0, max_s=60.0, rng=random.Random(2))
+    for _ in range(6):
+        b.next_delay()
+    b.reset()
+    assert b.next_delay() <= 1.0
+
+
+def test_only_missing_drivers_are_permanent() -> None:
+    assert is_permanent(DriverMissing("no lib"))
+    assert not is_permanent(TransientSourceError("lost"))

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from edgetwin.daemon.hub import Hub
+from edgetwin.types import SampleBatch
+
+
+def _batch(stream: str, n: int, t0: float = 0.0) -> SampleBatch:
+    return SampleBatch.build(stream, ("hr",), t0 + np.arange(n), np.zeros(n))
+
+
+async def test_every_consumer_gets_every_batch() -> None:
+    hub = Hub(queue_batches=8)
+    a, b = hub.subscribe("a"), hub.subscribe("b")
+    hub.publish(_batch("s.x", 3))
+    got_a, got_b = await a.get(), await b.get()
+    assert got_a is got_b
+    assert len(got_a) == 3  # type: ignore[arg-type]
+
+
+async def test_full_queue_drops_oldest_and_counts_it() -> None:
+    hub = Hub(queue_batches=2)
+    q = hub.subscribe("slow")
+    for i in range(5):
+        hub.publish(_batch("dev.eeg", 10, t0=i * 10))
+    assert q.dropped_batches == 3
+    assert q.dropped_samples == 30
+    assert hub.drops_by_stream() == {"dev.eeg": 30}
+    assert hub.drops_by_source("dev") == 30
+    assert hub.drops_by_source("de") == 0
+    first = await q.get()
+    assert first is not None and first.first_t == 30.0  # the newest two survive
+
+
+async def test_close_wakes_a_waiting_consumer_after_draining() -> None:
+    hub = Hub(queue_batches=4)
+    q = hub.subscribe("c")
+    waiter = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    hub.publish(_batch("s.x", 1))
+    assert await waiter is not None
+    hub.publish(_batch("s.x", 1))
+    hub.close()
+    assert await q.get() is not None
+    assert await q.get() is None
+
+
+def test_memory_is_bounded_under_a_flood() -> None:
+    hub = Hub(queue_batches=16)
+    q = hub.subscribe("c")
+    for i in range(10_000):
+        hub.publish(_batch("s.x", 1, t0=i))
+    assert len(q) == 16
+    assert hub.published_samples == 10_000
+    assert q.dropped_samples == 10_000 - 16

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import asyncio
+import random
+
+from edgetwin.daemon.backoff import Backoff, SourceState
+from edgetwin.daemon.hub import Hub
+from edgetwin.daemon.runner import SourceRunner
+from edgetwin.errors import DeviceNotFound, DriverMissing, TransientSourceError
+
+from .fakes import ScriptedSource
+
+
+def _runner(source: ScriptedSource, hub: Hub, watchdog_s: float = 5.0) -> SourceRunner:
+    return SourceRunner(
+        source, hub, watchdog_s=watchdog_s,
+        backoff=Backoff(initial_s=0.001, max_s=0.01, rng=random.Random(0)),
+    )
+
+
+async def test_reconnects_after_connect_failures_and_link_drops() -> None:
+    hub = Hub(64)
+    q = hub.subscribe("c")
+    src = ScriptedSource(
+        "strap",
+        connect_errors=[DeviceNotFound("not there"), TransientSourceError("timeout")],
+        batches_per_session=2,
+    )
+    runner = _runner(src, hub)
+    task = asyncio.create_task(runner.run())
+    while runner.connects < 3:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert src.connects >= 3
+    assert runner.failures >= 4  # two connect failures and at least two dropped links
+    assert runner.samples >= 6 * 10 - 10
+    assert len(q) == runner.batches
+    assert src.closes >= src.connects  # every session closed, including failed connects
+    assert runner.state == SourceState.STOPPED
+    assert "link lost" in (runner.last_error or "")
+
+
+async def test_missing_driver_fails_without_retrying() -> None:
+    hub = Hub(8)
+    src = ScriptedSource("eeg", connect_errors=[DriverMissing("no native library for aarch64")])
+    runner = _runner(src, hub)
+    await asyncio.wait_for(runner.run(), 2)
+    assert runner.state == SourceState.FAILED
+    assert src.connects == 0
+    assert runner.status()["last_error"] == "no native library for aarch64"
+
+
+async def test_watchdog_turns_silence_into_a_reconnect() -> None:
+    hub = Hub(8)
+    src = ScriptedSource("quiet", batches_per_session=5, silent_after=1)
+    runner = _runner(src, hub, watchdog_s=0.05)
+    task = asyncio.create_task(runner.run())
+    while src.connects < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert "sent nothing for 0.05 s" in (runner.last_error or "")
+    assert runner.batches >= 2
+
+
+async def test_clean_end_of_stream_stops_the_runner() -> None:
+    hub = Hub(8)
+    src = ScriptedSource("replay", batches_per_session=3, end_with=None)
+    runner = _runner(src, hub)
+    await asyncio.wait_for(runner.run(), 2)
+    assert runner.state == SourceState.STOPPED
+    assert runner.samples == 30
+    assert runner.status()["samples"] == 30
+    assert not src.open
+
+
+async def test_unexpected_exception_in_a_source_is_contained() -> None:
+    class Broken(ScriptedSource):
+        async def connect(self) -> None:
+            raise RuntimeError("driver bug")
+
+    hub = Hub(8)
+    runner = _runner(Broken("b"), hub)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.05)
+    assert runner.failures >= 1
+    assert runner.state in (SourceState.BACKOFF, SourceState.CONNECTING)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

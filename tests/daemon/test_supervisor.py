@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetwin.config import Config, DaemonConfig
+from edgetwin.daemon import control
+from edgetwin.daemon.lock import DaemonLock, holder_pid
+from edgetwin.daemon.supervisor import Daemon
+from edgetwin.errors import DaemonAlreadyRunning, DaemonNotRunning, HomeError
+from edgetwin.types import FeatureFrame, Prediction, SampleBatch
+
+from .fakes import MemoryStore, ScriptedSource
+
+CFG = Config(daemon=DaemonConfig(flush_interval_s=0.05, backoff_initial_s=0.01, backoff_max_s=0.02))
+
+
+class CountingPipeline:
+    """One frame per batch; records flush()."""
+
+    def __init__(self) -> None:
+        self.flushed = False
+
+    def push(self, batch: SampleBatch) -> list[FeatureFrame]:
+        return [FeatureFrame(batch.last_t, np.zeros(13), np.ones(13), np.zeros(13, bool), 1)]
+
+    def flush(self) -> list[FeatureFrame]:
+        self.flushed = True
+        return [FeatureFrame(0.0, np.zeros(13), np.ones(13), np.zeros(13, bool), 1)]
+
+
+class EchoEngine:
+    def observe(self, frame: FeatureFrame) -> tuple[FeatureFrame, list[Prediction]]:
+        pred = Prediction(frame.t, "hr", 5.0, (60.0,), ((55.0, 65.0),), (1.0,), (), "test")
+        return frame, [pred]
+
+    def state(self) -> dict[str, object]:
+        return {"n": 1}
+
+
+async def test_one_failing_source_never_stops_the_others(home: Path) -> None:
+    store = MemoryStore()
+    good = ScriptedSource("good", batches_per_session=1000, interval_s=0.001)
+    bad = ScriptedSource("bad", batches_per_session=1, end_with=RuntimeError("boom"))  # type: ignore[arg-type]
+    daemon = Daemon(home, CFG, store, [good, bad], seed=1)
+    await daemon.run(duration=0.4)
+    status = {s["name"]: s for s in daemon.status()["sources"]}
+    assert status["good"]["samples"] > 100
+    assert status["bad"]["failures"] >= 2
+    total = status["good"]["samples"] + status["bad"]["samples"]
+    assert sum(len(b) for b in store.committed) == total
+
+
+async def test_shutdown_drains_flushes_and_commits(home: Path) -> None:
+    store = MemoryStore()
+    pipeline = CountingPipeline()
+    daemon = Daemon(
+        home, CFG, store, [ScriptedSource("s", batches_per_session=50, end_with=None)],
+        pipeline=pipeline, engine=EchoEngine(),
+    )
+    await daemon.run(duration=0.3)
+    assert store.pending == []
+    assert sum(len(b) for b in store.committed) == 500
+    assert pipeline.flushed
+    assert len(store.frames) == 51
+    assert len(store.preds) == 51
+    assert store.records[("inference", "state")] == {"n": 1}
+    assert not (home / "control.sock").exists()
+    assert holder_pid(home) is None
+
+
+async def test_status_and_predictions_over_the_control_socket(home: Path) -> None:
+    store = MemoryStore()
+    daemon = Daemon(
+        home, CFG, store, [ScriptedSource("s", batches_per_session=10**6, interval_s=0.005)],
+        pipeline=CountingPipeline(), engine=EchoEngine(),
+    )
+    task = asyncio.create_task(daemon.run())
+    sock = home / "control.sock"
+    while not sock.exists():
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    status = await asyncio.to_thread(control.request, home, {"cmd": "status"})
+    assert status["daemon"]["running"] is True
+    assert status["daemon"]["pid"] == os.getpid()
+    assert status["daemon"]["rss_bytes"] > 0
+    (src,) = status["sources"]
+    assert {"name", "kind", "state", "samples", "drops", "last_sample_t"} <= src.keys()
+    assert src["state"] == "streaming"
+    assert status["store"]["streams"][0]["name"] == "s.x"
+    preds = await asyncio.to_thread(control.request, home, {"cmd": "predictions", "last": 2})
+    assert len(preds["predictions"]) == 2
+    daemon.stop()
+    await task
+    with pytest.raises(DaemonNotRunning):
+        control.request(home, {"cmd": "status"})
+
+
+async def test_a_second_daemon_on_the_same_home_is_refused(home: Path) -> None:
+    lock = DaemonLock(home)
+    lock.acquire()
+    try:
+        daemon = Daemon(home, CFG, MemoryStore(), [])
+        with pytest.raises(DaemonAlreadyRunning, match=f"pid {os.getpid()}"):
+            await daemon.run(duration=0.1)
+    finally:
+        lock.release()
+
+
+async def test_stale_lock_and_socket_from_a_killed_daemon_are_recovered(home: Path) -> None:
+    # A real process takes the lock and binds the socket, then dies by SIGKILL.
+    code = (
+        "import socket,sys,os,time\n"
+        "from pathlib import Path\n"
+        "from edgetwin.daemon.lock import DaemonLock\n"
+        f"h=Path({str(home)!r}); DaemonLock(h).acquire()\n"
+        "s=socket.socket(socket.AF_UNIX); s.bind(str(h/'control.sock')); s.listen()\n"
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert holder_pid(home) == proc.pid
+        proc.kill()
+        proc.wait()
+    assert (home / "control.sock").exists()
+    store = MemoryStore()
+    daemon = Daemon(home, CFG, store, [ScriptedSource("s", batches_per_session=2, end_with=None)])
+    await daemon.run(duration=0.2)
+    assert sum(len(b) for b in store.committed) == 20
+
+
+async def test_a_non_socket_in_the_way_is_not_deleted(home: Path) -> None:
+    (home / "control.sock").write_text("precious")
+    daemon = Daemon(home, CFG, MemoryStore(), [])
+    with pytest.raises(HomeError, match="not a socket"):
+        await daemon.run(duration=0.1)
+    assert (home / "control.sock").read_text() == "precious"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another user")
+async def test_control_socket_refuses_other_users_even_if_the_mode_is_opened() -> None:
+    # The file mode is the first fence; SO_PEERCRED is the second. Open the first on purpose
+    # (world-traversable home, 0666 socket) and check that another uid still gets nothing.
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="edgetwin-peercred-", dir="/tmp"))
+    try:
+        home.chmod(0o755)
+        daemon = Daemon(
+            home, CFG, MemoryStore(),
+            [ScriptedSource("s", batches_per_session=10**6, interval_s=0.01)],
+        )
+        task = asyncio.create_task(daemon.run())
+        sock = home / "control.sock"
+        while not sock.exists():
+            await asyncio.sleep(0.01)
+        sock.chmod(0o666)
+        code = (
+            "import os,socket,sys\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "s=socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(sock)!r})\n"
+            "s.sendall(b'{\"cmd\": \"status\"}\\n')\n"
+            "try:\n"
+            "    sys.stdout.write(repr(s.recv(100)))\n"
+            "except ConnectionResetError:\n"
+            "    sys.stdout.write('reset')\n"
+        )
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True,
+            timeout=20,
+        )
+        # The owner still gets an answer.
+        ok = await asyncio.to_thread(control.request, home, {"cmd": "ping"})
+        daemon.stop()
+        await task
+        assert result.returncode == 0, result.stderr
+        assert result.stdout in ("b''", "reset")  # closed without a byte of status
+        assert ok == {"ok": True}
+        assert daemon._control.refused == 1
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
