@@ -18,7 +18,6 @@ from edgetwin.errors import SourceError, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.types import FeatureFrame, Prediction, SampleBatch
 
-
 _LINK_LOST = TransientSourceError("link lost")
 
 
