@@ -1,0 +1,499 @@
+"""Recordings on disk: the DESIGN.md CSV and BrainFlow's ``DataFilter.write_file`` files.
+
+``read_recording`` streams a file as ``SampleBatch`` chunks in constant memory
+(``edgetwin ingest`` pushes them through the pipeline as fast as it can);
+``ReplaySource`` plays one as a live source, in real time or faster.
+
+CSV (DESIGN.md): a header row whose first column is ``timestamp`` (seconds
+since the Unix epoch), then one column per channel named by type (see
+``edgetwin.types``). A header cell may carry its unit, ``hr [bpm]`` or
+``hr (bpm)``; it must then be the canonical one. Empty cells (and ``nan``) are
+missing; ``inf`` becomes missing too. ``rr`` holds one beat per row, so its
+rows usually leave the other cells empty. Errors name the line and column:
+an unknown column name, a wrong unit, a cell that is not a number, a value far
+outside its unit's range (e.g. °F in ``temp``, seconds in ``rr``), a
+timestamp that is missing, not epoch seconds, or earlier than the row above.
+
+BrainFlow files have no header: one sample per line, tab-separated, one field
+per row of the board's preset (``num_rows``), so the board is needed to read
+them (``board``, default ``SYNTHETIC_BOARD``; the preset is found from the
+line width). A line of the wrong width is a "playback file of the wrong
+shape". Samples whose timestamp goes backwards (BrainFlow's BLE boards do
+that) are dropped, as the live source does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import difflib
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from edgetwin.errors import MalformedInput, UsageError
+from edgetwin.sources.base import Source
+from edgetwin.types import CHANNEL_UNITS, FloatArray, SampleBatch, channel_kind
+
+_LOGGER = logging.getLogger(__name__)
+
+FORMATS = ("csv", "brainflow")
+DEFAULT_BOARD = "SYNTHETIC_BOARD"
+
+# Channel names the CSV accepts (lower case); the first group is the DESIGN.md contract,
+# the second the extra channels BrainFlow boards carry (kept in the store, not interpreted).
+_CHANNEL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
+    r"(hr|rr|spo2|temp|eda|ppg|battery|resp|marker)(_[a-z0-9]+)?",
+    r"(ecg|eeg|emg|eog)_[a-z0-9]+",
+    r"(accel|gyro|mag)_[xyz]",
+    r"fnirs_[a-z0-9]+_[a-z0-9]+_[0-9]{3,4}",
+    r"(optical|other|analog|rotation|resistance)_[a-z0-9_]+",
+))
+_EXAMPLES = ("timestamp", "hr", "rr", "spo2", "temp", "eda", "ppg", "ecg_i", "eeg_af7",
+             "accel_x", "accel_y", "accel_z", "gyro_x", "fnirs_left_outer_730", "battery")
+# Plausible range per channel kind in its canonical unit; outside it a unit is likely wrong.
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "hr": (15.0, 300.0, "beats per minute"),
+    "rr": (150.0, 3000.0, "milliseconds (not seconds)"),
+    "spo2": (30.0, 100.0, "percent (not a 0-1 fraction)"),
+    "temp": (10.0, 46.0, "degrees Celsius (not Fahrenheit)"),
+    "eda": (0.0, 200.0, "microsiemens"),
+    "battery": (0.0, 100.0, "percent"),
+    "accel": (-64.0, 64.0, "g (not m/s²)"),
+}
+_UNIT_ALIASES: dict[str, str] = {
+    "µs": "uS", "μs": "uS", "us": "uS", "°c": "degC", "degc": "degC", "c": "degC",
+    "µv": "uV", "μv": "uV", "uv": "uV", "au": "a.u.", "a.u.": "a.u.", "a.u": "a.u.",
+    "bpm": "bpm", "ms": "ms", "%": "%", "g": "g", "deg/s": "deg/s", "dps": "deg/s",
+    "ohm": "ohm", "": "",
+}
+_HEADER_UNIT = re.compile(r"^\s*([^\[\(]+?)\s*(?:[\[\(]\s*([^\]\)]*?)\s*[\]\)])?\s*$")
+_EPOCH_MIN, _EPOCH_MAX = 1e8, 1e11  # 1973 .. 5138: seconds since the epoch, not ms, not relative
+
+
+def read_recording(
+    path: Path,
+    stream: str,
+    fmt: str | None = None,
+    chunk_rows: int = 4096,
+    *,
+    board: int | str | None = None,
+    preset: int | None = None,
+) -> Iterator[SampleBatch]:
+    """Yield the recording at ``path`` as batches of at most ``chunk_rows`` samples."""
+    path = Path(path)
+    if chunk_rows < 1:
+        raise UsageError(f"chunk_rows must be positive, not {chunk_rows}")
+    if not path.is_file():
+        raise UsageError(f"recording {path} does not exist", hint="check the path")
+    fmt = detect_format(path) if fmt is None else fmt.lower()
+    if fmt == "csv":
+        if board is not None:
+            raise UsageError("--board only applies to BrainFlow files",
+                             hint="drop --board or pass --format brainflow")
+        return _read_csv(path, stream, chunk_rows)
+    if fmt == "brainflow":
+        return _read_brainflow(path, stream, chunk_rows, board, preset)
+    close = difflib.get_close_matches(fmt, FORMATS, n=1)
+    raise UsageError(f"unknown recording format {fmt!r}",
+                     hint=f"did you mean {close[0]!r}?" if close else f"use one of {FORMATS}")
+
+
+def detect_format(path: Path) -> str:
+    """``csv`` when the first line is a header, ``brainflow`` when it is tab-separated numbers."""
+    with _open_text(path) as fh:
+        for line in fh:
+            if line.strip():
+                break
+        else:
+            raise MalformedInput(f"{path} is empty")
+    first = line.strip().split(",")[0].split("\t")[0].strip().strip('"').lower()
+    if first.startswith("timestamp"):
+        return "csv"
+    if "\t" in line and _is_number(first):
+        return "brainflow"
+    raise MalformedInput(
+        f"{path}:1: cannot tell the format: neither a CSV header starting with 'timestamp' "
+        "nor BrainFlow's tab-separated numbers",
+        hint="pass --format csv|brainflow",
+    )
+
+
+def parse_channel_header(name: str, *, line: int = 1, where: str = "") -> tuple[str, str]:
+    """The channel name and canonical unit of one CSV header cell, or ``MalformedInput``."""
+    match = _HEADER_UNIT.match(name)
+    raw, unit_text = (match.group(1), match.group(2)) if match else (name, None)
+    channel = raw.strip().lower()
+    if not any(p.fullmatch(channel) for p in _CHANNEL_PATTERNS):
+        close = difflib.get_close_matches(channel, _EXAMPLES, n=1, cutoff=0.5)
+        raise MalformedInput(
+            f"{where}:{line}: unknown column {name!r}",
+            hint=(f"did you mean {close[0]!r}? " if close else "")
+            + "columns are named by type: hr, rr, spo2, temp, eda, ppg, ecg_<lead>, "
+            "eeg_<site>, accel_x|y|z, gyro_x|y|z, fnirs_<source>_<detector>_<nm>, battery",
+        )
+    unit = _canonical_unit(channel)
+    if unit_text is not None:
+        given = _UNIT_ALIASES.get(unit_text.strip().lower(), unit_text.strip())
+        if given != unit:
+            raise MalformedInput(
+                f"{where}:{line}: column {name!r} is in {unit_text!r} but {channel} must be in "
+                f"{unit or 'no unit'}",
+                hint="convert the column to the canonical unit of DESIGN.md",
+            )
+    return channel, unit
+
+
+class ReplaySource(Source):
+    """A recording played as a live source, at ``speed`` x real time (0: as fast as possible).
+
+    In real time the timestamps are shifted so the first sample is 'now'; as
+    fast as possible they are kept. The stream ends (cleanly) at the end of the
+    file unless ``loop`` is set.
+    """
+
+    kind = "replay"
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        fmt: str | None = None,
+        *,
+        stream: str | None = None,
+        speed: float = 1.0,
+        loop: bool = False,
+        board: int | str | None = None,
+        preset: int | None = None,
+        chunk_rows: int = 4096,
+        batch_s: float = 0.25,
+    ) -> None:
+        super().__init__(name)
+        if speed < 0:
+            raise UsageError(f"replay speed must be >= 0, not {speed}")
+        if loop and speed == 0:
+            raise UsageError("a looping replay needs a speed > 0",
+                             hint="as fast as possible would repeat timestamps")
+        self.path = Path(path)
+        self.fmt = fmt
+        self.stream_name = stream or name
+        self.speed = speed
+        self.loop = loop
+        self.board = board
+        self.preset = preset
+        self.chunk_rows = chunk_rows
+        self.batch_s = batch_s
+        self._connected = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"file": self.path.name, "speed": self.speed}
+
+    async def connect(self) -> None:
+        """Check the file opens and has the right shape (reads its first chunk)."""
+        it = read_recording(self.path, self.stream_name, self.fmt, 1, board=self.board,
+                            preset=self.preset)
+        await asyncio.to_thread(next, it, None)
+        self._connected = True
+
+    async def stream(self) -> AsyncIterator[SampleBatch]:
+        """Yield the recording's batches, paced by their timestamps."""
+        if not self._connected:
+            raise UsageError(f"replay {self.name!r} is not connected")
+        offset: float | None = None
+        start_wall = time.time()
+        first_t: float | None = None
+        while True:
+            it = read_recording(self.path, self.stream_name, self.fmt, self.chunk_rows,
+                                board=self.board, preset=self.preset)
+            last_t = -math.inf
+            while (chunk := await asyncio.to_thread(next, it, None)) is not None:
+                for batch in self._slices(chunk):
+                    if self.speed > 0:
+                        if offset is None:
+                            first_t = batch.first_t
+                            offset = start_wall - first_t
+                        assert first_t is not None
+                        due = start_wall + (batch.last_t - first_t) / self.speed
+                        delay = due - time.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        out = _shifted(batch, offset)
+                    else:
+                        out = batch
+                    last_t = out.last_t
+                    self.counters.count(out)
+                    yield out
+            if not self.loop:
+                return
+            if offset is not None and math.isfinite(last_t):
+                # Next lap continues right after this one, keeping time monotonic.
+                start_wall = time.time()
+                offset = None
+                first_t = None
+
+    async def close(self) -> None:
+        self._connected = False
+
+    def _slices(self, chunk: SampleBatch) -> Iterator[SampleBatch]:
+        if self.speed == 0 or len(chunk) == 0:
+            yield chunk
+            return
+        edges = np.searchsorted(
+            chunk.t, np.arange(chunk.first_t, chunk.last_t, self.batch_s * self.speed)[1:]
+        )
+        for lo, hi in itertools.pairwise([0, *edges.tolist(), len(chunk)]):
+            if hi > lo:
+                yield SampleBatch(chunk.stream, chunk.channels, chunk.units, chunk.t[lo:hi],
+                                  chunk.values[lo:hi], chunk.meta)
+
+
+# -- CSV ---------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, stream: str, chunk_rows: int) -> Iterator[SampleBatch]:
+    where = str(path)
+    with _open_text(path) as fh:
+        reader = csv.reader(fh)
+        header = _first_row(reader)
+        if header is None:
+            raise MalformedInput(f"{where} is empty", hint="a CSV needs a header row")
+        header_line = reader.line_num
+        if not header or header[0].strip().strip("\ufeff").lower() != "timestamp":
+            raise MalformedInput(
+                f"{where}:{header_line}: the first column must be 'timestamp', "
+                f"not {header[0] if header else ''!r}",
+                hint="seconds since the Unix epoch, as a float",
+            )
+        parsed = [parse_channel_header(h, line=header_line, where=where) for h in header[1:]]
+        channels = tuple(c for c, _ in parsed)
+        units = tuple(u for _, u in parsed)
+        dupes = sorted({c for c in channels if channels.count(c) > 1})
+        if dupes:
+            raise MalformedInput(f"{where}:{header_line}: duplicate column {dupes[0]!r}")
+        width = len(header)
+        checks = [(j, _RANGES[channel_kind(c)]) for j, c in enumerate(channels)
+                  if channel_kind(c) in _RANGES]
+        last_t = -math.inf
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != width:
+                raise MalformedInput(
+                    f"{where}:{reader.line_num}: {len(row)} cells but the header has {width}",
+                    hint="every row needs one cell per column (empty for missing)",
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+            if len(rows) >= chunk_rows:
+                batch = _csv_chunk(rows, lines, where, stream, channels, units, checks, last_t)
+                last_t = batch.last_t
+                rows, lines = [], []
+                yield batch
+        if rows:
+            yield _csv_chunk(rows, lines, where, stream, channels, units, checks, last_t)
+
+
+def _csv_chunk(
+    rows: list[list[str]],
+    lines: list[int],
+    where: str,
+    stream: str,
+    channels: tuple[str, ...],
+    units: tuple[str, ...],
+    checks: list[tuple[int, tuple[float, float, str]]],
+    last_t: float,
+) -> SampleBatch:
+    data = _to_floats(rows, lines, where, len(channels) + 1, ("timestamp", *channels))
+    t = np.ascontiguousarray(data[:, 0])
+    values = np.ascontiguousarray(data[:, 1:])
+    _check_timestamps(t, lines, where, last_t)
+    values[np.isinf(values)] = np.nan
+    for j, (lo, hi, unit) in checks:
+        col = values[:, j]
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero((col < lo) | (col > hi))
+        if bad.size:
+            i = int(bad[0])
+            raise MalformedInput(
+                f"{where}:{lines[i]}: {channels[j]} = {col[i]:g} is outside {lo:g}..{hi:g}",
+                hint=f"{channels[j]} must be in {unit}",
+            )
+    return SampleBatch(stream, channels, units, t, values)
+
+
+def _check_timestamps(t: FloatArray, lines: list[int], where: str, last_t: float) -> None:
+    bad = np.flatnonzero(~np.isfinite(t))
+    if bad.size:
+        raise MalformedInput(f"{where}:{lines[int(bad[0])]}: the timestamp is missing",
+                             hint="every row needs a timestamp")
+    out = np.flatnonzero((t < _EPOCH_MIN) | (t > _EPOCH_MAX))
+    if out.size:
+        i = int(out[0])
+        unit = "milliseconds" if t[i] > _EPOCH_MAX else "relative seconds"
+        raise MalformedInput(
+            f"{where}:{lines[i]}: timestamp {t[i]:.17g} looks like {unit}",
+            hint="timestamps are seconds since the Unix epoch (e.g. 1700000000.25)",
+        )
+    prev = np.concatenate(([last_t], t[:-1]))
+    back = np.flatnonzero(t < prev)
+    if back.size:
+        i = int(back[0])
+        raise MalformedInput(
+            f"{where}:{lines[i]}: timestamp {t[i]:.17g} is earlier than the row before "
+            f"({prev[i]:.17g})",
+            hint="sort the file by timestamp",
+        )
+
+
+def _to_floats(
+    rows: list[list[str]], lines: list[int], where: str, width: int,
+    names: tuple[str, ...] = (),
+) -> FloatArray:
+    """Parse a chunk of string cells; empty cells are NaN. Errors name line and column."""
+    flat = [c if c.strip() else "nan" for c in itertools.chain.from_iterable(rows)]
+    try:
+        return np.array(flat, dtype=np.float64).reshape(len(rows), width)
+    except ValueError:
+        pass
+    for row, line in zip(rows, lines, strict=True):
+        for j, cell in enumerate(row):
+            if cell.strip() and not _is_number(cell):
+                col = repr(names[j]) if j < len(names) else str(j + 1)
+                raise MalformedInput(f"{where}:{line}: column {col}: {cell!r} is not a number",
+                                     hint="use a plain decimal number, or leave it empty")
+    raise MalformedInput(f"{where}:{lines[0]}: unreadable numbers")  # pragma: no cover
+
+
+# -- BrainFlow files ---------------------------------------------------------------------
+
+
+def _read_brainflow(
+    path: Path, stream: str, chunk_rows: int, board: int | str | None, preset: int | None
+) -> Iterator[SampleBatch]:
+    from edgetwin.sources.brainflow import board_presets, preset_layout, resolve_board
+
+    where = str(path)
+    board_id = resolve_board(board if board is not None else DEFAULT_BOARD)
+    with _open_text(path) as fh:
+        first = next((ln for ln in fh if ln.strip()), None)
+    if first is None:
+        raise MalformedInput(f"{where} is empty")
+    width = len(first.rstrip("\r\n").split("\t"))
+    layouts = [preset_layout(board_id, p) for p in board_presets(board_id)]
+    if preset is not None:
+        layouts = [lay for lay in layouts if lay.preset == preset]
+        if not layouts:
+            raise UsageError(f"board {_board_name(board_id)} has no preset {preset}")
+    matching = [lay for lay in layouts if lay.num_rows == width]
+    if not matching:
+        raise MalformedInput(
+            f"playback file of the wrong shape: {where}:1 has {width} columns but "
+            f"{_board_name(board_id)} has "
+            + " / ".join(f"{lay.num_rows} ({lay.preset_name})" for lay in layouts),
+            hint=_boards_with_width(width),
+        )
+    layout = matching[0]
+    last_t = -math.inf
+    dropped = 0
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        rows: list[list[str]] = []
+        lines: list[int] = []
+
+        def flush() -> SampleBatch:
+            nonlocal last_t, dropped
+            data = _to_floats(rows, lines, where, width).T
+            batch, n = layout.batch(stream, data, last_t)
+            dropped += n
+            if len(batch):
+                last_t = batch.last_t
+            return batch
+
+        for raw in reader:
+            if not raw:
+                continue
+            row = raw[:-1] if raw[-1] == "" else raw  # a trailing tab
+            if len(row) != width:
+                raise MalformedInput(
+                    f"playback file of the wrong shape: {where}:{reader.line_num} has "
+                    f"{len(row)} columns, the lines before {width}",
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+            if len(rows) >= chunk_rows:
+                batch = flush()
+                rows, lines = [], []
+                if len(batch):
+                    yield batch
+        if rows:
+            batch = flush()
+            if len(batch):
+                yield batch
+    if dropped:
+        _LOGGER.warning("%s: dropped %d samples whose timestamp went backwards", where, dropped)
+
+
+def _boards_with_width(width: int) -> str:
+    from edgetwin.sources.brainflow import board_presets, preset_layout, resolve_board
+
+    names = []
+    for name in ("SYNTHETIC_BOARD", "CYTON_BOARD", "CYTON_DAISY_BOARD", "GANGLION_BOARD",
+                 "MUSE_S_BOARD", "MUSE_2_BOARD", "MUSE_S_ATHENA_BOARD"):
+        bid = resolve_board(name)
+        for p in board_presets(bid):
+            lay = preset_layout(bid, p)
+            if lay.num_rows == width:
+                names.append(f"{name} ({lay.preset_name})")
+    if names:
+        return f"pass --board: {width} columns fit {', '.join(names)}"
+    return "pass --board NAME with the board that recorded it"
+
+
+def _board_name(board_id: int) -> str:
+    from edgetwin.sources.brainflow import board_name
+
+    return board_name(board_id)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _canonical_unit(channel: str) -> str:
+    kind = channel_kind(channel)
+    if kind in CHANNEL_UNITS:
+        return CHANNEL_UNITS[kind]
+    return {"emg": "uV", "eog": "uV", "resistance": "ohm"}.get(kind, "a.u." if kind in (
+        "mag", "optical") else "")
+
+
+def _open_text(path: Path) -> TextIO:
+    return path.open("r", encoding="utf-8-sig", newline="")
+
+
+def _first_row(reader: Any) -> list[str] | None:
+    for row in reader:
+        if row and any(c.strip() for c in row):
+            return list(row)
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shifted(batch: SampleBatch, offset: float) -> SampleBatch:
+    return SampleBatch(batch.stream, batch.channels, batch.units, batch.t + offset, batch.values,
+                       batch.meta)
