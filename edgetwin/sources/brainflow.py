@@ -304,6 +304,12 @@ def preset_layout(
         for i, row in enumerate(axis_rows):
             suffix = "xyz"[i] if len(axis_rows) == 3 else str(i + 1)
             add(row, f"{prefix}_{suffix}", unit)
+    optical = rows_of("optical_channels")
+    if name in _CLASSIC_MUSE and len(optical) == len(_CLASSIC_MUSE_PPG):
+        # BrainFlow lists these rows as both ppg and optical: the three PPG characteristics
+        # (muse-lsl labels them ambient, infrared, red).
+        for row, channel in zip(optical, _CLASSIC_MUSE_PPG, strict=True):
+            add(row, channel, CHANNEL_UNITS["ppg"])
     for kind, prefix, unit in (
         ("ppg", "ppg", CHANNEL_UNITS["ppg"]),
         ("eda", "eda", CHANNEL_UNITS["eda"]),
@@ -312,15 +318,11 @@ def preset_layout(
         kind_rows = rows_of(f"{kind}_channels")
         for i, row in enumerate(kind_rows):
             add(row, prefix if len(kind_rows) == 1 else f"{prefix}_{i + 1}", unit)
-    optical = rows_of("optical_channels")
     if optical:
         if name == "MUSE_S_ATHENA_BOARD":
             fnirs = _athena_optics(optical, other_info, fnirs_distance_cm, add)
             meta["fnirs"] = fnirs
             meta["distance_cm"] = fnirs["distance_cm"]
-        elif name in _CLASSIC_MUSE and len(optical) == len(_CLASSIC_MUSE_PPG):
-            for row, channel in zip(optical, _CLASSIC_MUSE_PPG, strict=True):
-                add(row, channel, CHANNEL_UNITS["ppg"])
         else:
             for i, row in enumerate(optical):
                 add(row, f"optical_{i + 1}", "a.u.")

@@ -192,6 +192,22 @@ class ReplaySource(Source):
         self.batch_s = batch_s
         self._connected = False
 
+    @classmethod
+    def from_record(cls, name: str, record: dict[str, Any]) -> ReplaySource:
+        """A replay from ``{"kind": "replay", "path", "format"?, "speed"?, "loop"?, "board"?}``."""
+        if "path" not in record:
+            raise UsageError(f"replay {name!r} has no 'path'", hint="name the recording to play")
+        return cls(
+            name,
+            Path(str(record["path"])),
+            record.get("format"),
+            stream=record.get("stream"),
+            speed=float(record.get("speed", 1.0)),
+            loop=bool(record.get("loop", False)),
+            board=record.get("board"),
+            preset=record.get("preset"),
+        )
+
     def describe(self) -> dict[str, Any]:
         return {"file": self.path.name, "speed": self.speed}
 
