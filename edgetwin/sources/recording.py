@@ -58,6 +58,16 @@ _CHANNEL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
 ))
 _EXAMPLES = ("timestamp", "hr", "rr", "spo2", "temp", "eda", "ppg", "ecg_i", "eeg_af7",
              "accel_x", "accel_y", "accel_z", "gyro_x", "fnirs_left_outer_730", "battery")
+# Names people use for our columns, for the did-you-mean of an unknown column.
+_ALIASES: dict[str, str] = {
+    "heartrate": "hr", "heart_rate": "hr", "pulse": "hr", "bpm": "hr", "pulse_rate": "hr",
+    "ibi": "rr", "rri": "rr", "rr_interval": "rr", "nn": "rr",
+    "oxygen": "spo2", "sao2": "spo2", "spo2_pct": "spo2",
+    "temperature": "temp", "skin_temp": "temp", "skin_temperature": "temp",
+    "gsr": "eda", "scl": "eda", "skin_conductance": "eda", "bvp": "ppg",
+    "acc_x": "accel_x", "acc_y": "accel_y", "acc_z": "accel_z",
+    "ax": "accel_x", "ay": "accel_y", "az": "accel_z", "time": "timestamp", "t": "timestamp",
+}
 # Plausible range per channel kind in its canonical unit; outside it a unit is likely wrong.
 _RANGES: dict[str, tuple[float, float, str]] = {
     "hr": (15.0, 300.0, "beats per minute"),
@@ -119,6 +129,8 @@ def detect_format(path: Path) -> str:
         return "csv"
     if "\t" in line and _is_number(first):
         return "brainflow"
+    if "," in line and not _is_number(first):
+        return "csv"  # a header, just not a valid one: the CSV reader says what is wrong
     raise MalformedInput(
         f"{path}:1: cannot tell the format: neither a CSV header starting with 'timestamp' "
         "nor BrainFlow's tab-separated numbers",
@@ -132,7 +144,8 @@ def parse_channel_header(name: str, *, line: int = 1, where: str = "") -> tuple[
     raw, unit_text = (match.group(1), match.group(2)) if match else (name, None)
     channel = raw.strip().lower()
     if not any(p.fullmatch(channel) for p in _CHANNEL_PATTERNS):
-        close = difflib.get_close_matches(channel, _EXAMPLES, n=1, cutoff=0.5)
+        close = [_ALIASES[channel]] if channel in _ALIASES else difflib.get_close_matches(
+            channel, _EXAMPLES, n=1, cutoff=0.5)
         raise MalformedInput(
             f"{where}:{line}: unknown column {name!r}",
             hint=(f"did you mean {close[0]!r}? " if close else "")
