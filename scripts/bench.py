@@ -34,13 +34,14 @@ def main() -> int:
             continue
         print(f"bench: {area} ...", file=sys.stderr, flush=True)
         spec = importlib.util.spec_from_file_location(f"bench_{area}", HERE / f"bench_{area}.py")
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         started = time.perf_counter()
         try:
             spec.loader.exec_module(module)
             results[area] = module.run(args.quick)
-        except Exception as exc:  # one broken benchmark must not hide the others
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             traceback.print_exc()
             results[area] = {"error": f"{type(exc).__name__}: {exc}"}
             failed.append(area)
