@@ -11,7 +11,8 @@ library's error type or on error strings.
     ├── UsageError (2)
     │   └── ConfigError (2)             config.toml missing/garbled/bad value
     ├── HomeError (2)                   twin home unwritable, missing, not a twin
-    │   └── DaemonAlreadyRunning (2)    another daemon holds the home's lock
+    │   ├── DaemonAlreadyRunning (2)    another daemon holds the home's lock
+    │   └── StoreFull (2)               the disk under the twin is full; nothing committed lost
     ├── DaemonNotRunning (6)            control socket has no daemon behind it
     ├── WrongKey (3)                    passphrase, key file, identity
     ├── DataCorrupt (4)                 tampered or truncated store row, bundle, model
@@ -61,6 +62,10 @@ class HomeError(EdgetwinError):
 
 class DaemonAlreadyRunning(HomeError):
     pass
+
+
+class StoreFull(HomeError):
+    """A write failed for lack of space; committed data is intact, pending work is kept."""
 
 
 class DaemonNotRunning(EdgetwinError):
