@@ -437,3 +437,25 @@ def test_connect_runs_blocking_calls_off_the_event_loop() -> None:
         return ticks
 
     assert asyncio.run(main()) > 1
+
+
+def test_arm_build_script_targets_the_installed_version_and_package(tmp_path: Path) -> None:
+    """The script cannot build here (no ARM, no GitHub); its plan is checked with --dry-run."""
+    import importlib.metadata
+
+    import brainflow
+
+    script = REPO / "scripts" / "build-brainflow-arm.sh"
+    result = subprocess.run(
+        ["bash", str(script), "--dry-run", "--no-apt", "--python", sys.executable,
+         "--src", str(tmp_path / "src")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    version = importlib.metadata.version("brainflow")
+    out = result.stdout
+    assert f"git clone --depth 1 --branch {version} " in out
+    assert "-DBUILD_BLE=ON" in out
+    lib_dir = Path(brainflow.__file__).parent / "lib"
+    assert f"{lib_dir}/\n" in out or f"{lib_dir}/" in out.split("cp -f", 1)[1]
+    assert not (Path(brainflow.__file__).parent / "lib.orig-x86_64").exists()  # dry: no change
