@@ -64,11 +64,7 @@ def scholkmann_dpf(wavelength_nm: float, age_years: float) -> float:
     """Differential pathlength factor of the adult head (Scholkmann & Wolf 2013, eq. 1)."""
     lam = float(wavelength_nm)
     return float(
-        223.3
-        + 0.05624 * age_years**0.8493
-        - 5.723e-7 * lam**3
-        + 0.001245 * lam**2
-        - 0.9025 * lam
+        223.3 + 0.05624 * age_years**0.8493 - 5.723e-7 * lam**3 + 0.001245 * lam**2 - 0.9025 * lam
     )
 
 
@@ -270,9 +266,7 @@ class Fnirs:
         eps = np.array([PRAHL_EXTINCTION[nm] for nm in FNIRS_WAVELENGTHS])  # (wl, 2)
         dpf = np.array([scholkmann_dpf(nm, p.age_years) for nm in FNIRS_WAVELENGTHS])
         # dOD per µM of (HbO, HbR), shape (pair, wl, 2).
-        self._k = (
-            math.log(10) * 1e-6 * eps[None, :, :] * dist[:, None, None] * dpf[None, :, None]
-        )
+        self._k = math.log(10) * 1e-6 * eps[None, :, :] * dist[:, None, None] * dpf[None, :, None]
 
     def __call__(self, t: FloatArray, s: States, heart: Heart, drive: FloatArray) -> FloatArray:
         """``drive`` is the neural drive on the grid ``t - len(hrf)/fs .. t`` (history first)."""

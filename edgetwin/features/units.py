@@ -1,0 +1,69 @@
+"""Units the features accept per channel type, and the conversion to the canonical one.
+
+The canonical unit of each channel type is ``edgetwin.types.CHANNEL_UNITS``.
+A batch may state an equivalent spelling (``µS`` for ``uS``) or a unit the
+features can convert exactly (``degF``, ``mV``, ``m/s^2``, ``s``); anything
+else is rejected with ``MalformedInput`` rather than guessed.
+"""
+
+from __future__ import annotations
+
+from edgetwin.errors import MalformedInput
+
+# channel type -> {unit spelling: (scale, offset)} so canonical = value * scale + offset
+_G = 9.80665
+_ACCEPTED: dict[str, dict[str, tuple[float, float]]] = {
+    "hr": {"bpm": (1.0, 0.0), "1/min": (1.0, 0.0), "beats/min": (1.0, 0.0)},
+    "rr": {"ms": (1.0, 0.0), "s": (1000.0, 0.0)},
+    "spo2": {"%": (1.0, 0.0), "percent": (1.0, 0.0)},
+    "temp": {
+        "degC": (1.0, 0.0),
+        "°C": (1.0, 0.0),
+        "C": (1.0, 0.0),
+        "celsius": (1.0, 0.0),
+        "degF": (5.0 / 9.0, -32.0 * 5.0 / 9.0),
+        "°F": (5.0 / 9.0, -32.0 * 5.0 / 9.0),
+        "F": (5.0 / 9.0, -32.0 * 5.0 / 9.0),
+        "K": (1.0, -273.15),
+    },
+    "eda": {"uS": (1.0, 0.0), "µS": (1.0, 0.0), "μS": (1.0, 0.0), "nS": (1e-3, 0.0)},
+    "accel": {
+        "g": (1.0, 0.0),
+        "m/s^2": (1.0 / _G, 0.0),
+        "m/s2": (1.0 / _G, 0.0),
+        "m/s²": (1.0 / _G, 0.0),
+    },
+    "eeg": {
+        "uV": (1.0, 0.0),
+        "µV": (1.0, 0.0),
+        "μV": (1.0, 0.0),
+        "mV": (1e3, 0.0),
+        "V": (1e6, 0.0),
+    },
+    "ecg": {
+        "uV": (1.0, 0.0),
+        "µV": (1.0, 0.0),
+        "μV": (1.0, 0.0),
+        "mV": (1e3, 0.0),
+        "V": (1e6, 0.0),
+    },
+    "ppg": {"a.u.": (1.0, 0.0), "au": (1.0, 0.0), "": (1.0, 0.0)},
+    "fnirs": {"a.u.": (1.0, 0.0), "au": (1.0, 0.0), "": (1.0, 0.0)},
+}
+
+
+def conversion(stream: str, channel: str, kind: str, unit: str) -> tuple[float, float]:
+    """``(scale, offset)`` turning ``channel``'s values in ``unit`` into the canonical unit."""
+    table = _ACCEPTED[kind]
+    found = table.get(unit.strip())
+    if found is None:
+        raise MalformedInput(
+            f"stream {stream!r}, channel {channel!r}: unit {unit!r} is not a unit of {kind}",
+            hint=f"use one of {', '.join(repr(u) for u in table)}",
+        )
+    return found
+
+
+def known_kind(kind: str) -> bool:
+    """True when the features read channels of type ``kind``."""
+    return kind in _ACCEPTED
