@@ -83,14 +83,23 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Differential privacy: budget caps and clipping bounds per metric."""
+    """Differential privacy: budget caps and clipping bounds per metric.
 
-    period: str = "day"
+    The unit of privacy is one person's data in one accounting ``period``;
+    ``epsilon_per_period`` caps what all releases touching one period may
+    spend, ``epsilon_lifetime`` caps the sum of everything ever released.
+    """
+
+    period: str = "day"  # accounting period of the budget: day | hour (UTC)
     epsilon_per_release: float = 0.5
     epsilon_per_period: float = 2.0
     epsilon_lifetime: float = 100.0
-    # metric -> [lower, upper]; overrides the documented defaults in edgetwin.privacy
+    # metric -> [lower, upper]; overrides the documented defaults in edgetwin.privacy.metrics
     bounds: dict[str, list[float]] = field(default_factory=dict)
+    backfill_days: int = 7  # a new consent may release complete periods this far back
+    min_frames: int = 12  # a period with fewer usable frames of a metric is not released
+    active_motion_g: float = 0.1  # motion (SD of |accel|, g) above this counts as active
+    release_delay_s: float = 900.0  # wait this long after a period ends (late frames)
 
     def validate(self) -> None:
         if self.period not in ("day", "hour"):
@@ -98,12 +107,59 @@ class PrivacyConfig:
         _positive("privacy.epsilon_per_release", self.epsilon_per_release)
         _positive("privacy.epsilon_per_period", self.epsilon_per_period)
         _positive("privacy.epsilon_lifetime", self.epsilon_lifetime)
+        if self.epsilon_per_release > self.epsilon_per_period:
+            raise _bad(
+                "privacy.epsilon_per_release",
+                f"{self.epsilon_per_release} exceeds privacy.epsilon_per_period "
+                f"{self.epsilon_per_period}; no release could ever be made",
+            )
+        if self.epsilon_per_period > self.epsilon_lifetime:
+            raise _bad(
+                "privacy.epsilon_per_period",
+                f"{self.epsilon_per_period} exceeds privacy.epsilon_lifetime "
+                f"{self.epsilon_lifetime}",
+            )
+        if self.backfill_days < 0:
+            raise _bad("privacy.backfill_days", f"is {self.backfill_days}; must be 0 or more")
+        _positive("privacy.min_frames", self.min_frames)
+        _positive("privacy.active_motion_g", self.active_motion_g)
+        if self.release_delay_s < 0:
+            raise _bad("privacy.release_delay_s", f"is {self.release_delay_s}; must be 0 or more")
+        # The metric catalogue is a pure module (no heavy imports); imported here so a typo in
+        # a bounds key fails at load with did-you-mean instead of at the first sync.
+        from edgetwin.privacy.metrics import METRICS
+
         for metric, pair in self.bounds.items():
             key = f"privacy.bounds.{metric}"
+            if metric not in METRICS:
+                close = difflib.get_close_matches(metric, METRICS, n=1)
+                hint = (
+                    f"did you mean 'privacy.bounds.{close[0]}'?"
+                    if close
+                    else f"known metrics: {', '.join(METRICS)}"
+                )
+                raise ConfigError(f"unknown metric in '{key}'", hint=hint)
             if len(pair) != 2 or not all(isinstance(x, int | float) for x in pair):
                 raise _bad(key, "must be [lower, upper]")
             if not pair[0] < pair[1]:
                 raise _bad(key, f"lower {pair[0]} must be below upper {pair[1]}")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Upload behaviour; where releases go is an encrypted record (``sync configure``)."""
+
+    timeout_s: float = 15.0  # one HTTPS request or MQTT publish acknowledgement
+    backoff_initial_s: float = 30.0  # first retry of a failed upload
+    backoff_max_s: float = 3600.0  # retries never wait longer than this
+    max_per_run: int = 1000  # uploads attempted by one drain of the outbox
+
+    def validate(self) -> None:
+        _positive("sync.timeout_s", self.timeout_s)
+        _positive("sync.backoff_initial_s", self.backoff_initial_s)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise _bad("sync.backoff_max_s", "must be >= sync.backoff_initial_s")
+        _positive("sync.max_per_run", self.max_per_run)
 
 
 @dataclass(frozen=True)
@@ -115,6 +171,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
     def validate(self) -> None:
         for f in fields(self):

@@ -1,0 +1,190 @@
+"""Real peers for the sync tests: a Mosquitto broker, TLS material, a collector, releases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgetwin.privacy.mechanism import release_value
+from edgetwin.privacy.metrics import METRICS
+from edgetwin.privacy.release import DPRelease
+from edgetwin.sync.collector import Collector, CollectorHTTPServer
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+DAY = 86_400.0
+T0 = 1_750_032_000.0  # a UTC midnight (2025-06-16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def make_release(summary: float = 72.0, metric: str = "hr_mean", start: float = T0,
+                 epsilon: float = 0.5) -> DPRelease:
+    """A genuine release through the real mechanism (no store needed)."""
+    m = METRICS[metric]
+    return release_value(m, "day", start, summary, m.default_bounds, epsilon)
+
+
+@dataclass
+class Broker:
+    """A real Mosquitto on a loopback port; stop/start keep the port."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    tls: tuple[Path, Path] | None = None  # (cert, key) for a TLS listener
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                 "persistence false", "log_type error", "log_dest stderr"]
+        if self.tls:
+            lines += [f"certfile {self.tls[0]}", f"keyfile {self.tls[1]}"]
+        if os.geteuid() == 0:
+            # Run as root, mosquitto drops to user 'mosquitto', which cannot read our 0600 key.
+            lines.append("user root")
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_port(self.port)
+        except TimeoutError:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=5)
+            self.proc = None
+            raise RuntimeError(f"mosquitto did not start: {err.decode(errors='replace')}") from None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes without a goodbye."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        self.proc = None
+
+
+@dataclass
+class Tls:
+    """A CA, a server certificate for 127.0.0.1/localhost signed by it, and an unrelated CA."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    wrong_ca: Path
+
+
+def make_tls(d: Path) -> Tls:
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+
+    def ca_cert(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        k = ec.generate_private_key(ec.SECP256R1())
+        c = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn))
+             .public_key(k.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(hours=1))
+             .not_valid_after(now + dt.timedelta(days=2))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                          False), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(k.public_key()),
+                            critical=False)
+             .sign(k, hashes.SHA256()))
+        return k, c
+
+    ca_key, ca = ca_cert("edgetwin test CA")
+    _, wrong = ca_cert("some other CA")
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    srv = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+           .public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(now - dt.timedelta(hours=1))
+           .not_valid_after(now + dt.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([
+               x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+               critical=False)
+           .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+           .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                          critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                          critical=False)
+           .sign(ca_key, hashes.SHA256()))
+    out = Tls(d / "ca.pem", d / "server.pem", d / "server.key", d / "wrong-ca.pem")
+    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out.wrong_ca.write_bytes(wrong.public_bytes(serialization.Encoding.PEM))
+    out.cert.write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    out.key.write_bytes(srv_key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    out.key.chmod(0o600)
+    return out
+
+
+@dataclass
+class RunningCollector:
+    """A real collector serving HTTP(S) on a loopback port, capturing every body it receives."""
+
+    collector: Collector
+    server: CollectorHTTPServer
+    received: list[tuple[bytes, str]]
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_collector(db: Path, *, tls: Tls | None = None, port: int = 0,
+                    received: list[tuple[bytes, str]] | None = None) -> RunningCollector:
+    got: list[tuple[bytes, str]] = [] if received is None else received
+    collector = Collector(db, tap=lambda body, transport: got.append((body, transport)))
+    server = CollectorHTTPServer(("127.0.0.1", port), collector,
+                                 tls_cert=tls.cert if tls else None,
+                                 tls_key=tls.key if tls else None)
+    server.start()
+    return RunningCollector(collector, server, got)
