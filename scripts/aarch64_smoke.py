@@ -1,0 +1,693 @@
+"""The aarch64 smoke test's driver; ``scripts/aarch64-smoke`` runs it inside the emulated Python.
+
+Modes:
+  run      run the steps below in this one process and write a JSON report (``--out``);
+           exit 1 when a step failed. ``--baseline`` runs only the timing steps, natively, so
+           emulated timings can be given as ratios (emulation says nothing about a real Pi).
+  cpuinfo  print a Raspberry Pi's ``/proc/cpuinfo`` for a qemu CPU model (host side)
+  merge    combine the per-CPU reports and the baseline into one report (host side)
+
+Nothing here starts a child process: without binfmt_misc the emulated Python cannot exec
+aarch64 binaries, so the CLI is driven in-process through click's ``CliRunner`` and the decoder
+tests through ``pytest.main``.
+
+Each step names the repo files it needs. While one of them is absent from the checkout (the
+piece has not landed yet) the step is SKIPPED with "not yet available: <file>"; once they all
+exist the step runs and any error FAILS it. ``REQUIRE_ALL_STEPS = True`` turns a missing file
+into a failure too, for when every piece has landed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Flip to True once every piece has landed: then a missing prerequisite fails instead of skipping.
+REQUIRE_ALL_STEPS = False
+
+REPO = Path(__file__).resolve().parent.parent
+PASSPHRASE = "correct horse battery staple on a pi"
+
+# What a Raspberry Pi's kernel shows; qemu's CPU model decides the instructions, this file what
+# onnxruntime's CPU detection reads. Pi 4: BCM2711, Cortex-A72 r0p3; Pi 5: BCM2712, Cortex-A76 r4p1.
+PI_CPUS: dict[str, dict[str, str]] = {
+    "cortex-a72": {
+        "features": "fp asimd evtstrm crc32 cpuid",
+        "variant": "0x0",
+        "part": "0xd08",
+        "revision": "3",
+        "board_revision": "c03114",
+        "model": "Raspberry Pi 4 Model B Rev 1.4",
+    },
+    "cortex-a76": {
+        "features": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
+        "asimdrdm lrcpc dcpop asimddp",
+        "variant": "0x4",
+        "part": "0xd0b",
+        "revision": "1",
+        "board_revision": "d04170",
+        "model": "Raspberry Pi 5 Model B Rev 1.0",
+    },
+}
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+class StepFailed(Exception):
+    """A step's check did not hold."""
+
+
+@dataclass
+class Ctx:
+    """What the steps share within one run."""
+
+    cpu: str | None
+    site: Path | None
+    baseline: bool
+    work: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        return self.work / "home"
+
+    @property
+    def passphrase_file(self) -> Path:
+        return self.work / "passphrase"
+
+    def cli(self, *args: str, home: Path | None = None) -> str:
+        """Run one edgetwin command in-process; its stdout, or StepFailed with its output."""
+        from click.testing import CliRunner
+
+        from edgetwin.cli.main import cli
+
+        argv = ["--home", str(home or self.home), "--passphrase-file", str(self.passphrase_file)]
+        result = CliRunner().invoke(cli, [*argv, *args], catch_exceptions=True)
+        if result.exit_code != 0:
+            detail = ""
+            if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+                detail = "".join(traceback.format_exception(*result.exc_info))
+            raise StepFailed(
+                f"edgetwin {' '.join(args)} exited {result.exit_code}:\n"
+                f"{result.output[-3000:]}{detail[-3000:]}"
+            )
+        return result.stdout
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    requires: tuple[str, ...]
+    run: Callable[[Ctx], dict[str, Any]]
+    baseline: bool = False  # also run natively, for the relative timings
+
+
+def step_platform(ctx: Ctx) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "libc": "-".join(platform.libc_ver()),
+    }
+    cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in cpuinfo.splitlines())
+    )
+    info["cpu_part"] = fields.get("CPU part")
+    info["model"] = fields.get("Model")
+    if ctx.baseline:
+        return info
+    if info["machine"] != "aarch64":
+        raise StepFailed(f"expected an aarch64 interpreter, got {info['machine']}")
+    if ctx.cpu is not None and info["cpu_part"] != PI_CPUS[ctx.cpu]["part"]:
+        raise StepFailed(f"/proc/cpuinfo shows CPU part {info['cpu_part']}, not the Pi's")
+    return info
+
+
+def step_wheels(ctx: Ctx) -> dict[str, Any]:
+    """The distributions installed in the aarch64 site dir, with their wheel tags."""
+    from importlib import metadata
+
+    if ctx.site is None:
+        raise StepFailed("no --site given")
+    wheels = []
+    for dist in metadata.distributions(path=[str(ctx.site)]):
+        tags = [
+            line.split(":", 1)[1].strip()
+            for line in (dist.read_text("WHEEL") or "").splitlines()
+            if line.startswith("Tag:")
+        ]
+        wheels.append({"name": dist.metadata["Name"], "version": dist.version, "tags": tags})
+    wheels.sort(key=lambda w: w["name"].lower())
+    if not wheels:
+        raise StepFailed(f"no distributions found in {ctx.site}")
+    return {"wheels": wheels}
+
+
+IMPORTS = (
+    "edgetwin.cli.main",
+    "numpy",
+    "onnxruntime",
+    "cryptography.hazmat.primitives.ciphers.aead",
+    "sqlite3",
+    "pyrage",
+    "serial",
+    "bleak",
+    "pyedflib",
+    "opendp.prelude",
+    "paho.mqtt.client",
+)
+
+
+def step_imports(ctx: Ctx) -> dict[str, Any]:
+    """Import time of the CLI entry and of each heavy runtime library, in this order."""
+    import importlib
+
+    times: dict[str, float] = {}
+    total = 0.0
+    for module in IMPORTS:
+        t0 = time.perf_counter()
+        importlib.import_module(module)
+        times[module] = round(time.perf_counter() - t0, 4)
+        total += times[module]
+    return {"import_s": times, "total_import_s": round(total, 4)}
+
+
+def step_brainflow(ctx: Ctx) -> dict[str, Any]:
+    """Whether BrainFlow's native library loads (its PyPI wheel ships x86-64 libraries only)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # brainflow 5.23 imports pkg_resources, which warns about its own deprecation.
+            warnings.simplefilter("ignore")
+            from brainflow.board_shim import BoardShim
+
+            version = BoardShim.get_version()
+    except Exception as exc:  # noqa: BLE001 - this step reports whatever goes wrong
+        return {"native_ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"native_ok": True, "version": str(version)}
+
+
+def step_onnxruntime(ctx: Ctx) -> dict[str, Any]:
+    """A small float + int8 graph built here: session start and per-run time."""
+    import numpy as np
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    session = ort.InferenceSession(_tiny_model(), providers=["CPUExecutionProvider"])
+    create_s = time.perf_counter() - t0
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    y = session.run(None, {"x": x})[0]
+    if y.shape != (1, 64) or not np.isfinite(y).all():
+        raise StepFailed(f"unexpected output {y.shape}")
+    runs = _timed(lambda: session.run(None, {"x": x}), n=30)
+    return {"ort_version": ort.__version__, "session_create_s": round(create_s, 4), **runs}
+
+
+def step_models(ctx: Ctx) -> dict[str, Any]:
+    """The shipped int8 models: each loads and runs one window; per-window time."""
+    import numpy as np
+    import onnxruntime as ort
+
+    paths = sorted((REPO / "models").glob("*int8*.onnx"))
+    if not paths:
+        raise StepFailed("models/manifest.json exists but no models/*int8*.onnx")
+    out: dict[str, Any] = {}
+    for path in paths:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # the daemon's budget on a Pi: one core
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for inp in session.get_inputs():
+            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+            dtype = np.float32 if "float" in inp.type else np.int64
+            feeds[inp.name] = np.zeros(shape, dtype=dtype)
+        session.run(None, feeds)
+        out[path.name] = _timed(lambda s=session, f=feeds: s.run(None, f), n=20)
+    return {"models": out}
+
+
+def step_init(ctx: Ctx) -> dict[str, Any]:
+    ctx.passphrase_file.write_text(PASSPHRASE + "\n")
+    ctx.passphrase_file.chmod(0o600)
+    t0 = time.perf_counter()
+    ctx.cli("init")
+    if not (ctx.home / "twin.db").exists():
+        raise StepFailed(f"init left no twin.db in {ctx.home}")
+    return {"init_s": round(time.perf_counter() - t0, 3)}
+
+
+RECORDING_S = 20 * 60
+RECORDING_HZ = 1.0
+
+
+def step_ingest(ctx: Ctx) -> dict[str, Any]:
+    """Ingest a short synthetic wearable recording (CSV per DESIGN.md)."""
+    recording = ctx.work / "recording.csv"
+    n = _write_recording(recording)
+    t0 = time.perf_counter()
+    ctx.cli("ingest", str(recording), "--stream", "wrist")
+    return {"rows": n, "ingest_s": round(time.perf_counter() - t0, 3)}
+
+
+def step_timeline(ctx: Ctx) -> dict[str, Any]:
+    frames = json.loads(ctx.cli("--json", "timeline"))
+    if not isinstance(frames, list) or not frames:
+        raise StepFailed("timeline --json returned no frames after ingest")
+    hr = [f["features"].get("hr") for f in frames]
+    if all(v is None for v in hr):
+        raise StepFailed("no frame has a heart rate although the recording has one")
+    ctx.data["frames"] = len(frames)
+    return {"frames": len(frames), "keys": sorted(frames[0])}
+
+
+def step_predictions(ctx: Ctx) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    preds = json.loads(ctx.cli("--json", "predictions", "--last", "3"))
+    elapsed = time.perf_counter() - t0
+    if not isinstance(preds, list) or not preds:
+        raise StepFailed("predictions --json returned nothing after ingest")
+    for p in preds:
+        missing = {"t", "target", "step_s", "horizon", "band"} - set(p)
+        if missing:
+            raise StepFailed(f"prediction lacks {sorted(missing)}")
+        if len(p["band"]) != len(p["horizon"]):
+            raise StepFailed("band and horizon differ in length")
+    return {"predictions": len(preds), "predictions_s": round(elapsed, 3)}
+
+
+def step_bundle(ctx: Ctx) -> dict[str, Any]:
+    """Export an encrypted bundle and import it into a fresh home; the timeline survives."""
+    bundle = ctx.work / "twin.bundle"
+    t0 = time.perf_counter()
+    ctx.cli("export", "-o", str(bundle), "--passphrase")
+    export_s = time.perf_counter() - t0
+    restored = ctx.work / "restored"
+    t0 = time.perf_counter()
+    ctx.cli("import", str(bundle), "--passphrase", home=restored)
+    import_s = time.perf_counter() - t0
+    frames = json.loads(ctx.cli("--json", "timeline", home=restored))
+    if "frames" in ctx.data and len(frames) != ctx.data["frames"]:
+        raise StepFailed(f"restored twin has {len(frames)} frames, not {ctx.data['frames']}")
+    return {
+        "bundle_bytes": bundle.stat().st_size,
+        "export_s": round(export_s, 3),
+        "import_s": round(import_s, 3),
+    }
+
+
+def _pytest_step(pattern: str) -> Callable[[Ctx], dict[str, Any]]:
+    """Run the repo's own decoder tests (and so their test vectors) in this process."""
+
+    def run(ctx: Ctx) -> dict[str, Any]:
+        import pytest
+
+        files = sorted(str(p) for p in REPO.glob(pattern))
+        if not files:
+            raise StepFailed(f"no test files match {pattern}")
+
+        class Counter:
+            def __init__(self) -> None:
+                self.counts: dict[str, int] = {}
+
+            def pytest_runtest_logreport(self, report: Any) -> None:
+                if report.when == "call" or report.outcome != "passed":
+                    self.counts[report.outcome] = self.counts.get(report.outcome, 0) + 1
+
+        counter = Counter()
+        t0 = time.perf_counter()
+        with _chdir(ctx.work):
+            code = pytest.main(
+                ["-q", "-p", "no:cacheprovider", "--rootdir", str(REPO), *files],
+                plugins=[counter],
+            )
+        result = {"files": [Path(f).name for f in files], "outcomes": counter.counts}
+        result["pytest_s"] = round(time.perf_counter() - t0, 3)
+        if code != 0 or counter.counts.get("failed") or not counter.counts.get("passed"):
+            raise StepFailed(f"pytest exited {int(code)}: {counter.counts}")
+        return result
+
+    return run
+
+
+STEPS: tuple[Step, ...] = (
+    Step("platform", (), step_platform, baseline=True),
+    Step("wheels", (), step_wheels),
+    Step("imports", ("edgetwin/cli/main.py",), step_imports, baseline=True),
+    Step("onnxruntime", (), step_onnxruntime, baseline=True),
+    Step("brainflow_native", (), step_brainflow),
+    Step("models_int8", ("models/manifest.json",), step_models, baseline=True),
+    Step("init", ("edgetwin/cli/keys.py",), step_init),
+    Step("ingest", ("edgetwin/cli/data.py",), step_ingest),
+    Step("timeline", ("edgetwin/cli/data.py",), step_timeline),
+    Step(
+        "predictions",
+        ("edgetwin/cli/data.py", "models/manifest.json"),
+        step_predictions,
+    ),
+    Step("export_import", ("edgetwin/cli/bundle.py",), step_bundle),
+    Step(
+        "gatt_vectors",
+        ("edgetwin/sources/gatt.py", "tests/sources/test_gatt.py"),
+        _pytest_step("tests/sources/test_gatt*.py"),
+    ),
+    Step(
+        "bridge_vectors",
+        (
+            "edgetwin/sources/bridge_protocol.py",
+            "firmware_bridges/test_vectors.json",
+            "tests/sources/test_bridge_protocol.py",
+        ),
+        _pytest_step("tests/sources/test_bridge_protocol*.py"),
+    ),
+)
+
+# A step that depends on an earlier one is skipped when that one did not pass.
+DEPENDS = {
+    "ingest": "init",
+    "timeline": "ingest",
+    "predictions": "ingest",
+    "export_import": "timeline",
+}
+
+
+def run_steps(ctx: Ctx) -> list[dict[str, Any]]:
+    """Run every step that applies; one result dict per step, in order."""
+    results: list[dict[str, Any]] = []
+    status: dict[str, str] = {}
+    for step in STEPS:
+        if ctx.baseline and not step.baseline:
+            continue
+        missing = [r for r in step.requires if not (REPO / r).exists()]
+        entry: dict[str, Any] = {"step": step.name}
+        dep = DEPENDS.get(step.name)
+        if missing and not REQUIRE_ALL_STEPS:
+            entry.update(status="skipped", reason=f"not yet available: {', '.join(missing)}")
+        elif missing:
+            entry.update(status="failed", error=f"missing: {', '.join(missing)}")
+        elif dep is not None and status.get(dep) != "ok":
+            # An upstream step that was skipped for a missing piece skips this one the same way;
+            # one that failed makes this one fail.
+            if status.get(dep) == "skipped" and not REQUIRE_ALL_STEPS:
+                entry.update(status="skipped", reason=f"not yet available: step {dep}")
+            else:
+                entry.update(status="failed", error=f"step {dep} did not pass")
+        else:
+            t0 = time.perf_counter()
+            try:
+                entry.update(step.run(ctx))
+                entry["status"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - a failing step is reported, not raised
+                entry.update(
+                    status="failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc()[-4000:],
+                )
+            entry["elapsed_s"] = round(time.perf_counter() - t0, 3)
+        status[step.name] = entry["status"]
+        line = f"[{entry['status']:>7}] {step.name}"
+        if "reason" in entry:
+            line += f": {entry['reason']}"
+        if "error" in entry:
+            line += f": {entry['error'].splitlines()[0]}"
+        if "elapsed_s" in entry:
+            line += f" ({entry['elapsed_s']} s)"
+        print(line, file=sys.stderr, flush=True)
+        if entry["status"] == "failed" and "traceback" in entry:
+            print(entry["traceback"], file=sys.stderr, flush=True)
+        results.append(entry)
+    return results
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], object], n: int) -> dict[str, float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {
+        "median_ms": round(statistics.median(times) * 1000, 4),
+        "p90_ms": round(times[int(0.9 * (n - 1))] * 1000, 4),
+        "runs": n,
+    }
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _write_recording(path: Path) -> int:
+    """A deterministic wrist recording: HR, SpO2, skin temperature, EDA and acceleration."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    n = int(RECORDING_S * RECORDING_HZ)
+    t = 1_700_000_000.0 + np.arange(n) / RECORDING_HZ
+    minutes = np.arange(n) / RECORDING_HZ / 60
+    hr = 64 + 6 * np.sin(minutes / 3) + rng.normal(0, 1.5, n)
+    spo2 = np.clip(97.5 + rng.normal(0, 0.4, n), 90, 100)
+    temp = 33.2 + 0.3 * np.sin(minutes / 7) + rng.normal(0, 0.03, n)
+    eda = 2.0 + 0.2 * np.sin(minutes / 5) + rng.normal(0, 0.02, n)
+    accel = rng.normal(0, 0.05, (n, 3)) + np.array([0.0, 0.0, 1.0])
+    with path.open("w") as f:
+        f.write("timestamp,hr,spo2,temp,eda,accel_x,accel_y,accel_z\n")
+        for i in range(n):
+            f.write(
+                f"{t[i]:.3f},{hr[i]:.1f},{spo2[i]:.1f},{temp[i]:.2f},{eda[i]:.3f},"
+                f"{accel[i, 0]:.4f},{accel[i, 1]:.4f},{accel[i, 2]:.4f}\n"
+            )
+    return n
+
+
+def _tiny_model() -> bytes:
+    """ONNX bytes for x[1,256] -> MatMul -> Relu -> DynamicQuantizeLinear -> MatMulInteger -> Cast.
+
+    Encoded by hand (the ``onnx`` package is a training-only dependency) so that onnxruntime's
+    float and int8 kernels run before any shipped model exists.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((256, 256)) / 16).astype(np.float32)
+    w2 = rng.integers(-127, 128, (256, 64)).astype(np.int8)
+    float_t, uint8_t, int8_t, int32_t = 1, 2, 3, 6  # TensorProto.DataType
+
+    def tensor(name: str, arr: Any, dtype: int) -> bytes:
+        dims = b"".join(_pb_varint_field(1, d) for d in arr.shape)
+        return (
+            dims
+            + _pb_varint_field(2, dtype)
+            + _pb_bytes(8, name.encode())
+            + _pb_bytes(9, arr.tobytes())
+        )
+
+    def value_info(name: str, dtype: int, shape: tuple[int, ...]) -> bytes:
+        dims = b"".join(_pb_bytes(1, _pb_varint_field(1, d)) for d in shape)
+        tensor_type = _pb_varint_field(1, dtype) + _pb_bytes(2, dims)
+        return _pb_bytes(1, name.encode()) + _pb_bytes(2, _pb_bytes(1, tensor_type))
+
+    def node(op: str, inputs: list[str], outputs: list[str], **ints: int) -> bytes:
+        body = b"".join(_pb_bytes(1, i.encode()) for i in inputs)
+        body += b"".join(_pb_bytes(2, o.encode()) for o in outputs)
+        body += _pb_bytes(4, op.encode())
+        for key, val in ints.items():  # AttributeProto: name=1, i=3, type=20 (INT=2)
+            attr = _pb_bytes(1, key.encode()) + _pb_varint_field(3, val) + _pb_varint_field(20, 2)
+            body += _pb_bytes(5, attr)
+        return body
+
+    nodes = [
+        node("MatMul", ["x", "w1"], ["h"]),
+        node("Relu", ["h"], ["r"]),
+        node("DynamicQuantizeLinear", ["r"], ["rq", "rs", "rz"]),
+        node("MatMulInteger", ["rq", "w2", "rz"], ["yi"]),
+        node("Cast", ["yi"], ["y"], to=float_t),
+    ]
+    graph = b"".join(_pb_bytes(1, n) for n in nodes)
+    graph += _pb_bytes(2, b"smoke")
+    graph += _pb_bytes(5, tensor("w1", w1, float_t)) + _pb_bytes(5, tensor("w2", w2, int8_t))
+    graph += _pb_bytes(11, value_info("x", float_t, (1, 256)))
+    graph += _pb_bytes(12, value_info("y", float_t, (1, 64)))
+    del uint8_t, int32_t  # named for the reader; the graph infers them
+    opset = _pb_bytes(1, b"") + _pb_varint_field(2, 13)
+    return _pb_varint_field(1, 7) + _pb_bytes(8, opset) + _pb_bytes(7, graph)
+
+
+def _pb_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _pb_varint_field(number: int, value: int) -> bytes:
+    return _pb_varint(number << 3) + _pb_varint(value)
+
+
+def _pb_bytes(number: int, payload: bytes) -> bytes:
+    return _pb_varint(number << 3 | 2) + _pb_varint(len(payload)) + payload
+
+
+# --- modes -----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="smoke-"))
+    try:
+        ctx = Ctx(cpu=args.cpu, site=args.site, baseline=args.baseline, work=work)
+        steps = run_steps(ctx)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "run": "native" if args.baseline else args.cpu,
+        "machine": platform.machine(),
+        "require_all_steps": REQUIRE_ALL_STEPS,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+        "steps": steps,
+    }
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 1 if any(s["status"] == "failed" for s in steps) else 0
+
+
+def cmd_cpuinfo(args: argparse.Namespace) -> int:
+    cpu = PI_CPUS[args.cpu]
+    # As many processors as the host has: qemu's threads are the host's, and /sys is the host's.
+    n = len(os.sched_getaffinity(0))
+    blocks = [
+        f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {cpu['features']}\n"
+        f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: {cpu['variant']}\n"
+        f"CPU part\t: {cpu['part']}\nCPU revision\t: {cpu['revision']}\n"
+        for i in range(n)
+    ]
+    tail = (
+        f"Revision\t: {cpu['board_revision']}\nSerial\t\t: 100000000badc0de\n"
+        f"Model\t\t: {cpu['model']}\n"
+    )
+    sys.stdout.write("\n".join(blocks) + "\n" + tail)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """One report: per-run steps, ratios against the native baseline, the aarch64 wheel set."""
+    runs = [json.loads(Path(p).read_text()) for p in args.reports]
+    meta: dict[str, Any] = {}
+    for item in args.meta:
+        key, _, value = item.partition("=")
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            meta[key] = value
+    by_run = {r["run"]: r for r in runs}
+    native = by_run.get("native")
+    problems = [f"{c}: no report (crashed?)" for c in args.expect_cpus.split() if c not in by_run]
+    wheels: list[dict[str, Any]] = []
+    relative: dict[str, dict[str, float]] = {}
+    for run in runs:
+        steps = {s["step"]: s for s in run["steps"]}
+        problems += [
+            f"{run['run']}: {s['step']} failed: {(s.get('error') or '?').splitlines()[0]}"
+            for s in run["steps"]
+            if s["status"] == "failed"
+        ]
+        if "wheels" in steps and steps["wheels"]["status"] == "ok" and not wheels:
+            wheels = steps["wheels"]["wheels"]
+        if native is not None and run is not native:
+            relative[run["run"]] = _ratios(steps, {s["step"]: s for s in native["steps"]})
+    report = {
+        "ok": not problems,
+        "problems": problems,
+        "meta": meta,
+        "relative_to_native": relative,
+        "wheels": wheels,
+        "runs": runs,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    for run in runs:
+        counts: dict[str, int] = {}
+        for s in run["steps"]:
+            counts[s["status"]] = counts.get(s["status"], 0) + 1
+        print(f"aarch64-smoke: {run['run']}: {counts} in {run['elapsed_s']} s", file=sys.stderr)
+    for name, ratios in relative.items():
+        print(f"aarch64-smoke: {name} vs native: {ratios}", file=sys.stderr)
+    for p in problems:
+        print(f"aarch64-smoke: FAILED {p}", file=sys.stderr)
+    print(f"aarch64-smoke: report in {args.out}", file=sys.stderr)
+    return 0 if not problems else 1
+
+
+def _ratios(emulated: dict[str, Any], native: dict[str, Any]) -> dict[str, float]:
+    """Emulated / native for the timings both runs have."""
+    out: dict[str, float] = {}
+
+    def both(step: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        a, b = emulated.get(step, {}), native.get(step, {})
+        return (a, b) if a.get("status") == b.get("status") == "ok" else None
+
+    def ratio(key: str, a: float | None, b: float | None) -> None:
+        if a and b:
+            out[key] = round(a / b, 1)
+
+    if pair := both("imports"):
+        em, nat = pair
+        ratio("total_import", em["total_import_s"], nat["total_import_s"])
+        for mod in ("edgetwin.cli.main", "numpy", "onnxruntime"):
+            ratio(f"import {mod}", em["import_s"].get(mod), nat["import_s"].get(mod))
+    if pair := both("onnxruntime"):
+        ratio("tiny_model_run", pair[0]["median_ms"], pair[1]["median_ms"])
+    if pair := both("models_int8"):
+        for name, timing in pair[0]["models"].items():
+            if name in pair[1]["models"]:
+                ratio(f"window {name}", timing["median_ms"], pair[1]["models"][name]["median_ms"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("--cpu", choices=sorted(PI_CPUS))
+    p_run.add_argument("--site", type=Path)
+    p_run.add_argument("--baseline", action="store_true")
+    p_run.add_argument("--out", type=Path, required=True)
+    p_cpu = sub.add_parser("cpuinfo")
+    p_cpu.add_argument("--cpu", choices=sorted(PI_CPUS), required=True)
+    p_merge = sub.add_parser("merge")
+    p_merge.add_argument("--out", required=True)
+    p_merge.add_argument("--meta", action="append", default=[])
+    p_merge.add_argument("--expect-cpus", default="")
+    p_merge.add_argument("reports", nargs="*")
+    args = parser.parse_args(argv)
+    return {"run": cmd_run, "cpuinfo": cmd_cpuinfo, "merge": cmd_merge}[args.mode](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
