@@ -271,7 +271,7 @@ def preset_layout(
     channels: list[str] = []
     units: list[str] = []
     meta: dict[str, Any] = {"board": name, "preset": PRESET_NAMES.get(preset, str(preset)),
-                            "sampling_rate": float(descr["sampling_rate"])}
+                            "sampling_rate_hz": float(descr["sampling_rate"])}
 
     def add(row: int, channel: str, unit: str) -> None:
         if row in used:

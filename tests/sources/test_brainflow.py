@@ -173,6 +173,37 @@ async def test_athena_playback_feeds_fnirs_channels_from_the_optics(tmp_path: Pa
     assert abs(anc.last_t - time.time()) < 10.0
 
 
+async def test_athena_playback_through_the_feature_pipeline_gives_finite_hbo(
+    tmp_path: Path,
+) -> None:
+    """Playback batches of the Athena's optics -> FeaturePipeline -> finite fnirs_hbo."""
+    from edgetwin.features.pipeline import FeaturePipeline
+    from edgetwin.features.schema import INDEX
+
+    files = write_board_files(tmp_path, ATHENA, seconds=3.0)
+    source = BrainFlowSource("muse", "PLAYBACK_FILE_BOARD",
+                             {"file_anc": str(files[2][0]), "master_board": ATHENA},
+                             watchdog_s=0.5)
+    pipeline = FeaturePipeline(step_s=1.0)
+    frames: list[object] = []
+
+    async def run() -> None:
+        async for batch in source.stream():
+            frames.extend(pipeline.push(batch))
+
+    await source.connect()
+    try:
+        with pytest.raises(TransientSourceError):  # the file ends: the watchdog closes the run
+            await run()
+    finally:
+        await source.close()
+    frames.extend(pipeline.flush())
+    hbo = [f.values[INDEX["fnirs_hbo"]] for f in frames]  # type: ignore[attr-defined]
+    assert len(frames) >= 2
+    assert any(np.isfinite(v) for v in hbo)
+    assert all(np.isfinite(v) or np.isnan(v) for v in hbo)  # never inf
+
+
 async def test_playback_that_ends_trips_the_watchdog_and_reconnects(tmp_path: Path) -> None:
     files = write_board_files(tmp_path, "SYNTHETIC_BOARD", seconds=0.4)
     source = BrainFlowSource("pb", "PLAYBACK_FILE_BOARD",
