@@ -1,0 +1,65 @@
+"""The systemd unit keeps its hardening: a regression here would widen the daemon's reach."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parents[2] / "scripts" / "edgetwin.service"
+
+
+def _service() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    section = None
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        if section == "Service":
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_runs_as_a_dedicated_unprivileged_user() -> None:
+    svc = _service()
+    assert svc["User"] == ["edgetwin"]
+    assert svc["NoNewPrivileges"] == ["yes"]
+    assert svc["CapabilityBoundingSet"] == [""]
+    assert svc["UMask"] == ["0077"]
+
+
+def test_file_system_is_read_only_but_for_the_twin_home() -> None:
+    svc = _service()
+    assert svc["ProtectSystem"] == ["strict"]
+    assert svc["PrivateTmp"] == ["yes"]
+    assert svc["ProtectHome"] == ["yes"]
+    assert svc["ReadWritePaths"] == ["/var/lib/edgetwin"]
+    assert svc["Environment"][0] == "EDGETWIN_HOME=/var/lib/edgetwin"
+
+
+def test_device_access_is_only_usb_serial() -> None:
+    svc = _service()
+    assert svc["DevicePolicy"] == ["closed"]
+    assert sorted(svc["DeviceAllow"]) == ["char-ttyACM rw", "char-ttyUSB rw"]
+
+
+def test_key_comes_from_an_encrypted_credential_not_a_file() -> None:
+    svc = _service()
+    assert svc["LoadCredentialEncrypted"] == ["edgetwin-key"]
+    assert "EDGETWIN_KEYFILE=%d/edgetwin-key" in svc["Environment"]
+    assert svc["KillSignal"] == ["SIGTERM"]  # orderly shutdown flushes the store
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_accepts_the_unit() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, check=False
+    )
+    assert "Unknown key" not in result.stderr
