@@ -397,10 +397,26 @@ class Thermometer(Peripheral):
         )
 
 
+class Tag(Peripheral):
+    """A BLE device that is no health sensor: a key finder advertising only a battery."""
+
+    model_name = "TAG-EMU"
+
+    def __init__(self, address: str, name: str = "EMU Tag", **kwargs: Any) -> None:
+        super().__init__(address, name, **kwargs)
+
+    def measurement_uuids(self) -> list[str]:
+        return []
+
+    def advertised_uuids(self) -> list[str]:
+        return [g.BATTERY_SERVICE]
+
+
 KINDS: dict[str, type[Peripheral]] = {
     "heart_rate": HeartRateStrap,
     "pulse_oximeter": PulseOximeter,
     "thermometer": Thermometer,
+    "tag": Tag,
 }
 
 

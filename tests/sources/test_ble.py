@@ -17,6 +17,7 @@ from tests.sources.bluez_emulator import (
     HeartRateStrap,
     Peripheral,
     PulseOximeter,
+    Tag,
     Thermometer,
 )
 
@@ -29,16 +30,6 @@ bluez = ble_harness.bluez
 STRAP = "C0:FF:EE:00:00:01"
 OXI = "C0:FF:EE:00:00:02"
 THERMO = "C0:FF:EE:00:00:03"
-
-
-class Gadget(Peripheral):
-    """A BLE device that is no health sensor (a tag advertising nothing we know)."""
-
-    def measurement_uuids(self) -> list[str]:
-        return []
-
-    def advertised_uuids(self) -> list[str]:
-        return [g.BATTERY_SERVICE]
 
 
 def fast_strap(address: str = STRAP, **kwargs) -> HeartRateStrap:
@@ -60,7 +51,7 @@ async def test_scan_reports_name_rssi_and_health_profiles(bluez: BlueZEmulator) 
     bluez.add(HeartRateStrap(STRAP, "Polar H10 1234"))
     bluez.add(PulseOximeter(OXI))
     bluez.add(Thermometer(THERMO))
-    bluez.add(Gadget("C0:FF:EE:00:00:09", "Tag"))
+    bluez.add(Tag("C0:FF:EE:00:00:09", "Tag"))
 
     found = await scan_ble(0.5)
 

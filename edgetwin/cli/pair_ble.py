@@ -1,0 +1,128 @@
+"""``edgetwin pair add ble ADDRESS --profile P``: register a BLE health device.
+
+The record it stores is what ``BleSource.from_record`` reads::
+
+    {"kind": "ble", "address": "C0:FF:EE:00:00:01", "profile": "heart_rate",
+     "name": "Polar H10 1A2B3C"}
+
+With ``--profile auto`` (the default) the device is connected once and its
+GATT services decide the profile; with an explicit profile no radio is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import importlib
+from typing import Any
+
+import click
+
+from edgetwin.cli.common import AppContext, pass_app
+from edgetwin.errors import UsageError
+from edgetwin.sources.ble import PROFILES, normalize_address
+
+__all__ = ["ble_add", "build_ble_record", "default_ble_name", "stream_names"]
+
+_STREAMS = {
+    "heart_rate": ("hr", "rr", "battery"),
+    "pulse_oximeter": ("spo2", "battery"),
+    "thermometer": ("temp", "battery"),
+}
+
+
+def build_ble_record(
+    address: str, profile: str, device_name: str = "", *, notify_mode: str = "start"
+) -> dict[str, Any]:
+    """The pairing record of a BLE device; ``UsageError`` if the address or profile is wrong."""
+    norm = normalize_address(address)
+    if norm is None:
+        raise UsageError(
+            f"{address!r} is not a Bluetooth address",
+            hint="six hex pairs like C0:FF:EE:00:00:01; 'edgetwin pair scan' lists nearby devices",
+        )
+    if profile not in PROFILES:
+        close = difflib.get_close_matches(profile, list(PROFILES), n=1)
+        raise UsageError(
+            f"unknown BLE profile {profile!r}",
+            hint=(f"did you mean {close[0]}? " if close else "")
+            + f"known: {', '.join(PROFILES)}, or auto",
+        )
+    if notify_mode not in ("start", "acquire"):
+        raise UsageError(f"notify mode {notify_mode!r} must be 'start' or 'acquire'")
+    record: dict[str, Any] = {"kind": "ble", "address": norm, "profile": profile,
+                              "name": device_name}
+    if notify_mode != "start":
+        record["notify_mode"] = notify_mode
+    return record
+
+
+def default_ble_name(profile: str, existing: set[str] | frozenset[str] = frozenset()) -> str:
+    """``heart_rate``, ``heart_rate-2``, ... whichever is free (it prefixes stream names)."""
+    name, i = profile, 2
+    while name in existing:
+        name = f"{profile}-{i}"
+        i += 1
+    return name
+
+
+def stream_names(name: str, profile: str) -> list[str]:
+    """The streams a paired device will feed."""
+    return [f"{name}.{kind}" for kind in _STREAMS[profile]]
+
+
+@click.command("ble")
+@click.argument("address")
+@click.option(
+    "--profile",
+    type=click.Choice([*PROFILES, "auto"]),
+    default="auto",
+    show_default=True,
+    help="Health profile; 'auto' connects once and reads it from the device's services.",
+)
+@click.option("--name", help="Source name (streams NAME.hr, NAME.rr, ...) [default: profile].")
+@click.option("--timeout", type=float, default=20.0, show_default=True,
+              help="Seconds to find and probe the device (with --profile auto).")
+@click.option("--notify", "notify_mode", type=click.Choice(["start", "acquire"]),
+              default="start", show_default=True,
+              help="BlueZ notification mode; 'acquire' reads a socket, cheaper on a Pi.")
+@pass_app
+def ble_add(
+    app: AppContext,
+    address: str,
+    profile: str,
+    name: str | None,
+    timeout: float,
+    notify_mode: str,
+) -> None:
+    """Register a BLE heart-rate strap, pulse oximeter or thermometer."""
+    norm = build_ble_record(address, "heart_rate")["address"]  # validate before any radio
+    device_name = ""
+    if profile == "auto":
+        from edgetwin.sources.ble import probe_ble
+
+        info = asyncio.run(probe_ble(norm, timeout))
+        if not info["profiles"]:
+            raise UsageError(
+                f"BLE device {norm} ({info['name'] or 'no name'}) offers no heart-rate, "
+                "pulse-oximeter or thermometer service",
+                hint="if you know what it is, pass --profile explicitly",
+            )
+        profile, device_name = info["profiles"][0], info["name"]
+    record = build_ble_record(norm, profile, device_name, notify_mode=notify_mode)
+    pair = _pair_module()
+    if name is None:
+        name = default_ble_name(profile, _existing_names(pair, app))
+    pair.save_pairing(app, name, record)
+    if not app.as_json:
+        click.echo(f"streams: {', '.join(stream_names(name, profile))}")
+
+
+def _pair_module() -> Any:
+    # Imported at call time: pair.py imports this module to register the command.
+    return importlib.import_module("edgetwin.cli.pair")
+
+
+def _existing_names(pair: Any, app: AppContext) -> set[str]:
+    paired_names = getattr(pair, "paired_names", None)
+    return set(paired_names(app)) if paired_names is not None else set()
