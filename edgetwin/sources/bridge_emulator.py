@@ -236,6 +236,10 @@ class BridgeEmulator:
         ftype, token, arg = command
         self.stats.commands += 1
         if ftype == etb.CMD_START:
+            if not self._streaming:
+                # Like the firmware: sampling resumes now; seq continues without a gap.
+                self._t_base_us = self._device_now_us()
+                self._seq_base = self._seq
             self._streaming = True
             self._send(etb.ack_frame(token, ftype), control=True)
         elif ftype == etb.CMD_STOP:
@@ -258,22 +262,23 @@ class BridgeEmulator:
         else:
             self._send(etb.ack_frame(token, ftype, etb.ACK_UNKNOWN_COMMAND), control=True)
 
+    def _device_now_us(self) -> int:
+        return int((time.monotonic() - self._boot_host) * (1.0 + self.drift) * 1e6)
+
     def _device_t_us(self, seq: int) -> int:
         return self._t_base_us + (seq - self._seq_base) * 1_000_000_000 // self.rate_mhz
 
     def _emit_due_rows(self) -> float:
         """Sample every row that is due by now; seconds until the next one."""
         emitted = 0
+        if not self._streaming:
+            return 0.05
         while True:
             t_dev_us = self._device_t_us(self._seq)
             due = self._boot_host + t_dev_us / 1e6 / (1.0 + self.drift)
             now = time.monotonic()
             if due > now:
                 return due - now
-            if not self._streaming:
-                # The ADC keeps its cadence while stopped; rows are sampled but not sent.
-                self._seq += 1
-                continue
             row = self.raw_row(self._seq)
             if self.sent_rows is not None:
                 self.sent_rows.append(tuple(row))
