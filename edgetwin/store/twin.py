@@ -231,8 +231,12 @@ class TwinStore:
         return store
 
     @classmethod
-    def open(cls, home: Path, secret: Secret) -> TwinStore:
-        """Unlock the twin in ``home``: WrongKey, DataCorrupt, SchemaTooNew or HomeError."""
+    def open(cls, home: Path, secret: Secret, *, strict: bool = True) -> TwinStore:
+        """Unlock the twin in ``home``: WrongKey, DataCorrupt, SchemaTooNew or HomeError.
+
+        ``strict=False`` opens a twin whose database fails its authentication
+        check, so that :meth:`verify` can list the damage.
+        """
         home = Path(home)
         db_path = home / DB_FILE
         ks_path = home / KEYSTORE_FILE
@@ -269,7 +273,11 @@ class TwinStore:
             if version < SCHEMA_VERSION:
                 migrate(conn, str(db_path))
             store = cls(home, keystore, keys, conn)
-            store._check_twin()
+            try:
+                store._check_twin()
+            except DataCorrupt:
+                if strict:
+                    raise
         except sqlite3.Error as exc:
             conn.close()
             raise _translate(exc, db_path, "opening the database") from exc
