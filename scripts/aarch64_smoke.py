@@ -186,20 +186,23 @@ def step_imports(ctx: Ctx) -> dict[str, Any]:
     return {"import_s": times, "total_import_s": round(total, 4)}
 
 
-def step_brainflow(ctx: Ctx) -> dict[str, Any]:
+def step_brainflow_native(ctx: Ctx) -> dict[str, Any]:
     """Whether BrainFlow's native library loads (its PyPI wheel ships x86-64 libraries only)."""
-    import warnings
+    error = _brainflow_native_error()
+    return {"native_ok": error is None, "native_error": error}
 
-    try:
-        with warnings.catch_warnings():
-            # brainflow 5.23 imports pkg_resources, which warns about its own deprecation.
-            warnings.simplefilter("ignore")
-            from brainflow.board_shim import BoardShim
 
-            version = BoardShim.get_version()
-    except Exception as exc:  # noqa: BLE001 - this step reports whatever goes wrong
-        return {"native_ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-    return {"native_ok": True, "version": str(version)}
+def step_brainflow_degrades(ctx: Ctx) -> dict[str, Any]:
+    """edgetwin's BrainFlow check agrees with the loader and, if it fails, names the CPU."""
+    from edgetwin.sources.brainflow import brainflow_available
+
+    error = _brainflow_native_error()
+    reason = brainflow_available()
+    if (reason is None) != (error is None):
+        raise StepFailed(f"brainflow_available() says {reason!r} but loading gives {error!r}")
+    if reason is not None and platform.machine() not in reason:
+        raise StepFailed(f"the reason does not name this CPU ({platform.machine()}): {reason}")
+    return {"native_ok": reason is None, "edgetwin_reason": reason}
 
 
 def step_onnxruntime(ctx: Ctx) -> dict[str, Any]:
@@ -311,7 +314,12 @@ def step_bundle(ctx: Ctx) -> dict[str, Any]:
 
 
 def _pytest_step(pattern: str) -> Callable[[Ctx], dict[str, Any]]:
-    """Run the repo's own decoder tests (and so their test vectors) in this process."""
+    """Run the repo's own decoder tests (and so their test vectors) in this process.
+
+    Hypothesis property tests are deselected: they exercise the same pure-Python logic as the
+    native run with hundreds of examples each, which under emulation costs half a minute per
+    file and proves nothing the byte-exact vectors do not.
+    """
 
     def run(ctx: Ctx) -> dict[str, Any]:
         import pytest
@@ -323,6 +331,14 @@ def _pytest_step(pattern: str) -> Callable[[Ctx], dict[str, Any]]:
         class Counter:
             def __init__(self) -> None:
                 self.counts: dict[str, int] = {}
+
+            def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
+                keep = [i for i in items if not getattr(i.obj, "is_hypothesis_test", False)]
+                dropped = [i for i in items if i not in keep]
+                if dropped:
+                    config.hook.pytest_deselected(items=dropped)
+                    self.counts["deselected_property_tests"] = len(dropped)
+                items[:] = keep
 
             def pytest_runtest_logreport(self, report: Any) -> None:
                 if report.when == "call" or report.outcome != "passed":
@@ -349,7 +365,8 @@ STEPS: tuple[Step, ...] = (
     Step("wheels", (), step_wheels),
     Step("imports", ("edgetwin/cli/main.py",), step_imports, baseline=True),
     Step("onnxruntime", (), step_onnxruntime, baseline=True),
-    Step("brainflow_native", (), step_brainflow),
+    Step("brainflow_native", (), step_brainflow_native),
+    Step("brainflow_degrades", ("edgetwin/sources/brainflow.py",), step_brainflow_degrades),
     Step("models_int8", ("models/manifest.json",), step_models, baseline=True),
     Step("init", ("edgetwin/cli/keys.py",), step_init),
     Step("ingest", ("edgetwin/cli/data.py",), step_ingest),
@@ -434,6 +451,21 @@ def run_steps(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _brainflow_native_error() -> str | None:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # brainflow 5.23 imports pkg_resources, which warns about its own deprecation.
+            warnings.simplefilter("ignore")
+            from brainflow.board_shim import BoardControllerDLL
+
+            BoardControllerDLL.get_instance()
+    except (ImportError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
 
 
 def _timed(fn: Callable[[], object], n: int) -> dict[str, float]:
