@@ -35,6 +35,8 @@ from edgetwin.types import FloatArray
 RR_MIN_MS = 300.0
 RR_MAX_MS = 2000.0
 MAX_REL_DEVIATION = 0.20
+ECG_THRESHOLD = 0.3
+PPG_THRESHOLD = 0.3
 _MEDIAN_SPAN = 11  # beats in the local median of the successive-difference rule
 
 
@@ -96,7 +98,8 @@ def detect_beats(x: FloatArray, fs: float, kind: str) -> FloatArray:
         slope = np.diff(y, prepend=y[0])
         width = max(1, round(0.15 * fs))
         env = np.convolve(slope * slope, np.ones(width) / width, mode="same")
-        peaks = _pick(env, _threshold(env, 0.3), round(0.25 * fs))
+        peaks = _pick(env, 0.0, round(0.25 * fs))
+        peaks = peaks[env[peaks] > _threshold(env[peaks], ECG_THRESHOLD)]
         # Move each envelope peak to the band-passed R peak close by.
         half = max(1, round(0.1 * fs))
         out = []
@@ -109,13 +112,22 @@ def detect_beats(x: FloatArray, fs: float, kind: str) -> FloatArray:
         beats = _pick_sorted(beats, round(0.25 * fs))
         return beats.astype(np.float64)
     y = dsp.bandpassed(x, fs, 0.5, min(5.0, 0.45 * fs))
-    peaks = _pick(y, max(0.0, _threshold(y, 0.3)), round(0.3 * fs))
+    peaks = _pick(y, 0.0, round(0.3 * fs))
+    peaks = peaks[y[peaks] > _threshold(y[peaks], PPG_THRESHOLD)]
     return np.asarray(peaks, dtype=np.float64)
 
 
-def _threshold(x: FloatArray, frac: float) -> float:
-    """A fraction of a robust maximum, so one artefact spike cannot hide every beat."""
-    return frac * float(np.percentile(x, 98))
+def _threshold(heights: FloatArray, frac: float) -> float:
+    """A fraction of the median of the taller half of the candidate peaks.
+
+    Beats are the taller half of the local maxima that survive the refractory
+    rule; their median is robust to a few huge ectopic or artefact peaks, which
+    a plain maximum is not (they would hide every normal beat).
+    """
+    if heights.size == 0:
+        return 0.0
+    top = np.sort(heights)[heights.size // 2 :]
+    return frac * float(np.median(top))
 
 
 def _pick(x: FloatArray, height: float, distance: int) -> npt.NDArray[np.int64]:

@@ -4,9 +4,9 @@ Bands (Hz): delta 1-4, theta 4-8, alpha 8-13, beta 13-30, gamma 30-45, the
 conventional clinical bands (IFCN glossary; Babiloni et al. 2020, Clin
 Neurophysiol 131:285) with gamma capped at 45 Hz to stay below mains hum.
 Each channel's window is linearly detrended, its PSD estimated by Welch's
-method (Hann window, 50 % overlap, ``nfft`` the largest power of two that
-fits twice in the window and at most ``2*fs``, so bins are <= 0.5 Hz wide
-for a 4 s window), and each band's power integrated with
+method (Hann window, 50 % overlap, ``nfft`` the power of two at or above
+``2*fs`` when the window holds it, so bins are <= 0.5 Hz wide from a 4 s
+window on), and each band's power integrated with
 ``DataFilter.get_band_power``. Relative power is band / sum of the five bands;
 the feature is the mean over usable channels.
 
@@ -44,7 +44,8 @@ def band_powers(x: FloatArray, fs: float) -> FloatArray | None:
     rate = round(fs)
     if n < MIN_WINDOW_S * fs or rate < 20:
         return None
-    nfft = 2 ** math.floor(math.log2(min(n / 2.0, 2.0 * fs)))
+    # <= 0.5 Hz bins when the window allows, so the Hann main lobe stays inside a band.
+    nfft = min(2 ** math.ceil(math.log2(2.0 * fs)), 2 ** math.floor(math.log2(n)))
     usable = tuple((lo, hi) for _, lo, hi in BANDS if hi <= rate / 2.0)
     out = np.full(len(BANDS), np.nan)
     out[: len(usable)] = dsp.welch_band_powers(x, fs, nfft, usable)

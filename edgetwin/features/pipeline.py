@@ -12,7 +12,7 @@ an all-missing frame while the silence lasts at most ``max_gap_s`` (default
 silences (the device was off) are skipped.
 
 Bounded state. Each stream keeps a buffer of its last
-``max(rr_window_s, eeg_window_s, beat_window_s, 10 s) + step_s + lateness_s``
+``max(rr_window_s, eeg_window_s, beat_window_s, 10 s) + step_s + 9 s``
 seconds of samples (about 2.5 MB for 16 channels at 250 Hz with the
 defaults), plus, for fNIRS, one baseline intensity per channel, and for ECG
 or PPG, the beat times of the RR window.
@@ -59,6 +59,7 @@ from edgetwin.types import FeatureFrame, FloatArray, SampleBatch, channel_kind
 _LOGGER = logging.getLogger(__name__)
 
 HR_RANGE = (25.0, 250.0)
+_RR_CONTEXT_S = 6.0  # beats before the RMSSD window that inform artefact rejection
 
 
 class FeaturePipeline:
@@ -91,6 +92,8 @@ class FeaturePipeline:
         self.keep_s = (
             max(rr_window_s, eeg_window_s, beat_window_s, fnirs.SCI_WINDOW_S, vitals.EDA_WINDOW_S)
             + self.step_s
+            + _RR_CONTEXT_S
+            + 3.0  # the beat-detection look-back before the RR context
         )
         self.counters: dict[str, int] = {
             "batches": 0,
@@ -234,10 +237,13 @@ class FeaturePipeline:
 
     def _cardiac(self, start: float, end: float, put: _Put) -> None:
         w0 = end - self.rr_window_s
+        # Artefact rejection looks at neighbouring beats on both sides, so it sees a
+        # little before the window and the beats already buffered after the step.
+        c0, c1 = w0 - _RR_CONTEXT_S, end + self.lateness_s
         candidates: list[tuple[FloatArray, FloatArray]] = []
         for st in self._streams.values():
             if "rr" in st.groups:
-                t, v = st.window(w0, end)
+                t, v = st.window(c0, c1)
                 rr = v[:, st.groups["rr"][0]]
                 ok = np.isfinite(rr)
                 candidates.append((t[ok], rr[ok]))
@@ -245,11 +251,10 @@ class FeaturePipeline:
         for kind in ("ecg", "ppg"):
             for st in self._streams.values():
                 if st.beat_kind == kind and st.beats.size >= 2:
-                    bt = st.beats[st.beats >= w0 - 2.5]
+                    bt = st.beats[st.beats >= c0 - 2.5]
                     if bt.size >= 2:
                         rr = np.diff(bt) * 1000.0
-                        sel = bt[1:] >= w0
-                        candidates.append((bt[1:][sel], rr[sel]))
+                        candidates.append((bt[1:], rr))
         best: tuple[FloatArray, FloatArray] | None = None
         best_n = 0
         for bt, rr in candidates:
@@ -257,9 +262,11 @@ class FeaturePipeline:
             if n > best_n:
                 best, best_n = (bt, rr), n
         if best is not None:
-            bt, rr = best
-            ok = cardiac.accept_rr(rr)
-            in_step = (bt >= start) & (bt < end)
+            bt_all, rr_all = best
+            ok_all = cardiac.accept_rr(rr_all)
+            win = (bt_all >= w0) & (bt_all < end)
+            bt, rr, ok = bt_all[win], rr_all[win], ok_all[win]
+            in_step = bt >= start
             self.counters["rejected_beats"] += int(np.sum(in_step & ~ok))
             step_ok = rr[in_step & ok]
             if step_ok.size:
@@ -390,7 +397,9 @@ class FeaturePipeline:
         fs = st.rate()
         if fs is None:
             return
-        t, v = st.window(end - self.beat_window_s, end)
+        # Filters ring at the window's edges: look past the step end into the buffered
+        # lateness margin so the step's last beats sit well inside the window.
+        t, v = st.window(end - self.beat_window_s, end + min(self.lateness_s, 2.0))
         if t.size < 2 * fs:
             return
         x = _break_gaps(t, v[:, st.beat_cols[:1]], fs)[:, 0]
@@ -448,7 +457,12 @@ class FeaturePipeline:
         if "ecg" in st.groups:
             st.beat_kind, st.beat_cols = "ecg", st.groups["ecg"]
         elif "ppg" in st.groups:
-            st.beat_kind, st.beat_cols = "ppg", st.groups["ppg"]
+            # Infrared shows the pulse best; an ambient (LED off) reading shows none.
+            rank = {"ppg_ir": 0, "ppg": 1, "ppg_green": 2, "ppg_red": 3}
+            usable = [i for i in st.groups["ppg"] if "amb" not in names[i]]
+            if usable:
+                usable.sort(key=lambda i: rank.get(names[i], 4))
+                st.beat_kind, st.beat_cols = "ppg", usable
         st.pairs = self._pairs(batch, names, st.groups.get("fnirs", []))
         if batch.stream in self._streams:
             _LOGGER.info(
