@@ -1,0 +1,243 @@
+"""``edgetwin daemon run``, ``status`` and ``demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
+from edgetwin.errors import DaemonNotRunning, EdgetwinError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@click.group("daemon")
+def daemon_group() -> None:
+    """The long-running daemon."""
+
+
+@daemon_group.command("run")
+@click.option("--duration", type=float, default=None, help="Stop after S seconds [default: never].")
+@pass_app
+def run_cmd(app: AppContext, duration: float | None) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT (systemd unit in scripts/)."""
+    from edgetwin.config import load_config
+    from edgetwin.daemon.app import build_daemon
+    from edgetwin.store import open_twin_from_app
+
+    if duration is not None and duration <= 0:
+        raise click.BadParameter("must be greater than 0", param_hint="--duration")
+    home = app.require_home()
+    config = load_config(home)
+    if app.verbose == 0:
+        logging.getLogger("edgetwin").setLevel(logging.INFO)
+    with open_twin_from_app(app) as store:
+        daemon = build_daemon(home, config, store)
+        if not daemon.runners:
+            _LOGGER.warning("no sensors are paired; see 'edgetwin pair add --help'")
+        asyncio.run(daemon.run(duration))
+
+
+@click.command("status")
+@json_option
+@pass_app
+def status_cmd(app: AppContext) -> None:
+    """Daemon, sensors, sample counts, last prediction and privacy budget."""
+    from edgetwin.daemon import control
+
+    home = app.require_home()
+    try:
+        status = control.request(home, {"cmd": "status"})
+    except DaemonNotRunning:
+        status = _offline_status(app)
+    if app.as_json:
+        emit_json(status)
+        return
+    click.echo(render_status(status, home))
+
+
+@click.command("demo")
+@click.option("--duration", type=float, default=60.0, show_default=True,
+              help="Seconds to run; 0 runs until Ctrl-C.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Which simulated person.")
+@click.option("--history-min", type=float, default=10.0, show_default=True,
+              help="Minutes of simulated past to seed the twin with, so forecasts start at once.")
+@click.option("--keep", is_flag=True, help="Keep the demo twin's home instead of deleting it.")
+@click.option("--no-brainflow", is_flag=True, help="Skip BrainFlow's synthetic board.")
+@click.option("--no-serial", is_flag=True, help="Skip the serial-bridge emulator.")
+@pass_app
+def demo_cmd(
+    app: AppContext,
+    duration: float,
+    seed: int,
+    history_min: float,
+    keep: bool,
+    no_brainflow: bool,
+    no_serial: bool,
+) -> None:
+    """A throw-away twin on simulated sensors: run the daemon and print live forecasts."""
+    from edgetwin.cli.demo import run_demo
+
+    if duration < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--duration")
+    home = app.home_option
+    throwaway = home is None
+    if home is None:
+        home = Path(tempfile.mkdtemp(prefix="edgetwin-demo-"))
+    elif home.exists() and any(home.iterdir()):
+        raise click.BadParameter(
+            f"{home} is not empty; the demo needs a fresh home", param_hint="--home"
+        )
+    try:
+        run_demo(
+            home,
+            duration=duration or None,
+            seed=seed,
+            history_s=history_min * 60.0,
+            brainflow=not no_brainflow,
+            serial=not no_serial,
+            as_json=app.as_json,
+        )
+    finally:
+        if throwaway and not keep:
+            shutil.rmtree(home, ignore_errors=True)
+        elif not app.as_json:
+            click.echo(f"demo twin kept at {home}")
+
+
+# -- rendering ---------------------------------------------------------------
+
+
+def render_status(status: dict[str, Any], home: Path) -> str:
+    """A terminal summary of the status document."""
+    lines: list[str] = []
+    d = status["daemon"]
+    if d.get("running"):
+        rss = d.get("rss_bytes", 0) / 2**20
+        lines.append(
+            f"daemon   running (pid {d['pid']}, up {_duration(d['uptime_s'])}, "
+            f"RSS {rss:.0f} MiB, CPU {d.get('cpu_s', 0):.1f} s)"
+        )
+        if d.get("last_frame_t"):
+            lines.append(
+                f"         last frame {_when(d['last_frame_t'])}, {d.get('frames', 0)} frames, "
+                f"{d.get('predictions', 0)} predictions this run"
+            )
+    else:
+        lines.append(f"daemon   not running on {home} (start it with 'edgetwin daemon run')")
+    lines.append("")
+    lines.append("sources")
+    if not status["sources"]:
+        lines.append("  none paired")
+    for s in status["sources"]:
+        last = _when(s["last_sample_t"]) if s.get("last_sample_t") else "never"
+        rate = f"{s['rate_hz']:.1f}/s" if s.get("rate_hz") else ""
+        extra = f"  bad {s['bad_packets']}" if s.get("bad_packets") else ""
+        extra += f"  gaps {s['gaps']}" if s.get("gaps") else ""
+        err = f"  ({s['last_error']})" if s.get("last_error") and s["state"] != "streaming" else ""
+        lines.append(
+            f"  {s['name']:<14} {s['kind']:<10} {s['state']:<10} {s['samples']:>10} samples "
+            f"{rate:>9}  drops {s['drops']}{extra}  last {last}{err}"
+        )
+    streams = status.get("store", {}).get("streams", [])
+    lines.append("")
+    lines.append("store")
+    if not streams:
+        lines.append("  empty" if status.get("store", {}).get("unlocked", True) else
+                     "  locked (give --passphrase-file or --keyfile to see stored streams)")
+    for st in streams:
+        span = (f"{_iso(st['first_t'])} .. {_iso(st['last_t'])}"
+                if st.get("first_t") is not None else "")
+        lines.append(f"  {st['name']:<24} {st['samples']:>12} samples  {span}")
+    pred = status.get("last_prediction")
+    if pred:
+        lines.append("")
+        lines.append(
+            f"last prediction  {pred['target']} at {_iso(pred['t'])}: "
+            f"{pred['horizon'][0]:.1f} -> {pred['horizon'][-1]:.1f} over "
+            f"{len(pred['horizon']) * pred['step_s']:.0f} s"
+        )
+    budget = status.get("budget") or {}
+    if budget:
+        lines.append("")
+        b = {k: budget.get(k, 0.0) for k in (
+            "epsilon_spent", "epsilon_remaining", "lifetime_spent", "lifetime_remaining")}
+        lines.append(
+            f"privacy  epsilon spent {b['epsilon_spent']:.2f} this {budget.get('period', 'period')}"
+            f" ({b['epsilon_remaining']:.2f} left), lifetime {b['lifetime_spent']:.2f}"
+            f" ({b['lifetime_remaining']:.2f} left)"
+        )
+    return "\n".join(lines)
+
+
+def _offline_status(app: AppContext) -> dict[str, Any]:
+    """Status from the store itself when no daemon runs (needs the key non-interactively)."""
+    from edgetwin.config import load_config
+
+    out: dict[str, Any] = {
+        "daemon": {"running": False, "pid": None, "uptime_s": None},
+        "sources": [],
+        "store": {"streams": [], "unlocked": False},
+        "budget": {},
+    }
+    if app.keyfile is None and app.passphrase_file is None:
+        return out
+    from edgetwin.daemon.app import PAIRING, budget_status
+    from edgetwin.store import open_twin_from_app
+
+    try:
+        with open_twin_from_app(app) as store:
+            out["sources"] = [
+                {"name": name, "kind": rec.get("kind"), "state": "stopped", "samples": 0,
+                 "drops": 0, "last_sample_t": None}
+                for name, rec in sorted(store.list_records(PAIRING).items())
+            ]
+            infos = store.streams()
+            out["store"] = {
+                "unlocked": True,
+                "streams": [
+                    {"name": s.name, "samples": s.samples, "first_t": s.first_t,
+                     "last_t": s.last_t} for s in infos
+                ],
+            }
+            for src in out["sources"]:
+                mine = [s for s in infos if s.name.startswith(src["name"] + ".")]
+                src["samples"] = sum(s.samples for s in mine)
+                lasts = [s.last_t for s in mine if s.last_t is not None]
+                src["last_sample_t"] = max(lasts) if lasts else None
+            preds = store.read_predictions(last=1)
+            out["last_prediction"] = preds[-1].to_json() if preds else None
+            out["budget"] = budget_status(store, load_config(app.home))
+    except EdgetwinError as exc:
+        out["store"]["error"] = str(exc)
+    return out
+
+
+def _when(t: float) -> str:
+    ago = time.time() - t
+    if ago < 0:
+        return _iso(t)
+    if ago < 120:
+        return f"{ago:.0f} s ago"
+    if ago < 7200:
+        return f"{ago / 60:.0f} min ago"
+    return _iso(t)
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"

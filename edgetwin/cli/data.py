@@ -1,0 +1,245 @@
+"""``edgetwin ingest``, ``timeline`` and ``predictions``: what the twin knows."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgetwin.cli.common import AppContext, emit_json, is_tty, json_option, pass_app
+from edgetwin.errors import DaemonNotRunning, UsageError
+
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_time(text: str | None, *, option: str) -> float | None:
+    """Epoch seconds, an ISO 8601 date/time (local time if no zone), or ``-30m``/``-2h``/``-1d``."""
+    if text is None:
+        return None
+    text = text.strip()
+    m = _RELATIVE.match(text)
+    if m:
+        return time.time() - float(m.group(1)) * _UNIT_S[m.group(2)]
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise UsageError(f"{option} {text!r} is not a time")
+        return value
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{option} {text!r} is not a time",
+            hint="use epoch seconds, an ISO date such as 2026-11-27T08:00, or -30m / -2h / -1d",
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.timestamp()
+
+
+@click.command("ingest")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stream", required=True, help="Stream name prefix for the recording's channels.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "brainflow"]), default=None,
+              help="Recording format [default: from the file name].")
+@click.option("--board", default=None, help="Board of a brainflow file, e.g. MUSE_S_BOARD.")
+@json_option
+@pass_app
+def ingest_cmd(
+    app: AppContext, file: Path, stream: str, fmt: str | None, board: str | None
+) -> None:
+    """Push a recording through the daemon's pipeline into the twin, as fast as possible."""
+    from edgetwin.cli.pair import check_name
+    from edgetwin.config import load_config
+    from edgetwin.daemon.app import load_engine, make_pipeline, process_offline
+    from edgetwin.sources.recording import read_recording
+    from edgetwin.store import open_twin_from_app
+
+    check_name(stream)
+    home = app.require_home()
+    config = load_config(home)
+    kwargs: dict[str, Any] = {"board": board} if board else {}
+    size = file.stat().st_size
+    show_progress = is_tty() and not app.as_json
+    started = time.perf_counter()
+    with open_twin_from_app(app) as store:
+        engine = load_engine(store, config)
+        batches = read_recording(file, stream, fmt, **kwargs)
+        with contextlib.ExitStack() as stack:
+            bar = (
+                stack.enter_context(click.progressbar(
+                    length=max(size, 1), label=f"ingesting {file.name}", file=sys.stderr))
+                if show_progress else None
+            )
+
+            def progress(_batch: Any) -> None:
+                pos = getattr(batches, "bytes_read", None)
+                if bar is not None and pos is not None:
+                    bar.update(pos - bar.pos)
+
+            report = process_offline(store, batches, make_pipeline(config), engine,
+                                     on_batch=progress)
+            if bar is not None:
+                bar.update(size - bar.pos)
+        store.audit("ingest", stream=stream, samples=report.samples)
+    elapsed = time.perf_counter() - started
+    result = {
+        "file": str(file),
+        "streams": sorted(report.streams),
+        "samples": report.samples,
+        "frames": report.frames,
+        "predictions": report.predictions,
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(report.samples / elapsed, 1) if elapsed > 0 else None,
+    }
+    if app.as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"ingested {report.samples} samples into {', '.join(sorted(report.streams))}: "
+            f"{report.frames} frames, {report.predictions} predictions "
+            f"in {elapsed:.2f} s ({result['samples_per_s']} samples/s)"
+        )
+
+
+@click.command("timeline")
+@click.option("--from", "t_from", default=None, help="Start (epoch s, ISO time, or -2h).")
+@click.option("--to", "t_to", default=None, help="End (epoch s, ISO time, or -5m).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with one column per feature.")
+@click.option("--last", type=int, default=None, help="Only the last N frames.")
+@json_option
+@pass_app
+def timeline_cmd(
+    app: AppContext, t_from: str | None, t_to: str | None, as_csv: bool, last: int | None
+) -> None:
+    """The feature frames with their masks and quality."""
+    from edgetwin.features.schema import FEATURES, NAMES, QUALITY_THRESHOLD
+    from edgetwin.store import open_twin_from_app
+
+    t0 = parse_time(t_from, option="--from")
+    t1 = parse_time(t_to, option="--to")
+    app.require_home()
+    with open_twin_from_app(app) as store:
+        frames = list(store.read_frames(t0, t1))
+    if last is not None:
+        frames = frames[-last:] if last > 0 else []
+    if app.as_json:
+        emit_json([_frame_json(f, NAMES, QUALITY_THRESHOLD) for f in frames])
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["timestamp", *NAMES, *(f"{n}_quality" for n in NAMES), "imputed"])
+        for f in frames:
+            values = ["" if not _usable(f, i, QUALITY_THRESHOLD) else f"{f.values[i]:.6g}"
+                      for i in range(len(NAMES))]
+            quality = [f"{q:.3g}" for q in f.quality]
+            imputed = ";".join(n for i, n in enumerate(NAMES) if f.imputed[i])
+            writer.writerow([f"{f.t:.3f}", *values, *quality, imputed])
+        return
+    if not frames:
+        click.echo("no feature frames in that range")
+        return
+    units = {f.name: f.unit for f in FEATURES}
+    header = "time                 " + " ".join(f"{_short(n):>8}" for n in NAMES)
+    click.echo(header)
+    click.echo("                     " + " ".join(f"{units[n][:8]:>8}" for n in NAMES))
+    for f in frames:
+        cells = []
+        for i in range(len(NAMES)):
+            if _usable(f, i, QUALITY_THRESHOLD):
+                mark = "*" if f.imputed[i] else " "
+                cells.append(f"{f.values[i]:>7.4g}{mark}")
+            else:
+                cells.append(f"{'·':>8}")
+        stamp = dt.datetime.fromtimestamp(f.t).isoformat(sep=" ", timespec="seconds")
+        click.echo(f"{stamp}  " + " ".join(cells))
+    click.echo("· missing or poor quality   * imputed")
+
+
+@click.command("predictions")
+@click.option("--last", type=int, default=10, show_default=True, help="How many forecasts.")
+@click.option("--follow", is_flag=True, help="Keep printing new forecasts from the daemon.")
+@click.option("--target", default=None, help="Only this target feature (e.g. hr).")
+@json_option
+@pass_app
+def predictions_cmd(app: AppContext, last: int, follow: bool, target: str | None) -> None:
+    """Forecasts with their band and explanation (attention over time, imputed spans)."""
+    from edgetwin.types import Prediction
+
+    home = app.require_home()
+    if follow:
+        from edgetwin.daemon import control
+
+        try:
+            for item in control.follow(home):
+                if item.get("end"):
+                    break
+                pred = Prediction.from_json(item)
+                if target and pred.target != target:
+                    continue
+                _print_predictions([pred], app.as_json, stream=True)
+        except DaemonNotRunning as exc:
+            raise DaemonNotRunning(str(exc), hint="--follow needs a running daemon") from None
+        return
+    from edgetwin.store import open_twin_from_app
+
+    with open_twin_from_app(app) as store:
+        fetch = last * 8 if target else last  # forecasts of all targets are interleaved
+        preds = store.read_predictions(last=fetch)
+    if target:
+        preds = [p for p in preds if p.target == target][-last:]
+    _print_predictions(preds, app.as_json)
+
+
+def _print_predictions(preds: list[Any], as_json: bool, *, stream: bool = False) -> None:
+    if as_json:
+        if stream:
+            for p in preds:
+                emit_json(p.to_json())
+        else:
+            emit_json([p.to_json() for p in preds])
+        return
+    if not preds:
+        click.echo("no predictions yet (the forecaster needs a few minutes of context)")
+        return
+    try:
+        from edgetwin.inference.render import render_predictions
+    except ImportError:
+        for p in preds:
+            click.echo(f"{p.t:.0f} {p.target}: {', '.join(f'{v:.1f}' for v in p.horizon)}")
+        return
+    import shutil
+
+    click.echo(render_predictions(preds, width=shutil.get_terminal_size((100, 20)).columns))
+
+
+def _usable(frame: Any, i: int, threshold: float) -> bool:
+    return bool(math.isfinite(frame.values[i]) and frame.quality[i] >= threshold)
+
+
+def _frame_json(frame: Any, names: tuple[str, ...], threshold: float) -> dict[str, Any]:
+    return {
+        "t": frame.t,
+        "features": {
+            n: (float(frame.values[i]) if _usable(frame, i, threshold) else None)
+            for i, n in enumerate(names)
+        },
+        "quality": {n: round(float(frame.quality[i]), 4) for i, n in enumerate(names)},
+        "imputed": [n for i, n in enumerate(names) if frame.imputed[i]],
+    }
+
+
+def _short(name: str) -> str:
+    return name.replace("eeg_", "").replace("fnirs_", "").replace("skin_", "")[:8]

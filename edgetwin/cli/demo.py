@@ -1,0 +1,158 @@
+"""The demo: a throw-away twin fed by simulated sensors, printing live forecasts.
+
+Three real code paths feed it: the physiology simulator, BrainFlow's own
+synthetic board, and the serial-bridge emulator behind a pseudo-terminal
+(the MicroPython firmware's encoder running on CPython). The twin is seeded
+with a few minutes of simulated history so the forecaster has context from
+the first step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgetwin.cli.common import emit_json
+from edgetwin.config import load_config
+from edgetwin.daemon.app import (
+    PAIRING,
+    build_daemon,
+    load_engine,
+    make_pipeline,
+    process_offline,
+)
+from edgetwin.sources.base import Source
+from edgetwin.types import Prediction
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def run_demo(
+    home: Path,
+    *,
+    duration: float | None,
+    seed: int,
+    history_s: float,
+    brainflow: bool,
+    serial: bool,
+    as_json: bool,
+) -> None:
+    """Create the twin, seed its history, run the daemon, print forecasts as they come."""
+    from edgetwin.store import Secret, TwinStore
+
+    def say(msg: str) -> None:
+        if not as_json:
+            click.echo(msg, err=True)
+
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    passphrase = secrets.token_urlsafe(18)
+    say(f"demo twin in {home}")
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(TwinStore.create(home, Secret.passphrase(passphrase)))
+        config = load_config(home)
+        pipeline = make_pipeline(config)
+        engine = load_engine(store, config)
+        now = time.time()
+        if history_s > 0:
+            say(f"seeding {history_s / 60:.0f} min of simulated history (person #{seed})...")
+            _seed_history(store, pipeline, engine, seed, now - history_s, history_s)
+        sources = _demo_sources(stack, seed, now, brainflow=brainflow, serial=serial, say=say)
+        for source in sources:
+            store.put_record(PAIRING, source.name, {"kind": source.kind, "demo": True})
+        store.commit()
+        printer = _Printer(as_json)
+        daemon = build_daemon(
+            home, config, store, sources=sources, on_prediction=printer,
+            pipeline=pipeline, engine=engine,
+        )
+        say(
+            f"running the daemon on {len(sources)} simulated sensors "
+            f"({', '.join(s.name for s in sources)})"
+            + (f" for {duration:.0f} s" if duration else "; Ctrl-C to stop")
+        )
+        if engine is None:
+            say("no models available: the timeline fills but no forecasts are printed")
+        asyncio.run(daemon.run(duration))
+        if not as_json:
+            from edgetwin.cli.daemon import render_status
+
+            click.echo("")
+            click.echo(render_status(daemon.status(), home))
+
+
+class _Printer:
+    """Prints one line per heart-rate forecast (all targets under --json)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.count = 0
+
+    def __call__(self, pred: Prediction) -> None:
+        self.count += 1
+        if self.as_json:
+            emit_json(pred.to_json())
+            return
+        if pred.target != "hr":
+            return
+        try:
+            from edgetwin.inference.render import render_predictions
+
+            click.echo(render_predictions([pred], width=100))
+        except ImportError:
+            click.echo(f"{pred.t:.0f} hr -> {pred.horizon[-1]:.1f}")
+
+
+def _seed_history(
+    store: Any, pipeline: Any, engine: Any, seed: int, start_t: float, duration_s: float
+) -> None:
+    from edgetwin.sources.simulator import SimulatedPerson, simulate
+
+    person = SimulatedPerson.from_seed(seed)
+    # The daemon's pipeline keeps its state, so live data continues this history seamlessly.
+    process_offline(
+        store, simulate(person, start_t, duration_s), pipeline, engine, flush=False
+    )
+
+
+def _demo_sources(
+    stack: contextlib.ExitStack, seed: int, now: float, *, brainflow: bool, serial: bool,
+    say: Any,
+) -> list[Source]:
+    from edgetwin.sources.simulator import SimulatorSource
+
+    sources: list[Source] = [SimulatorSource("sim", seed=seed, realtime=True, start_t=now)]
+    if brainflow:
+        try:
+            from edgetwin.sources.brainflow import BrainFlowSource, brainflow_available
+
+            problem = brainflow_available()
+            if problem is None:
+                sources.append(BrainFlowSource.from_record(
+                    "bf-synth", {"kind": "brainflow", "board": "SYNTHETIC_BOARD", "params": {}}
+                ))
+            else:
+                say(f"BrainFlow skipped: {problem}")
+        except ImportError:
+            say("BrainFlow source not available in this build")
+    if serial:
+        try:
+            from edgetwin.sources.bridge_emulator import BridgeEmulator
+            from edgetwin.sources.serial import SerialSource
+
+            emulator = BridgeEmulator(seed=seed, kind="fnirs")
+            port = emulator.start()
+            stack.callback(emulator.stop)
+            sources.append(SerialSource.from_record(
+                "bridge", {"kind": "serial", "port": str(port), "baud": 115200}
+            ))
+        except ImportError:
+            say("serial bridge emulator not available in this build")
+    return sources

@@ -1,0 +1,187 @@
+"""Wire a twin home into a runnable ``Daemon``: the only place that knows every layer.
+
+Heavy layers (features, inference, sync) are imported here, lazily, so the
+CLI's other commands stay light.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetwin.config import Config
+from edgetwin.daemon.supervisor import ENGINE_STATE_RECORD, Daemon, PeriodicJob
+from edgetwin.errors import EdgetwinError
+from edgetwin.sources.base import Source
+from edgetwin.types import FeatureFrame, Prediction, SampleBatch
+
+_LOGGER = logging.getLogger(__name__)
+
+PAIRING = "pairing"
+RETENTION_INTERVAL_S = 3600.0
+SYNC_INTERVAL_S = 900.0
+
+
+def sources_from_pairings(store: Any) -> list[Source]:
+    """One source per pairing record; a broken record is logged and skipped."""
+    from edgetwin.sources.registry import build_source
+
+    out: list[Source] = []
+    for name, record in sorted(store.list_records(PAIRING).items()):
+        try:
+            out.append(build_source(name, record))
+        except (EdgetwinError, ImportError) as exc:
+            _LOGGER.error("source %s skipped: %s", name, exc)
+    return out
+
+
+def load_engine(store: Any, config: Config) -> Any | None:
+    """The inference engine with the person's baseline restored, or None if disabled/missing."""
+    if not config.inference.enabled:
+        return None
+    try:
+        from edgetwin.inference.engine import InferenceEngine
+    except ImportError:
+        _LOGGER.warning("inference is not available in this build; running without forecasts")
+        return None
+    try:
+        engine = InferenceEngine.load(
+            precision=config.inference.precision,
+            threads=config.inference.intra_op_threads,
+            step_s=config.twin.step_s,
+        )
+    except EdgetwinError as exc:
+        _LOGGER.error("models cannot be loaded (%s); running without forecasts", exc)
+        return None
+    state = store.get_record(*ENGINE_STATE_RECORD)
+    if state:
+        try:
+            engine.restore(state)
+        except (KeyError, ValueError, TypeError):
+            _LOGGER.warning("the stored baseline does not fit these models; starting afresh")
+    return engine
+
+
+def make_pipeline(config: Config) -> Any:
+    from edgetwin.features.pipeline import FeaturePipeline
+
+    return FeaturePipeline(step_s=config.twin.step_s)
+
+
+def build_daemon(
+    home: Path,
+    config: Config,
+    store: Any,
+    *,
+    sources: Sequence[Source] | None = None,
+    on_prediction: Callable[[Prediction], None] | None = None,
+    pipeline: Any | None = None,
+    engine: Any | None = None,
+) -> Daemon:
+    """A daemon over the paired sources (or the given ones) with features and inference."""
+    periodic: list[PeriodicJob] = [
+        ("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
+    ]
+    sync_job = _sync_job(store, config)
+    if sync_job is not None:
+        periodic.append(("sync", SYNC_INTERVAL_S, sync_job))
+    return Daemon(
+        home,
+        config,
+        store,
+        list(sources) if sources is not None else sources_from_pairings(store),
+        pipeline=pipeline if pipeline is not None else make_pipeline(config),
+        engine=engine if engine is not None else load_engine(store, config),
+        on_prediction=on_prediction,
+        periodic=periodic,
+        extra_status=lambda: {"budget": budget_status(store, config)},
+    )
+
+
+@dataclass
+class OfflineReport:
+    """What an offline pass (``ingest``, the demo's history) stored."""
+
+    samples: int = 0
+    batches: int = 0
+    frames: int = 0
+    predictions: int = 0
+    streams: set[str] = field(default_factory=set)
+
+
+def process_offline(
+    store: Any,
+    batches: Iterable[SampleBatch],
+    pipeline: Any,
+    engine: Any | None,
+    *,
+    on_batch: Callable[[SampleBatch], None] | None = None,
+    commit_every: int = 256,
+    flush: bool = True,
+) -> OfflineReport:
+    """Push recorded batches through the daemon's own path: store, features, inference."""
+    report = OfflineReport()
+
+    def frames_out(frames: list[FeatureFrame]) -> None:
+        if not frames:
+            return
+        stored: list[FeatureFrame] = []
+        for raw in frames:
+            frame = raw
+            if engine is not None:
+                frame, preds = engine.observe(raw)
+                if preds:
+                    store.append_predictions(preds)
+                    report.predictions += len(preds)
+            stored.append(frame)
+        store.append_frames(stored)
+        report.frames += len(stored)
+
+    for batch in batches:
+        store.append_samples(batch)
+        report.samples += len(batch)
+        report.batches += 1
+        report.streams.add(batch.stream)
+        frames_out(pipeline.push(batch))
+        if on_batch is not None:
+            on_batch(batch)
+        if report.batches % commit_every == 0:
+            store.commit()
+    if flush:  # a recording is complete; a live continuation (the demo) keeps the last step open
+        frames_out(pipeline.flush())
+    if engine is not None:
+        store.put_record(*ENGINE_STATE_RECORD, engine.state())
+    store.commit()
+    return report
+
+
+def budget_status(store: Any, config: Config) -> dict[str, Any]:
+    """The privacy budget for ``status``; empty when the privacy layer is absent."""
+    try:
+        from edgetwin.privacy import budget_summary  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    result: dict[str, Any] = budget_summary(store, config, time.time())
+    return result
+
+
+def _retention(store: Any, config: Config) -> None:
+    apply = getattr(store, "apply_retention", None)
+    if apply is not None:
+        apply(time.time(), config.retention)
+
+
+def _sync_job(store: Any, config: Config) -> Callable[[], None] | None:
+    try:
+        from edgetwin.sync import scheduled_sync  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+
+    def job() -> None:
+        scheduled_sync(store, config, time.time())
+
+    return job
