@@ -65,7 +65,9 @@ def test_pipeline_hr_and_rmssd_frames_match_heartpy_per_window() -> None:
     pipe = FeaturePipeline(step_s=5.0)
     frames = []
     for i in range(0, t.size, 7):  # odd batch sizes, as a BLE strap delivers them
-        frames += pipe.push(SampleBatch.build("strap.rr", ["rr"], t[i : i + 7], rr[i : i + 7, None]))
+        frames += pipe.push(
+            SampleBatch.build("strap.rr", ["rr"], t[i : i + 7], rr[i : i + 7, None])
+        )
     frames += pipe.flush()
     assert len(frames) >= 55
     ok = cardiac.accept_rr(rr)
@@ -140,7 +142,11 @@ def test_pipeline_hr_from_raw_ecg_matches_reference_beats() -> None:
     for i in range(0, ecg.size, fs):  # 1 s batches, ECG in mV converted by unit
         frames += pipe.push(
             SampleBatch.build(
-                "chest.default", ["ecg_1"], t[i : i + fs], ecg[i : i + fs, None], units=["mV"],
+                "chest.default",
+                ["ecg_1"],
+                t[i : i + fs],
+                ecg[i : i + fs, None],
+                units=["mV"],
                 meta={"sampling_rate_hz": float(fs)},
             )
         )
@@ -165,7 +171,7 @@ def test_pipeline_hr_from_raw_ecg_matches_reference_beats() -> None:
 def test_ppg_beat_detection_agrees_with_heartpy_on_real_ppg() -> None:
     hp = heartpy()
     ppg, fs = heartpy_ppg()
-    wd, measures = hp.process(ppg, fs)
+    _, measures = hp.process(ppg, fs)
     pos = cardiac.detect_beats(ppg, fs, "ppg")
     rr = np.diff(pos) / fs * 1000.0
     ok = cardiac.accept_rr(rr)
@@ -176,4 +182,7 @@ def test_ppg_beat_detection_agrees_with_heartpy_on_real_ppg() -> None:
 def _true_runs(mask: np.ndarray) -> list[slice]:
     """Maximal runs of True in ``mask``."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return [slice(int(a), int(b)) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+    return [
+        slice(int(a), int(b))
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True)
+    ]

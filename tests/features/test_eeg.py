@@ -79,8 +79,13 @@ def test_pipeline_emits_band_powers_for_an_eeg_stream() -> None:
     frames = []
     for i in range(0, n, 125):
         frames += pipe.push(
-            SampleBatch.build("hs.default", ["eeg_af7", "eeg_af8", "eeg_tp9", "eeg_tp10"],
-                              t[i : i + 125], values[i : i + 125], meta={"sampling_rate_hz": fs})
+            SampleBatch.build(
+                "hs.default",
+                ["eeg_af7", "eeg_af8", "eeg_tp9", "eeg_tp10"],
+                t[i : i + 125],
+                values[i : i + 125],
+                meta={"sampling_rate_hz": fs},
+            )
         )
     frames += pipe.flush()
     assert len(frames) == 6

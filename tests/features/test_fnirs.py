@@ -58,7 +58,9 @@ def _mne_raw(intensity: np.ndarray, fs: float, distance_m: float, wavelengths: t
 
 
 @pytest.mark.parametrize(("wavelengths", "distance_cm"), [((760, 850), 3.0), ((730, 850), 1.0)])
-def test_mbll_agrees_with_mne_beer_lambert_law(wavelengths: tuple[int, int], distance_cm: float) -> None:
+def test_mbll_agrees_with_mne_beer_lambert_law(
+    wavelengths: tuple[int, int], distance_cm: float
+) -> None:
     import mne
 
     rng = np.random.default_rng(4)
@@ -123,9 +125,16 @@ def test_pipeline_recovers_known_haemoglobin_changes() -> None:
     values = np.stack(cols, axis=1)
     pipe = FeaturePipeline(fnirs_baseline_tau_s=math.inf)
     frames = []
-    meta = {"distance_cm": 3.0, "wavelengths_nm": [760, 850], "age_years": age, "sampling_rate_hz": fs}
+    meta = {
+        "distance_cm": 3.0,
+        "wavelengths_nm": [760, 850],
+        "age_years": age,
+        "sampling_rate_hz": fs,
+    }
     for i in range(0, n, 10):
-        frames += pipe.push(SampleBatch.build("cap.fnirs", chans, t[i : i + 10], values[i : i + 10], meta=meta))
+        frames += pipe.push(
+            SampleBatch.build("cap.fnirs", chans, t[i : i + 10], values[i : i + 10], meta=meta)
+        )
     frames += pipe.flush()
     assert len(frames) == 24
     for f in frames:
@@ -143,6 +152,8 @@ def test_bad_wavelength_is_a_precise_error() -> None:
     from edgetwin.errors import MalformedInput
 
     pipe = FeaturePipeline()
-    batch = SampleBatch.build("cap.fnirs", ["fnirs_s1_d1_1300", "fnirs_s1_d1_850"], [1.0], [[1.0, 1.0]])
+    batch = SampleBatch.build(
+        "cap.fnirs", ["fnirs_s1_d1_1300", "fnirs_s1_d1_850"], [1.0], [[1.0, 1.0]]
+    )
     with pytest.raises(MalformedInput, match=r"cap\.fnirs.*s1_d1.*1300"):
         pipe.push(batch)
