@@ -77,6 +77,7 @@ class Collector:
         window_s: float = 300.0,
         tap: Callable[[bytes, str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        durable: bool = True,
     ) -> None:
         self.db_path = db
         self.window_s = window_s
@@ -87,6 +88,9 @@ class Collector:
             self._db = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            # durable: fsync every stored release before its receipt (a device deletes nothing,
+            # but it stops retrying once it holds a receipt). Off for simulations only.
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise UsageError(f"collector database {db}: {exc}") from exc

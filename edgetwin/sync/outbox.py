@@ -160,12 +160,15 @@ def mark_retry(
         return delay
 
 
-def release_lease(store: RecordStore, entry_id: str) -> None:
-    """Give a leased entry back untouched (the drain stopped before trying it)."""
+def defer(store: RecordStore, entry_ids: list[str], until: float, reason: str) -> None:
+    """Postpone untried pending entries (the uplink is down: no use trying them now)."""
     with store.transaction():
-        current = _get(store, entry_id)
-        if current is not None and current.lease_until:
-            store.put_record(KIND, entry_id, _replace(current, lease_until=0.0).to_record())
+        for entry_id in entry_ids:
+            current = _get(store, entry_id)
+            if current is not None and current.state == "pending":
+                store.put_record(KIND, entry_id, _replace(
+                    current, next_try=max(current.next_try, until),
+                    last_error=f"not tried: {reason}").to_record())
 
 
 def mark_failed(store: RecordStore, entry_id: str, error: str, now: float) -> None:

@@ -207,6 +207,8 @@ def drain_outbox(
                 report.errors.append(str(exc))
             except UplinkUnavailable as exc:
                 delay = outbox.mark_retry(store, e.id, str(exc), t, config.sync)
+                # The uplink is down: the rest wait as long, untried (attempts unchanged).
+                outbox.defer(store, [x.id for x in due[i + 1:]], t + delay, str(exc))
                 report.retry_later += len(due) - i
                 report.errors.append(str(exc))
                 _LOGGER.warning("upload failed, retrying in %.0f s: %s", delay, exc)

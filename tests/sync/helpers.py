@@ -188,3 +188,57 @@ def start_collector(db: Path, *, tls: Tls | None = None, port: int = 0,
                                  tls_key=tls.key if tls else None)
     server.start()
     return RunningCollector(collector, server, got)
+
+
+PASSPHRASE = "correct horse battery staple"
+
+
+def make_twin(home: Path):  # type: ignore[no-untyped-def]
+    """A fresh TwinStore in ``home`` with cheap KDF parameters."""
+    from edgetwin.store import KdfParams, Secret, TwinStore
+
+    return TwinStore.create(home, Secret.passphrase(PASSPHRASE), kdf=KdfParams.for_tests())
+
+
+def open_twin(home: Path):  # type: ignore[no-untyped-def]
+    from edgetwin.store import Secret, TwinStore
+
+    return TwinStore.open(home, Secret.passphrase(PASSPHRASE))
+
+
+def write_days(store, first_day: float, days: int, *, step: float = 60.0,  # type: ignore[no-untyped-def]
+               seed: int = 1) -> dict[str, list[float]]:
+    """Commit raw HR samples and feature frames for whole UTC days; returns what was written.
+
+    Values carry many random decimals so a leak of any one of them would be recognisable.
+    """
+    import numpy as np
+
+    from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION
+    from edgetwin.types import FeatureFrame, SampleBatch
+
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[float]] = {"samples": [], "frames": []}
+    for d in range(days):
+        t = first_day + d * DAY + np.arange(step, DAY + step / 2, step)
+        n = t.size
+        raw_hr = rng.normal(68.0, 9.0, n) + rng.uniform(0, 1e-3, n)
+        store.append_samples(SampleBatch.build("wrist", ["hr"], t, raw_hr[:, None]))
+        written["samples"].extend(raw_hr.tolist())
+        frames = []
+        for i in range(n):
+            values = np.full(len(NAMES), np.nan)
+            values[INDEX["hr"]] = raw_hr[i] + rng.uniform(-0.5, 0.5)
+            values[INDEX["rmssd"]] = rng.normal(42.0, 8.0)
+            values[INDEX["spo2"]] = rng.normal(97.0, 0.8)
+            values[INDEX["skin_temp"]] = rng.normal(33.4, 0.4)
+            values[INDEX["motion"]] = abs(rng.normal(0.05, 0.08))
+            values[INDEX["eeg_alpha"]] = rng.uniform(0.05, 0.4)
+            values[INDEX["fnirs_hbo"]] = rng.normal(0.2, 0.6)
+            frames.append(FeatureFrame(
+                t=float(t[i]), values=values, quality=np.ones(len(NAMES)),
+                imputed=np.zeros(len(NAMES), dtype=bool), schema_version=SCHEMA_VERSION))
+            written["frames"].extend(float(v) for v in values if np.isfinite(v))
+        store.append_frames(frames)
+    store.commit()
+    return written

@@ -1,0 +1,350 @@
+"""``edgetwin consent``, ``sync`` and ``collector``: thin wiring over privacy and sync."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
+from edgetwin.errors import BudgetExhausted, UplinkError, UsageError
+
+if TYPE_CHECKING:
+    from edgetwin.config import Config
+    from edgetwin.store import TwinStore
+
+
+@contextlib.contextmanager
+def _twin(app: AppContext) -> Iterator[tuple[TwinStore, Config]]:
+    from edgetwin.config import load_config
+    from edgetwin.store import open_twin_from_app
+
+    app.require_home()
+    config = load_config(app.home)
+    store = open_twin_from_app(app)
+    try:
+        yield store, config
+    finally:
+        store.close()
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%MZ")
+
+
+# -- consent -------------------------------------------------------------------
+
+
+@click.group("consent")
+def consent_group() -> None:
+    """Which summaries may leave this device (default: none)."""
+
+
+@consent_group.command("list")
+@json_option
+@pass_app
+def consent_list(app: AppContext) -> None:
+    """Every metric and whether its DP summary may leave."""
+    from edgetwin.privacy.consent import list_consents
+    from edgetwin.privacy.metrics import METRICS
+
+    with _twin(app) as (store, config):
+        consents = list_consents(store, config.privacy.period)
+    if app.as_json:
+        emit_json([c.to_json() for c in consents])
+        return
+    click.echo(f"{'metric':<17} {'granted':<8} {'period':<7} since")
+    for c in consents:
+        since = _when(c.granted_at) if c.granted else "-"
+        click.echo(f"{c.metric:<17} {'yes' if c.granted else 'no':<8} {c.period:<7} {since}"
+                   f"   {METRICS[c.metric].unit}")
+
+
+@consent_group.command("grant")
+@click.argument("metric")
+@click.option("--period", type=click.Choice(["day", "hour"]), default="day", show_default=True,
+              help="One release per UTC day or hour.")
+@json_option
+@pass_app
+def consent_grant(app: AppContext, metric: str, period: str) -> None:
+    """Allow differentially private summaries of METRIC to leave (audited)."""
+    from edgetwin.privacy.consent import grant
+
+    with _twin(app) as (store, _config):
+        c = grant(store, metric, period, time.time())
+    if app.as_json:
+        emit_json(c.to_json())
+    else:
+        click.echo(f"consent granted: {metric} per {period} (revoke with "
+                   f"'edgetwin consent revoke {metric}')")
+
+
+@consent_group.command("revoke")
+@click.argument("metric")
+@json_option
+@pass_app
+def consent_revoke(app: AppContext, metric: str) -> None:
+    """Stop METRIC from leaving; its unsent releases are cancelled (audited)."""
+    from edgetwin.sync.service import revoke_consent
+
+    with _twin(app) as (store, _config):
+        c, cancelled = revoke_consent(store, metric, time.time())
+    if app.as_json:
+        emit_json({**c.to_json(), "cancelled": cancelled})
+    else:
+        click.echo(f"consent revoked: {metric}; {cancelled} unsent release(s) cancelled")
+
+
+# -- sync ----------------------------------------------------------------------
+
+
+@click.group("sync")
+def sync_group() -> None:
+    """Differentially private summaries: where they go, release, upload, budget."""
+
+
+@sync_group.command("configure")
+@click.option("--url", help="HTTPS collector URL (http:// only to loopback, with the flag below).")
+@click.option("--mqtt", "mqtt_url",
+              help="MQTT broker URL: mqtts://HOST[:PORT] (or mqtt:// on loopback).")
+@click.option("--topic", help="MQTT topic to publish releases on.")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM CA certificate that signed the collector's or broker's certificate.")
+@click.option("--allow-insecure-loopback", is_flag=True,
+              help="Allow plain http:// or mqtt:// to a loopback address (tests, local demo).")
+@json_option
+@pass_app
+def sync_configure(app: AppContext, url: str | None, mqtt_url: str | None, topic: str | None,
+                   ca_file: Path | None, allow_insecure_loopback: bool) -> None:
+    """Set where releases go (an encrypted record; audited)."""
+    from edgetwin.sync.target import parse_target, save_target
+
+    target = parse_target(url=url, mqtt=mqtt_url, topic=topic, ca_file=ca_file,
+                          allow_insecure_loopback=allow_insecure_loopback)
+    with _twin(app) as (store, _config):
+        save_target(store, target)
+    if app.as_json:
+        emit_json(target.to_record())
+    else:
+        click.echo(f"sync target: {target.describe()}")
+
+
+@sync_group.command("device-key")
+@json_option
+@pass_app
+def sync_device_key(app: AppContext) -> None:
+    """Print this device's Ed25519 public key (enroll it at the collector)."""
+    from edgetwin.sync.signing import load_or_create
+
+    with _twin(app) as (store, _config):
+        key = load_or_create(store)
+    if app.as_json:
+        emit_json({"public_key": key.public_b64, "key_id": key.key_id})
+    else:
+        click.echo(key.public_b64)
+
+
+@sync_group.command("run")
+@click.option("--retry-now", is_flag=True, help="Ignore the backoff schedule of pending uploads.")
+@click.option("--retry-failed", is_flag=True, help="Re-queue uploads the collector refused.")
+@click.option("--no-upload", is_flag=True, help="Only release into the outbox; upload later.")
+@json_option
+@pass_app
+def sync_run(app: AppContext, retry_now: bool, retry_failed: bool, no_upload: bool) -> None:
+    """Release what is due for consented metrics within budget, then drain the outbox."""
+    from edgetwin.sync import outbox
+    from edgetwin.sync.service import OutboxReport, drain_outbox, release_due
+    from edgetwin.sync.target import load_target
+
+    now = time.time()
+    with _twin(app) as (store, config):
+        released = release_due(store, config, now)
+        requeued = outbox.requeue_failed(store, now) if retry_failed else 0
+        drained = OutboxReport()
+        target = load_target(store)
+        if not no_upload and target is not None:
+            drained = drain_outbox(store, config, now, retry_now=retry_now or retry_failed)
+        pending = outbox.status(store).counts["pending"]
+    if app.as_json:
+        emit_json({**released.to_json(), "requeued": requeued, "upload": drained.to_json(),
+                   "pending": pending, "target": target.describe() if target else None})
+    else:
+        click.echo(f"released {len(released.released)}, refused {len(released.refused)}, "
+                   f"periods without enough data {released.no_data}")
+        click.echo(f"uploaded {drained.sent} (+{drained.duplicates} already there), "
+                   f"failed {drained.failed}, waiting {pending}")
+        if target is None:
+            click.echo("no sync target: releases wait in the outbox "
+                       "(edgetwin sync configure --url ...)")
+    if released.refused:
+        first = released.refused[0]
+        raise BudgetExhausted(f"{len(released.refused)} due release(s) refused: {first.reason}")
+    if drained.errors:
+        raise UplinkError(f"upload incomplete: {drained.first_error}",
+                          hint="releases stay in the outbox; see 'edgetwin sync status'")
+
+
+@sync_group.command("status")
+@json_option
+@pass_app
+def sync_status(app: AppContext) -> None:
+    """Outbox: pending, sent and failed uploads; the target."""
+    from edgetwin.sync import outbox
+    from edgetwin.sync.target import load_target
+
+    with _twin(app) as (store, _config):
+        st = outbox.status(store)
+        target = load_target(store)
+    doc = {**st.to_json(), "target": target.describe() if target else None}
+    if app.as_json:
+        emit_json(doc)
+        return
+    click.echo(f"target: {doc['target'] or 'not configured'}")
+    click.echo(f"pending {doc['pending']}, sent {doc['sent']}, failed {doc['failed']}, "
+               f"cancelled {doc['cancelled']}")
+    for e in st.unsent:
+        extra = f"next try {_when(e.next_try)}" if e.state == "pending" else ""
+        click.echo(f"  {e.state:<8} {e.metric:<16} {_when(e.release['period_start'])} "
+                   f"attempts {e.attempts} {extra} {e.last_error or ''}".rstrip())
+
+
+@sync_group.command("budget")
+@json_option
+@pass_app
+def sync_budget(app: AppContext) -> None:
+    """Spent and remaining epsilon: this period and lifetime."""
+    from edgetwin.privacy.accountant import status
+
+    with _twin(app) as (store, config):
+        st = status(store, config.privacy, time.time())
+    if app.as_json:
+        emit_json(st.to_json())
+        return
+    click.echo(f"this {st.period} (from {_when(st.period_start)}): spent {st.epsilon_spent:g}, "
+               f"remaining {st.epsilon_remaining:g} of {st.epsilon_per_period:g}")
+    click.echo(f"lifetime: spent {st.lifetime_spent:g}, remaining {st.lifetime_remaining:g} "
+               f"of {st.epsilon_lifetime:g}")
+
+
+# -- collector -----------------------------------------------------------------
+
+
+@click.command("collector")
+@click.option("--listen", help="HOST:PORT to receive HTTP(S) uploads on (port 0: any free).")
+@click.option("--db", "db", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite file of enrolled devices and received releases.")
+@click.option("--enroll", multiple=True, metavar="PUBKEY",
+              help="Enroll a device public key (from 'edgetwin sync device-key'); repeatable.")
+@click.option("--mqtt", "mqtt_url", help="Also subscribe to this broker (mqtt[s]://HOST[:PORT]).")
+@click.option("--topic", help="MQTT topic to subscribe to.")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="CA certificate of the broker.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Serve HTTPS with this PEM certificate chain.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Private key of --tls-cert.")
+@click.option("--window", "window_s", type=float, default=300.0, show_default=True,
+              help="Seconds a signed send time may differ from the collector's clock.")
+@click.option("--aggregate", is_flag=True,
+              help="Print per-metric aggregates across devices (and exit unless receiving).")
+@click.option("--duration", type=float, help="Stop receiving after this many seconds.")
+@json_option
+@pass_app
+def collector_cmd(app: AppContext, listen: str | None, db: Path, enroll: tuple[str, ...],
+                  mqtt_url: str | None, topic: str | None, ca_file: Path | None,
+                  tls_cert: Path | None, tls_key: Path | None, window_s: float,
+                  aggregate: bool, duration: float | None) -> None:
+    """Reference receiver of DP releases: verify, de-duplicate, store, aggregate."""
+    from edgetwin.sync.collector import Collector
+
+    if (mqtt_url is None) != (topic is None):
+        raise UsageError("--mqtt and --topic go together")
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    collector = Collector(db, window_s=window_s)
+    try:
+        for key in enroll:
+            kid = collector.enroll(key)
+            if not app.as_json:
+                click.echo(f"enrolled device {kid}")
+        if listen is not None or mqtt_url is not None:
+            _serve(app, collector, listen, mqtt_url, topic, ca_file, tls_cert, tls_key, duration)
+        if aggregate:
+            rows = collector.aggregates()
+            if app.as_json:
+                emit_json({"aggregates": rows, "counts": collector.counts()})
+            else:
+                _print_aggregates(rows)
+    finally:
+        collector.close()
+
+
+def _serve(app: AppContext, collector: Any, listen: str | None, mqtt_url: str | None,
+           topic: str | None, ca_file: Path | None, tls_cert: Path | None,
+           tls_key: Path | None, duration: float | None) -> None:
+    from edgetwin.sync.collector import CollectorHTTPServer, CollectorMqtt
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server: Any = None
+    subscriber: Any = None
+    try:
+        if listen is not None:
+            host, _, port = listen.rpartition(":")
+            try:
+                server = CollectorHTTPServer((host.strip("[]") or "127.0.0.1", int(port)),
+                                             collector, tls_cert=tls_cert, tls_key=tls_key)
+            except (ValueError, OSError) as exc:
+                raise UsageError(f"--listen {listen}: {exc}", hint="use HOST:PORT") from exc
+            server.start()
+            scheme = "https" if tls_cert else "http"
+            where = f"{scheme}://{host or '127.0.0.1'}:{server.port}"
+            if app.as_json:
+                emit_json({"listening": where})
+            else:
+                click.echo(f"collector listening on {where}")
+        if mqtt_url is not None and topic is not None:
+            subscriber = CollectorMqtt(collector, mqtt_url, topic,
+                                       ca_file=str(ca_file) if ca_file else None)
+            subscriber.start()
+            if not app.as_json:
+                click.echo(f"collector subscribed to {mqtt_url} topic {topic}")
+        sys.stdout.flush()
+        deadline = None if duration is None else time.monotonic() + duration
+        try:
+            while not stop.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                stop.wait(0.5 if left is None else min(0.5, left))
+        except KeyboardInterrupt:
+            pass
+    finally:
+        if server is not None:
+            server.stop()
+        if subscriber is not None:
+            subscriber.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_aggregates(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("no releases yet")
+        return
+    click.echo(f"{'metric':<16} {'period':<6} {'start':<17} {'devices':>7} {'mean':>10} "
+               f"{'95% CI (noise)':>22}")
+    for r in rows:
+        lo, hi = r["ci95"]
+        click.echo(f"{r['metric']:<16} {r['period']:<6} {_when(r['period_start']):<17} "
+                   f"{r['devices']:>7} {r['mean']:>10.2f} {f'[{lo:.1f}, {hi:.1f}]':>22} "
+                   f"{r['unit']}")
