@@ -108,7 +108,7 @@ def enqueue_in_transaction(store: RecordStore, release: DPRelease, now: float) -
 def entries(store: RecordStore) -> list[OutboxEntry]:
     """Every entry, oldest first."""
     out = [_from_record(k, v) for k, v in store.list_records(KIND).items()]
-    return sorted(out, key=lambda e: (e.created, e.id))
+    return sorted(out, key=lambda e: (e.created, e.release["period_start"], e.metric, e.id))
 
 
 def status(store: RecordStore) -> OutboxStatus:

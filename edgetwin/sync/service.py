@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from edgetwin.privacy.release import DPRelease, readmit
 from edgetwin.privacy.summaries import usable_values
 from edgetwin.sync import outbox
 from edgetwin.sync.signing import load_or_create
-from edgetwin.sync.target import require_target
+from edgetwin.sync.target import load_target
 from edgetwin.sync.uplink import Uplink, UplinkRejected, UplinkUnavailable, make_uplink
 
 _LOGGER = logging.getLogger(__name__)
@@ -165,7 +166,10 @@ def drain_outbox(
     retry_now: bool = False,
     uplink: Uplink | None = None,
 ) -> OutboxReport:
-    """Upload due outbox entries; stops at the first transient error (the uplink is down)."""
+    """Upload due outbox entries; stops at the first transient error (the uplink is down).
+
+    Without a configured target nothing is tried and the releases keep waiting.
+    """
     t = time.time() if now is None else now
     report = OutboxReport()
     due = [
@@ -174,7 +178,10 @@ def drain_outbox(
     ][: config.sync.max_per_run]
     if not due:
         return report
-    target = require_target(store)
+    target = load_target(store)
+    if target is None:
+        _LOGGER.info("%d release(s) wait in the outbox: no sync target configured", len(due))
+        return report
     if uplink is None:
         uplink = make_uplink(target, load_or_create(store), config.sync)
     lease_s = config.sync.timeout_s * 4
@@ -258,7 +265,7 @@ def _release_one(
         if not current.granted or current.period != period:
             return None
         accountant.charge(store, privacy, start, period, privacy.epsilon_per_release,
-                          what=f"{metric} for the {period} starting {int(start)}")
+                          what=f"{metric} for the {period} starting {_iso(start)}")
         release = release_value(get_metric(metric), period, start, summary, bounds,
                                 privacy.epsilon_per_release, now=now)
         store.put_record(RELEASED, key, {"id": release.id, "at": now})
@@ -268,6 +275,10 @@ def _release_one(
                     period_start=start, epsilon=release.epsilon)
     _LOGGER.info("released %s for the %s starting %d", metric, period, int(start))
     return release
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _advance(store: RecordStore, cursor_key: str, next_start: float) -> None:

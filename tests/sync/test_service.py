@@ -352,3 +352,11 @@ def test_hourly_releases_charge_the_day(twin: Any) -> None:
     assert len(report.released) == 4 and len(report.refused) == 20
     assert all(r.period == "hour" for r in report.released)
     assert np.isclose(accountant.status(twin, CFG.privacy, T0 + 5).epsilon_spent, 2.0)
+
+
+def test_without_a_target_releases_wait(twin: Any) -> None:
+    _grant(twin, "hr_mean")
+    release_one(twin, CFG, "hr_mean", "day", T0, 72.0, NOW)
+    report = drain_outbox(twin, CFG, NOW)
+    assert (report.sent, report.retry_later, report.errors) == (0, 0, [])
+    assert [e.state for e in outbox.entries(twin)] == ["pending"]
