@@ -204,3 +204,25 @@ def test_collector_and_sync_over_mqtt(
          str(tmp_path / "c.db"), "--aggregate"],
         cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(agg.stdout)["counts"]["releases"] == 3
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[privacy]\nbounds = { hr_mean = [110, 50] }",
+         "privacy.bounds.hr_mean lower 110.0 must be below upper 50.0"),
+        ("[privacy]\nepsilon_per_release = 0", "privacy.epsilon_per_release is 0.0"),
+        ("[privacy]\nepsilon_lifetime = -3", "privacy.epsilon_lifetime is -3.0"),
+    ],
+)
+def test_bad_privacy_config_stops_sync_before_anything_is_released(
+    twin_home: Path, run_cli: Run, toml: str, message: str
+) -> None:
+    assert run_cli("consent", "grant", "hr_mean").exit_code == 0
+    (twin_home / "config.toml").write_text(toml + "\n")
+    result = run_cli("sync", "run")
+    assert result.exit_code == 2
+    assert message in result.output and "config.toml" in result.output
+    (twin_home / "config.toml").unlink()
+    assert _json(run_cli("sync", "status", "--json"))["pending"] == 0
+    assert _json(run_cli("sync", "budget", "--json"))["lifetime_spent"] == 0.0
