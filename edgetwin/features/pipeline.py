@@ -110,6 +110,7 @@ class FeaturePipeline:
         self._watermark = -math.inf
         self._next: int | None = None  # first step not yet emitted
         self._last_data_end = -math.inf
+        self._retired = 0
 
     # -- public -----------------------------------------------------------------
 
@@ -204,8 +205,10 @@ class FeaturePipeline:
         if self._next is None:
             return
         cutoff = self._next * self.step_s - self.keep_s
-        for st in self._streams.values():
+        for key, st in list(self._streams.items()):
             st.trim(cutoff)
+            if "\x00" in key and st.times().size == 0:
+                del self._streams[key]  # a retired layout whose samples all aged out
 
     # -- one frame ---------------------------------------------------------------
 
@@ -464,10 +467,12 @@ class FeaturePipeline:
                 usable.sort(key=lambda i: rank.get(names[i], 4))
                 st.beat_kind, st.beat_cols = "ppg", usable
         st.pairs = self._pairs(batch, names, st.groups.get("fnirs", []))
-        if batch.stream in self._streams:
-            _LOGGER.info(
-                "features: stream %s changed its channels; starting it afresh", batch.stream
-            )
+        old = self._streams.pop(batch.stream, None)
+        if old is not None:
+            # Keep the old layout's samples until they age out: earlier steps still need them.
+            _LOGGER.info("features: stream %s changed its channels", batch.stream)
+            self._retired += 1
+            self._streams[f"{batch.stream}\x00{self._retired}"] = old
         self._streams[batch.stream] = st
         return st
 
