@@ -33,6 +33,8 @@ _LOGGER = logging.getLogger(__name__)
 
 # Record under which the inference engine's running baseline survives restarts.
 ENGINE_STATE_RECORD = ("inference", "state")
+# How long shutdown waits for sources (closing a device) and consumers (draining) to finish.
+_SHUTDOWN_WAIT_S = 10.0
 
 
 class Store(Protocol):
@@ -227,11 +229,11 @@ class Daemon:
         ]
         for task in source_tasks + other:
             task.cancel()
-        await asyncio.gather(*source_tasks, *other, return_exceptions=True)
+        await self._await_tasks(source_tasks + other, "sources")
         # Sources are closed: nothing new arrives. Let the consumers drain what is in flight.
         self.hub.close()
         consumers = [t for n, t in self._tasks.items() if n.startswith("consumer:")]
-        await asyncio.gather(*consumers, return_exceptions=True)
+        await self._await_tasks(consumers, "consumers")
         if self.pipeline is not None:
             self._frames(self.pipeline.flush())
         if self.engine is not None:
@@ -240,6 +242,17 @@ class Daemon:
         for follower in self._followers:
             follower.put_nowait({"end": True})
         _LOGGER.info("daemon stopped")
+
+    async def _await_tasks(self, tasks: list[asyncio.Task[None]], what: str) -> None:
+        """Wait for tasks to end; a stuck one is named in the log and abandoned, not waited on."""
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=_SHUTDOWN_WAIT_S)
+        for task in pending:
+            self.errors[f"shutdown:{task.get_name()}"] += 1
+            _LOGGER.error("%s task %s did not stop within %.0f s; abandoning it",
+                          what, task.get_name(), _SHUTDOWN_WAIT_S)
+            task.cancel()
 
     # -- work ----------------------------------------------------------------
 
