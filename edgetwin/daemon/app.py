@@ -22,6 +22,7 @@ from edgetwin.types import FeatureFrame, Prediction, SampleBatch
 _LOGGER = logging.getLogger(__name__)
 
 PAIRING = "pairing"
+LOAD: Any = object()  # build_daemon(engine=LOAD) loads the models; None runs without them
 RETENTION_INTERVAL_S = 3600.0
 SYNC_INTERVAL_S = 900.0
 
@@ -80,7 +81,7 @@ def build_daemon(
     sources: Sequence[Source] | None = None,
     on_prediction: Callable[[Prediction], None] | None = None,
     pipeline: Any | None = None,
-    engine: Any | None = None,
+    engine: Any = LOAD,
 ) -> Daemon:
     """A daemon over the paired sources (or the given ones) with features and inference."""
     periodic: list[PeriodicJob] = [
@@ -95,7 +96,7 @@ def build_daemon(
         store,
         list(sources) if sources is not None else sources_from_pairings(store),
         pipeline=pipeline if pipeline is not None else make_pipeline(config),
-        engine=engine if engine is not None else load_engine(store, config),
+        engine=load_engine(store, config) if engine is LOAD else engine,
         on_prediction=on_prediction,
         periodic=periodic,
         extra_status=lambda: {"budget": budget_status(store, config)},

@@ -111,6 +111,7 @@ class Daemon:
         self._lock = DaemonLock(home)
         self._control = ControlServer(home, self._handle_request)
         self._started = time.time()
+        self._running = False
         self._followers: set[asyncio.Queue[dict[str, Any]]] = set()
         self.recent_predictions: collections.deque[Prediction] = collections.deque(maxlen=64)
         self.last_frame_t: float | None = None
@@ -122,6 +123,7 @@ class Daemon:
     async def run(self, duration: float | None = None) -> None:
         """Run until SIGTERM/SIGINT, ``stop()``, or ``duration`` seconds have passed."""
         self._lock.acquire()
+        self._running = True
         try:
             await self._control.start()
             loop = asyncio.get_running_loop()
@@ -148,6 +150,7 @@ class Daemon:
                     loop.remove_signal_handler(sig)
             await self._control.close()
             self._lock.release()
+            self._running = False
 
     def stop(self) -> None:
         """Ask for an orderly shutdown (safe from a signal handler)."""
@@ -159,7 +162,7 @@ class Daemon:
         last = self.recent_predictions[-1] if self.recent_predictions else None
         out: dict[str, Any] = {
             "daemon": {
-                "running": True,
+                "running": self._running,
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self._started, 3),
                 "rss_bytes": _rss_bytes(),
