@@ -130,7 +130,7 @@ class FeaturePipeline:
             v = np.where(bad, np.nan, v)
         keep = np.ones(t.size, dtype=bool)
         if st.last_t is not None:
-            keep &= t > st.last_t
+            keep &= t >= st.last_t  # equal stamps happen (packed samples); older ones are replays
             self.counters["out_of_order"] += int((~keep).sum())
         if self._next is not None:
             late = t < self._next * self.step_s
@@ -569,9 +569,9 @@ class _Stream:
             self._t, self._v = self._t[i:], self._v[i:]
 
     def rate(self) -> float | None:
-        """Sampling rate: the stream's ``sampling_rate_hz`` meta, else from its timestamps."""
+        """Sampling rate: ``sampling_rate_hz`` (or ``rate_hz``) meta, else from the timestamps."""
         if self._fs is None:
-            declared = self.meta.get("sampling_rate_hz")
+            declared = self.meta.get("sampling_rate_hz", self.meta.get("rate_hz"))
             if isinstance(declared, int | float) and declared > 0:
                 self._fs = float(declared)
             else:

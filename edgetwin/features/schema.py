@@ -23,19 +23,19 @@ class Feature:
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("hr", "bpm", "mean heart rate over the step, from RR intervals or beat detection"),
-    Feature("rmssd", "ms", "root mean square of successive RR differences (short-term HRV)"),
+    Feature("hr", "bpm", "mean heart rate over the step (RR, else ECG/PPG beats, else hr)"),
+    Feature("rmssd", "ms", "RMS of successive accepted-RR differences, last 30 s"),
     Feature("spo2", "%", "mean peripheral oxygen saturation"),
     Feature("skin_temp", "degC", "mean skin temperature"),
-    Feature("eda_tonic", "uS", "tonic (slow) electrodermal level"),
+    Feature("eda_tonic", "uS", "tonic skin-conductance level: median over the last 10 s"),
     Feature("motion", "g", "standard deviation of acceleration magnitude (activity)"),
-    Feature("eeg_delta", "1", "relative EEG band power 1-4 Hz, averaged over EEG channels"),
+    Feature("eeg_delta", "1", "relative EEG band power 1-4 Hz (last 4 s, mean of channels)"),
     Feature("eeg_theta", "1", "relative EEG band power 4-8 Hz"),
     Feature("eeg_alpha", "1", "relative EEG band power 8-13 Hz"),
     Feature("eeg_beta", "1", "relative EEG band power 13-30 Hz"),
     Feature("eeg_gamma", "1", "relative EEG band power 30-45 Hz"),
-    Feature("fnirs_hbo", "uM", "oxy-haemoglobin concentration change (modified Beer-Lambert)"),
-    Feature("fnirs_hbr", "uM", "deoxy-haemoglobin concentration change (modified Beer-Lambert)"),
+    Feature("fnirs_hbo", "uM", "HbO change vs a 10-min baseline (modified Beer-Lambert)"),
+    Feature("fnirs_hbr", "uM", "HbR change vs a 10-min baseline (modified Beer-Lambert)"),
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

@@ -170,6 +170,8 @@ class SimulatorSource(Source):
         self._sleep = sleep
         self._wall = wall
         self._body: _Body | None = None
+        self._origin = 0.0  # simulated time of the first connect
+        self._resume_t: float | None = None  # where the last chunk ended
         self._t0_sim = 0.0
         self._t0_clock = 0.0
         self._chunks = 0
@@ -205,8 +207,15 @@ class SimulatorSource(Source):
         )
 
     async def connect(self) -> None:
-        """Start the simulated clock; nothing can fail here."""
-        start = self._wall() if self.start_t is None else self.start_t
+        """Start (or, after a close, resume) the simulated clock; nothing can fail here."""
+        if self._resume_t is None:
+            start = self._wall() if self.start_t is None else self.start_t
+            self._origin = start
+        elif self.start_t is None and self.realtime:
+            # A live sensor that was away misses what happened meanwhile.
+            start = max(self._wall(), self._resume_t)
+        else:
+            start = self._resume_t
         self._body = _Body(
             self.person, start, self.modalities, name=self.name, dropouts=self.dropouts
         )
@@ -221,23 +230,28 @@ class SimulatorSource(Source):
             await self.connect()
         body = self._body
         assert body is not None
+        end_t = None if self.duration_s is None else self._origin + self.duration_s
         while True:
             k = self._chunks
-            elapsed_sim = (k + 1) * self.chunk_s
-            if self.duration_s is not None:
-                if k * self.chunk_s >= self.duration_s - 1e-9:
+            t0 = self._t0_sim + k * self.chunk_s
+            t1 = t0 + self.chunk_s
+            if end_t is not None:
+                if t0 >= end_t - 1e-9:
                     return
-                elapsed_sim = min(elapsed_sim, self.duration_s)
+                t1 = min(t1, end_t)
             if self.realtime:
-                due = self._t0_clock + elapsed_sim / self.speed
+                due = self._t0_clock + (t1 - self._t0_sim) / self.speed
                 wait = due - self._clock()
                 if wait > 0:
                     await self._sleep(wait)
             else:
                 await self._sleep(0)  # stay cooperative when running flat out
-            batches = body.chunk(self._t0_sim + elapsed_sim)
+            gaps_before = body.gaps
+            batches = body.chunk(t1)
             self._chunks = k + 1
-            self.counters.extra["sim_t"] = self._t0_sim + elapsed_sim
+            self._resume_t = t1
+            self.counters.gaps += body.gaps - gaps_before
+            self.counters.extra["sim_t"] = t1
             for batch in batches:
                 self.counters.count(batch)
                 yield batch
@@ -288,6 +302,8 @@ class _Body:
         self.schedule = Schedule(person, dropout_per_h=0.12 if dropouts else 0.0)
         self.heart = Heart(person, self.schedule, self.start_t)
         self.index = dict.fromkeys(RATES_HZ, 0)  # next sample index per modality
+        self.gaps = 0  # dropout episodes begun so far, all modalities
+        self._was_off: dict[str, bool] = {}
         self.vitals = Vitals(person, RATES_HZ["vitals"])
         self.accel = Accel(person, RATES_HZ["accel"])
         self.eeg = Eeg(person, RATES_HZ["eeg"])
@@ -312,6 +328,7 @@ class _Body:
         for modality in self.modalities:
             if modality == "rr":
                 keep = ~self.schedule.dropout_mask("rr", beat_t)
+                self._count_gaps("rr", ~keep)
                 if np.any(keep):
                     out.append(
                         SampleBatch.build(f"{self.name}.rr", ("rr",), beat_t[keep], rr[keep, None])
@@ -349,6 +366,7 @@ class _Body:
                 values = self.fnirs(t, states, self.heart, drive)
                 channels = Fnirs.channels
             off = self.schedule.dropout_mask(modality, t)
+            self._count_gaps(modality, off)
             if modality in _NAN_DROPOUT:
                 values[off] = np.nan
             elif np.any(off):
@@ -361,6 +379,15 @@ class _Body:
                 )
         self.t = t1
         return out
+
+    def _count_gaps(self, modality: str, off: np.ndarray) -> None:
+        """Count dropouts that begin in this chunk (an off run not continuing the last chunk's)."""
+        if off.size == 0:
+            return
+        prev = self._was_off.get(modality, False)
+        starts = np.flatnonzero(off[1:] & ~off[:-1]).size + int(bool(off[0]) and not prev)
+        self.gaps += starts
+        self._was_off[modality] = bool(off[-1])
 
 
 def _interp_states(t: np.ndarray, grid: np.ndarray, s: States) -> States:

@@ -406,3 +406,34 @@ def test_an_hour_in_minute_chunks_keeps_every_sample() -> None:
     got = _collect(simulate(person, T0, 3600.0, 60.0, ["rr", "vitals"], dropouts=False))
     assert got["sim.vitals"][0].size == 3600 * 4
     assert 3600 * 40 / 60 < got["sim.rr"][0].size < 3600 * 200 / 60
+
+
+async def test_reconnect_resumes_the_timeline_and_dropouts_count_as_gaps() -> None:
+    person = SimulatedPerson.from_seed(12)
+    t = T0 + np.arange(0.0, 12 * 3600.0, 0.25)
+    first = float(t[np.flatnonzero(Schedule(person).dropout_mask("vitals", t))[0]])
+    fake = FakeClock()
+    src = SimulatorSource(
+        "sim",
+        12,
+        realtime=False,
+        start_t=first - 10.0,
+        modalities=["vitals"],
+        duration_s=30.0,
+        clock=fake.clock,
+        sleep=fake.sleep,
+    )
+    await src.connect()
+    head = []
+    async for b in src.stream():
+        head.append(b)
+        if len(head) == 3:
+            break
+    await src.close()
+    await src.connect()  # the supervisor reconnects after a failure
+    tail = [b async for b in src.stream()]
+    ts = np.concatenate([b.t for b in head + tail])
+    assert np.all(np.diff(ts) > 0)  # no sample twice, nothing rewound
+    assert ts[0] == pytest.approx(first - 10.0)
+    assert ts[-1] < first + 20.0
+    assert src.counters.gaps == 1
