@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import math
@@ -71,28 +70,18 @@ def ingest_cmd(
     home = app.require_home()
     config = load_config(home)
     kwargs: dict[str, Any] = {"board": board} if board else {}
-    size = file.stat().st_size
     show_progress = is_tty() and not app.as_json
     started = time.perf_counter()
     with open_twin_from_app(app) as store:
         engine = load_engine(store, config)
         batches = read_recording(file, stream, fmt, **kwargs)
-        with contextlib.ExitStack() as stack:
-            bar = (
-                stack.enter_context(click.progressbar(
-                    length=max(size, 1), label=f"ingesting {file.name}", file=sys.stderr))
-                if show_progress else None
-            )
-
-            def progress(_batch: Any) -> None:
-                pos = getattr(batches, "bytes_read", None)
-                if bar is not None and pos is not None:
-                    bar.update(pos - bar.pos)
-
-            report = process_offline(store, batches, make_pipeline(config), engine,
-                                     on_batch=progress)
-            if bar is not None:
-                bar.update(size - bar.pos)
+        ticker = _Ticker(file.name) if show_progress else None
+        report = process_offline(
+            store, batches, make_pipeline(config), engine,
+            on_batch=ticker.update if ticker is not None else None,
+        )
+        if ticker is not None:
+            ticker.done()
         store.audit("ingest", stream=stream, samples=report.samples)
     elapsed = time.perf_counter() - started
     result = {
@@ -243,3 +232,25 @@ def _frame_json(frame: Any, names: tuple[str, ...], threshold: float) -> dict[st
 
 def _short(name: str) -> str:
     return name.replace("eeg_", "").replace("fnirs_", "").replace("skin_", "")[:8]
+
+
+class _Ticker:
+    """A one-line live counter on stderr (a TTY only): samples so far and the rate."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.samples = 0
+        self.started = time.perf_counter()
+        self.shown = 0.0
+
+    def update(self, batch: Any) -> None:
+        self.samples += len(batch)
+        now = time.perf_counter()
+        if now - self.shown >= 0.2:
+            self.shown = now
+            rate = self.samples / max(now - self.started, 1e-9)
+            click.echo(f"\ringesting {self.label}: {self.samples:,} samples ({rate:,.0f}/s)",
+                       err=True, nl=False)
+
+    def done(self) -> None:
+        click.echo("", err=True)
