@@ -2,8 +2,7 @@
 
 What is stored in clear (the threat model in the README lists it too):
 
-- ``meta``: the twin id, a counter of structural changes, an authenticated
-  check value and the audit head (a MAC);
+- ``meta``: the twin id, an authenticated check value and the audit head (a MAC);
 - ``dek``: data-key ids, the opaque scope each key serves (a keyed hash) and
   its UTC day number, and whether it is the active key for new writes;
 - ``series``: a small integer and the opaque 16-byte keyed hash of each

@@ -16,8 +16,10 @@ database no longer knows is dropped from the keystore at every unlock, so a
 crash between the two steps is finished on the next start.
 
 Concurrency: one process (the daemon) appends; other processes may read and
-write records at the same time. All structural changes bump ``meta.gen`` so a
-process notices another one's forget or rotation before its next write.
+write records at the same time. Every write transaction starts with
+``BEGIN IMMEDIATE`` and compares ``PRAGMA data_version``: when another
+connection committed since, the cached series and keys are dropped, so a
+forget or rotation elsewhere is seen before the next write.
 """
 
 from __future__ import annotations
@@ -163,11 +165,11 @@ class TwinStore:
         self._conn = conn
         self._lock = threading.RLock()
         self._tx_depth = 0
-        self._tx_struct = False  # this transaction changed series or keys
         self._ks_added = False  # keys created in this transaction (save before COMMIT)
         self._ks_removed: set[int] = set()  # keys destroyed in it (save after COMMIT)
         self._on_rollback: list[Callable[[], object]] = []
-        self._gen: int | None = None  # meta.gen our caches belong to
+        # PRAGMA data_version our caches belong to: it moves when another connection commits
+        self._data_version: int | None = None
         self._series_cache: dict[bytes, _Series] = {}
         self._active: dict[tuple[bytes, int], int] = {}
         self._aead: dict[int, AESGCM] = {}
@@ -205,7 +207,6 @@ class TwinStore:
                     "INSERT INTO meta (k, v) VALUES (?, ?)",
                     [
                         ("twin_id", twin_id),
-                        ("gen", 0),
                         ("check", _make_check(keys)),
                     ],
                 )
@@ -687,7 +688,6 @@ class TwinStore:
         Replaces the slot of the new secret's kind; other slots stay.
         """
         with self.transaction():
-            self._mark_struct()
             self._ks.set_slot(self._keys, new, kdf or KdfParams.from_env())
             self._ks.save()
             self._append_audit(time.time(), "key_change", {"action": f"set_{new.kind}"})
@@ -695,7 +695,6 @@ class TwinStore:
     def remove_slot(self, kind: str) -> None:
         """Stop accepting one kind of secret (``passphrase`` or ``keyfile``)."""
         with self.transaction():
-            self._mark_struct()
             self._ks.remove_slot(kind)
             self._ks.save()
             self._append_audit(time.time(), "key_change", {"action": f"remove_{kind}"})
@@ -718,7 +717,6 @@ class TwinStore:
         """
         report = ForgetReport()
         with self.transaction():
-            self._mark_struct()
             self._conn.execute("UPDATE dek SET active = 0 WHERE active = 1")
             self._active.clear()
             for series in self._all_series_for_write():
@@ -754,27 +752,22 @@ class TwinStore:
         with self._db("starting a write"):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self._conn.execute("SELECT v FROM meta WHERE k = 'gen'").fetchone()
+                row = self._conn.execute("PRAGMA data_version").fetchone()
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        gen = int(row[0]) if row is not None else 0
-        if gen != self._gen:
-            self._drop_caches()
-            self._gen = gen
+        version = int(row[0])
+        if version != self._data_version:
+            self._drop_caches()  # another process wrote: its forget or appends invalidate ours
+            self._data_version = version
         # another process may have changed slots or keys: never save over its work
         self._sync_keystore()
-        self._tx_struct = False
         self._ks_added = False
         self._ks_removed = set()
         self._on_rollback = []
 
     def _commit_tx(self) -> None:
         with self._db("committing"):
-            if self._tx_struct:
-                assert self._gen is not None
-                self._gen += 1
-                self._conn.execute("UPDATE meta SET v = ? WHERE k = 'gen'", (self._gen,))
             if self._ks_added:
                 self._ks.save()  # keys durable before anything they seal
                 self._ks_added = False
@@ -794,7 +787,7 @@ class TwinStore:
             undo()
         self._on_rollback = []
         self._drop_caches()
-        self._gen = None
+        self._data_version = None
         self._ks_removed = set()
         if self._ks_added:
             self._ks_added = False
@@ -805,9 +798,6 @@ class TwinStore:
         self._series_cache.clear()
         self._active.clear()
         self._aead.clear()
-
-    def _mark_struct(self) -> None:
-        self._tx_struct = True
 
     def _sync_keystore(self) -> None:
         if self._ks.changed_on_disk():
@@ -834,7 +824,6 @@ class TwinStore:
                     hint="restore the keystore from a backup",
                 )
         else:
-            self._mark_struct()
             cur = self._conn.execute(
                 "INSERT INTO dek (scope, period, active) VALUES (?, ?, 1)", (scope, period)
             )
@@ -944,7 +933,6 @@ class TwinStore:
         elif not create:
             return None
         else:
-            self._mark_struct()
             key_id, aead = self._key_for_write(sid, -1)
             series = _Series(sn=0, sid=sid, kind=kind, name=name)
             cur = self._conn.execute(
@@ -963,7 +951,6 @@ class TwinStore:
         )
 
     def _save_series(self, series: _Series) -> None:
-        self._mark_struct()
         key_id, aead = self._key_for_write(series.sid, -1)
         self._conn.execute(
             "UPDATE series SET key_id = ?, sealed = ? WHERE sn = ?",
@@ -1288,7 +1275,6 @@ class TwinStore:
     def _destroy_keys(self, key_ids: Sequence[int]) -> int:
         if not key_ids:
             return 0
-        self._mark_struct()
         self._conn.executemany("DELETE FROM dek WHERE id = ?", [(k,) for k in key_ids])
         self._ks_removed.update(key_ids)
         for cache_key, key_id in list(self._active.items()):
@@ -1298,7 +1284,6 @@ class TwinStore:
 
     def _forget_series(self, sn: int, sid: bytes, kind: str, rows: int) -> ForgetReport:
         report = ForgetReport()
-        self._mark_struct()
         keys = [int(r[0]) for r in self._conn.execute("SELECT id FROM dek WHERE scope = ?", (sid,))]
         report.keys_destroyed = self._destroy_keys(keys)
         cur = self._conn.execute("DELETE FROM chunk WHERE sn = ?", (sn,))
@@ -1380,7 +1365,6 @@ class TwinStore:
             )
         ]
         # retire the old keys so _key_for_write makes a fresh one
-        self._mark_struct()
         self._conn.execute(
             "UPDATE dek SET active = 0 WHERE scope = ? AND period = ?", (series.sid, day)
         )

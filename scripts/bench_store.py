@@ -1,0 +1,212 @@
+"""Store benchmark: encrypted appends vs plain SQLite, unlock time, bytes on disk per sample.
+
+Workload ("daemon"): the sensor mix of a person wearing a Muse S, a chest strap, a
+wrist PPG/accelerometer and an fNIRS band — EEG 256 Hz x 4, PPG 64 Hz x 3, accel
+52 Hz x 3, fNIRS 10 Hz x 16, HR/RR/SpO2 1 Hz, temperature 0.1 Hz — delivered in
+source-sized batches and committed once a simulated second (the daemon's flush
+interval). Values are quantised like the devices' ADCs so compression behaves as
+on real data. The baseline writes the very same batches, coalesced the same way,
+as raw float64 bytes into plain SQLite (WAL, synchronous=FULL, same indexes).
+
+Run: ``.venv/bin/python scripts/bench.py --only store`` (add ``--quick`` for CI).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from edgetwin.store import KdfParams, Secret, TwinStore  # noqa: E402
+from edgetwin.types import SampleBatch  # noqa: E402
+
+T0 = 1_700_000_000.0
+# name, channels, rate Hz, batches per second, quantum (ADC step)
+STREAMS: list[tuple[str, tuple[str, ...], float, int, float]] = [
+    ("muse_eeg", ("eeg_tp9", "eeg_af7", "eeg_af8", "eeg_tp10"), 256.0, 21, 0.48828125),
+    ("wrist_ppg", ("ppg", "ppg_ir", "ppg_g"), 64.0, 2, 1.0),
+    ("wrist_accel", ("accel_x", "accel_y", "accel_z"), 52.0, 2, 1 / 4096),
+    ("fnirs", tuple(f"fnirs_s{i // 4}_d{i % 4}_{760 if i % 2 else 850}" for i in range(16)),
+     10.0, 1, 1 / 65536),
+    ("strap_hr", ("hr",), 1.0, 1, 1.0),
+    ("strap_rr", ("rr",), 1.0, 1, 1.0),
+    ("oxi_spo2", ("spo2",), 1.0, 1, 1.0),
+    ("skin_temp", ("temp",), 0.1, 1, 0.01),
+]
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """All store figures; ratios are against plain SQLite measured in the same run."""
+    seconds = 60 if quick else 300
+    repeats = 3 if quick else 5
+    batches = _workload(seconds)
+    samples = sum(len(b) for sec in batches for b in sec)
+    enc_rates, plain_rates, enc_commit_ms, plain_commit_ms = [], [], [], []
+    enc_bytes = plain_bytes = 0.0
+    read_rates = []
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        for r in range(repeats):
+            home = Path(tmp) / f"enc{r}"
+            t, per_commit, size, read_rate = _run_encrypted(home, batches)
+            enc_rates.append(samples / t)
+            enc_commit_ms.extend(per_commit)
+            enc_bytes = size / samples
+            read_rates.append(read_rate)
+            t, per_commit, size = _run_plain(Path(tmp) / f"plain{r}.db", batches)
+            plain_rates.append(samples / t)
+            plain_commit_ms.extend(per_commit)
+            plain_bytes = size / samples
+        unlock = _unlock_times(Path(tmp) / "unlock", 2 if quick else 5)
+    enc_med, plain_med = statistics.median(enc_rates), statistics.median(plain_rates)
+    return {
+        "append_throughput": {
+            "median": enc_med,
+            "p99": _p(enc_rates, 1),  # slowest run (a low percentile of a rate)
+            "unit": "samples/s",
+            "plain_sqlite": plain_med,
+            "slowdown_vs_plain": plain_med / enc_med,
+            "target_slowdown": 1.3,
+            "samples_per_run": samples,
+            "simulated_seconds": seconds,
+            "streams": len(STREAMS),
+        },
+        "commit_latency": {
+            "median": statistics.median(enc_commit_ms),
+            "p99": _p(enc_commit_ms, 99),
+            "unit": "ms per 1 s flush (all streams)",
+            "plain_sqlite_median": statistics.median(plain_commit_ms),
+            "plain_sqlite_p99": _p(plain_commit_ms, 99),
+        },
+        "read_throughput": {
+            "median": statistics.median(read_rates),
+            "p99": _p(read_rates, 1),
+            "unit": "samples/s (decrypt + decode, all streams)",
+        },
+        "unlock": {
+            "median": statistics.median(unlock),
+            "p99": max(unlock),
+            "unit": "s (Argon2id 64 MiB, t=3, p=4 + open)",
+        },
+        "bytes_per_sample": {
+            "median": enc_bytes,
+            "p99": enc_bytes,
+            "unit": "bytes on disk per sample (all channels)",
+            "plain_sqlite": plain_bytes,
+            "ratio_vs_plain": enc_bytes / plain_bytes,
+        },
+    }
+
+
+def _workload(seconds: int) -> list[list[SampleBatch]]:
+    rng = np.random.default_rng(1)
+    out: list[list[SampleBatch]] = []
+    phase = {name: 0 for name, *_ in STREAMS}
+    for sec in range(seconds):
+        batches = []
+        for name, channels, rate, per_s, quantum in STREAMS:
+            if rate < 1 and sec % round(1 / rate):
+                continue
+            n_total = max(1, round(rate))
+            for k in range(per_s):
+                a, b = n_total * k // per_s, n_total * (k + 1) // per_s
+                if b <= a:
+                    continue
+                idx = phase[name] + np.arange(b - a)
+                t = T0 + idx / rate if rate >= 1 else T0 + sec + np.zeros(1)
+                base = 50 * np.sin(idx[:, None] / (rate + 1) * np.arange(1, len(channels) + 1))
+                vals = base + rng.normal(scale=5.0, size=(b - a, len(channels)))
+                vals = np.round(vals / quantum) * quantum
+                batches.append(SampleBatch.build(name, channels, t, vals))
+            phase[name] += n_total
+        out.append(batches)
+    return out
+
+
+def _run_encrypted(
+    home: Path, batches: list[list[SampleBatch]]
+) -> tuple[float, list[float], int, float]:
+    store = TwinStore.create(home, Secret.passphrase("bench"), kdf=KdfParams.for_tests())
+    per_commit = []
+    start = time.perf_counter()
+    for sec in batches:
+        c0 = time.perf_counter()
+        for b in sec:
+            store.append_samples(b)
+        store.commit()
+        per_commit.append((time.perf_counter() - c0) * 1000)
+    elapsed = time.perf_counter() - start
+    r0 = time.perf_counter()
+    n = sum(len(b) for name, *_ in STREAMS for b in store.read_samples(name))
+    read_rate = n / (time.perf_counter() - r0)
+    store.close()
+    return elapsed, per_commit, _size(home / "twin.db"), read_rate
+
+
+def _run_plain(path: Path, batches: list[list[SampleBatch]]) -> tuple[float, list[float], int]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE chunk (stream TEXT NOT NULL, seq INTEGER NOT NULL, b0 INTEGER, b1 INTEGER,"
+        " channels TEXT, t BLOB, v BLOB, PRIMARY KEY (stream, seq))"
+    )
+    conn.execute("CREATE INDEX chunk_time ON chunk(stream, b0)")
+    seqs: dict[str, int] = {}
+    per_commit = []
+    start = time.perf_counter()
+    for sec in batches:
+        c0 = time.perf_counter()
+        grouped: dict[str, list[SampleBatch]] = {}
+        for b in sec:
+            grouped.setdefault(b.stream, []).append(b)
+        conn.execute("BEGIN IMMEDIATE")
+        rows = []
+        for name, bs in grouped.items():
+            t = np.concatenate([b.t for b in bs])
+            v = np.concatenate([b.values for b in bs])
+            seq = seqs.get(name, 0)
+            seqs[name] = seq + 1
+            rows.append((name, seq, int(t[0] // 3600), int(t[-1] // 3600), ",".join(bs[0].channels),
+                         t.tobytes(), v.tobytes()))
+        conn.executemany("INSERT INTO chunk VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+        per_commit.append((time.perf_counter() - c0) * 1000)
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed, per_commit, _size(path)
+
+
+def _unlock_times(home: Path, n: int) -> list[float]:
+    secret = Secret.passphrase("bench unlock passphrase")
+    TwinStore.create(home, secret, kdf=KdfParams.default()).close()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        TwinStore.open(home, secret).close()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _size(db: Path) -> int:
+    files = [Path(str(db) + suffix) for suffix in ("", "-wal")]
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
+def _p(values: list[float], pct: float) -> float:
+    return float(np.percentile(np.asarray(values), pct))
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run("--quick" in sys.argv), indent=2))
