@@ -243,27 +243,29 @@ class FeaturePipeline:
         # Artefact rejection looks at neighbouring beats on both sides, so it sees a
         # little before the window and the beats already buffered after the step.
         c0, c1 = w0 - _RR_CONTEXT_S, end + self.lateness_s
-        candidates: list[tuple[FloatArray, FloatArray]] = []
+        # (tier, beat times, RR ms): reported RR first, then ECG, then PPG beats.
+        candidates: list[tuple[int, FloatArray, FloatArray]] = []
         for st in self._streams.values():
             if "rr" in st.groups:
                 t, v = st.window(c0, c1)
                 rr = v[:, st.groups["rr"][0]]
                 ok = np.isfinite(rr)
-                candidates.append((t[ok], rr[ok]))
+                candidates.append((0, t[ok], rr[ok]))
         # Beats recovered from ECG (preferred) or PPG, as RR intervals at the later beat.
-        for kind in ("ecg", "ppg"):
+        for tier, kind in ((1, "ecg"), (2, "ppg")):
             for st in self._streams.values():
                 if st.beat_kind == kind and st.beats.size >= 2:
                     bt = st.beats[st.beats >= c0 - 2.5]
                     if bt.size >= 2:
                         rr = np.diff(bt) * 1000.0
-                        candidates.append((bt[1:], rr))
+                        candidates.append((tier, bt[1:], rr))
         best: tuple[FloatArray, FloatArray] | None = None
-        best_n = 0
-        for bt, rr in candidates:
+        best_key = (3, 0)
+        for tier, bt, rr in candidates:
             n = int(np.sum((bt >= start) & (bt < end)))
-            if n > best_n:
-                best, best_n = (bt, rr), n
+            # The best tier that has beats in the step; within it, the most beats.
+            if n and (tier, -n) < best_key:
+                best, best_key = (bt, rr), (tier, -n)
         if best is not None:
             bt_all, rr_all = best
             ok_all = cardiac.accept_rr(rr_all)

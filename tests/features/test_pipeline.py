@@ -217,3 +217,30 @@ def test_ppg_stream_yields_heart_rate_close_to_the_simulated_beats() -> None:
         assert f.values[INDEX["hr"]] == pytest.approx(60000 / rr[sel].mean(), abs=3.0)
         checked += 1
     assert checked >= 18
+
+
+def test_reported_rr_wins_over_detected_beats() -> None:
+    """A wristband's RR intervals beat a headset's PPG, however many peaks the PPG shows."""
+    pipe = FeaturePipeline()
+    fs = 64.0
+    t = T0 + np.arange(0, 30.0, 1 / fs)
+    ppg = np.sin(2 * np.pi * 2.0 * t)  # 120 "bpm" of clean pulses
+    beats = T0 + np.arange(0.5, 30.0, 1.0)  # 60 bpm of reported RR
+    frames = []
+    for sec in range(30):  # both arrive second by second
+        sl = (t >= T0 + sec) & (t < T0 + sec + 1)
+        meta = {"sampling_rate_hz": fs}
+        frames += pipe.push(SampleBatch.build("hs.ppg", ["ppg"], t[sl], ppg[sl, None], meta=meta))
+        b = (beats >= T0 + sec) & (beats < T0 + sec + 1)
+        frames += pipe.push(SampleBatch.build("band.rr", ["rr"], beats[b], np.full((1, 1), 1e3)))
+    frames += pipe.flush()
+    hr = np.array([f.values[INDEX["hr"]] for f in frames[1:]])
+    np.testing.assert_allclose(hr, 60.0)
+    # Without the band, the PPG's beats give the rate.
+    solo = FeaturePipeline()
+    frames = solo.push(
+        SampleBatch.build("hs.ppg", ["ppg"], t, ppg[:, None], meta={"sampling_rate_hz": fs})
+    )
+    frames += solo.flush()
+    hr = np.array([f.values[INDEX["hr"]] for f in frames[2:-1]])
+    np.testing.assert_allclose(hr, 120.0, atol=1.0)
