@@ -161,12 +161,10 @@ def process_offline(
 
 
 def budget_status(store: Any, config: Config) -> dict[str, Any]:
-    """The privacy budget for ``status``; empty when the privacy layer is absent."""
-    try:
-        from edgetwin.privacy import budget_summary  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    result: dict[str, Any] = budget_summary(store, config, time.time())
+    """The DESIGN.md ``budget`` object for ``status``."""
+    from edgetwin.privacy.accountant import status
+
+    result: dict[str, Any] = status(store, config.privacy, time.time()).to_json()
     return result
 
 
@@ -177,12 +175,15 @@ def _retention(store: Any, config: Config) -> None:
 
 
 def _sync_job(store: Any, config: Config) -> Callable[[], None] | None:
-    try:
-        from edgetwin.sync import scheduled_sync  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+    """Release what is due for consented metrics, then drain the outbox.
+
+    Runs on the daemon's loop: uploads are bounded by ``sync.timeout_s`` and
+    ``sync.max_per_run``, and the hub's queues hold sensor data meanwhile.
+    """
+    from edgetwin.sync.service import drain_outbox, run_due_releases
 
     def job() -> None:
-        scheduled_sync(store, config, time.time())
+        run_due_releases(store, config, time.time())
+        drain_outbox(store, config)
 
     return job

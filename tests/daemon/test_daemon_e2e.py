@@ -91,6 +91,11 @@ def test_status_of_a_live_daemon_then_orderly_sigterm(
     assert src["state"] == "streaming"
     assert {"samples", "drops", "last_sample_t"} <= src.keys()
     assert isinstance(status["store"]["streams"], list)  # type: ignore[index]
+    budget = status["budget"]
+    assert budget["period"] == "day"  # type: ignore[index]
+    assert budget["epsilon_spent"] == 0.0  # type: ignore[index]
+    assert budget["epsilon_remaining"] == 2.0  # type: ignore[index]
+    assert budget["lifetime_remaining"] == 100.0  # type: ignore[index]
 
     # A second daemon on the same home is refused with a clear message and exit 2.
     second = cli(twin, "daemon", "run", "--duration", "5", check=False)
