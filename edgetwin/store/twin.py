@@ -1530,20 +1530,25 @@ class TwinStore:
     def _verify_keys(self, report: VerifyReport) -> None:
         try:
             with self._lock, self._db("reading data keys"):
-                rows = self._conn.execute("SELECT id FROM dek").fetchall()
+                rows = self._conn.execute("SELECT id, scope, period FROM dek").fetchall()
         except DataCorrupt as exc:
             report.problems.append(Problem("keys", exc.message))
             return
         with self._lock:
             self._sync_keystore()
-            for (key_id,) in rows:
+            for key_id, scope, period in rows:
                 report.count("keys")
                 try:
-                    if self._ks.unwrap_dek(self._keys, int(key_id)) is None:
-                        detail = f"data key {key_id} is missing from {KEYSTORE_FILE}"
-                        report.problems.append(Problem("keystore", detail))
+                    got = self._ks.unwrap_dek(self._keys, int(key_id))
                 except DataCorrupt as exc:
                     report.problems.append(Problem("keystore", exc.message))
+                    continue
+                if got is None:
+                    detail = f"data key {key_id} is missing from {KEYSTORE_FILE}"
+                    report.problems.append(Problem("keystore", detail))
+                elif (got[1], got[2]) != (bytes(scope), int(period)):
+                    detail = f"data key {key_id}: its row in {DB_FILE} was altered"
+                    report.problems.append(Problem("keys", detail))
 
     def _verify_series(self, report: VerifyReport) -> None:
         try:

@@ -311,3 +311,9 @@ def test_random_byte_flips_never_return_wrong_data(filled: Path, secret: Secret)
         except DataCorrupt:
             detected += 1
     assert detected > 0
+
+
+def test_altered_key_row_is_reported(filled: Path, db: sqlite3.Connection, secret: Secret) -> None:
+    db.execute("UPDATE dek SET period = period + 1 WHERE id = (SELECT MIN(id) FROM dek)")
+    with TwinStore.open(filled, secret) as s:
+        assert any("was altered" in p for p in _problems(s))
