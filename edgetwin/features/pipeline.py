@@ -312,23 +312,22 @@ class FeaturePipeline:
             g = st.groups
             if not ({"spo2", "temp", "eda", "accel"} & g.keys()):
                 continue
-            fs = st.rate()
             _, v = st.window(start, end)
             if "spo2" in g:
-                offer(
-                    "spo2",
-                    *vitals.bounded_mean(v[:, g["spo2"][0]], *vitals.SPO2_RANGE, fs, self.step_s),
-                )
+                col = g["spo2"][0]
+                offer("spo2", *vitals.bounded_mean(
+                    v[:, col], *vitals.SPO2_RANGE, st.column_rate(col), self.step_s))
             if "temp" in g:
-                offer(
-                    "skin_temp",
-                    *vitals.bounded_mean(v[:, g["temp"][0]], *vitals.TEMP_RANGE, fs, self.step_s),
-                )
+                col = g["temp"][0]
+                offer("skin_temp", *vitals.bounded_mean(
+                    v[:, col], *vitals.TEMP_RANGE, st.column_rate(col), self.step_s))
             if "accel" in g and len(g["accel"]) == 3:
+                fs = st.column_rate(g["accel"][0])
                 offer("motion", *vitals.motion(v[:, g["accel"]], fs, self.step_s))
             if "eda" in g:
+                col = g["eda"][0]
                 _, ve = st.window(end - eda_span, end)
-                offer("eda_tonic", *vitals.eda_tonic(ve[:, g["eda"][0]], fs, eda_span))
+                offer("eda_tonic", *vitals.eda_tonic(ve[:, col], st.column_rate(col), eda_span))
         for name, (value, q) in picks.items():
             put(name, value, q)
 
@@ -540,6 +539,7 @@ class _Stream:
     _v: FloatArray | None = None
     _pending: list[tuple[FloatArray, FloatArray]] = field(default_factory=list)
     _fs: float | None = None
+    _col_fs: dict[int, float] = field(default_factory=dict)
 
     def append(self, t: FloatArray, v: FloatArray) -> None:
         self._pending.append((t, v))
@@ -569,6 +569,23 @@ class _Stream:
         i = int(np.searchsorted(self._t, cutoff, side="left"))
         if i and self._v is not None:
             self._t, self._v = self._t[i:], self._v[i:]
+
+    def column_rate(self, col: int) -> float | None:
+        """Rate of one channel: in a mixed-rate recording (a CSV with 1 Hz ``spo2`` beside
+        one-row-per-beat ``rr``) each column has its own rows, so the stream's rate misleads."""
+        declared = self.meta.get("sampling_rate_hz", self.meta.get("rate_hz"))
+        if isinstance(declared, int | float) and declared > 0:
+            return float(declared)
+        if col in self._col_fs:
+            return self._col_fs[col]
+        self._consolidate()
+        if self._v is None:
+            return None
+        t = self._t[np.isfinite(self._v[:, col])]
+        est = estimate_rate(t)
+        if est is not None and t.size >= 16:
+            self._col_fs[col] = est
+        return est
 
     def rate(self) -> float | None:
         """Sampling rate: ``sampling_rate_hz`` (or ``rate_hz``) meta, else from the timestamps."""
