@@ -49,7 +49,7 @@ def _v1(conn: sqlite3.Connection) -> None:
         " b1 INTEGER NOT NULL,"
         " sealed BLOB NOT NULL,"
         " PRIMARY KEY (sn, seq))",
-        "CREATE INDEX chunk_time ON chunk(sn, b0)",
+        "CREATE INDEX chunk_time ON chunk(sn, b0, seq)",
         "CREATE TABLE record ("
         " rid BLOB PRIMARY KEY,"
         " kh BLOB NOT NULL,"

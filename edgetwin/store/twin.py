@@ -1038,9 +1038,8 @@ class TwinStore:
         where = ["sn = ?"]
         args: list[Any] = [sn]
         if lo is not None:
-            # a chunk never spans two days, so it starts at most a day before it ends
-            where.append("b0 >= ? AND b1 >= ?")
-            args += [lo - _BUCKETS_PER_PERIOD, lo]
+            where.append("b1 >= ?")
+            args.append(lo)
         if hi is not None:
             where.append("b0 <= ?")
             args.append(hi)
@@ -1051,8 +1050,13 @@ class TwinStore:
             page_where = list(where)
             page_args = list(args)
             if cursor is not None:
+                # keyset pagination: the index (sn, b0, seq) seeks straight to the next page
                 page_where.append(f"(b0, seq) {cmp} (?, ?)")
                 page_args += list(cursor)
+            if lo is not None and (descending or cursor is None):
+                # a chunk never spans two days, so it starts at most a day before it ends
+                page_where.append("b0 >= ?")
+                page_args.append(lo - _BUCKETS_PER_PERIOD)
             sql = (
                 "SELECT sn, seq, key_id, b0, b1, sealed FROM chunk WHERE "  # noqa: S608 - fixed fragments
                 + " AND ".join(page_where)
