@@ -776,9 +776,10 @@ class TwinStore:
         if self._ks_removed:
             removed, self._ks_removed = self._ks_removed, set()
             for key_id in removed:
-                self._ks.deks.pop(key_id, None)
                 self._aead.pop(key_id, None)
-            self._ks.save()  # a crash before this is finished at the next unlock
+            # The rows are gone; now the keys. A crash before this is finished at the
+            # next unlock, which prunes every key the database no longer knows.
+            self._prune_keystore()
 
     def _rollback_tx(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -1483,14 +1484,35 @@ class TwinStore:
         """Drop keystore keys the database no longer knows (an interrupted forget)."""
         with self._lock, self._db("reading data keys"):
             known = {int(r[0]) for r in self._conn.execute("SELECT id FROM dek")}
-        if all(k in known for k in self._ks.deks):
-            return
-        with self.transaction():
-            known = {int(r[0]) for r in self._conn.execute("SELECT id FROM dek")}
-            orphans = [k for k in self._ks.deks if k not in known]
-            if orphans:
-                _LOGGER.info("destroying %d data keys left by interrupted work", len(orphans))
-                self._ks_removed.update(orphans)
+        if any(k not in known for k in self._ks.deks):
+            self._prune_keystore()
+
+    def _prune_keystore(self) -> int:
+        """Rewrite the keystore without keys absent from the ``dek`` table.
+
+        Runs under the database's write lock (its own ``BEGIN IMMEDIATE``), which
+        every keystore writer holds, so no other process's new key can be lost.
+        """
+        with self._lock, self._db("destroying data keys"):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._sync_keystore()
+                known = {int(r[0]) for r in self._conn.execute("SELECT id FROM dek")}
+                orphans = [k for k in self._ks.deks if k not in known]
+                if orphans:
+                    for key_id in orphans:
+                        del self._ks.deks[key_id]
+                        self._aead.pop(key_id, None)
+                    self._ks.save()
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(EdgetwinError):
+                    self._ks.reload()
+                raise
+            self._conn.execute("COMMIT")
+        if orphans:
+            _LOGGER.info("destroyed %d data keys", len(orphans))
+        return len(orphans)
 
     # -- checks --------------------------------------------------------------------------------
 
