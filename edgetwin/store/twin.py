@@ -142,6 +142,14 @@ class _Series:
         stats[3] = max(stats[3], t_max)
 
 
+class _ChunkDamage(DataCorrupt):
+    """A damaged chunk; ``short`` says what, without the stream and span."""
+
+    def __init__(self, message: str, *, hint: str, short: str) -> None:
+        super().__init__(message, hint=hint)
+        self.short = short
+
+
 @dataclass
 class _ChunkRow:
     sn: int
@@ -1093,9 +1101,10 @@ class TwinStore:
     def _chunk_damage(self, series: _Series, row: _ChunkRow, what: str) -> DataCorrupt:
         label = f"stream {series.name!r}" if series.kind == KIND_SAMPLES else f"the {series.kind}"
         span = f"{fmt_time(row.b0 * BUCKET_S)} .. {fmt_time((row.b1 + 1) * BUCKET_S)}"
-        return DataCorrupt(
+        return _ChunkDamage(
             f"{label}: data between {span} (chunk {row.seq}) {what}",
             hint="run 'edgetwin verify' to list all damage; everything else stays readable",
+            short=f"chunk {row.seq} {what}",
         )
 
     def _decode_row(
@@ -1627,7 +1636,8 @@ class TwinStore:
                     else:
                         t = np.array([p.t for p in codec.decode_predictions(plain)])
                 except DataCorrupt as exc:
-                    report.problems.append(Problem("chunk", exc.message, label, t0, t1))
+                    detail = exc.short if isinstance(exc, _ChunkDamage) else exc.message
+                    report.problems.append(Problem("chunk", detail, label, t0, t1))
                     continue
                 except codec.Undecodable as exc:
                     detail = f"chunk {row.seq} does not decode: {exc}"
