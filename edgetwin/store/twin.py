@@ -1620,7 +1620,7 @@ class TwinStore:
         label = series.name if series.kind == KIND_SAMPLES else f"<{series.kind}>"
         widths = [len(c) for c, _ in series.layouts]
         seen: dict[int, list[float]] = {}
-        seqs: set[int] = set()
+        damaged_days: set[int] = set()  # their row counts are unknowable
         try:
             for row in self._chunk_rows(series.sn, None, None):
                 report.count("chunks")
@@ -1635,13 +1635,17 @@ class TwinStore:
                         t = np.array([f.t for f in codec.decode_frames(plain)])
                     else:
                         t = np.array([p.t for p in codec.decode_predictions(plain)])
-                except DataCorrupt as exc:
-                    detail = exc.short if isinstance(exc, _ChunkDamage) else exc.message
+                except (DataCorrupt, codec.Undecodable) as exc:
+                    if isinstance(exc, _ChunkDamage):
+                        detail = exc.short
+                    elif isinstance(exc, DataCorrupt):
+                        detail = exc.message
+                    else:
+                        detail = f"chunk {row.seq} does not decode: {exc}"
                     report.problems.append(Problem("chunk", detail, label, t0, t1))
-                    continue
-                except codec.Undecodable as exc:
-                    detail = f"chunk {row.seq} does not decode: {exc}"
-                    report.problems.append(Problem("chunk", detail, label, t0, t1))
+                    day = row.b0 // _BUCKETS_PER_PERIOD
+                    damaged_days.add(day)
+                    seen.setdefault(day, [0, 0])[0] += 1
                     continue
                 if row.seq >= series.next_seq:
                     detail = f"chunk {row.seq} is beyond the stream's end"
@@ -1652,7 +1656,6 @@ class TwinStore:
                 ):
                     detail = f"chunk {row.seq} lies outside its time bucket"
                     report.problems.append(Problem("chunk", detail, label, t0, t1))
-                seqs.add(row.seq)
                 day = _day(float(t.min())) if t.size else row.b0 // _BUCKETS_PER_PERIOD
                 stats = seen.setdefault(day, [0, 0])
                 stats[0] += 1
@@ -1663,7 +1666,7 @@ class TwinStore:
             return
         for day, (chunks, rows, first_t, last_t) in sorted(series.periods.items()):
             got = seen.get(day, [0, 0])
-            if int(chunks) != got[0] or int(rows) != got[1]:
+            if int(chunks) != got[0] or (int(rows) != got[1] and day not in damaged_days):
                 report.problems.append(
                     Problem(
                         "chunk",
