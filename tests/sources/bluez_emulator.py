@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -1154,10 +1155,11 @@ class BlueZEmulator:
         while dev.connected:
             next_t += period
             delay = next_t - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -1.0:  # far behind (a stalled loop): do not burst, skip ahead
+            if delay < -1.0:  # far behind (a stalled loop or a saturating rate): skip ahead
                 next_t = loop.time()
+            # always yield, so D-Bus writes flush and method calls are served at any rate
+            await asyncio.sleep(max(0.0, delay))
+            await self._until_writable()
             now = loop.time()
             dt_s = p.model_seconds if p.model_seconds is not None else now - last
             last = now
@@ -1173,6 +1175,20 @@ class BlueZEmulator:
                     payload = p.next_payload(uuid, dt_s)
                 if payload is not None:
                     self._deliver(dev, char, payload)
+
+    async def _until_writable(self) -> None:
+        """Wait while our D-Bus socket is full.
+
+        dbus-fast treats EAGAIN on its socket as fatal and drops the connection, so a
+        peripheral notifying faster than dbus-daemon reads must hold back here.
+        """
+        bus = self.bus
+        if bus is None or bus._sock is None:
+            return
+        while bus._writer.messages or bus._writer.buf is not None or not select.select(
+            [], [bus._sock], [], 0
+        )[1]:
+            await asyncio.sleep(0.0005)
 
     def _deliver(self, dev: Device1, char: NotifyCharacteristic1, payload: bytes) -> None:
         if char.send(payload):
