@@ -437,6 +437,17 @@ class TwinStore:
         found.sort(key=lambda p: p.t)
         return found[-last:]
 
+    def iter_predictions(
+        self, t0: float | None = None, t1: float | None = None, *, on_corrupt: OnCorrupt = "raise"
+    ) -> Iterator[Prediction]:
+        """Committed predictions with ``t0 <= t <= t1``, chunk by chunk (flat memory)."""
+        series = self._read_series(KIND_PREDICTIONS, "")
+        if series is None:
+            return iter(())
+        return self._iter_decoded(
+            series, t0, t1, on_corrupt, codec.decode_predictions, lambda p: p.t
+        )
+
     def streams(self, *, on_corrupt: OnCorrupt = "raise") -> list[StreamInfo]:
         """Every stream with its channels, units, sample count and time range, by name."""
         out: list[StreamInfo] = []
