@@ -55,7 +55,7 @@ def save_pairing(
             )
         with store.transaction():
             store.put_record(PAIRING, name, record)
-            store.audit("pair.add", source=name, kind=record["kind"])
+            store.audit("pair_add", source=name, kind=record["kind"])
     if not app.as_json:
         click.echo(f"paired {name} ({record['kind']})")
     else:
@@ -152,7 +152,7 @@ def remove_cmd(app: AppContext, name: str) -> None:
     with open_twin_from_app(app) as store, store.transaction():
         if not store.delete_record(PAIRING, name):
             raise UsageError(f"no source named {name!r} is paired", hint="see 'edgetwin pair list'")
-        store.audit("pair.remove", source=name)
+        store.audit("pair_remove", source=name)
     click.echo(f"removed {name}")
 
 

@@ -25,7 +25,7 @@ def test_add_list_remove_and_the_record_is_encrypted(run_cli, home, passphrase_f
 
     with TwinStore.open(home, Secret.passphrase(passphrase_file.read_text().strip())) as store:
         events = [e["event"] for e in store.audit_entries()]
-    assert events.count("pair.add") == 2
+    assert events.count("pair_add") == 2
 
     assert run_cli("pair", "remove", "simulator").exit_code == 0
     gone = run_cli("pair", "remove", "simulator")
