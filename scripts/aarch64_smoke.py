@@ -222,26 +222,34 @@ def step_onnxruntime(ctx: Ctx) -> dict[str, Any]:
 
 
 def step_models(ctx: Ctx) -> dict[str, Any]:
-    """The shipped int8 models: each loads and runs one window; per-window time."""
+    """The shipped models through the registry (sha256, shapes): per-window time, int8 and fp32."""
     import numpy as np
-    import onnxruntime as ort
 
-    paths = sorted((REPO / "models").glob("*int8*.onnx"))
-    if not paths:
-        raise StepFailed("models/manifest.json exists but no models/*int8*.onnx")
+    from edgetwin.inference.registry import load_manifest
+    from edgetwin.inference.session import create_session
+
+    manifest = load_manifest(REPO / "models")
+    rng = np.random.default_rng(3)
     out: dict[str, Any] = {}
-    for path in paths:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # the daemon's budget on a Pi: one core
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feeds = {}
-        for inp in session.get_inputs():
-            shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-            dtype = np.float32 if "float" in inp.type else np.int64
-            feeds[inp.name] = np.zeros(shape, dtype=dtype)
-        session.run(None, feeds)
-        out[path.name] = _timed(lambda s=session, f=feeds: s.run(None, f), n=20)
-    return {"models": out}
+    for (model, precision), file in sorted(manifest.files.items()):
+        session = create_session(file, threads=1)  # the daemon's budget on a Pi: one core
+        feeds = {
+            i.name: rng.uniform(-1, 1, [d if isinstance(d, int) else 1 for d in i.shape]).astype(
+                np.float32
+            )
+            for i in session.get_inputs()
+        }
+        for value in session.run(None, feeds):
+            if not np.isfinite(value).all():
+                raise StepFailed(f"{model} {precision} produced non-finite output")
+        out[f"{model}.{precision}"] = _timed(lambda s=session, f=feeds: s.run(None, f), n=30)
+    if not any(key.endswith(".int8") for key in out):
+        raise StepFailed("the manifest lists no int8 model")
+    per_window = {
+        p: round(sum(t["median_ms"] for k, t in out.items() if k.endswith("." + p)), 4)
+        for p in ("int8", "fp32")
+    }
+    return {"models": out, "per_window_ms": per_window}
 
 
 def step_init(ctx: Ctx) -> dict[str, Any]:
@@ -254,8 +262,7 @@ def step_init(ctx: Ctx) -> dict[str, Any]:
     return {"init_s": round(time.perf_counter() - t0, 3)}
 
 
-RECORDING_S = 20 * 60
-RECORDING_HZ = 1.0
+RECORDING_S = 10 * 60  # two forecaster contexts of 60 five-second steps
 
 
 def step_ingest(ctx: Ctx) -> dict[str, Any]:
@@ -263,8 +270,18 @@ def step_ingest(ctx: Ctx) -> dict[str, Any]:
     recording = ctx.work / "recording.csv"
     n = _write_recording(recording)
     t0 = time.perf_counter()
-    ctx.cli("ingest", str(recording), "--stream", "wrist")
-    return {"rows": n, "ingest_s": round(time.perf_counter() - t0, 3)}
+    report = json.loads(ctx.cli("--json", "ingest", str(recording), "--stream", "wrist"))
+    elapsed = time.perf_counter() - t0
+    if not report.get("frames"):
+        raise StepFailed(f"ingest made no feature frames: {report}")
+    ctx.data["ingest"] = report
+    return {
+        "rows": n,
+        "samples": report.get("samples"),
+        "frames": report.get("frames"),
+        "predictions": report.get("predictions"),
+        "ingest_s": round(elapsed, 3),
+    }
 
 
 def step_timeline(ctx: Ctx) -> dict[str, Any]:
@@ -275,22 +292,32 @@ def step_timeline(ctx: Ctx) -> dict[str, Any]:
     if all(v is None for v in hr):
         raise StepFailed("no frame has a heart rate although the recording has one")
     ctx.data["frames"] = len(frames)
-    return {"frames": len(frames), "keys": sorted(frames[0])}
+    seen = sorted({k for f in frames for k, v in f["features"].items() if v is not None})
+    return {"frames": len(frames), "keys": sorted(frames[0]), "features_seen": seen}
 
 
 def step_predictions(ctx: Ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
-    preds = json.loads(ctx.cli("--json", "predictions", "--last", "3"))
+    preds = json.loads(ctx.cli("--json", "predictions", "--last", "5"))
     elapsed = time.perf_counter() - t0
     if not isinstance(preds, list) or not preds:
-        raise StepFailed("predictions --json returned nothing after ingest")
+        raise StepFailed(
+            f"predictions --json returned nothing after ingest: {ctx.data.get('ingest')}"
+        )
     for p in preds:
-        missing = {"t", "target", "step_s", "horizon", "band"} - set(p)
+        missing = {"t", "target", "step_s", "horizon", "band", "attention", "imputed"} - set(p)
         if missing:
             raise StepFailed(f"prediction lacks {sorted(missing)}")
         if len(p["band"]) != len(p["horizon"]):
             raise StepFailed("band and horizon differ in length")
-    return {"predictions": len(preds), "predictions_s": round(elapsed, 3)}
+        values = [v for v in p["horizon"] if v is not None]
+        if not values or not all(lo <= hi for lo, hi in p["band"] if lo is not None):
+            raise StepFailed(f"implausible forecast: {p}")
+    return {
+        "predictions": len(preds),
+        "targets": sorted({p["target"] for p in preds}),
+        "predictions_s": round(elapsed, 3),
+    }
 
 
 def step_bundle(ctx: Ctx) -> dict[str, Any]:
@@ -367,7 +394,12 @@ STEPS: tuple[Step, ...] = (
     Step("onnxruntime", (), step_onnxruntime, baseline=True),
     Step("brainflow_native", (), step_brainflow_native),
     Step("brainflow_degrades", ("edgetwin/sources/brainflow.py",), step_brainflow_degrades),
-    Step("models_int8", ("models/manifest.json",), step_models, baseline=True),
+    Step(
+        "models",
+        ("models/manifest.json", "edgetwin/inference/registry.py", "edgetwin/inference/session.py"),
+        step_models,
+        baseline=True,
+    ),
     Step("init", ("edgetwin/cli/keys.py",), step_init),
     Step("ingest", ("edgetwin/cli/data.py",), step_ingest),
     Step("timeline", ("edgetwin/cli/data.py",), step_timeline),
@@ -493,26 +525,31 @@ def _chdir(path: Path) -> Iterator[None]:
 
 
 def _write_recording(path: Path) -> int:
-    """A deterministic wrist recording: HR, SpO2, skin temperature, EDA and acceleration."""
+    """A deterministic wrist recording: 1 Hz vitals and acceleration, and one RR row per beat."""
     import numpy as np
 
     rng = np.random.default_rng(7)
-    n = int(RECORDING_S * RECORDING_HZ)
-    t = 1_700_000_000.0 + np.arange(n) / RECORDING_HZ
-    minutes = np.arange(n) / RECORDING_HZ / 60
-    hr = 64 + 6 * np.sin(minutes / 3) + rng.normal(0, 1.5, n)
-    spo2 = np.clip(97.5 + rng.normal(0, 0.4, n), 90, 100)
-    temp = 33.2 + 0.3 * np.sin(minutes / 7) + rng.normal(0, 0.03, n)
-    eda = 2.0 + 0.2 * np.sin(minutes / 5) + rng.normal(0, 0.02, n)
-    accel = rng.normal(0, 0.05, (n, 3)) + np.array([0.0, 0.0, 1.0])
+    t0 = 1_700_000_000.0
+    rows: list[tuple[float, str]] = []
+    for i in range(RECORDING_S):
+        hr = 64 + 6 * np.sin(i / 180) + rng.normal(0, 1.5)
+        spo2 = min(100.0, 97.5 + rng.normal(0, 0.4))
+        temp = 33.2 + 0.3 * np.sin(i / 420) + rng.normal(0, 0.03)
+        eda = 2.0 + 0.2 * np.sin(i / 300) + rng.normal(0, 0.02)
+        ax, ay, az = rng.normal(0, 0.05, 3) + np.array([0.0, 0.0, 1.0])
+        rows.append(
+            (t0 + i, f"{hr:.1f},{spo2:.1f},{temp:.2f},{eda:.3f},{ax:.4f},{ay:.4f},{az:.4f},")
+        )
+    t = t0 + 0.3
+    while t < t0 + RECORDING_S:
+        rr = 930 + 40 * np.sin(t / 7) + rng.normal(0, 25)
+        rows.append((t, f",,,,,,,{rr:.1f}"))
+        t += rr / 1000
+    rows.sort(key=lambda r: r[0])
     with path.open("w") as f:
-        f.write("timestamp,hr,spo2,temp,eda,accel_x,accel_y,accel_z\n")
-        for i in range(n):
-            f.write(
-                f"{t[i]:.3f},{hr[i]:.1f},{spo2[i]:.1f},{temp[i]:.2f},{eda[i]:.3f},"
-                f"{accel[i, 0]:.4f},{accel[i, 1]:.4f},{accel[i, 2]:.4f}\n"
-            )
-    return n
+        f.write("timestamp,hr,spo2,temp,eda,accel_x,accel_y,accel_z,rr\n")
+        f.writelines(f"{ts:.3f},{rest}\n" for ts, rest in rows)
+    return len(rows)
 
 
 def _tiny_model() -> bytes:
@@ -695,10 +732,12 @@ def _ratios(emulated: dict[str, Any], native: dict[str, Any]) -> dict[str, float
             ratio(f"import {mod}", em["import_s"].get(mod), nat["import_s"].get(mod))
     if pair := both("onnxruntime"):
         ratio("tiny_model_run", pair[0]["median_ms"], pair[1]["median_ms"])
-    if pair := both("models_int8"):
+    if pair := both("models"):
         for name, timing in pair[0]["models"].items():
             if name in pair[1]["models"]:
                 ratio(f"window {name}", timing["median_ms"], pair[1]["models"][name]["median_ms"])
+        for precision, ms in pair[0]["per_window_ms"].items():
+            ratio(f"per_window {precision}", ms, pair[1]["per_window_ms"].get(precision))
     return out
 
 
