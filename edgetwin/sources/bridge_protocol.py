@@ -290,7 +290,10 @@ def pack_rows(descriptor: Descriptor, rows: Sequence[Sequence[int]]) -> bytes:
         if len(row) != len(fmts):
             raise ValueError(f"row has {len(row)} values for {len(fmts)} channels")
         for value, width in zip(row, fmts, strict=True):
-            out += int(value).to_bytes(width, "little", signed=True)
+            try:
+                out += int(value).to_bytes(width, "little", signed=True)
+            except OverflowError as exc:
+                raise ValueError(f"{value} does not fit a {8 * width}-bit sample") from exc
     return bytes(out)
 
 

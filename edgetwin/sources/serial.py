@@ -184,7 +184,9 @@ class BridgeMapper:
         """Physical values of a frame's rows; ``BadFrame('length')`` if the payload is off."""
         bp.check_samples_length(self.descriptor, frame)
         raw = np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.n_rows, -1)
-        g = raw[:, self._gather]  # (rows, channels, 4) little-endian bytes, top byte repeated
+        # (rows, channels, 4) little-endian bytes, top byte repeated; fancy indexing may
+        # hand back a non-C layout, and .view() needs contiguous lanes.
+        g = np.ascontiguousarray(raw[:, self._gather])
         if self._sign_mask.any():
             g[:, self._sign_mask] = (g[:, self._sign_mask] >> 7) * np.uint8(0xFF)
         ints = g.view("<i4").reshape(frame.n_rows, len(self.channels))
@@ -616,27 +618,43 @@ class SerialSource(Source):
 def probe_port(
     port: str, baud: int = DEFAULT_BAUD, timeout_s: float = 0.5
 ) -> dict[str, Any] | None:
-    """Ask ``port`` to DESCRIBE itself; its DEVICE facts, or None if nothing answered in time."""
+    """Ask ``port`` to DESCRIBE itself; its facts, or None if nothing answered in time.
+
+    The answer holds ``device_id``, ``model``, ``firmware``, ``rate_hz``, ``channels``
+    (count) and, when the whole descriptor arrived in time, ``channel_names``.
+    """
     try:
         ser = _open_port(port, baud)
     except SourceError:
         return None
     try:
         decoder = bp.StreamDecoder()
+        decoder.reset(mid_stream=True)
+        assembler = bp.DescriptorAssembler()
         _write(ser, bp.encode_command(bp.FrameType.CMD_DESCRIBE, 1))
         deadline = time.monotonic() + timeout_s
+        info: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             data = _read(ser, port)
             for frame in decoder.feed(data):
+                if not isinstance(frame, (bp.DeviceFrame, bp.ChannelFrame)):
+                    continue
                 if isinstance(frame, bp.DeviceFrame):
-                    return {
+                    info = {
                         "device_id": frame.device_id,
                         "model": frame.model,
                         "firmware": "{}.{}.{}".format(*frame.firmware),
                         "channels": frame.n_channels,
                         "rate_hz": frame.rate_hz,
                     }
-        return None
+                try:
+                    descriptor = assembler.feed(frame)
+                except bp.BadFrame:
+                    continue
+                if descriptor is not None and info is not None:
+                    info["channel_names"] = list(descriptor.names)
+                    return info
+        return info
     except SourceError:
         return None
     finally:
