@@ -3,7 +3,9 @@
 The record it stores is what ``BleSource.from_record`` reads::
 
     {"kind": "ble", "address": "C0:FF:EE:00:00:01", "profile": "heart_rate",
-     "name": "Polar H10 1A2B3C"}
+     "device": "Polar H10 1A2B3C"}
+
+(``device``, not ``name``: ``pair list`` shows the pairing's own name under ``name``.)
 
 With ``--profile auto`` (the default) the device is connected once and its
 GATT services decide the profile; with an explicit profile no radio is needed.
@@ -51,7 +53,7 @@ def build_ble_record(
     if notify_mode not in ("start", "acquire"):
         raise UsageError(f"notify mode {notify_mode!r} must be 'start' or 'acquire'")
     record: dict[str, Any] = {"kind": "ble", "address": norm, "profile": profile,
-                              "name": device_name}
+                              "device": device_name}
     if notify_mode != "start":
         record["notify_mode"] = notify_mode
     return record

@@ -26,7 +26,9 @@ in ``counters.bad_packets``; a value outside physiology (RR outside
 250-2500 ms, rate outside 20-250 bpm, no skin contact, SpO2 flagged invalid,
 temperature outside 25-45 °C) counts in ``counters.drops``; both are dropped
 and shown by ``describe()``. A link drop ends the stream with
-``TransientSourceError``; the daemon's supervisor reconnects with backoff. A
+``TransientSourceError`` (the daemon's supervisor reconnects with backoff); it
+counts in ``counters.gaps`` and ``describe()["last_gap"]`` says when data
+stopped and when it flowed again. A
 device that lacks every measurement characteristic of its profile raises
 ``PairingRefused`` (a person must act), which the supervisor waits out longest.
 
@@ -175,17 +177,22 @@ class BleSource(Source):
         self._bad_by_char: collections.Counter[str] = collections.Counter()
         self._dropped: collections.Counter[str] = collections.Counter()
         self._warned: set[str] = set()
+        self._lost_at: float | None = None
+        self._last_gap: tuple[float, float] | None = None
 
     @classmethod
     def from_record(cls, name: str, record: dict[str, Any]) -> BleSource:
-        """Build from a pairing record ``{"kind": "ble", "address", "profile", "name"}``."""
+        """Build from a pairing record ``{"kind": "ble", "address", "profile", "device"}``.
+
+        ``device`` is the advertised device name (older records call it ``name``).
+        """
         options = {k: record[k] for k in ("connect_timeout_s", "scan_timeout_s",
                                           "battery_interval_s", "notify_mode") if k in record}
         return cls(
             name,
             str(record["address"]),
             str(record["profile"]),
-            device_name=str(record.get("name") or ""),
+            device_name=str(record.get("device") or record.get("name") or ""),
             **options,
         )
 
@@ -231,6 +238,10 @@ class BleSource(Source):
             events = list(self._events)
             self._events.clear()
             for batch in self._to_batches(events):
+                if self._lost_at is not None and len(batch):
+                    # data flows again after a link loss: that hole is the gap status shows
+                    self._last_gap = (self._lost_at, batch.first_t)
+                    self._lost_at = None
                 self.counters.count(batch)
                 yield batch
             if self._lost is not None and not self._events:
@@ -272,6 +283,10 @@ class BleSource(Source):
             "dropped": dict(self._dropped),
             "bad_packets_by_characteristic": dict(self._bad_by_char),
         }
+        if self._last_gap is not None:
+            out["last_gap"] = {"from": self._last_gap[0], "to": self._last_gap[1]}
+        elif self._lost_at is not None:
+            out["last_gap"] = {"from": self._lost_at, "to": None}
         for key in ("location", "site"):
             if key in self._meta:
                 out[key] = self._meta[key]
@@ -398,6 +413,8 @@ class BleSource(Source):
     def _on_disconnected(self, _client: object) -> None:
         if not self._closing:
             self._lost = "the device disconnected or went out of range"
+            self._lost_at = self._clock()
+            self.counters.gaps += 1
             _LOGGER.info("%s: link lost", self.name)
         self._wakeup.set()
 

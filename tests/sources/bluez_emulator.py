@@ -1200,10 +1200,13 @@ class EmulatorProcess:
     """The emulator in a child process on a given bus (for daemon and benchmark runs)."""
 
     def __init__(self, bus_address: str, devices: list[str], *, rate_hz: float = 1.0,
-                 model_seconds: float | None = None, seed: int = 0) -> None:
+                 model_seconds: float | None = None, seed: int = 0,
+                 bpm: float | None = None) -> None:
         self.bus_address = bus_address
         self.args = [sys.executable, "-m", "tests.sources.bluez_emulator", "--bus", bus_address,
                      "--rate", str(rate_hz), "--seed", str(seed)]
+        if bpm is not None:
+            self.args += ["--bpm", str(bpm)]
         if model_seconds is not None:
             self.args += ["--model-seconds", str(model_seconds)]
         for spec in devices:
@@ -1265,7 +1268,8 @@ async def control(bus_address: str, method: str, *args: Any) -> Any:
 
 
 def parse_device(
-    spec: str, *, rate_hz: float, seed: int, model_seconds: float | None
+    spec: str, *, rate_hz: float, seed: int, model_seconds: float | None,
+    bpm: float | None = None,
 ) -> Peripheral:
     """``KIND:AA:BB:CC:DD:EE:FF[:NAME]`` -> a peripheral."""
     kind, _, rest = spec.partition(":")
@@ -1273,6 +1277,8 @@ def parse_device(
     address, name = ":".join(parts[:6]), ":".join(parts[6:])
     cls = KINDS[kind]
     kwargs: dict[str, Any] = {"rate_hz": rate_hz, "seed": seed, "model_seconds": model_seconds}
+    if bpm is not None and cls is HeartRateStrap:
+        kwargs["bpm"] = bpm
     return cls(address, name, **kwargs) if name else cls(address, **kwargs)
 
 
@@ -1286,7 +1292,8 @@ async def _main(args: argparse.Namespace) -> None:
         emu = await BlueZEmulator(address).start()
         for i, spec in enumerate(args.device):
             emu.add(parse_device(spec, rate_hz=args.rate, seed=args.seed + i,
-                                 model_seconds=args.model_seconds), known=args.known)
+                                 model_seconds=args.model_seconds, bpm=args.bpm),
+                    known=args.known)
         print(f"READY {address}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -1308,6 +1315,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-seconds", type=float, default=None,
                         help="model time per notification (default: real time)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bpm", type=float, default=None, help="heart rate of the straps")
     parser.add_argument("--known", action="store_true",
                         help="export devices at once, as bluetoothd does for bonded devices")
     args = parser.parse_args(argv)

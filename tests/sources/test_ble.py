@@ -122,10 +122,13 @@ async def test_link_drop_raises_transient_then_reconnect_resumes(bluez: BlueZEmu
     finally:
         await src.close()
     assert strap.stats["connects"] == 2
-    # the gap shows on the time axis
+    # the gap shows on the time axis, in the counters and in status
     before = max(t for t, _ in rows(first, "chest.hr"))
     after = min(t for t, _ in rows(second, "chest.hr"))
     assert after - before >= 0.3
+    assert src.counters.gaps == 1
+    gap = src.describe()["last_gap"]
+    assert before <= gap["from"] < gap["to"] <= after
 
 
 async def test_malformed_notifications_and_rr_outliers_are_counted_and_dropped(
@@ -370,7 +373,7 @@ def test_from_record_and_validation() -> None:
     src = build_source(
         "chest",
         {"kind": "ble", "address": "c0-ff-ee-00-00-01", "profile": "heart_rate",
-         "name": "Polar H10", "notify_mode": "acquire"},
+         "device": "Polar H10", "notify_mode": "acquire"},
     )
     assert isinstance(src, BleSource)
     assert src.address == STRAP and src.profile.name == "heart_rate"
@@ -381,6 +384,8 @@ def test_from_record_and_validation() -> None:
     with pytest.raises(ValueError, match="unknown BLE profile"):
         BleSource.from_record("x", {"kind": "ble", "address": STRAP, "profile": "scale"})
     assert "address" not in str(src.describe())  # status never shows the address
+    legacy = {"kind": "ble", "address": STRAP, "profile": "heart_rate", "name": "H7"}
+    assert BleSource.from_record("x", legacy).device_name == "H7"
 
 
 def test_parsing_stamps_rr_back_from_reception() -> None:

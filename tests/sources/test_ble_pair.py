@@ -25,7 +25,7 @@ STRAP = "C0:FF:EE:00:00:01"
 def test_record_is_what_the_source_reads() -> None:
     record = pair_ble.build_ble_record("c0:ff:ee:00:00:01", "heart_rate", "Polar H10")
     assert record == {"kind": "ble", "address": STRAP, "profile": "heart_rate",
-                      "name": "Polar H10"}
+                      "device": "Polar H10"}
     source = BleSource.from_record("chest", record)
     assert (source.address, source.profile.name, source.device_name) == (
         STRAP, "heart_rate", "Polar H10")
@@ -77,7 +77,7 @@ def test_explicit_profile_needs_no_radio(monkeypatch: pytest.MonkeyPatch) -> Non
     result = invoke([STRAP.lower(), "--profile", "pulse_oximeter"], pairing, monkeypatch)
     assert result.exit_code == 0, result.output
     assert pairing.saved == {"pulse_oximeter-2": {
-        "kind": "ble", "address": STRAP, "profile": "pulse_oximeter", "name": ""}}
+        "kind": "ble", "address": STRAP, "profile": "pulse_oximeter", "device": ""}}
     assert "pulse_oximeter-2.spo2" in result.output
 
 
@@ -93,7 +93,7 @@ def test_auto_profile_probes_the_device(private_bus, monkeypatch: pytest.MonkeyP
         result = invoke([STRAP, "--name", "ear", "--timeout", "15"], pairing, monkeypatch)
         assert result.exit_code == 0, result.output
         assert pairing.saved == {"ear": {"kind": "ble", "address": STRAP,
-                                         "profile": "thermometer", "name": "Ear Thermo"}}
+                                         "profile": "thermometer", "device": "Ear Thermo"}}
         # the probe connected once and let go
         stats = asyncio.run(control(emu.bus_address, "Stats", STRAP))
         assert stats["connects"] == 1 and stats["disconnects"] == 1
