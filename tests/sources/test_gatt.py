@@ -407,3 +407,10 @@ def test_date_time_helpers() -> None:
 def test_uuid_helpers() -> None:
     assert g.uuid16(0x2A37) == "00002a37-0000-1000-8000-00805f9b34fb"
     assert g.HEART_RATE_MEASUREMENT in g.DECODERS
+
+
+@given(text=st.text(max_size=40).filter(lambda s: not s.endswith("\x00")))
+def test_device_information_string_round_trip(text: str) -> None:
+    for decode in (g.DECODERS[u] for u in g.DEVICE_INFORMATION_STRINGS):
+        assert decode(g.encode_string(text)) == text
+        assert decode(g.encode_string(text) + b"\x00\x00") == text  # NUL padding is dropped
