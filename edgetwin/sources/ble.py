@@ -411,7 +411,9 @@ class BleSource(Source):
         self._wakeup.set()
 
     def _on_disconnected(self, _client: object) -> None:
-        if not self._closing:
+        # Before _client is set this is a failed attempt inside establish_connection, which
+        # retries on its own; during close() it is our own disconnect. Neither is a lost link.
+        if not self._closing and self._client is not None:
             self._lost = "the device disconnected or went out of range"
             self._lost_at = self._clock()
             self.counters.gaps += 1

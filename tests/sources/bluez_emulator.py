@@ -197,6 +197,7 @@ class Faults:
     refuse_message: str = "le-connection-abort-by-remote"
     hang: bool = False  # Connect never answers (until cancelled by Disconnect)
     present: bool = True  # advertising and in range
+    flaky_connects: int = 0  # connections that die while services are being resolved
 
 
 class Peripheral:
@@ -610,6 +611,11 @@ class Device1(ServiceInterface):
         await asyncio.sleep(0.005)
         if not self.connected:
             return
+        if self.p.faults.flaky_connects:
+            self.p.faults.flaky_connects -= 1
+            self.p.stats["flaky"] += 1
+            self._emu.tear_down_link(self)  # e.g. a supervision timeout mid-discovery
+            return
         self._emu.export_gatt(self)
         self.services_resolved = True
         self.emit_properties_changed({"ServicesResolved": True})
@@ -910,6 +916,10 @@ class Control1(ServiceInterface):
     @dbus_method()
     def InjectMalformed(self, address: DBusStr, count: DBusUInt32):
         self._emu.peripheral(address).faults.malformed += count
+
+    @dbus_method()
+    def FlakyConnects(self, address: DBusStr, count: DBusUInt32):
+        self._emu.peripheral(address).faults.flaky_connects += count
 
     @dbus_method()
     def InjectRrOutliers(self, address: DBusStr, count: DBusUInt32):

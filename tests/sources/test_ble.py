@@ -200,6 +200,21 @@ async def test_refused_connection_maps_to_the_error_tree(
     await src.close()
 
 
+async def test_a_connect_that_dies_mid_discovery_is_retried(bluez: BlueZEmulator) -> None:
+    """bleak-retry-connector's retry inside connect(); the failed attempt is no lost link."""
+    strap = bluez.add(fast_strap())
+    strap.faults.flaky_connects = 1
+    src = source(STRAP, "heart_rate")
+    await src.connect()
+    try:
+        batches = await collect(src, lambda b: count(b, "chest.hr") >= 3)
+    finally:
+        await src.close()
+    assert strap.stats["flaky"] == 1 and strap.stats["connects"] == 2
+    assert src.counters.gaps == 0
+    assert count(batches, "chest.hr") >= 3
+
+
 async def test_unresponsive_device_times_out_without_stalling_others(
     bluez: BlueZEmulator,
 ) -> None:
