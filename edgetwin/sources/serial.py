@@ -96,13 +96,16 @@ class ClockEstimator:
         d = host_s - device_s
         k = math.floor(device_s / self.window_s)
         if self._bin is None or k != self._bin:
-            if self._bin_min is not None:
-                self._minima.append(self._bin_min)
+            closed = self._bin_min
             self._bin = k
             self._bin_min = (device_s, d)
+            if closed is not None:
+                self._minima.append(closed)
+            self._fit()
         elif d < self._bin_min[1]:  # type: ignore[index]
             self._bin_min = (device_s, d)
-        self._fit()
+            if len(self._minima) < 2:
+                self._fit()  # cheap while there is no line yet; later, refit per window
 
     def to_host(self, device_s: float | npt.NDArray[np.float64]) -> Any:
         """Host epoch seconds of device time(s) ``device_s``."""
@@ -110,8 +113,8 @@ class ClockEstimator:
 
     def _fit(self) -> None:
         points = list(self._minima)
-        if self._bin_min is not None:
-            points.append(self._bin_min)
+        if len(points) < 2 and self._bin_min is not None:
+            points.append(self._bin_min)  # no line yet: the open window's minimum helps
         self.ready = True
         if len(points) < 3:
             best = min(points, key=lambda p: p[1])
@@ -294,6 +297,9 @@ class SerialSource(Source):
         self._mapper: BridgeMapper | None = None
         self._token = 0
         self._extra_bad = 0  # bad frames the decoder passed but the descriptor rejects
+        # drops come from two threads; each owns one count and counters.drops is their sum
+        self._worker_drops = 0
+        self._queue_drops = 0
         self._previous: BridgeMapper | None = None
         self._lost_before = 0
         self._gaps_before = 0
@@ -416,6 +422,7 @@ class SerialSource(Source):
 
     def _sync_counters(self) -> None:
         self.counters.bad_packets = self.decoder.stats.bad_frames + self._extra_bad
+        self.counters.drops = self._worker_drops + self._queue_drops
 
     def _install(self, descriptor: bp.Descriptor) -> None:
         """Adopt a descriptor; an unchanged one keeps its mapper (sequence and clock state)."""
@@ -460,7 +467,7 @@ class SerialSource(Source):
                         self._extra_bad += 1
                         continue
                     if descriptor is not None:
-                        self.counters.drops += dropped
+                        self._worker_drops += dropped
                         self._sync_counters()
                         _write(ser, bp.encode_command(bp.FrameType.CMD_START, self._next_token()))
                         host = self._clock()
@@ -468,8 +475,8 @@ class SerialSource(Source):
                 elif isinstance(frame, bp.SamplesFrame):
                     dropped += frame.n_rows  # rows before we know what they mean
             self._sync_counters()
+        self._worker_drops += dropped
         self._sync_counters()
-        self.counters.drops += dropped
         raise DeviceNotFound(
             f"serial {self.name}: no bridge descriptor from {self.port} "
             f"within {self.handshake_timeout_s:g} s",
@@ -531,7 +538,7 @@ class SerialSource(Source):
         if isinstance(frame, bp.SamplesFrame):
             mapper = self._mapper
             if mapper is None:
-                self.counters.drops += frame.n_rows
+                self._worker_drops += frame.n_rows
                 return
             try:
                 t, values, gaps = mapper.on_samples(frame, host)
@@ -608,7 +615,8 @@ class SerialSource(Source):
         if queue.full():
             old = queue.get_nowait()
             if isinstance(old, SampleBatch):
-                self.counters.drops += len(old)
+                self._queue_drops += len(old)
+                self.counters.drops = self._worker_drops + self._queue_drops
         queue.put_nowait(item)
 
 

@@ -239,10 +239,16 @@ async def test_slow_consumer_loses_oldest_batches_counted_as_drops(
     src = SerialSource("busy", emu.path, queue_batches=2, batch_s=0.01)
     sources.append(src)
     await src.connect()
-    await asyncio.sleep(0.5)  # deliberately not consuming: the bounded queue must overflow
+
+    async def until_dropping() -> None:
+        # Deliberately not consuming: the bounded queue must overflow, oldest batch first.
+        while src.counters.drops == 0:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(until_dropping(), TIMEOUT)
     batches = await _collect(src, 1)
-    assert src.counters.drops > 0
     assert batches
+    assert src._queue is not None and src._queue.qsize() <= 2
 
 
 def test_from_record() -> None:

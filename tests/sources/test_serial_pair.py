@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
-from click.testing import CliRunner
 
-from edgetwin.cli.common import AppContext
 from edgetwin.cli.pair_serial import (
     build_serial_record,
     default_serial_name,
-    serial_add,
     serial_stream_name,
     stable_port_path,
 )
@@ -34,30 +29,9 @@ def emulator(tmp_path: Path) -> Iterator[BridgeEmulator]:
     emu.stop()
 
 
-@pytest.fixture
-def saved(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    """Stand-in for the lead's ``edgetwin.cli.pair`` storage: records what would be saved."""
-    calls: list[tuple[str, dict[str, Any]]] = []
-    module = types.ModuleType("edgetwin.cli.pair")
-
-    def save_pairing(app: AppContext, name: str, record: dict[str, Any]) -> None:
-        assert isinstance(app, AppContext)
-        calls.append((name, record))
-
-    module.save_pairing = save_pairing  # type: ignore[attr-defined]
-    module.paired_names = lambda app: {"bridge"}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "edgetwin.cli.pair", module)
-    return calls
-
-
-def _invoke(*args: str) -> Any:
-    @click.group()
-    @click.pass_context
-    def root(ctx: click.Context) -> None:
-        ctx.obj = AppContext(None, None, None, False, 0)
-
-    root.add_command(serial_add)
-    return CliRunner().invoke(root, ["serial", *args], catch_exceptions=False)
+@pytest.fixture(autouse=True)
+def _fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
 
 
 def test_record_round_trips_into_the_source() -> None:
@@ -96,33 +70,56 @@ def test_default_names_and_stream_name() -> None:
     assert serial_stream_name("rig", ["ppg", "eda"]) == "rig.bridge"
 
 
-def test_pair_add_serial_probes_the_device(
-    emulator: BridgeEmulator, saved: list[tuple[str, dict[str, Any]]]
+def test_pair_add_serial_probes_the_device_and_stores_the_record(
+    emulator: BridgeEmulator, run_cli: Any
 ) -> None:
-    result = _invoke(emulator.path, "--baud", "230400")
+    assert run_cli("init").exit_code == 0
+    result = run_cli("pair", "add", "serial", emulator.path, "--baud", "230400")
     assert result.exit_code == 0, result.output
-    assert "bridge-2.fnirs" in result.output  # "bridge" is taken
-    (name, record), = saved
-    assert name == "bridge-2"
+    assert "bridge.fnirs" in result.output
+    again = run_cli("pair", "add", "serial", emulator.path)
+    assert again.exit_code == 0, again.output
+    assert "bridge-2.fnirs" in again.output  # "bridge" is taken
+    listed = {r["name"]: r for r in json.loads(run_cli("pair", "list", "--json").output)}
+    record = listed["bridge"]
+    assert record["kind"] == "serial"
     assert record["port"] == emulator.path
     assert record["baud"] == 230400
     assert record["model"] == "edgetwin-emulator-fnirs"
+    src = SerialSource.from_record("bridge", record)
+    assert (src.port, src.baud) == (emulator.path, 230400)
 
 
-def test_pair_add_serial_refuses_a_silent_port_unless_no_probe(
-    saved: list[tuple[str, dict[str, Any]]]
-) -> None:
+def test_pair_add_serial_refuses_a_silent_port_unless_no_probe(run_cli: Any) -> None:
+    assert run_cli("init").exit_code == 0
     master, slave = os.openpty()
     try:
         path = os.ttyname(slave)
-        with pytest.raises(Exception) as info:  # DeviceNotFound; the root group maps it
-            _invoke(path, "--timeout", "0.2", "--name", "head")
-        assert type(info.value).__name__ == "DeviceNotFound"
-        assert "--no-probe" in str(info.value)
-        assert saved == []
-        result = _invoke(path, "--no-probe", "--name", "head")
-        assert result.exit_code == 0
-        assert saved == [("head", {"kind": "serial", "port": path, "baud": 115200})]
+        refused = run_cli("pair", "add", "serial", path, "--timeout", "0.2", "--name", "head")
+        assert refused.exit_code == 6
+        assert "--no-probe" in refused.output
+        assert json.loads(run_cli("pair", "list", "--json").output) == []
+        result = run_cli("pair", "add", "serial", path, "--no-probe", "--name", "head")
+        assert result.exit_code == 0, result.output
+        listed = json.loads(run_cli("pair", "list", "--json").output)
+        assert [(r["name"], r["port"], r["baud"]) for r in listed] == [("head", path, 115200)]
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_pair_scan_marks_the_bridge(
+    emulator: BridgeEmulator, run_cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serial.tools import list_ports, list_ports_common
+
+    usb = list_ports_common.ListPortInfo(emulator.path, skip_link_detection=True)
+    usb.vid, usb.pid = 0x2E8A, 0x000A
+    # The outermost edge: this machine has no USB serial devices to enumerate.
+    monkeypatch.setattr(list_ports, "comports", lambda: [usb])
+    result = run_cli("pair", "scan", "--no-ble", "--json")
+    assert result.exit_code == 0, result.output
+    serial_devices = [d for d in json.loads(result.output)["devices"]
+                      if d["transport"] == "serial"]
+    assert serial_devices[0]["vid_pid"] == "2e8a:000a"
+    assert serial_devices[0]["bridge"]["model"] == "edgetwin-emulator-fnirs"
