@@ -63,3 +63,18 @@ def test_systemd_accepts_the_unit() -> None:
         ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, check=False
     )
     assert "Unknown key" not in result.stderr
+
+
+def test_groups_give_serial_and_bluez_access_only() -> None:
+    assert _service()["SupplementaryGroups"] == ["dialout bluetooth"]
+
+
+def test_udev_rules_give_bridges_to_dialout_with_stable_names() -> None:
+    rules = (UNIT.parent / "99-edgetwin-bridges.rules").read_text().splitlines()
+    active = [r for r in rules if r.strip() and not r.startswith("#")]
+    assert len(active) >= 5
+    for rule in active:
+        assert 'SUBSYSTEM=="tty"' in rule
+        assert 'MODE="0660"' in rule
+        assert 'GROUP="dialout"' in rule
+        assert 'SYMLINK+="edgetwin/' in rule
