@@ -1,0 +1,22 @@
+"""Shapes and choices shared by data generation, training, export and evaluation."""
+
+from __future__ import annotations
+
+from edgetwin.features import schema
+
+STEP_S = 5.0
+# 5 minutes of context: long enough to see a trend and the respiratory/vasomotor
+# swings in heart rate, short enough that a twin forecasts within minutes of a
+# sensor being put on (a partial context is masked, see engine.min_context).
+CONTEXT = 60
+# 1 minute ahead in 5 s steps.
+HORIZON = 12
+# The imputer looks at the last 2 minutes: gaps longer than that are not filled.
+IMPUTE_WINDOW = 24
+FEATURES = schema.NAMES
+N_FEATURES = len(FEATURES)
+# Cardiac/autonomic features a wearable provides; EEG and fNIRS are inputs only.
+TARGETS: tuple[str, ...] = ("hr", "rmssd", "spo2", "skin_temp", "eda_tonic")
+TARGET_INDEX = tuple(schema.INDEX[t] for t in TARGETS)
+# 2.5 %, median, 97.5 %: a 95 % band; the median minimises MAE.
+QUANTILES: tuple[float, ...] = (0.025, 0.5, 0.975)
