@@ -87,7 +87,8 @@ def stream_names(name: str, profile: str) -> list[str]:
               help="Seconds to find and probe the device (with --profile auto).")
 @click.option("--notify", "notify_mode", type=click.Choice(["start", "acquire"]),
               default="start", show_default=True,
-              help="BlueZ notification mode; 'acquire' reads a socket, cheaper on a Pi.")
+              help="BlueZ notification mode: 'start' (D-Bus signals, works with every "
+                   "device) or 'acquire' (a socket per characteristic, bypasses dbus-daemon).")
 @pass_app
 def ble_add(
     app: AppContext,
