@@ -39,9 +39,11 @@ def check_name(name: str) -> str:
 
 
 def save_pairing(
-    app: AppContext, name: str, record: dict[str, Any], *, replace: bool = False
+    app: AppContext, name: str, record: dict[str, Any], *, replace: bool = False,
+    quiet: bool = False,
 ) -> None:
-    """Store a pairing record encrypted in the twin and audit it."""
+    """Store a pairing record encrypted in the twin and audit it; ``quiet`` leaves output to
+    the caller."""
     from edgetwin.store import open_twin_from_app
 
     check_name(name)
@@ -56,6 +58,8 @@ def save_pairing(
         with store.transaction():
             store.put_record(PAIRING, name, record)
             store.audit("pair_add", source=name, kind=record["kind"])
+    if quiet:
+        return
     if not app.as_json:
         click.echo(f"paired {name} ({record['kind']})")
     else:

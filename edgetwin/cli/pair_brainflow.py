@@ -146,7 +146,7 @@ def brainflow_add(
         _check(name, record)
     # Imported at call time: pair.py imports this module to register the command.
     save_pairing = importlib.import_module("edgetwin.cli.pair").save_pairing
-    save_pairing(app, name, record)
+    save_pairing(app, name, record, quiet=True)
     if app.as_json:
         emit_json({"name": name, "record": record, "streams": streams})
     else:

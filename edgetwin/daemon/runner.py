@@ -119,16 +119,17 @@ class SourceRunner:
         self.state = SourceState.STREAMING
         self.next_attempt_t = None
         started = self._clock()
+        watchdog_s = max(self.watchdog_s, self.source.silence_tolerance_s or 0.0)
         iterator = self.source.stream().__aiter__()
         try:
             while True:
                 try:
-                    batch = await asyncio.wait_for(anext(iterator), self.watchdog_s)
+                    batch = await asyncio.wait_for(anext(iterator), watchdog_s)
                 except StopAsyncIteration:
                     return None
                 except TimeoutError:
                     return TransientSourceError(
-                        f"source {self.source.name} sent nothing for {self.watchdog_s:g} s",
+                        f"source {self.source.name} sent nothing for {watchdog_s:g} s",
                         hint="reconnecting",
                     )
                 self._count(batch)

@@ -43,6 +43,9 @@ class Source(abc.ABC):
     """A sensor connection that yields ``SampleBatch`` objects."""
 
     kind: str = "source"
+    # Longest silence that is normal for this device (a thermometer may speak once a minute);
+    # the daemon's watchdog waits at least this long before calling the link dead.
+    silence_tolerance_s: float | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name

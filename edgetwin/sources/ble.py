@@ -153,6 +153,9 @@ class BleSource(Source):
             raise ValueError(f"notify mode {notify_mode!r} must be 'start' or 'acquire'")
         self.address = norm
         self.profile = PROFILES[profile]
+        if self.profile.name == "thermometer":
+            # Health thermometers indicate a reading now and then, not a stream.
+            self.silence_tolerance_s = 900.0
         self.device_name = device_name
         self.notify_mode = notify_mode
         self.connect_timeout_s = connect_timeout_s

@@ -30,7 +30,9 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*EXE, *args], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*EXE, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"edgetwin {' '.join(args)} -> {result.returncode}\n{result.stderr}")
     return result

@@ -88,3 +88,14 @@ async def test_unexpected_exception_in_a_source_is_contained() -> None:
     assert runner.state in (SourceState.BACKOFF, SourceState.CONNECTING)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_source_that_is_quiet_by_nature_is_not_reconnected_early() -> None:
+    hub = Hub(8)
+    src = ScriptedSource("thermo", batches_per_session=3, interval_s=0.15, end_with=None)
+    src.silence_tolerance_s = 1.0  # longer than the gaps between its readings
+    runner = _runner(src, hub, watchdog_s=0.05)
+    await asyncio.wait_for(runner.run(), 5)
+    assert runner.connects == 1
+    assert runner.failures == 0
+    assert runner.samples == 30
