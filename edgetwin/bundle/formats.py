@@ -37,7 +37,7 @@ EDF_NAN = -32768
 _DMIN, _DMAX = -32768, 32767
 _RECORD_CHOICES = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50)
 _MAX_SEGMENTS = 1000
-_MIN_SEGMENT_S = 600.0  # on average: more fragmented streams go to CSV
+_MIN_SEGMENT_S = 60.0  # on average: more fragmented streams go to CSV
 _CSV_BLOCK = 8192
 _READ_BLOCK = 65536
 
@@ -176,7 +176,7 @@ def plan_stream(
         plan.format, plan.reason = "snirf", "fNIRS intensities: SNIRF keeps every timestamp"
         return plan
     span = (scan.last_t or 0.0) - (scan.first_t or 0.0)
-    fragmented = len(scan.segments) > max(1.0, span / _MIN_SEGMENT_S)
+    fragmented = len(scan.segments) > 8 and span / len(scan.segments) < _MIN_SEGMENT_S
     record = _record_for(scan.rate) if scan.rate else None
     if not scan.grid_ok or scan.rate is None or record is None or fragmented:
         plan.reason = "irregular timestamps (no fixed sample rate)"

@@ -467,7 +467,9 @@ def _merge(
         dst.commit()
     bundle_id = str(manifest["bundle_id"])
     with dst.transaction():
-        again = dst.get_record(BUNDLE_IMPORT, bundle_id) is not None
+        # the ledger of a bundle merged before, or of this very twin, is already counted
+        again = (dst.get_record(BUNDLE_IMPORT, bundle_id) is not None
+                 or str(manifest["twin_id"]) == dst.twin_id)
         for kind in (*RECORD_KINDS, IMPORTED_AUDIT):
             theirs = src.list_records(kind)
             if not theirs:
