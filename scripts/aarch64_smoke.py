@@ -89,14 +89,18 @@ class Ctx:
     def passphrase_file(self) -> Path:
         return self.work / "passphrase"
 
-    def cli(self, *args: str, home: Path | None = None) -> str:
-        """Run one edgetwin command in-process; its stdout, or StepFailed with its output."""
+    def invoke(self, *args: str, home: Path | None = None) -> Any:
+        """Run one edgetwin command in-process; click's Result."""
         from click.testing import CliRunner
 
         from edgetwin.cli.main import cli
 
         argv = ["--home", str(home or self.home), "--passphrase-file", str(self.passphrase_file)]
-        result = CliRunner().invoke(cli, [*argv, *args], catch_exceptions=True)
+        return CliRunner().invoke(cli, [*argv, *args], catch_exceptions=True)
+
+    def cli(self, *args: str, home: Path | None = None) -> str:
+        """Run one edgetwin command in-process; its stdout, or StepFailed with its output."""
+        result = self.invoke(*args, home=home)
         if result.exit_code != 0:
             detail = ""
             if result.exc_info is not None and not isinstance(result.exception, SystemExit):
@@ -284,6 +288,33 @@ def step_ingest(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+def step_dsp_ingest(ctx: Ctx) -> dict[str, Any]:
+    """An EEG + ECG recording: the features need BrainFlow's DataFilter, whose native library
+    the PyPI wheel lacks on aarch64. Ingest must work, or fail with exit code 6 (sensor or
+    driver unavailable) and a message that names BrainFlow, never crash."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    path = ctx.work / "headset.csv"
+    fs, seconds, t0 = 256, 30, 1_700_000_700.0
+    t = t0 + np.arange(fs * seconds) / fs
+    alpha = 10 * np.sin(2 * np.pi * 10 * t)
+    with path.open("w") as f:
+        f.write("timestamp,eeg_af7,eeg_af8,ecg_ii\n")
+        f.writelines(
+            f"{t[i]:.4f},{rng.normal(0, 20):.2f},{alpha[i] + rng.normal(0, 5):.2f},"
+            f"{rng.normal(0, 50):.1f}\n"
+            for i in range(len(t))
+        )
+    result = ctx.invoke("--json", "ingest", str(path), "--stream", "headset")
+    if result.exit_code == 0:
+        return {"ingested": True, "report": json.loads(result.stdout)}
+    message = result.output.strip()
+    if result.exit_code != 6 or "BrainFlow" not in message:
+        raise StepFailed(f"exit {result.exit_code} without the expected message: {message[-2000:]}")
+    return {"ingested": False, "exit_code": result.exit_code, "message": message[:400]}
+
+
 def step_timeline(ctx: Ctx) -> dict[str, Any]:
     frames = json.loads(ctx.cli("--json", "timeline"))
     if not isinstance(frames, list) or not frames:
@@ -429,6 +460,7 @@ STEPS: tuple[Step, ...] = (
     Step("init", ("edgetwin/cli/keys.py",), step_init),
     Step("ingest", ("edgetwin/cli/data.py",), step_ingest),
     Step("timeline", ("edgetwin/cli/data.py",), step_timeline),
+    Step("dsp_ingest", ("edgetwin/cli/data.py", "edgetwin/features/dsp.py"), step_dsp_ingest),
     Step(
         "predictions",
         ("edgetwin/cli/data.py", "models/manifest.json"),
@@ -455,6 +487,7 @@ STEPS: tuple[Step, ...] = (
 DEPENDS = {
     "ingest": "init",
     "timeline": "ingest",
+    "dsp_ingest": "init",
     "predictions": "ingest",
     "export_import": "timeline",
 }
