@@ -72,7 +72,7 @@ BUCKET_S = 3600  # clear time granularity of a chunk row
 _BUCKETS_PER_PERIOD = PERIOD_S // BUCKET_S
 MAX_CHUNK_ROWS = 65536
 MAX_CHUNK_CELLS = 1 << 18  # rows x channels per chunk: ~2 MiB of float64
-_PAGE = 64
+_PAGE = 8  # chunk rows per query: each up to ~2 MiB sealed, so reads stay flat in memory
 
 KIND_SAMPLES = "samples"
 KIND_FRAMES = "frames"
