@@ -139,8 +139,9 @@ def export_bundle(
     mode = "recipients" if parsed is not None else "passphrase"
     bundle_id = secrets.token_hex(16)
     created = time.time()
+    remove_stale_staging(store.home, ".export-")
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=store.home))
+        staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=store.home))
     except OSError as exc:
         raise HomeError(f"cannot make a staging directory in {store.home}: {exc.strerror}") from exc
     try:
@@ -535,6 +536,21 @@ class _Builder:
             "config": self.config_doc,
             "members": self.members,
         }
+
+
+def remove_stale_staging(parent: Path, prefix: str) -> None:
+    """Remove staging directories (plaintext!) left by an export or import that was killed."""
+    for p in parent.glob(f"{prefix}*-*"):
+        pid_text = p.name[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            _LOGGER.warning("removing %s, left by an interrupted export or import", p)
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, someone else's
 
 
 def _models(used: set[str]) -> list[dict[str, Any]]:

@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetwin.bundle import age
-from edgetwin.bundle.export import CONFIG_FILE, PASSPHRASE_LIMIT, RECORD_KINDS
+from edgetwin.bundle.export import (
+    CONFIG_FILE,
+    PASSPHRASE_LIMIT,
+    RECORD_KINDS,
+    remove_stale_staging,
+)
 from edgetwin.bundle.formats import read_csv, read_edf, read_snirf
 from edgetwin.bundle.manifest import validate
 from edgetwin.bundle.tarstream import TarSink
@@ -165,7 +170,10 @@ def import_bundle(
     parent = home.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{home.name}.import-", dir=parent))
+        remove_stale_staging(parent, f".{home.name}.import-")
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{home.name}.import-{os.getpid()}-", dir=parent)
+        )
     except OSError as exc:
         raise HomeError(f"cannot make a staging directory in {parent}: {exc.strerror}") from exc
     try:

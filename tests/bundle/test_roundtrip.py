@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,27 @@ def test_passphrase_bundle_round_trip(twin: Twin, tmp_path: Path) -> None:
     with TwinStore.open(home, Secret.passphrase("x")) as store:
         _t, v = _samples(store, "polar.rr")
         np.testing.assert_array_equal(v, twin.rr)
+
+
+def test_staging_left_by_a_killed_export_or_import_is_removed(twin: Twin, key: AgeKey,
+                                                              tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    left = twin.home / f".export-{pid}-abc"
+    left.mkdir()
+    (left / "timeline.csv").write_text("plaintext")
+    live = twin.home / f".export-{os.getpid()}-xyz"  # another export still running
+    live.mkdir()
+    stale_import = tmp_path / f".restored.import-{pid}-abc"
+    stale_import.mkdir()
+    with twin.open() as store:
+        export_bundle(store, tmp_path / "b.age", recipients=[key.public])
+    import_bundle(tmp_path / "b.age", tmp_path / "restored",
+                  identities=load_identities(key.path), secret=Secret.passphrase("x"))
+    assert not left.exists()
+    assert live.exists()
+    assert not stale_import.exists()
