@@ -157,7 +157,7 @@ def _size(seconds: int, tmp: Path, identity: Path, recipient: str) -> dict[str, 
     home = tmp / f"twin-{seconds}"
     base = {"pass": PASS, "t0": T0}
     _child(_BUILD, {**base, "home": str(home), "seconds": seconds})
-    base_out, base_rss = _rss_of(_BASELINE, {**base, "home": str(home)})
+    _, base_rss = _rss_of(_BASELINE, {**base, "home": str(home)})
     out = tmp / f"bundle-{seconds}.age"
     exp, exp_rss = _rss_of(_EXPORT, {**base, "home": str(home), "out": str(out),
                                      "recipient": recipient})
