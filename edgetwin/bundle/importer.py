@@ -406,7 +406,7 @@ def _publish(twin_home: Path, home: Path) -> None:
 def _audit_details(path: Path, report: ImportReport) -> dict[str, Any]:
     return {
         "bundle_id": report.bundle_id,
-        "file": str(path),
+        "file": str(path.absolute()),
         "source_twin": report.source_twin,
         "merge": report.merged,
         "samples": report.samples,
