@@ -52,7 +52,7 @@ _LOGGER = logging.getLogger(__name__)
 
 IMPORTED_AUDIT = "imported_audit"  # ("imported_audit", "<source twin>:<seq>") -> the entry
 BUNDLE_IMPORT = "bundle_import"  # ("bundle_import", bundle id) -> when and what was merged
-_COMMIT_ROWS = 200_000
+_COMMIT_ROWS = 65_536  # rows buffered before a commit: bounds import memory
 _GROUP = 4096
 _EXACT_TOL = 1e-6
 
