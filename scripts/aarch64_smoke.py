@@ -397,6 +397,26 @@ def step_bundle(ctx: Ctx) -> dict[str, Any]:
     return out
 
 
+def step_daemon(ctx: Ctx) -> dict[str, Any]:
+    """The daemon on a Pi whose BrainFlow has no native library: with the simulator and a
+    BrainFlow board paired it runs its full duration, exits 0, and the simulator's data lands
+    while the BrainFlow source stays empty (issue 7: every other source keeps running)."""
+    home = ctx.work / "daemon-home"
+    ctx.cli("init", home=home)
+    ctx.cli("pair", "add", "simulator", "--name", "sim", "--speed", "10", home=home)
+    ctx.cli("pair", "add", "brainflow", "--board", "SYNTHETIC_BOARD", "--name", "eeg", home=home)
+    t0 = time.perf_counter()
+    ctx.cli("daemon", "run", "--duration", "8", home=home)
+    run_s = time.perf_counter() - t0
+    status = json.loads(ctx.cli("--json", "status", home=home))
+    samples = {s["name"]: s["samples"] for s in status["sources"]}
+    if not samples.get("sim"):
+        raise StepFailed(f"the simulator delivered nothing: {status['sources']}")
+    if samples.get("eeg"):
+        raise StepFailed(f"BrainFlow delivered samples without its native library: {samples}")
+    return {"run_s": round(run_s, 3), "samples": samples}
+
+
 def _pytest_step(pattern: str) -> Callable[[Ctx], dict[str, Any]]:
     """Run the repo's own decoder tests (and so their test vectors) in this process.
 
@@ -468,6 +488,11 @@ STEPS: tuple[Step, ...] = (
     ),
     Step("export_import", ("edgetwin/cli/bundle.py",), step_bundle),
     Step(
+        "daemon",
+        ("edgetwin/cli/daemon.py", "edgetwin/cli/pair.py", "edgetwin/cli/pair_brainflow.py"),
+        step_daemon,
+    ),
+    Step(
         "gatt_vectors",
         ("edgetwin/sources/gatt.py", "tests/sources/test_gatt.py"),
         _pytest_step("tests/sources/test_gatt*.py"),
@@ -490,6 +515,19 @@ DEPENDS = {
     "dsp_ingest": "init",
     "predictions": "ingest",
     "export_import": "timeline",
+    "daemon": "init",
+}
+
+# Steps that fail today for a known reason, like pytest's xfail(strict=True): a failure whose
+# error contains the marker is reported as "xfail" and does not fail the run; any other failure
+# fails it, and so does a pass, until the entry is removed here, so a fix cannot go unnoticed.
+KNOWN_FAILING: dict[str, tuple[str, str]] = {
+    "daemon": (
+        "edgetwin.features.dsp needs BrainFlow's DataFilter, whose PyPI wheel has no aarch64 "
+        "library: the first EEG/ECG/PPG/fNIRS window (the simulator makes EEG) ends the daemon "
+        "with exit 6 instead of masking those features (issue 7 point 2)",
+        "BrainFlow's signal-processing library cannot be loaded",
+    ),
 }
 
 
@@ -526,6 +564,17 @@ def run_steps(ctx: Ctx) -> list[dict[str, Any]]:
                     traceback=traceback.format_exc()[-4000:],
                 )
             entry["elapsed_s"] = round(time.perf_counter() - t0, 3)
+            if step.name in KNOWN_FAILING:
+                reason, marker = KNOWN_FAILING[step.name]
+                entry["known_failure"] = reason
+                if entry["status"] == "failed" and marker in entry["error"]:
+                    entry["status"] = "xfail"
+                    entry.pop("traceback", None)
+                elif entry["status"] == "ok":
+                    entry.update(
+                        status="failed",
+                        error="passes now: remove it from KNOWN_FAILING (scripts/aarch64_smoke.py)",
+                    )
         status[step.name] = entry["status"]
         line = f"[{entry['status']:>7}] {step.name}"
         if "reason" in entry:
@@ -737,6 +786,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     by_run = {r["run"]: r for r in runs}
     native = by_run.get("native")
     problems = [f"{c}: no report (crashed?)" for c in args.expect_cpus.split() if c not in by_run]
+    known: list[str] = []
     wheels: list[dict[str, Any]] = []
     relative: dict[str, dict[str, float]] = {}
     for run in runs:
@@ -746,6 +796,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
             for s in run["steps"]
             if s["status"] == "failed"
         ]
+        known += [
+            f"{run['run']}: {s['step']}: {s['known_failure']}"
+            for s in run["steps"]
+            if s["status"] == "xfail"
+        ]
         if "wheels" in steps and steps["wheels"]["status"] == "ok" and not wheels:
             wheels = steps["wheels"]["wheels"]
         if native is not None and run is not native:
@@ -753,6 +808,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     report = {
         "ok": not problems,
         "problems": problems,
+        "known_failures": known,
         "meta": meta,
         "relative_to_native": relative,
         "wheels": wheels,
@@ -766,6 +822,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"aarch64-smoke: {run['run']}: {counts} in {run['elapsed_s']} s", file=sys.stderr)
     for name, ratios in relative.items():
         print(f"aarch64-smoke: {name} vs native: {ratios}", file=sys.stderr)
+    for k in known:
+        print(f"aarch64-smoke: KNOWN FAILURE (xfail) {k}", file=sys.stderr)
     for p in problems:
         print(f"aarch64-smoke: FAILED {p}", file=sys.stderr)
     print(f"aarch64-smoke: report in {args.out}", file=sys.stderr)

@@ -90,7 +90,8 @@ def test_report_is_clean(report: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("cpu", CPUS)
 def test_every_available_step_passed(report: dict[str, Any], cpu: str) -> None:
-    """A step is skipped exactly when a file it needs is absent; otherwise it ran and passed."""
+    """A step is skipped exactly when a file it needs is absent; otherwise it ran and passed
+    (or, for a step listed in KNOWN_FAILING, still fails as documented there)."""
     driver = _driver()
     steps = _steps(report, cpu)
     assert [s.name for s in driver.STEPS] == list(steps), "the report lacks steps"
@@ -104,6 +105,9 @@ def test_every_available_step_passed(report: dict[str, Any], cpu: str) -> None:
         if missing or upstream_skipped:
             assert entry["status"] == "skipped", entry
             assert entry["reason"].startswith("not yet available: "), entry
+        elif step.name in driver.KNOWN_FAILING:
+            # strict xfail: a fix makes the driver report "failed" until the entry goes
+            assert entry["status"] == "xfail", entry
         else:
             assert entry["status"] == "ok", entry
 
