@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 # Flip to True once every piece has landed: then a missing prerequisite fails instead of skipping.
-REQUIRE_ALL_STEPS = False
+REQUIRE_ALL_STEPS = True
 
 REPO = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple on a pi"
