@@ -25,19 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from modeling import data, evaluate, export, spec, training, windows
 
-from edgetwin.inference.fill import linear_fill
+from edgetwin.inference.fill import imputer_feeds
 
 _LOGGER = logging.getLogger("train")
 ROOT = Path(__file__).resolve().parents[1]
 # Whole real recordings kept out of training; forecasts are scored on these.
 REAL_TEST = ("systole-task1-ecg", "heartpy-data3")
-REAL_WEIGHT = 15.0  # a real window counts as much as 15 simulated ones
+REAL_WEIGHT = 25.0  # a real window counts as much as 25 simulated ones
 MIN_CONTEXT = 12
 _SCHEMES = {
     "dynamic": "onnxruntime dynamic quantisation: int8 weights (per channel for the LSTM, "
-    "per tensor for MatMul), activations quantised per call (DynamicQuantizeLSTM / DynamicQuantizeMatMul)",
-    "weight-only": "weight-only int8: per-output-channel symmetric int8 weights dequantised at "
-    "run time, fp32 arithmetic (dynamic int8 missed the accuracy gate)",
+    "per tensor for MatMul), activations quantised per call (DynamicQuantizeLSTM, "
+    "DynamicQuantizeMatMul)",
+    "weight-only": "weight-only int8: per-output-channel symmetric int8 weights (MatMul weights "
+    "rounded GPTQ-style on training windows) dequantised at run time, fp32 arithmetic "
+    "(dynamic int8 missed the accuracy gate)",
 }
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t_start = time.monotonic()
     people, hours = (6, 0.5) if args.quick else (args.people, args.hours)
-    imp_iters, fc_iters = (200, 200) if args.quick else (3000, 3000)
+    imp_iters, fc_iters = (200, 200) if args.quick else (2500, 3000)
 
     sim = data.simulated_people(args.seed, people, hours)
     real = data.real_recordings()
@@ -81,21 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # ---- imputer
-    zs, ms = [], []
+    zs, ms, ws = [], [], []
     for rec in train_recs:
         z, m = windows.imputer_windows(rec, prior, np.arange(spec.IMPUTE_WINDOW - 1, len(rec), 2))
         keep = m.reshape(len(m), -1).any(axis=1)
         zs.append(z[keep]), ms.append(m[keep])
-    z_all, m_all = np.concatenate(zs), np.concatenate(ms)
+        ws.append(np.full(int(keep.sum()), REAL_WEIGHT if rec.kind == "real" else 1.0))
+    z_all, m_all, w_all = np.concatenate(zs), np.concatenate(ms), np.concatenate(ws)
     _LOGGER.info("imputer: %d training windows", len(z_all))
-    gen = training.train_gain(z_all, m_all, args.seed, iters=imp_iters)
+    gen = training.train_gain(z_all, m_all, w_all, args.seed, iters=imp_iters)
 
     def torch_impute(z: np.ndarray, m: np.ndarray) -> np.ndarray:
-        n = z.shape[0]
-        zf = torch.from_numpy(linear_fill(z, m).reshape(n, -1))
+        feeds, offset, scale = imputer_feeds(z, m)
         with torch.no_grad():
-            g = gen(zf, torch.from_numpy(m.reshape(n, -1).astype(np.float32))).numpy()
-        return g.reshape(z.shape)
+            g = gen(torch.from_numpy(feeds["z"]), torch.from_numpy(feeds["mask"])).numpy()
+        return g.reshape(z.shape) * scale + offset
 
     # ---- forecaster: contexts filled the way the engine fills them
     def samples(recs: list[data.Recording], full_only: bool, stride: int) -> dict[str, np.ndarray]:
@@ -129,7 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     # ---- held-out gate windows (int8 vs fp32), from the torch models' view of the test data
     gate_z, _, gate_m, _ = evaluate.spans_removed(sim_test + real_test, prior, args.seed + 11)
     gate_z = np.where(gate_m, gate_z, 0).astype(np.float32)
-    gate_x = samples(sim_test + real_test, full_only=True, stride=5)["x"]
+    gate_s = samples(sim_test + real_test, full_only=True, stride=5)
+    gate_x, gate_scale = gate_s["x"], gate_s["scale"]
+
+    # ---- calibration inputs for GPTQ rounding: training windows only
+    rng_c = np.random.default_rng(args.seed + 5)
+    pick_c = rng_c.choice(len(z_all), size=min(2048, len(z_all)), replace=False)
+    m_c = training.drop_spans(m_all[pick_c], rng_c)
+    feeds_c, _, _ = imputer_feeds(z_all[pick_c], m_c)
+    pick_f = rng_c.choice(len(tr["x"]), size=min(2048, len(tr["x"])), replace=False)
+    calib = {
+        "imputer": feeds_c,
+        "forecaster": {"x": np.ascontiguousarray(tr["x"][pick_f].transpose(1, 0, 2))},
+    }
 
     # ---- export, optimise, quantise (dynamic int8 first; weight-only int8 if it misses the gate)
     schemes: dict[str, str] = {}
@@ -152,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             for scheme in ("dynamic", "weight-only"):
                 if scheme == "dynamic":
                     export.quantize_int8(raw, tmp / f"{name}.q.onnx", excl_nodes)
+                    export.optimize_offline(tmp / f"{name}.q.onnx", int8)
                 else:
-                    export.quantize_weights_int8(raw, tmp / f"{name}.q.onnx", excl_inits)
-                export.optimize_offline(tmp / f"{name}.q.onnx", int8)
+                    # not optimised offline: onnxruntime would store the weights as
+                    # MatMulNBits blocks (bigger on disk); it fuses them at load time anyway
+                    export.quantize_weights_int8(raw, int8, excl_inits, calib[name])
                 export.compact(int8)
                 if name == "imputer":
                     gate = evaluate.imputer_gate(
@@ -162,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 else:
                     gate = evaluate.forecaster_gate(
-                        evaluate.onnx_forecaster(fp32), evaluate.onnx_forecaster(int8), gate_x
+                        evaluate.onnx_forecaster(fp32),
+                        evaluate.onnx_forecaster(int8),
+                        gate_x,
+                        gate_scale,
                     )
                 _LOGGER.info("%s int8 (%s): %s", name, scheme, gate)
                 if gate["passed"]:
@@ -201,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     np.savez_compressed(
         out / "heldout_windows.npz",
         forecaster_x=gate_x[pick],
+        forecaster_scale=gate_scale[pick],
         imputer_z=gate_z[pick_i],
         imputer_mask=gate_m[pick_i],
     )
@@ -260,8 +280,9 @@ def write_manifest(
         {
             "window": spec.IMPUTE_WINDOW,
             "layout": "z (B, W*F): window in z units, row-major steps x features, missing "
-            "cells linearly interpolated (edgetwin.inference.fill.linear_fill); mask (B, W*F) "
-            "1 = observed; g (B, W*F) = z + learned residual, used where mask is 0",
+            "cells linearly interpolated, each feature centred on its observed mean "
+            "(edgetwin.inference.fill.imputer_feeds); mask (B, W*F) 1 = observed; "
+            "g (B, W*F) = z + learned residual (+ the centre), used where mask is 0",
             "architecture": "GAIN generator: z + MLP([z, mask]) 2*W*F -> 128 -> 128 -> W*F "
             "(ReLU); trained against a discriminator with hint rate 0.9",
         }
@@ -274,7 +295,9 @@ def write_manifest(
             "quantiles": list(spec.QUANTILES),
             "min_context": MIN_CONTEXT,
             "layout": "x (T, B, 2F): z then mask per step, seq-first; quantiles "
-            "(1,1,B,H*K*Q) ordered horizon, target, quantile; attention (T,1,B,1)",
+            "(1,1,B,H*K*Q) ordered horizon, target, quantile; z is centred per feature on "
+            "its observed mean over the context (edgetwin.inference.fill.center) and the "
+            "quantiles are residuals over that level; attention (T,1,B,1)",
             "architecture": "LSTM(26->32) + attention (score = y_t.v + b_t, softmax over T) "
             "+ linear quantile head on [context vector, h_T]",
         }
@@ -284,6 +307,7 @@ def write_manifest(
         "feature_schema_version": SCHEMA_VERSION,
         "features": list(spec.FEATURES),
         "step_s": spec.STEP_S,
+        "z_clip": spec.Z_CLIP,
         "baseline_prior": prior.to_json(),
         "models": models,
         "quantization": {

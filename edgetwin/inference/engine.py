@@ -29,7 +29,7 @@ import numpy.typing as npt
 from edgetwin.errors import DataCorrupt, MalformedInput, UsageError
 from edgetwin.features.schema import QUALITY_THRESHOLD
 from edgetwin.inference.baseline import RunningBaseline
-from edgetwin.inference.fill import linear_fill
+from edgetwin.inference.fill import center, imputer_feeds
 from edgetwin.inference.registry import PRECISIONS, Manifest, load_manifest
 from edgetwin.inference.session import create_session
 from edgetwin.types import FeatureFrame, FloatArray, Prediction
@@ -232,7 +232,8 @@ class InferenceEngine:
         self, frames: Sequence[FeatureFrame]
     ) -> list[tuple[FeatureFrame, list[Prediction]]]:
         steps = self._expand(frames)
-        w, f = self.manifest.imputer_window, self._n_features
+        w = self.manifest.imputer_window
+        clip = self.manifest.z_clip
         # phase 1: baseline and imputer inputs; these depend on observations only
         raw = np.where(self._mask, self._filled, np.nan)
         hist_raw = [raw[-(w - 1) :]] if w > 1 else []
@@ -264,27 +265,26 @@ class InferenceEngine:
             s.active = np.asarray(win_mask.any(axis=0), dtype=bool)
             s.window = np.where(win_mask, win_raw, np.nan)
             if (s.active & ~win_mask).any():
-                z = np.where(win_mask, (win_raw - s.mean) / s.std, 0.0)
+                z = np.where(win_mask, np.clip((win_raw - s.mean) / s.std, -clip, clip), 0.0)
                 imp_z.append(z)
                 imp_m.append(win_mask)
                 imp_steps.append(s)
         if imp_z:
             zs, ms = np.stack(imp_z), np.stack(imp_m)
-            feeds = {
-                "z": linear_fill(zs, ms).reshape(len(zs), -1),
-                "mask": ms.reshape(len(zs), -1).astype(np.float32),
-            }
-            g = self._imputer.run(None, feeds)[0]
+            feeds, offset, scale = imputer_feeds(zs, ms)
+            g = self._imputer.run(None, feeds)[0].reshape(zs.shape) * scale + offset
             for s, row in zip(imp_steps, g, strict=True):
                 assert s.window is not None
                 assert s.mean is not None
                 assert s.std is not None
                 assert s.active is not None
-                fill = row.reshape(w, f).astype(np.float64) * s.std + s.mean
+                fill = row.astype(np.float64) * s.std + s.mean
                 need = np.isnan(s.window) & s.active
                 s.window = np.where(need, fill, s.window)
         # phase 2: roll the context, build forecaster inputs
-        fc_x: list[FloatArray] = []
+        fc_x: list[npt.NDArray[np.float32]] = []
+        anchors: list[npt.NDArray[np.float32]] = []
+        scales: list[npt.NDArray[np.float32]] = []
         fc_for: list[tuple[_Step, BoolArray, int, dict[int, Spans]]] = []
         results: list[tuple[_Step, FeatureFrame]] = []
         for s in steps:
@@ -305,11 +305,11 @@ class InferenceEngine:
             which = self._forecastable(s)
             if not which.any():
                 continue
-            z = (self._filled - s.mean) / s.std
-            x = np.concatenate(
-                [np.where(np.isfinite(z), z, 0.0), self._mask.astype(np.float64)], axis=1
-            )
-            fc_x.append(x)
+            z = np.clip((self._filled - s.mean) / s.std, -clip, clip)
+            zn, offset, scale = center(z[None], self._mask[None])
+            fc_x.append(np.concatenate([zn[0], self._mask.astype(np.float32)], axis=1))
+            anchors.append(offset[0, 0, self._target_idx])
+            scales.append(scale[0, 0, self._target_idx])
             since = self._since_first()
             spans = {
                 int(k): _spans(self._t[-since:], self._imputed[-since:, k])
@@ -323,6 +323,8 @@ class InferenceEngine:
             q, attn = self._forecaster.run(None, {"x": xt})
             n_t, n_q = len(self.targets), len(self.manifest.quantiles)
             q = q.reshape(len(fc_x), self.horizon, n_t, n_q)
+            # the model forecasts in the context's own normalised units: undo that
+            q = q * np.stack(scales)[:, None, :, None] + np.stack(anchors)[:, None, :, None]
             attn = attn.reshape(self.context_len, len(fc_x)).T
             for b, (s, which, since, spans) in enumerate(fc_for):
                 preds = self._predictions(s, which, since, spans, q[b], attn[b])

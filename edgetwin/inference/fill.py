@@ -33,3 +33,43 @@ def linear_fill(z: npt.NDArray[Any], mask: npt.NDArray[np.bool_]) -> npt.NDArray
         has_prev & has_next, both, np.where(has_prev, v_prev, np.where(has_next, v_next, 0.0))
     )
     return np.where(mask, zv, out).astype(np.float32)
+
+
+# Floor on a window's own spread (z units) before dividing by it: a flat signal
+# must not be blown up into noise.
+MIN_SCALE = 0.25
+# Normalised values are clipped here (a lone spike in a flat window is large).
+CLIP = 5.0
+
+
+def center(
+    z: npt.NDArray[Any], mask: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Normalise windows (n, T, F) per feature by their observed mean and spread.
+
+    Instance normalisation (RevIN, Kim et al., ICLR 2022) on top of the
+    person's baseline: the models see shapes, not levels or scales, so a person
+    (or sensor) far from the training population looks like anyone else.
+    Returns ``(zn, offset, scale)``; ``offset`` and ``scale`` ``(n, 1, F)`` undo
+    it: ``z = zn * scale + offset``. Non-finite cells come back as 0.
+    """
+    zt = np.where(mask, z, 0.0)
+    count = np.maximum(mask.sum(axis=1, keepdims=True), 1)
+    offset = zt.sum(axis=1, keepdims=True) / count
+    var = (np.where(mask, z - offset, 0.0) ** 2).sum(axis=1, keepdims=True) / count
+    scale = np.maximum(np.sqrt(var), MIN_SCALE)
+    zn = np.where(np.isfinite(z), np.clip((z - offset) / scale, -CLIP, CLIP), 0.0)
+    return zn.astype(np.float32), offset.astype(np.float32), scale.astype(np.float32)
+
+
+def imputer_feeds(
+    z: npt.NDArray[Any], mask: npt.NDArray[np.bool_]
+) -> tuple[dict[str, npt.NDArray[np.float32]], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The imputer's inputs for windows (n, W, F), and (offset, scale) to undo on its output."""
+    n = z.shape[0]
+    zn, offset, scale = center(np.where(mask, z, np.nan), mask)
+    feeds = {
+        "z": linear_fill(zn, mask).reshape(n, -1),
+        "mask": mask.reshape(n, -1).astype(np.float32),
+    }
+    return feeds, offset, scale

@@ -89,6 +89,7 @@ class Manifest:
     min_context: int
     targets: tuple[str, ...]
     quantiles: tuple[float, ...]
+    z_clip: float
     files: dict[tuple[str, str], ModelFile]
     raw: dict[str, Any]
 
@@ -173,6 +174,7 @@ def _parse(root: Path, raw: dict[str, Any]) -> Manifest:
         min_context=int(fc["min_context"]),
         targets=targets,
         quantiles=tuple(float(q) for q in fc["quantiles"]),
+        z_clip=float(raw["z_clip"]),
         files=files,
         raw=raw,
     )

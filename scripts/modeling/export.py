@@ -203,7 +203,13 @@ def op_summary(path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
-def quantize_weights_int8(src: Path, dst: Path, exclude_inits: tuple[str, ...] = ()) -> None:
+def quantize_weights_int8(
+    src: Path,
+    dst: Path,
+    exclude_inits: tuple[str, ...] = (),
+    calib: dict[str, np.ndarray] | None = None,
+    matmul_per_tensor: bool = False,
+) -> None:
     """Weight-only int8: per-output-channel symmetric int8 weights + DequantizeLinear, fp32 math.
 
     For LSTM W/R and MatMul weights. The file shrinks ~4x like dynamic int8, but
@@ -220,6 +226,7 @@ def quantize_weights_int8(src: Path, dst: Path, exclude_inits: tuple[str, ...] =
             targets[node.input[2]] = 1
         elif node.op_type in ("MatMul", "Gemm") and node.input[1] in inits:
             targets[node.input[1]] = 1 if node.op_type == "MatMul" else 0
+    activations = _matmul_inputs(model, calib) if calib is not None else {}
     new_nodes = []
     for name, axis in targets.items():
         if name in exclude_inits or name not in inits:
@@ -227,21 +234,32 @@ def quantize_weights_int8(src: Path, dst: Path, exclude_inits: tuple[str, ...] =
         w = numpy_helper.to_array(inits[name]).astype(np.float32)
         red = tuple(i for i in range(w.ndim) if i != axis)
         scale = np.maximum(np.abs(w).max(axis=red), 1e-12) / 127.0
+        per_tensor = matmul_per_tensor and w.ndim == 2
+        if per_tensor:  # one scale: 4 bytes instead of one per output column
+            scale = np.full_like(scale, np.abs(w).max() / 127.0)
         shape = [1] * w.ndim
         shape[axis] = -1
-        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        if calib is not None and name in activations and w.ndim == 2 and axis == 1:
+            q = _gptq_rows(w, scale, activations[name])
+        elif calib is not None and name in activations and w.ndim == 3:
+            # LSTM W/R (1, 4H, in): GPTQ on the transposed (in, 4H) matrix
+            q = _gptq_rows(w[0].T, scale, activations[name]).T[None]
+        else:
+            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
         g.initializer.remove(inits[name])
         g.initializer.extend(
             [
                 numpy_helper.from_array(q, name + "_q"),
-                numpy_helper.from_array(scale.astype(np.float32), name + "_scale"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_zp"),
+                numpy_helper.from_array(
+                    (scale[:1].reshape(()) if per_tensor else scale).astype(np.float32),
+                    name + "_scale",
+                ),
             ]
         )
         new_nodes.append(
             helper.make_node(
                 "DequantizeLinear",
-                [name + "_q", name + "_scale", name + "_zp"],
+                [name + "_q", name + "_scale"],  # symmetric: zero point 0 (the default)
                 [name],
                 name=name + "_DQ",
                 axis=axis,
@@ -298,3 +316,51 @@ def compact(path: Path) -> None:
     model.producer_name = "edgetwin"
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def _matmul_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Calibration inputs (rows, K) of each MatMul with a constant weight, by weight name."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    inits = {i.name for i in probe.graph.initializer}
+    wanted = {
+        n.input[1]: n.input[0]
+        for n in probe.graph.node
+        if n.op_type == "MatMul" and n.input[1] in inits
+    }
+    for n in probe.graph.node:
+        if n.op_type == "LSTM":  # W sees the inputs x, R the hidden states y
+            wanted[n.input[1]] = n.input[0]
+            wanted[n.input[2]] = n.output[0]
+    have = {o.name for o in probe.graph.output}
+    for act in set(wanted.values()) - have:
+        probe.graph.output.append(helper.make_tensor_value_info(act, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = dict(zip(names, sess.run(None, feeds), strict=True))
+    return {w: outs[a].reshape(-1, outs[a].shape[-1]).astype(np.float64) for w, a in wanted.items()}
+
+
+def _gptq_rows(w: np.ndarray, scale: np.ndarray, x: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """GPTQ rounding of a MatMul weight (K, N), per-column scales, calibrated on inputs x (S, K).
+
+    Rows are rounded in order and each row's rounding error is pushed onto the
+    rows not yet rounded through the inverse Hessian of the calibration inputs,
+    so the *output* error, not the weight error, is what gets minimised
+    (Frantar et al., ICLR 2023).
+    """
+    k = w.shape[0]
+    h = x.T @ x / len(x)
+    h += damp * np.mean(np.diag(h)) * np.eye(k)
+    hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper
+    work = w.astype(np.float64).copy()
+    q = np.zeros_like(w, dtype=np.int8)
+    for i in range(k):
+        row = work[i]
+        qi = np.clip(np.round(row / scale), -127, 127)
+        q[i] = qi.astype(np.int8)
+        err = (row - qi * scale) / hinv[i, i]
+        work[i + 1 :] -= np.outer(hinv[i, i + 1 :], err)
+    return q

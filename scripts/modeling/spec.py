@@ -20,3 +20,7 @@ TARGETS: tuple[str, ...] = ("hr", "rmssd", "spo2", "skin_temp", "eda_tonic")
 TARGET_INDEX = tuple(schema.INDEX[t] for t in TARGETS)
 # 2.5 %, median, 97.5 %: a 95 % band; the median minimises MAE.
 QUANTILES: tuple[float, ...] = (0.025, 0.5, 0.975)
+# Model inputs are clipped to +-Z_CLIP baseline std: a person far from the
+# population prior (real EDA levels, say) must not push inputs out of the
+# training range, nor stretch int8 activation ranges.
+Z_CLIP = 5.0

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import torch
 
-from edgetwin.inference.fill import linear_fill
+from edgetwin.inference.fill import CLIP, center, imputer_feeds
 
 from .nets import Forecaster, GainDiscriminator, GainGenerator
-from .spec import IMPUTE_WINDOW, N_FEATURES, QUANTILES
+from .spec import IMPUTE_WINDOW, N_FEATURES, QUANTILES, TARGET_INDEX
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def drop_spans(m: np.ndarray, rng: np.random.Generator, max_len: int = 12) -> np
 def train_gain(
     z: np.ndarray,
     m: np.ndarray,
+    weights: np.ndarray,
     seed: int,
     iters: int = 4000,
     batch: int = 256,
@@ -66,19 +67,22 @@ def train_gain(
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, iters)
     hint_rate = 0.9
+    p = weights / weights.sum()
     t0 = time.monotonic()
     for it in range(iters):
-        idx = rng.integers(0, n, batch)
+        idx = rng.choice(n, batch, p=p)
         m_true = m[idx]
         m_in = drop_spans(m_true, rng)
-        xz = torch.from_numpy(z[idx].reshape(batch, d))
-        mt = torch.from_numpy(m_true.reshape(batch, d).astype(np.float32))
-        mi = torch.from_numpy(m_in.reshape(batch, d).astype(np.float32))
-        # GAIN starts missing cells from noise; we start from linear interpolation
-        # (plus a little noise) and G learns the residual.
+        zb = np.where(m_true, z[idx], 0.0).astype(np.float32)
+        # GAIN starts missing cells from noise; we start from linear interpolation of
+        # the window centred on its observed mean (imputer_feeds, as the runtime does),
+        # plus a little noise, and G learns the residual. Truth is centred alike.
         jit = rng.normal(0, 0.03, m_in.shape).astype(np.float32)  # ~ one int8 step
-        start = linear_fill(np.where(m_in, z[idx] + jit, 0.0), m_in).reshape(batch, d)
-        x_in = torch.from_numpy(start) + (1 - mi) * torch.rand(batch, d) * 0.01
+        feeds, offset, scale = imputer_feeds(zb + jit, m_in)
+        xz = torch.from_numpy(np.clip((zb - offset) / scale, -CLIP, CLIP).reshape(batch, d))
+        mt = torch.from_numpy(m_true.reshape(batch, d).astype(np.float32))
+        mi = torch.from_numpy(feeds["mask"])
+        x_in = torch.from_numpy(feeds["z"]) + (1 - mi) * torch.rand(batch, d) * 0.01
         g = gen(x_in, mi)
         x_hat = mi * xz + (1 - mi) * g
         b = (torch.rand(batch, d) < hint_rate).float()
@@ -168,6 +172,14 @@ def train_forecaster(
         cut = rng.random(batch) < 0.2
         for i in np.flatnonzero(cut):
             xb[i, : int(rng.integers(1, t - min_context + 1))] = 0.0
+        # noise and cuts changed the context's level and spread: normalise again, as
+        # the runtime would (cells without a value stay 0)
+        obs = xb[:, :, nf:] > 0
+        has = obs | (xb[:, :, :nf] != 0)
+        zn, level, spread = center(np.where(has, xb[:, :, :nf], np.nan), obs)
+        xb[:, :, :nf] = zn
+        tix = list(TARGET_INDEX)
+        yb = (yb - level[:, :, tix]) / spread[:, :, tix]
         xt = torch.from_numpy(xb).transpose(0, 1).contiguous()  # (T,B,2F)
         out, _attn = net(xt)
         pred = out[0].view(batch, h, k, q)
@@ -178,6 +190,7 @@ def train_forecaster(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        net.clamp_score()
         sched.step()
         if it % 500 == 0 or it == iters - 1:
             _LOGGER.info(

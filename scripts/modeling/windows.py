@@ -7,11 +7,12 @@ from collections.abc import Callable
 import numpy as np
 
 from edgetwin.inference.baseline import Prior, running_stats
+from edgetwin.inference.fill import center
 
 from .data import Recording
-from .spec import CONTEXT, HORIZON, IMPUTE_WINDOW, N_FEATURES, TARGET_INDEX
+from .spec import CONTEXT, HORIZON, IMPUTE_WINDOW, N_FEATURES, TARGET_INDEX, Z_CLIP
 
-PRIOR_COUNT = 120.0  # 10 minutes of steps before the person outweighs the population
+PRIOR_COUNT = 60.0  # 5 minutes of steps before the person outweighs the population
 MIN_STD_FRACTION = 0.1
 
 
@@ -56,7 +57,7 @@ def imputer_windows(
     idx = ends[:, None] + np.arange(w)[None, :]  # rows in padded arrays
     xv, xm = v[idx], m[idx]
     z = (xv - mean[ends][:, None, :]) / std[ends][:, None, :]
-    z = np.where(xm, z, 0.0)
+    z = np.where(xm, np.clip(z, -Z_CLIP, Z_CLIP), 0.0)
     return z.astype(np.float32), xm
 
 
@@ -118,19 +119,25 @@ def forecaster_samples(
         return {}
     ctx_raw = context_values(windows, ends, n)
     mu, sd = mean[ends][:, None, :], std[ends][:, None, :]
-    z = (ctx_raw - mu) / sd
+    z = np.clip((ctx_raw - mu) / sd, -Z_CLIP, Z_CLIP)
     v_pad, m_pad = padded(rec, CONTEXT - 1)
     rows = ends[:, None] + np.arange(CONTEXT)[None, :]
     obs_mask = m_pad[rows]
-    fin = np.isfinite(z)
-    x = np.concatenate([np.where(fin, z, 0.0), obs_mask.astype(np.float64)], axis=2)
+    zn, offset, scale = center(z, obs_mask)
+    x = np.concatenate([zn, obs_mask.astype(np.float32)], axis=2)
     tidx = np.array(TARGET_INDEX)
+    anchor, tscale = offset[:, 0, tidx], scale[:, 0, tidx]
     fut = ends[:, None] + 1 + np.arange(HORIZON)[None, :]
     y_raw = rec.values[fut][:, :, tidx]
     y_mask = rec.mask[fut][:, :, tidx]
-    y = (y_raw - mean[ends][:, None, tidx]) / std[ends][:, None, tidx]
+    # targets in the context's own normalised units (see edgetwin.inference.fill.center)
+    y = (
+        (y_raw - mean[ends][:, None, tidx]) / std[ends][:, None, tidx] - anchor[:, None, :]
+    ) / tscale[:, None, :]
     return {
         "x": x.astype(np.float32),
+        "anchor": anchor,
+        "scale": tscale,
         "y": np.where(y_mask, y, 0.0).astype(np.float32),
         "y_mask": y_mask,
         "y_raw": y_raw,

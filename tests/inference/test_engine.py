@@ -15,7 +15,7 @@ import pytest
 from edgetwin.errors import DataCorrupt, MalformedInput, UsageError
 from edgetwin.features.schema import INDEX, NAMES
 from edgetwin.inference.engine import InferenceEngine
-from edgetwin.inference.fill import linear_fill
+from edgetwin.inference.fill import imputer_feeds
 
 from .conftest import blank
 
@@ -221,17 +221,13 @@ def test_engine_feeds_the_models_what_training_fed_them(sim_frames) -> None:
     imp = eng._imputer
 
     def impute(z: np.ndarray, m: np.ndarray) -> np.ndarray:
-        n = z.shape[0]
-        feeds = {"z": linear_fill(z, m).reshape(n, -1), "mask": m.reshape(n, -1).astype(np.float32)}
-        return imp.run(None, feeds)[0].reshape(z.shape)
+        feeds, offset, scale = imputer_feeds(z, m)
+        return imp.run(None, feeds)[0].reshape(z.shape) * scale + offset
 
     filled = windows.fill_contexts(rec, prior, impute)
-    ends = np.arange(eng.manifest.min_context - 1, len(rec))
-    ctx = windows.context_values(filled, ends, len(rec))
-    mean, std = windows.stats(rec, prior)
-    assert len(seen) == len(ends)
-    for i, e in enumerate(ends):
-        z = (ctx[i] - mean[e]) / std[e]
-        np.testing.assert_allclose(
-            seen[i][:, : len(NAMES)], np.where(np.isfinite(z), z, 0.0), atol=2e-4
-        )
+    min_ctx = eng.manifest.min_context
+    samples = windows.forecaster_samples(rec, prior, filled, min_ctx)
+    n = len(samples["x"])  # the training windows stop a horizon before the end
+    assert n == len(rec) - min_ctx + 1 - eng.horizon and len(seen) == n + eng.horizon
+    for i in range(n):
+        np.testing.assert_allclose(seen[i], samples["x"][i], atol=2e-4)
