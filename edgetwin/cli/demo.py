@@ -94,6 +94,7 @@ class _Printer:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.count = 0
+        self._shown: set[str] = set()
 
     def __call__(self, pred: Prediction) -> None:
         self.count += 1
@@ -105,7 +106,14 @@ class _Printer:
         try:
             from edgetwin.inference.render import render_predictions
 
-            click.echo(render_predictions([pred], width=100))
+            lines = render_predictions([pred], width=100).splitlines()
+            # Header and legend once; then one forecast (and its explanation) per step.
+            for line in lines:
+                if line.startswith(("time ", "forecast:")):
+                    if line in self._shown:
+                        continue
+                    self._shown.add(line)
+                click.echo(line)
         except ImportError:
             click.echo(f"{pred.t:.0f} hr -> {pred.horizon[-1]:.1f}")
 
