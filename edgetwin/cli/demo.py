@@ -81,7 +81,9 @@ def run_demo(
         if engine is None:
             say("no models available: the timeline fills but no forecasts are printed")
         asyncio.run(daemon.run(duration))
-        if not as_json:
+        if as_json:  # one forecast per line, then the final status as {"status": {...}}
+            emit_json({"status": daemon.status()})
+        else:
             from edgetwin.cli.daemon import render_status
 
             click.echo("")
