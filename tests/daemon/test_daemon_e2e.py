@@ -172,3 +172,26 @@ def test_wrong_passphrase_is_exit_3(twin: dict[str, str], tmp_path: Path) -> Non
                  "--duration", "1", check=False)
     assert result.returncode == 3
     assert "Traceback" not in result.stderr
+
+
+def test_predictions_follow_streams_live_forecasts_until_the_daemon_stops(
+    twin: dict[str, str], daemon: subprocess.Popen[str]
+) -> None:
+    wait_status(twin, _running_with_samples)
+    with subprocess.Popen(
+        [*EXE, "predictions", "--follow", "--json", "--target", "hr"], env=twin,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as follower:
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        second = json.loads(follower.stdout.readline())
+        assert first["target"] == second["target"] == "hr"
+        assert second["t"] > first["t"]
+        assert {"horizon", "band", "attention", "imputed", "step_s"} <= first.keys()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        follower.stdout.read()
+        assert follower.wait(timeout=30) == 0  # the stream ends cleanly with the daemon
+    stored = json.loads(cli(twin, "predictions", "--json", "--last", "3", "--target", "hr").stdout)
+    assert len(stored) == 3
+    assert stored[-1]["t"] >= second["t"]
