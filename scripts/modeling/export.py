@@ -151,7 +151,7 @@ def _gemm_to_matmul(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def optimize_offline(src: Path, dst: Path) -> None:
+def optimize_offline(src: Path, dst: Path, disabled: tuple[str, ...] = ()) -> None:
     """Run onnxruntime's graph optimiser once and save the result (portable 'extended' level)."""
     import onnxruntime as ort
 
@@ -159,7 +159,9 @@ def optimize_offline(src: Path, dst: Path) -> None:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(dst)
     so.intra_op_num_threads = 1
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(
+        str(src), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled)
+    )
 
 
 def quantize_int8(src: Path, dst: Path, exclude_nodes: list[str] | None = None) -> None:
