@@ -62,7 +62,7 @@ def load_engine(store: Any, config: Config) -> Any | None:
     if state:
         try:
             engine.restore(state)
-        except (KeyError, ValueError, TypeError):
+        except (EdgetwinError, KeyError, ValueError, TypeError):  # restore raises DataCorrupt
             _LOGGER.warning("the stored baseline does not fit these models; starting afresh")
     return engine
 
