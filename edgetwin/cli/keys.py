@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
-from edgetwin.errors import DataCorrupt, UsageError
+from edgetwin.errors import DaemonNotRunning, DataCorrupt, UsageError
 
 if TYPE_CHECKING:
     from edgetwin.store import TwinStore
@@ -266,15 +266,28 @@ def forget_cmd(
         except click.Abort as exc:
             hint = "add --yes to skip the question"
             raise UsageError("nothing was forgotten", hint=hint) from exc
-    with _twin(app) as store:
-        report = store.forget(stream=stream, before=cutoff, everything=everything)
+    with _twin(app) as store:  # unlocking proves the caller may forget, daemon or not
+        try:
+            # A running daemon forgets through its own store handle, after committing what it
+            # has buffered, so nothing it held in memory outlives the forget.
+            from edgetwin.daemon import control
+
+            reply = control.request(
+                app.require_home(),
+                {"cmd": "forget", "stream": stream, "before": cutoff, "all": everything},
+                timeout=300,
+            )
+            report = reply["forget"]
+        except DaemonNotRunning:
+            report = store.forget(stream=stream, before=cutoff, everything=everything).to_json()
     if app.as_json:
-        emit_json(report.to_json())
+        emit_json(report)
         return
     click.echo(
-        f"Forgot {what}: destroyed {report.keys_destroyed} data keys, {report.chunks_deleted} "
-        f"chunks ({report.samples_deleted} samples, {report.frames_deleted} frames, "
-        f"{report.predictions_deleted} predictions), {report.records_deleted} records."
+        f"Forgot {what}: destroyed {report['keys_destroyed']} data keys, "
+        f"{report['chunks_deleted']} chunks ({report['samples_deleted']} samples, "
+        f"{report['frames_deleted']} frames, {report['predictions_deleted']} predictions), "
+        f"{report['records_deleted']} records."
     )
 
 

@@ -46,6 +46,9 @@ class Store(Protocol):
     def commit(self) -> None: ...
     def streams(self) -> Sequence[Any]: ...
     def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None: ...
+    def forget(
+        self, *, stream: str | None = None, before: float | None = None, everything: bool = False
+    ) -> Any: ...
     def read_predictions(
         self, last: int | None = None, t0: float | None = None
     ) -> list[Prediction]: ...
@@ -118,6 +121,7 @@ class Daemon:
         self.frames = 0
         self.predictions = 0
         self.commits = 0
+        self.forgets = 0
         self.errors: collections.Counter[str] = collections.Counter()
 
     async def run(self, duration: float | None = None) -> None:
@@ -171,6 +175,7 @@ class Daemon:
                 "predictions": self.predictions,
                 "last_frame_t": self.last_frame_t,
                 "commits": self.commits,
+                "forgets": self.forgets,
                 "errors": dict(self.errors),
             },
             "sources": [runner.status() for runner in self.runners],
@@ -315,10 +320,26 @@ class Daemon:
             if isinstance(last, int) and last >= 0:
                 preds = preds[-last:] if last else []
             return {"predictions": [p.to_json() for p in preds]}
+        if cmd == "forget":
+            return {"forget": self._forget(request)}
         if cmd == "follow":
             await self._follow(writer)
             return None
         return {"error": f"unknown command {cmd!r}"}
+
+    def _forget(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Crypto-shred on behalf of ``edgetwin forget`` (which has already unlocked the twin)."""
+        before = request.get("before")
+        stream = request.get("stream")
+        self._commit()  # buffered samples of the stream are sealed first, then destroyed with it
+        report = self.store.forget(
+            stream=stream if isinstance(stream, str) else None,
+            before=float(before) if isinstance(before, int | float) else None,
+            everything=request.get("all") is True,
+        )
+        self.forgets += 1
+        result: dict[str, Any] = report.to_json()
+        return result
 
     async def _follow(self, writer: asyncio.StreamWriter) -> None:
         import json

@@ -195,3 +195,30 @@ def test_predictions_follow_streams_live_forecasts_until_the_daemon_stops(
     stored = json.loads(cli(twin, "predictions", "--json", "--last", "3", "--target", "hr").stdout)
     assert len(stored) == 3
     assert stored[-1]["t"] >= second["t"]
+
+
+def test_forget_while_the_daemon_runs_goes_through_the_daemon(
+    twin: dict[str, str], daemon: subprocess.Popen[str]
+) -> None:
+    status = wait_status(
+        twin, lambda s: _running_with_samples(s) and any(  # type: ignore[arg-type]
+            st["name"] == "simulator.eeg" and st["samples"] > 5000
+            for st in s["store"]["streams"]  # type: ignore[index]
+        ),
+    )
+    before = {st["name"]: st["samples"] for st in status["store"]["streams"]}  # type: ignore[index]
+    result = cli(twin, "forget", "--stream", "simulator.eeg", "--yes", "--json")
+    report = json.loads(result.stdout)
+    assert report["keys_destroyed"] >= 1
+    assert report["samples_deleted"] >= before["simulator.eeg"]
+    assert json.loads(cli(twin, "status", "--json").stdout)["daemon"]["forgets"] == 1
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    after = {s["name"]: s["samples"]
+             for s in json.loads(cli(twin, "status", "--json").stdout)["store"]["streams"]}
+    # Only what arrived after the forget is left of the stream; the others are untouched.
+    assert after.get("simulator.eeg", 0) < before["simulator.eeg"]
+    assert after["simulator.vitals"] >= before["simulator.vitals"]
+    audit = json.loads(cli(twin, "audit", "--json").stdout)
+    events = [e["event"] for e in audit["entries"]]
+    assert "forget" in events
