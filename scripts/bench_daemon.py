@@ -6,6 +6,7 @@ Reproduce: ``scripts/bench --only daemon`` (``--quick`` shortens the real-time r
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -22,6 +23,7 @@ def run(quick: bool) -> dict[str, Any]:
     return {
         "hub_throughput": _hub_throughput(seconds=20 if quick else 120),
         "daemon_realtime": _daemon_realtime(duration=15 if quick else 60),
+        "ingest_eeg_fnirs": _ingest(seconds=60 if quick else 300),
     }
 
 
@@ -127,3 +129,46 @@ def _daemon_realtime(duration: float) -> dict[str, Any]:
             "cpu_share_of_one_core_steady": round(share, 4) if share is not None else None,
             "cpu_s_total": cpu_marks[-1][1] if cpu_marks else None,
         }
+
+
+def _ingest(seconds: float) -> dict[str, Any]:
+    """`edgetwin ingest` end to end (encrypted store, features, inference) of a recording with
+    16-channel 250 Hz EEG and 16 optical channels at 64 Hz, as a multiple of real time."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_brainflow", ROOT / "scripts" /
+                                                  "bench_brainflow.py")
+    assert spec is not None
+    assert spec.loader is not None
+    bf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bf)
+    exe = str(Path(sys.executable).with_name("edgetwin"))
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="edgetwin-bench-") as tmp:
+        rec = Path(tmp) / "rec.csv"
+        bf._write_csv(rec, seconds)
+        pw = Path(tmp) / "pw"
+        pw.write_text("bench passphrase\n")
+        pw.chmod(0o600)
+        for i in range(3):
+            env = {**os.environ, "EDGETWIN_HOME": str(Path(tmp) / f"home{i}"),
+                   "EDGETWIN_PASSPHRASE_FILE": str(pw)}
+            subprocess.run([exe, "init"], env=env, check=True, capture_output=True)
+            started = time.perf_counter()
+            out = subprocess.run([exe, "ingest", str(rec), "--stream", "headset", "--json"],
+                                 env=env, check=True, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            report = json.loads(out.stdout)
+            runs.append((wall, report))
+    walls = sorted(w for w, _ in runs)
+    report = runs[0][1]
+    return {
+        "recording_s": seconds,
+        "samples": report["samples"],
+        "frames": report["frames"],
+        "predictions": report["predictions"],
+        "wall_s": {"median": round(statistics.median(walls), 2), "max": round(walls[-1], 2)},
+        "x_realtime_median": round(seconds / statistics.median(walls), 1),
+        "cpu_share_of_one_core_at_realtime": round(statistics.median(walls) / seconds, 4),
+        "note": "whole command incl. start-up and unlock; samples = timestamps x streams",
+    }
