@@ -79,7 +79,9 @@ def explain(pred: Prediction) -> str:
                 )
                 parts.append(f"driven mostly by {where} ({best:.0%} of attention)")
             else:
-                parts.append(f"spread over the whole {_dur(span_s)} context")
+                parts.append(
+                    f"spread over the whole {_dur(span_s)} context" + _peak(att, pred.step_s)
+                )
     imputed_s = sum(b - a + pred.step_s for a, b in pred.imputed)
     if imputed_s > 0:
         parts.append(f"{_dur(imputed_s)} of it imputed")
@@ -100,9 +102,11 @@ def render_predictions(preds: Sequence[Prediction], width: int = 100) -> str:
         f"{'forecast':{spark_w}}  {'attention':{spark_w}}  "
     )
     why_w = width - len(cols)
-    inline = why_w >= 30
+    whys = [("⚠ " if p.anomaly else "") + explain(p) for p in preds]
+    # explanations inline only when every one fits; else each gets a line of its own
+    inline = max(len(w) for w in whys) <= why_w
     lines = [cols + "why" if inline else cols.rstrip()]
-    for p in preds:
+    for p, why in zip(preds, whys, strict=True):
         unit = _UNITS.get(p.target, "")
         lo, hi = p.band[-1] if p.band else (float("nan"), float("nan"))
         values = [*[b[0] for b in p.band], *[b[1] for b in p.band], *p.horizon]
@@ -112,9 +116,8 @@ def render_predictions(preds: Sequence[Prediction], width: int = 100) -> str:
             f"{_num(p.horizon[-1]):>7} {'[' + _num(lo) + ', ' + _num(hi) + ']':>15}  "
             f"{spark:{spark_w}}  {sparkline(p.attention, spark_w):{spark_w}}  "
         )
-        why = ("⚠ " if p.anomaly else "") + explain(p)
         if inline:
-            lines.append(row + _clip(why, why_w))
+            lines.append(row + why)
         else:
             lines.append(row.rstrip())
             lines.append("          " + why)
@@ -122,6 +125,20 @@ def render_predictions(preds: Sequence[Prediction], width: int = 100) -> str:
         f"forecast: median over the next {_dur(horizon_s)}, band 95 %; attention: oldest → now"
     )
     return "\n".join(_clip(line, width) for line in lines)
+
+
+def _peak(att: list[float], step_s: float) -> str:
+    """ ", most around 3 min ago" when a smoothed maximum stands out, else ""."""
+    n = len(att)
+    k = max(1, n // 10)
+    smooth = [
+        sum(att[max(0, i - k) : i + k + 1]) / len(att[max(0, i - k) : i + k + 1]) for i in range(n)
+    ]
+    top = max(range(n), key=smooth.__getitem__)
+    if smooth[top] < 1.5 / n:
+        return ""
+    ago = (n - 1 - top) * step_s
+    return ", most around now" if ago < step_s * 2 else f", most around {_dur(ago)} ago"
 
 
 def _resample(vals: list[float], width: int) -> list[float]:

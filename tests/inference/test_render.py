@@ -68,3 +68,13 @@ def test_table_has_one_row_per_forecast_and_fits_the_width() -> None:
         assert all(len(ln) <= width for ln in lines), [len(ln) for ln in lines]
         assert "█" in out
     assert "no forecasts yet" in render_predictions([], 80)
+
+
+def test_broad_attention_still_names_its_peak() -> None:
+    att = _norm([1.0] * 60)
+    for i in range(20, 30):  # a broad bump 2.5-3.3 min ago, not enough to "drive" it
+        att[i] *= 2.2
+    text = explain(_pred(_norm(att)))
+    assert text.startswith("spread over the whole 5 min context, most around")
+    assert "min" in text.split("most around")[1]
+    assert "most around" not in explain(_pred([1 / 60] * 60))
