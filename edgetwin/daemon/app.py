@@ -86,10 +86,8 @@ def build_daemon(
     """A daemon over the paired sources (or the given ones) with features and inference."""
     periodic: list[PeriodicJob] = [
         ("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
+        ("sync", SYNC_INTERVAL_S, _sync_job(store, config)),
     ]
-    sync_job = _sync_job(store, config)
-    if sync_job is not None:
-        periodic.append(("sync", SYNC_INTERVAL_S, sync_job))
     return Daemon(
         home,
         config,
@@ -169,12 +167,10 @@ def budget_status(store: Any, config: Config) -> dict[str, Any]:
 
 
 def _retention(store: Any, config: Config) -> None:
-    apply = getattr(store, "apply_retention", None)
-    if apply is not None:
-        apply(time.time(), config.retention)
+    store.apply_retention(time.time(), config.retention)
 
 
-def _sync_job(store: Any, config: Config) -> Callable[[], None] | None:
+def _sync_job(store: Any, config: Config) -> Callable[[], None]:
     """Release what is due for consented metrics, then drain the outbox.
 
     Runs on the daemon's loop: uploads are bounded by ``sync.timeout_s`` and
