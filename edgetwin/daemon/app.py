@@ -84,9 +84,10 @@ def build_daemon(
     engine: Any = LOAD,
 ) -> Daemon:
     """A daemon over the paired sources (or the given ones) with features and inference."""
-    periodic: list[PeriodicJob] = [
-        ("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
-        ("sync", SYNC_INTERVAL_S, _sync_job(store, config)),
+    periodic = [
+        PeriodicJob("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
+        # Uploads wait on the network: off the loop, so sensors keep flowing meanwhile.
+        PeriodicJob("sync", SYNC_INTERVAL_S, _sync_job(store, config), in_thread=True),
     ]
     return Daemon(
         home,
@@ -173,8 +174,8 @@ def _retention(store: Any, config: Config) -> None:
 def _sync_job(store: Any, config: Config) -> Callable[[], None]:
     """Release what is due for consented metrics, then drain the outbox.
 
-    Runs on the daemon's loop: uploads are bounded by ``sync.timeout_s`` and
-    ``sync.max_per_run``, and the hub's queues hold sensor data meanwhile.
+    Runs in a worker thread; the store's lock is held only for the short database steps
+    (claims use leases), never across an upload.
     """
     from edgetwin.sync.service import drain_outbox, run_due_releases
 

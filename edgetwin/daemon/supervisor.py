@@ -17,6 +17,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,7 +65,18 @@ class Engine(Protocol):
     def state(self) -> dict[str, Any]: ...
 
 
-PeriodicJob = tuple[str, float, Callable[[], None]]
+@dataclass(frozen=True)
+class PeriodicJob:
+    """Housekeeping run every ``interval_s``; ``in_thread`` for jobs that wait on a network.
+
+    A threaded job shares the store with the loop: TwinStore serialises calls with its own
+    lock, and the job must hold it only for short database work, never across I/O.
+    """
+
+    name: str
+    interval_s: float
+    run: Callable[[], None]
+    in_thread: bool = False
 
 
 class Daemon:
@@ -141,8 +153,8 @@ class Daemon:
             if self._feature_queue is not None:
                 self._spawn("consumer:features", self._feature_consumer(self._feature_queue))
             self._spawn("flusher", self._flusher())
-            for name, interval, job in self._periodic:
-                self._spawn(f"periodic:{name}", self._every(name, interval, job))
+            for job in self._periodic:
+                self._spawn(f"periodic:{job.name}", self._every(job))
             _LOGGER.info("daemon started on %s with %d sources", self.home, len(self.runners))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), duration)
@@ -219,14 +231,19 @@ class Daemon:
             await asyncio.sleep(self.config.daemon.flush_interval_s)
             self._commit()
 
-    async def _every(self, name: str, interval: float, job: Callable[[], None]) -> None:
+    async def _every(self, job: PeriodicJob) -> None:
         while True:
             try:
-                job()
+                if job.in_thread:
+                    await asyncio.to_thread(job.run)
+                else:
+                    job.run()
+            except asyncio.CancelledError:
+                raise
             except Exception:  # a failing housekeeping job is logged, the daemon keeps going
-                self.errors[f"periodic:{name}"] += 1
-                _LOGGER.exception("periodic job %s failed", name)
-            await asyncio.sleep(interval)
+                self.errors[f"periodic:{job.name}"] += 1
+                _LOGGER.exception("periodic job %s failed", job.name)
+            await asyncio.sleep(job.interval_s)
 
     async def _shutdown(self) -> None:
         _LOGGER.info("daemon stopping")
