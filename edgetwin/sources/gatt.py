@@ -28,9 +28,11 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, NoReturn, Self
+from typing import ClassVar, NoReturn, Self, TypeVar
 
 from edgetwin.errors import MalformedInput
+
+_E = TypeVar("_E", bound=enum.IntEnum)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -373,13 +375,9 @@ class BodySensorLocation(enum.IntEnum):
 
 def decode_body_sensor_location(data: Buffer) -> BodySensorLocation:
     """Parse Body Sensor Location (0x2A38)."""
-    r = _Reader(CHARACTERISTIC_NAMES[BODY_SENSOR_LOCATION], data)
-    value = r.u8("location")
-    r.done()
-    try:
-        return BodySensorLocation(value)
-    except ValueError:
-        r.fail("location", 0, f"{value} is a reserved location (0-6 are defined)")
+    return _decode_u8_enum(
+        data, BODY_SENSOR_LOCATION, "location", BodySensorLocation, "location (0-6 are defined)"
+    )
 
 
 def encode_body_sensor_location(location: BodySensorLocation) -> bytes:
@@ -595,13 +593,22 @@ def encode_temperature(m: TemperatureMeasurement) -> bytes:
 
 def decode_temperature_type(data: Buffer) -> TemperatureType:
     """Parse Temperature Type (0x2A1D), the fixed site of a thermometer."""
-    r = _Reader(CHARACTERISTIC_NAMES[TEMPERATURE_TYPE], data)
-    raw = r.u8("temperature_type")
+    return _decode_u8_enum(
+        data, TEMPERATURE_TYPE, "temperature_type", TemperatureType, "type (1-9 are defined)"
+    )
+
+
+def _decode_u8_enum(
+    data: Buffer, uuid: str, field: str, kind: type[_E], defined: str
+) -> _E:
+    """A one-byte enumerated characteristic; reserved values are malformed."""
+    r = _Reader(CHARACTERISTIC_NAMES[uuid], data)
+    raw = r.u8(field)
     r.done()
     try:
-        return TemperatureType(raw)
+        return kind(raw)
     except ValueError:
-        r.fail("temperature_type", 0, f"{raw} is a reserved type (1-9 are defined)")
+        r.fail(field, 0, f"{raw} is a reserved {defined}")
 
 
 # -- Battery (0x2A19) and Device Information strings -------------------------------
