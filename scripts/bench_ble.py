@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgetwin.sources import gatt
 from edgetwin.sources.ble import BleSource
-from tests.sources.bluez_emulator import EmulatorProcess, PrivateBus, control
+from tests.sources.bluez_emulator import EmulatorProcess, PrivateBus, control, release_bleak
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -107,7 +107,7 @@ async def _saturated(address: str, mode: str, windows: int, window_s: float) -> 
             received = src._notifications - n0
         finally:
             await src.close()
-            await _release_bleak()
+            await release_bleak()
     rates.sort()
     return {
         "median": statistics.median(rates),
@@ -190,7 +190,7 @@ async def _four_straps(address: str, windows: int, window_s: float) -> dict[str,
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(*(s.close() for s in sources))
-            await _release_bleak()
+            await release_bleak()
     shares.sort()
     med = statistics.median(shares)
     return {
@@ -215,23 +215,6 @@ async def _cpu_windows(windows: int, window_s: float) -> list[float]:
         await asyncio.sleep(window_s)
         shares.append(100.0 * (time.process_time() - c0) / (time.perf_counter() - w0))
     return shares
-
-
-async def _release_bleak() -> None:
-    """Close the D-Bus connection bleak keeps per event loop before the loop ends."""
-    from bleak.backends.bluezdbus import manager as bluez_manager
-
-    mgr = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-    if mgr is None:
-        return
-    mgr._handle_bus_disconnect = lambda exc: None  # type: ignore[method-assign]
-    if mgr._bus is not None:
-        mgr._bus.disconnect()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(mgr._bus.wait_for_disconnect(), 5)
-    if mgr._bus_watcher_task is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(mgr._bus_watcher_task, 5)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ import pytest
 
 from edgetwin.sources.base import Source
 from edgetwin.types import SampleBatch
-from tests.sources.bluez_emulator import BlueZEmulator, PrivateBus
+from tests.sources.bluez_emulator import (  # release_bleak is re-exported for tests
+    BlueZEmulator,
+    PrivateBus,
+    release_bleak,
+)
 
 
 @pytest.fixture
@@ -34,24 +38,6 @@ async def bluez(private_bus: PrivateBus) -> AsyncIterator[BlueZEmulator]:
     finally:
         await release_bleak()
         await emu.stop()
-
-
-async def release_bleak() -> None:
-    """Close the D-Bus connection bleak keeps per event loop (it never closes it itself)."""
-    from bleak.backends.bluezdbus import manager as bluez_manager
-
-    mgr = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-    if mgr is None:
-        return
-    # The manager's watcher would report our own disconnect as a lost bus (a WARNING).
-    mgr._handle_bus_disconnect = lambda exc: None  # type: ignore[method-assign]
-    if mgr._bus is not None:
-        mgr._bus.disconnect()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(mgr._bus.wait_for_disconnect(), 5)
-    if mgr._bus_watcher_task is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(mgr._bus_watcher_task, 5)
 
 
 async def collect(

@@ -109,6 +109,24 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 """
 
 
+async def release_bleak() -> None:
+    """Close the D-Bus connection bleak keeps per event loop (it never closes it itself)."""
+    from bleak.backends.bluezdbus import manager as bluez_manager
+
+    mgr = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
+    if mgr is None:
+        return
+    # The manager's watcher would report our own disconnect as a lost bus (a WARNING).
+    mgr._handle_bus_disconnect = lambda exc: None  # type: ignore[method-assign]
+    if mgr._bus is not None:
+        mgr._bus.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(mgr._bus.wait_for_disconnect(), 5)
+    if mgr._bus_watcher_task is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(mgr._bus_watcher_task, 5)
+
+
 def _die_with_parent() -> None:
     """Child-side: get SIGTERM if the test process dies, so no dbus-daemon is orphaned."""
     with contextlib.suppress(Exception):
