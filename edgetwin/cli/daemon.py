@@ -191,6 +191,7 @@ def _offline_status(app: AppContext) -> dict[str, Any]:
     if app.keyfile is None and app.passphrase_file is None:
         return out
     from edgetwin.daemon.app import PAIRING, budget_status
+    from edgetwin.daemon.supervisor import stream_json
     from edgetwin.store import open_twin_from_app
 
     try:
@@ -203,10 +204,7 @@ def _offline_status(app: AppContext) -> dict[str, Any]:
             infos = store.streams()
             out["store"] = {
                 "unlocked": True,
-                "streams": [
-                    {"name": s.name, "samples": s.samples, "first_t": s.first_t,
-                     "last_t": s.last_t} for s in infos
-                ],
+                "streams": [stream_json(s) for s in infos],
             }
             for src in out["sources"]:
                 mine = [s for s in infos if s.name.startswith(src["name"] + ".")]

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from edgetwin.config import Config
-from edgetwin.daemon.supervisor import ENGINE_STATE_RECORD, Daemon, PeriodicJob
+from edgetwin.daemon.supervisor import (
+    ENGINE_STATE_RECORD,
+    Daemon,
+    PeriodicJob,
+    persist_frames,
+)
 from edgetwin.errors import EdgetwinError
 from edgetwin.sources.base import Source
 from edgetwin.types import FeatureFrame, Prediction, SampleBatch
@@ -127,19 +132,9 @@ def process_offline(
     report = OfflineReport()
 
     def frames_out(frames: list[FeatureFrame]) -> None:
-        if not frames:
-            return
-        stored: list[FeatureFrame] = []
-        for raw in frames:
-            frame = raw
-            if engine is not None:
-                frame, preds = engine.observe(raw)
-                if preds:
-                    store.append_predictions(preds)
-                    report.predictions += len(preds)
-            stored.append(frame)
-        store.append_frames(stored)
-        report.frames += len(stored)
+        if frames:
+            report.predictions += len(persist_frames(store, engine, frames))
+            report.frames += len(frames)
 
     for batch in batches:
         store.append_samples(batch)

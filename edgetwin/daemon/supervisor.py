@@ -61,7 +61,9 @@ class Pipeline(Protocol):
 
 
 class Engine(Protocol):
-    def observe(self, frame: FeatureFrame) -> tuple[FeatureFrame, list[Prediction]]: ...
+    def observe_many(
+        self, frames: Sequence[FeatureFrame]
+    ) -> list[tuple[FeatureFrame, list[Prediction]]]: ...
     def state(self) -> dict[str, Any]: ...
 
 
@@ -192,7 +194,7 @@ class Daemon:
             },
             "sources": [runner.status() for runner in self.runners],
             "hub": self.hub.stats(),
-            "store": {"streams": [_stream_json(s) for s in self.store.streams()]},
+            "store": {"streams": [stream_json(s) for s in self.store.streams()]},
             "last_prediction": last.to_json() if last else None,
         }
         if self._extra_status is not None:
@@ -291,27 +293,17 @@ class Daemon:
     def _frames(self, frames: list[FeatureFrame]) -> None:
         if not frames:
             return
-        stored: list[FeatureFrame] = []
-        preds: list[Prediction] = []
-        for raw in frames:
-            frame = raw
-            if self.engine is not None:
-                frame, new = self.engine.observe(raw)
-                preds.extend(new)
-            stored.append(frame)
-            self.last_frame_t = frame.t
-        self.frames += len(stored)
-        self.store.append_frames(stored)
-        if preds:
-            self.store.append_predictions(preds)
-            self.predictions += len(preds)
-            for pred in preds:
-                self.recent_predictions.append(pred)
-                for follower in self._followers:
-                    if follower.qsize() < 256:
-                        follower.put_nowait(pred.to_json())
-                if self.on_prediction is not None:
-                    self.on_prediction(pred)
+        preds = persist_frames(self.store, self.engine, frames)
+        self.last_frame_t = frames[-1].t
+        self.frames += len(frames)
+        self.predictions += len(preds)
+        for pred in preds:
+            self.recent_predictions.append(pred)
+            for follower in self._followers:
+                if follower.qsize() < 256:
+                    follower.put_nowait(pred.to_json())
+            if self.on_prediction is not None:
+                self.on_prediction(pred)
 
     def _commit(self) -> None:
         try:
@@ -374,6 +366,34 @@ class Daemon:
             self._followers.discard(queue)
 
 
+def persist_frames(
+    store: Store, engine: Engine | None, frames: Sequence[FeatureFrame]
+) -> list[Prediction]:
+    """Impute and forecast ``frames`` in one batched engine call, store both; the new forecasts.
+
+    The daemon and offline passes (``ingest``, the demo's history) share this path.
+    """
+    if engine is None:
+        store.append_frames(frames)
+        return []
+    results = engine.observe_many(frames)
+    store.append_frames([frame for frame, _ in results])
+    preds = [pred for _, new in results for pred in new]
+    if preds:
+        store.append_predictions(preds)
+    return preds
+
+
+def stream_json(info: Any) -> dict[str, Any]:
+    """A stored stream as the DESIGN.md ``status`` entry."""
+    return {
+        "name": info.name,
+        "samples": info.samples,
+        "first_t": info.first_t,
+        "last_t": info.last_t,
+    }
+
+
 def _rss_bytes() -> int:
     """Current resident set size (Linux), not the peak."""
     try:
@@ -382,12 +402,3 @@ def _rss_bytes() -> int:
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _stream_json(info: Any) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "samples": info.samples,
-        "first_t": info.first_t,
-        "last_t": info.last_t,
-    }

@@ -41,6 +41,11 @@ class EchoEngine:
         pred = Prediction(frame.t, "hr", 5.0, (60.0,), ((55.0, 65.0),), (1.0,), (), "test")
         return frame, [pred]
 
+    def observe_many(
+        self, frames: list[FeatureFrame]
+    ) -> list[tuple[FeatureFrame, list[Prediction]]]:
+        return [self.observe(f) for f in frames]
+
     def state(self) -> dict[str, object]:
         return {"n": 1}
 
