@@ -126,7 +126,7 @@ def _rate(reps: int, frames: int, fn: Any) -> dict[str, Any]:
 def _cpu_share(windows: int, window_s: float) -> dict[str, Any]:
     """The emulator runs in a child process so its CPU is not counted as ours."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "edgetwin.sources.bridge_emulator", "--kind", "fnirs",
+        [sys.executable, "-m", "edgetwin.emulators.bridge", "--kind", "fnirs",
          "--channels", str(CHANNELS), "--rate", str(RATE_HZ), "--seed", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

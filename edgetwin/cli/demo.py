@@ -154,7 +154,7 @@ def _demo_sources(
             say("BrainFlow source not available in this build")
     if serial:
         try:
-            from edgetwin.sources.bridge_emulator import BridgeEmulator
+            from edgetwin.emulators.bridge import BridgeEmulator
             from edgetwin.sources.serial import SerialSource
 
             emulator = BridgeEmulator(seed=seed, kind="fnirs")

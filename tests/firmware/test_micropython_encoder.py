@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from edgetwin.emulators.bridge import load_encoder
 from edgetwin.sources import bridge_protocol as bp
-from edgetwin.sources.bridge_emulator import load_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS: dict[str, Any] = json.loads(

@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgetwin.emulators.bridge import load_encoder
 from edgetwin.sources import bridge_protocol as bp
-from edgetwin.sources.bridge_emulator import load_encoder
 from edgetwin.sources.serial import BridgeMapper, ClockEstimator
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgetwin.emulators.bridge import BridgeEmulator, Faults
 from edgetwin.errors import DeviceNotFound, MalformedInput, TransientSourceError
 from edgetwin.sources import serial as serial_mod
-from edgetwin.sources.bridge_emulator import BridgeEmulator, Faults
 from edgetwin.sources.serial import SerialSource
 from edgetwin.types import SampleBatch
 

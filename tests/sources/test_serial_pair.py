@@ -16,8 +16,8 @@ from edgetwin.cli.pair_serial import (
     serial_stream_name,
     stable_port_path,
 )
+from edgetwin.emulators.bridge import BridgeEmulator
 from edgetwin.errors import UsageError
-from edgetwin.sources.bridge_emulator import BridgeEmulator
 from edgetwin.sources.serial import SerialSource
 
 

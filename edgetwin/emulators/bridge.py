@@ -9,7 +9,7 @@ byte-at-a-time delivery, random chunking, byte loss, bit flips, garbage
 between frames, and unplug/replug behind a stable symlink (like udev's
 ``/dev/serial/by-id``).
 
-Run ``python -m edgetwin.sources.bridge_emulator --help`` for a stand-alone
+Run ``python -m edgetwin.emulators.bridge --help`` for a stand-alone
 device (the benchmark runs it in a child process).
 """
 
