@@ -168,7 +168,3 @@ class Prediction:
             model=str(obj.get("model", "")),
             anomaly=bool(obj.get("anomaly", False)),
         )
-
-
-# DPRelease lives with the mechanism that alone can mint it (see edgetwin.privacy.release).
-from edgetwin.privacy.release import DPRelease as DPRelease  # noqa: E402, PLC0414 - explicit re-export

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetwin.config import Config
 from edgetwin.daemon.supervisor import (
@@ -24,15 +24,26 @@ from edgetwin.errors import EdgetwinError
 from edgetwin.sources.base import Source
 from edgetwin.types import FeatureFrame, Prediction, SampleBatch
 
+if TYPE_CHECKING:  # the real layers, named for the type checker only: importing them is lazy
+    from edgetwin.features.pipeline import FeaturePipeline
+    from edgetwin.inference.engine import InferenceEngine
+    from edgetwin.store.twin import TwinStore
+
 _LOGGER = logging.getLogger(__name__)
 
 PAIRING = "pairing"
-LOAD: Any = object()  # build_daemon(engine=LOAD) loads the models; None runs without them
+
+
+class _Load:
+    """The type of :data:`LOAD`."""
+
+
+LOAD = _Load()  # build_daemon(engine=LOAD) loads the models; None runs without them
 RETENTION_INTERVAL_S = 3600.0
 SYNC_INTERVAL_S = 900.0
 
 
-def sources_from_pairings(store: Any) -> list[Source]:
+def sources_from_pairings(store: TwinStore) -> list[Source]:
     """One source per pairing record; a broken record is logged and skipped."""
     from edgetwin.sources.registry import build_source
 
@@ -45,7 +56,7 @@ def sources_from_pairings(store: Any) -> list[Source]:
     return out
 
 
-def load_engine(store: Any, config: Config) -> Any | None:
+def load_engine(store: TwinStore, config: Config) -> InferenceEngine | None:
     """The inference engine with the person's baseline restored, or None if disabled/missing."""
     if not config.inference.enabled:
         return None
@@ -72,7 +83,7 @@ def load_engine(store: Any, config: Config) -> Any | None:
     return engine
 
 
-def make_pipeline(config: Config) -> Any:
+def make_pipeline(config: Config) -> FeaturePipeline:
     from edgetwin.features.pipeline import FeaturePipeline
 
     return FeaturePipeline(step_s=config.twin.step_s)
@@ -81,12 +92,12 @@ def make_pipeline(config: Config) -> Any:
 def build_daemon(
     home: Path,
     config: Config,
-    store: Any,
+    store: TwinStore,
     *,
     sources: Sequence[Source] | None = None,
     on_prediction: Callable[[Prediction], None] | None = None,
-    pipeline: Any | None = None,
-    engine: Any = LOAD,
+    pipeline: FeaturePipeline | None = None,
+    engine: InferenceEngine | _Load | None = LOAD,
 ) -> Daemon:
     """A daemon over the paired sources (or the given ones) with features and inference."""
     periodic = [
@@ -100,7 +111,7 @@ def build_daemon(
         store,
         list(sources) if sources is not None else sources_from_pairings(store),
         pipeline=pipeline if pipeline is not None else make_pipeline(config),
-        engine=load_engine(store, config) if engine is LOAD else engine,
+        engine=load_engine(store, config) if isinstance(engine, _Load) else engine,
         on_prediction=on_prediction,
         periodic=periodic,
         extra_status=lambda: {"budget": budget_status(store, config)},
@@ -119,10 +130,10 @@ class OfflineReport:
 
 
 def process_offline(
-    store: Any,
+    store: TwinStore,
     batches: Iterable[SampleBatch],
-    pipeline: Any,
-    engine: Any | None,
+    pipeline: FeaturePipeline,
+    engine: InferenceEngine | None,
     *,
     on_batch: Callable[[SampleBatch], None] | None = None,
     commit_every: int = 256,
@@ -154,7 +165,7 @@ def process_offline(
     return report
 
 
-def budget_status(store: Any, config: Config) -> dict[str, Any]:
+def budget_status(store: TwinStore, config: Config) -> dict[str, Any]:
     """The DESIGN.md ``budget`` object for ``status``."""
     from edgetwin.privacy.accountant import status
 
@@ -162,11 +173,11 @@ def budget_status(store: Any, config: Config) -> dict[str, Any]:
     return result
 
 
-def _retention(store: Any, config: Config) -> None:
+def _retention(store: TwinStore, config: Config) -> None:
     store.apply_retention(time.time(), config.retention)
 
 
-def _sync_job(store: Any, config: Config) -> Callable[[], None]:
+def _sync_job(store: TwinStore, config: Config) -> Callable[[], None]:
     """Release what is due for consented metrics, then drain the outbox.
 
     Runs in a worker thread; the store's lock is held only for the short database steps
