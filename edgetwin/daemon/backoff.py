@@ -42,9 +42,9 @@ class Backoff:
             return self.max_s
         cap = min(self.max_s, self.initial_s * self.factor**self.attempt)
         self.attempt += 1
-        # Full jitter (AWS architecture blog): spreads reconnect storms after a shared outage,
-        # but never below half the cap so a flapping link is not hammered.
-        return cap / 2 + self.rng.uniform(0, cap / 2)
+        # Full jitter (AWS architecture blog): uniform over [0, cap), which spreads the
+        # reconnect storm after a shared outage best; the growing cap keeps the mean rising.
+        return cap * self.rng.random()
 
     def reset(self) -> None:
         self.attempt = 0

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import serial
 from click.testing import CliRunner
+from serial.tools import list_ports
+from serial.tools.list_ports_linux import SysFS
 
 from edgetwin.cli.common import AppContext
 from edgetwin.cli.pair_brainflow import (
@@ -73,6 +77,40 @@ def test_check_reports_brainflows_meaning_before_anything_is_saved() -> None:
     assert "UNABLE_TO_OPEN_PORT_ERROR" in str(result.exception)
 
 
-def test_scan_dongles_lists_real_ports_without_crashing() -> None:
-    found = scan_dongles()  # this machine's real serial ports (usually none match)
-    assert all(d["kind"] == "brainflow" and d["port"] for d in found)
+def _pty_port(vid: int | None, pid: int | None, serial_number: str | None = None) -> tuple[
+        SysFS, int, int]:
+    """pyserial's own port record for a real pseudo-terminal, with the USB ids a dongle's
+    FTDI/BLED112 chip reports through sysfs (a pty has none; radios are not on CI)."""
+    master, slave = os.openpty()
+    port = SysFS(os.ttyname(slave))
+    assert port.vid is None  # sysfs gives a pty no USB id: the test sets the dongle's
+    port.vid, port.pid, port.serial_number = vid, pid, serial_number
+    return port, master, slave
+
+
+def test_scan_dongles_finds_the_openbci_dongle_among_real_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = scan_dongles()  # this machine's ports go through the same filter without error
+    assert all(d["kind"] == "brainflow" for d in real)
+    dongle, m1, s1 = _pty_port(0x0403, 0x6015, "DM00ABCD")
+    other_usb, m2, s2 = _pty_port(0x1A86, 0x7523)  # a CH340 Arduino: not a BrainFlow dongle
+    plain, m3, s3 = _pty_port(None, None)
+    try:
+        monkeypatch.setattr(list_ports, "comports", lambda: [plain, other_usb, dongle])
+        found = scan_dongles()
+        assert found == [{
+            "kind": "brainflow",
+            "port": dongle.device,
+            "usb_id": "0403:6015",
+            "description": "FTDI FT231X: the OpenBCI USB dongle",
+            "boards": ["CYTON_BOARD", "CYTON_DAISY_BOARD"],
+            "serial_number": "DM00ABCD",
+        }]
+        # The port it names is a real device that opens as a serial port.
+        with serial.Serial(found[0]["port"], 115200, timeout=0.2) as ser:
+            ser.write(b"v")
+            assert os.read(m1, 1) == b"v"
+    finally:
+        for fd in (m1, s1, m2, s2, m3, s3):
+            os.close(fd)

@@ -11,9 +11,25 @@ def test_delays_grow_exponentially_with_jitter_and_are_capped() -> None:
     delays = [b.next_delay(TransientSourceError("x")) for _ in range(10)]
     caps = [min(30.0, 2.0**i) for i in range(10)]
     for d, cap in zip(delays, caps, strict=True):
-        assert cap / 2 <= d <= cap
+        assert 0 <= d < cap
     assert max(delays) <= 30.0
     assert len(set(delays)) == len(delays)  # jitter: no two identical waits
+
+
+def test_full_jitter_spans_zero_to_the_cap() -> None:
+    """Full jitter as the docstring says: uniform over [0, cap), not [cap/2, cap)."""
+    cap = 8.0
+    delays = []
+    for seed in range(2000):
+        b = Backoff(initial_s=1.0, max_s=cap, rng=random.Random(seed), attempt=10)
+        delays.append(b.next_delay(TransientSourceError("x")))
+    assert all(0 <= d < cap for d in delays)
+    # Each eighth of [0, cap) gets its share (about 250 of 2000; equal jitter leaves the
+    # lower half empty).
+    counts = [sum(1 for d in delays if k <= d < k + 1) for k in range(8)]
+    assert min(counts) > 180, counts
+    assert min(delays) < 0.05 * cap
+    assert abs(sum(delays) / len(delays) - cap / 2) < 0.1 * cap
 
 
 def test_refused_pairing_waits_the_longest() -> None:

