@@ -5,7 +5,7 @@ An uplink's only entry point is :meth:`Uplink.send`, which takes a
 other object). Errors are split by whether a retry can help:
 
 * :class:`UplinkUnavailable` (transient): unreachable, timeout, TLS failure,
-  5xx, 429, a garbled answer, a broker that drops the connection;
+  5xx, 429, 3xx, a receipt naming another release, a broker that drops the connection;
 * :class:`UplinkRejected` (permanent until a person acts): the collector
   answered 4xx (malformed, unknown device, bad signature, clock off).
 """
@@ -94,7 +94,8 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 class HttpsUplink(Uplink):
-    """POST the envelope; the collector answers JSON ``{"status": "stored"|"duplicate"}``."""
+    """POST the envelope; any 2xx is accepted. Our collector also answers a receipt
+    ``{"status": "stored"|"duplicate", "id"}``, used to count duplicates when present."""
 
     def _transmit(self, release_id: str, body: bytes) -> str:
         t = self.target
@@ -265,6 +266,8 @@ def close_leaked_sockets(exc: BaseException) -> None:
 
 
 def _interpret_http(url: str, release_id: str, status: int, answer: bytes) -> str:
+    """Any 2xx means accepted. A receipt ``{"status", "id"?}`` is optional: when present it
+    tells a duplicate apart, and one naming another release is a confused collector."""
     detail = _error_detail(answer)
     if status == 429 or status >= 500:
         raise UplinkUnavailable(f"{url}: collector answered {status}{detail}")
@@ -273,19 +276,27 @@ def _interpret_http(url: str, release_id: str, status: int, answer: bytes) -> st
             f"{url}: collector refused release {release_id} with {status}{detail}",
             hint="see 'edgetwin sync status'; once fixed, 'edgetwin sync run --retry-failed'",
         )
-    if status not in (200, 201, 202):
+    if not 200 <= status < 300:
         raise UplinkUnavailable(f"{url}: unexpected HTTP status {status}")
+    receipt = _receipt(answer)
+    if receipt is None:
+        return "stored"  # a plain endpoint (200 {}, 201, 204): its 2xx is the acknowledgement
+    outcome, echoed = receipt
+    if echoed is not None and echoed != release_id:
+        raise UplinkUnavailable(f"{url}: collector receipt does not match release {release_id}")
+    return outcome
+
+
+def _receipt(answer: bytes) -> tuple[str, str | None] | None:
+    """``(status, id or None)`` of our collector's receipt, or None for any other body."""
     try:
         doc = json.loads(answer)
-        outcome = doc["status"]
-        echoed = doc["id"]
-    except (ValueError, TypeError, KeyError) as exc:
-        # A 200 we cannot read may or may not have stored it: retry; the key dedupes.
-        raise UplinkUnavailable(f"{url}: collector answered {status} with no readable receipt") \
-            from exc
-    if outcome not in ("stored", "duplicate") or echoed != release_id:
-        raise UplinkUnavailable(f"{url}: collector receipt does not match release {release_id}")
-    return str(outcome)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("status") not in ("stored", "duplicate"):
+        return None
+    echoed = doc.get("id")
+    return str(doc["status"]), (echoed if isinstance(echoed, str) else None)
 
 
 def _error_detail(answer: bytes) -> str:

@@ -103,7 +103,6 @@ def misbehaving() -> Iterator[tuple[int, type[_Misbehaving]]]:
         (500, b"", UplinkUnavailable, "answered 500"),
         (503, b'{"error": "maintenance"}', UplinkUnavailable, "503: maintenance"),
         (429, b"", UplinkUnavailable, "429"),
-        (200, b"<html>hello</html>", UplinkUnavailable, "no readable receipt"),
         (200, b'{"status": "stored", "id": "someone-else"}', UplinkUnavailable, "does not match"),
         (302, b"", UplinkUnavailable, "unexpected HTTP status 302"),
         (400, b'{"error": "bad \\u001b[31mthing"}', UplinkRejected, "400: bad \\[31mthing"),
