@@ -129,6 +129,14 @@ class Prediction:
     oldest first, and sums to 1. ``imputed`` lists ``(t_start, t_end)`` spans
     of the context that the imputer filled. ``anomaly`` is set when the
     observed value at ``t`` fell outside the band forecast for it.
+
+    When the twin serves something other than the global model for some
+    steps (a personal correction, or a baseline the model lost to for this
+    person), ``sources[k]`` names what served ``horizon[k]`` and
+    ``alternatives`` keeps the other forecasts (``("global", values)``, ...)
+    so the twin can score them later. ``influence`` weights the context
+    frames by how much masking them moves the forecast (occlusion), oldest
+    first, summing to 1; empty when not computed.
     """
 
     t: float
@@ -140,6 +148,9 @@ class Prediction:
     imputed: tuple[tuple[float, float], ...]
     model: str
     anomaly: bool = False
+    sources: tuple[str, ...] = ()
+    alternatives: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    influence: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The DESIGN.md ``predictions`` JSON object."""
@@ -153,6 +164,13 @@ class Prediction:
             "imputed": [list(s) for s in self.imputed],
             "model": self.model,
             "anomaly": self.anomaly,
+            **({"sources": list(self.sources)} if self.sources else {}),
+            **(
+                {"alternatives": {k: list(v) for k, v in self.alternatives}}
+                if self.alternatives
+                else {}
+            ),
+            **({"influence": list(self.influence)} if self.influence else {}),
         }
 
     @classmethod
@@ -167,4 +185,10 @@ class Prediction:
             imputed=tuple((float(a), float(b)) for a, b in obj["imputed"]),
             model=str(obj.get("model", "")),
             anomaly=bool(obj.get("anomaly", False)),
+            sources=tuple(str(x) for x in obj.get("sources", ())),
+            alternatives=tuple(
+                (str(k), tuple(float(x) for x in v))
+                for k, v in dict(obj.get("alternatives", {})).items()
+            ),
+            influence=tuple(float(x) for x in obj.get("influence", ())),
         )
