@@ -41,6 +41,7 @@ from edgetwin.bundle.formats import (
     safe_stem,
 )
 from edgetwin.bundle.manifest import FORMAT, FORMAT_VERSION
+from edgetwin.bundle.staging import EXPORT_PREFIX, Spool, remove_leftovers
 from edgetwin.bundle.tarstream import BLOCK, MANIFEST, RECORD, IterReader, Member, tar_blocks
 from edgetwin.errors import EdgetwinError, HomeError, StoreFull, UsageError
 
@@ -139,13 +140,14 @@ def export_bundle(
     mode = "recipients" if parsed is not None else "passphrase"
     bundle_id = secrets.token_hex(16)
     created = time.time()
-    remove_stale_staging(store.home, ".export-")
+    remove_leftovers(store.home)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=store.home))
+        staging = Path(tempfile.mkdtemp(prefix=f"{EXPORT_PREFIX}{os.getpid()}-", dir=store.home))
     except OSError as exc:
         raise HomeError(f"cannot make a staging directory in {store.home}: {exc.strerror}") from exc
+    spool = Spool(staging)  # members in clear have no name on disk: a SIGKILL leaves none
     try:
-        builder = _Builder(store, staging, t0, t1, say)
+        builder = _Builder(store, spool, t0, t1, say)
         builder.write_streams(streams)
         builder.write_timeline()
         builder.write_predictions()
@@ -154,7 +156,7 @@ def export_bundle(
         builder.write_config()
         builder.write_readme()
         manifest = builder.manifest(bundle_id, created)
-        man_path = staging / MANIFEST
+        man_path = spool.path(MANIFEST)
         man_path.write_text(json.dumps(manifest, indent=1, allow_nan=False), encoding="utf-8")
         members = [Member(MANIFEST, man_path, man_path.stat().st_size)]
         members += [Member(n, staging / n, m["size"]) for n, m in builder.members.items()]
@@ -205,6 +207,7 @@ def export_bundle(
     except OSError as exc:
         raise _disk_error(out, exc) from exc
     finally:
+        spool.release()
         shutil.rmtree(staging, ignore_errors=True)
     return ExportReport(
         path=out,
@@ -227,10 +230,11 @@ class _Builder:
     """Writes the members into the staging directory and remembers their digests."""
 
     def __init__(
-        self, store: TwinStore, root: Path, t0: float | None, t1: float | None, say: Progress
+        self, store: TwinStore, spool: Spool, t0: float | None, t1: float | None, say: Progress
     ) -> None:
         self.store = store
-        self.root = root
+        self.spool = spool
+        self.root = spool.root
         self.t0 = t0
         self.t1 = t1
         self.say = say
@@ -252,9 +256,7 @@ class _Builder:
     # -- members ------------------------------------------------------------------------
 
     def path(self, name: str) -> Path:
-        p = self.root / name
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return p
+        return self.spool.path(name)
 
     def done(self, name: str) -> None:
         p = self.root / name
@@ -536,21 +538,6 @@ class _Builder:
             "config": self.config_doc,
             "members": self.members,
         }
-
-
-def remove_stale_staging(parent: Path, prefix: str) -> None:
-    """Remove staging directories (plaintext!) left by an export or import that was killed."""
-    for p in parent.glob(f"{prefix}*-*"):
-        pid_text = p.name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or not p.is_dir() or p.is_symlink():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            _LOGGER.warning("removing %s, left by an interrupted export or import", p)
-            shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            continue  # alive, someone else's
 
 
 def _models(used: set[str]) -> list[dict[str, Any]]:

@@ -365,7 +365,9 @@ class SnirfWriter:
         sources = list(dict.fromkeys(m.group(1) for m in parsed if m))
         detectors = list(dict.fromkeys(m.group(2) for m in parsed if m))
         wavelengths = list(dict.fromkeys(float(m.group(3)) for m in parsed if m))
-        self._f = h5py.File(path, "w")
+        # through a Python file: HDF5 cannot resolve the path of a staged member (no name)
+        self._raw = path.open("w+b")
+        self._f = h5py.File(self._raw, "w")
         s = h5py.string_dtype("utf-8")
         f = self._f
         f.create_dataset("formatVersion", data="1.1", dtype=s)
@@ -426,7 +428,10 @@ class SnirfWriter:
         self.samples = n1
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        finally:
+            self._raw.close()
 
 
 def read_snirf(
@@ -436,11 +441,13 @@ def read_snirf(
     """Batches of a SNIRF file written by :class:`SnirfWriter`."""
     import h5py
 
+    raw = path.open("rb")  # a Python file: HDF5 cannot resolve a staged member's path
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(raw, "r")
     except OSError as exc:
+        raw.close()
         raise DataCorrupt(f"{path.name} is not a readable SNIRF (HDF5) file: {exc}") from exc
-    with f:
+    with raw, f:
         try:
             series = f["nirs/data1/dataTimeSeries"]
             time = f["nirs/data1/time"]

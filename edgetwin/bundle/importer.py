@@ -37,10 +37,10 @@ from edgetwin.bundle.export import (
     CONFIG_FILE,
     PASSPHRASE_LIMIT,
     RECORD_KINDS,
-    remove_stale_staging,
 )
 from edgetwin.bundle.formats import read_csv, read_edf, read_snirf
 from edgetwin.bundle.manifest import validate
+from edgetwin.bundle.staging import remove_leftovers
 from edgetwin.bundle.tarstream import TarSink
 from edgetwin.errors import ConfigError, DataCorrupt, HomeError, UsageError
 from edgetwin.types import FeatureFrame, FloatArray, Prediction, SampleBatch
@@ -170,7 +170,7 @@ def import_bundle(
     parent = home.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(parent, f".{home.name}.import-")
+        remove_leftovers(home)
         staging = Path(
             tempfile.mkdtemp(prefix=f".{home.name}.import-{os.getpid()}-", dir=parent)
         )

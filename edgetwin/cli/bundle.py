@@ -71,7 +71,7 @@ def export_cmd(
     """Write the twin as one age-encrypted bundle of open formats (EDF+, SNIRF, CSV, JSON)."""
     from edgetwin.bundle import export_bundle
     from edgetwin.cli.data import parse_time
-    from edgetwin.store import open_twin_from_app
+    from edgetwin.cli.unlock import open_twin_from_app
 
     if bool(recipients) == use_passphrase:
         raise UsageError("give either --recipient AGE_PUBKEY (one or more) or --passphrase")
@@ -132,7 +132,7 @@ def import_cmd(
     """Verify a bundle completely, then restore it as a twin (new local keys) or merge it."""
     from edgetwin.bundle import home_state, import_bundle
     from edgetwin.bundle.age import load_identities
-    from edgetwin.store import open_twin_from_app, read_secret
+    from edgetwin.cli.unlock import open_twin_from_app, read_secret
 
     if bool(identity_files) == use_passphrase:
         raise UsageError("give either --identity FILE or --passphrase")
@@ -182,7 +182,7 @@ def import_cmd(
 
 
 def _bundle_passphrase(path: Path | None, *, confirm: bool) -> str:
-    from edgetwin.store.unlock import read_passphrase_file
+    from edgetwin.store import read_passphrase_file
 
     if path is not None:
         return read_passphrase_file(path)

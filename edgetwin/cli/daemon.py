@@ -29,9 +29,9 @@ def daemon_group() -> None:
 @pass_app
 def run_cmd(app: AppContext, duration: float | None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (systemd unit in scripts/)."""
+    from edgetwin.cli.unlock import open_twin_from_app
     from edgetwin.config import load_config
     from edgetwin.daemon.app import build_daemon
-    from edgetwin.store import open_twin_from_app
 
     if duration is not None and duration <= 0:
         raise click.BadParameter("must be greater than 0", param_hint="--duration")
@@ -190,9 +190,9 @@ def _offline_status(app: AppContext) -> dict[str, Any]:
     }
     if app.keyfile is None and app.passphrase_file is None:
         return out
+    from edgetwin.cli.unlock import open_twin_from_app
     from edgetwin.daemon.app import PAIRING, budget_status
     from edgetwin.daemon.supervisor import stream_json
-    from edgetwin.store import open_twin_from_app
 
     try:
         with open_twin_from_app(app) as store:

@@ -61,10 +61,10 @@ def ingest_cmd(
 ) -> None:
     """Push a recording through the daemon's pipeline into the twin, as fast as possible."""
     from edgetwin.cli.pair import check_name
+    from edgetwin.cli.unlock import open_twin_from_app
     from edgetwin.config import load_config
     from edgetwin.daemon.app import load_engine, make_pipeline, process_offline
     from edgetwin.sources.recording import read_recording
-    from edgetwin.store import open_twin_from_app
 
     check_name(stream)
     home = app.require_home()
@@ -114,8 +114,8 @@ def timeline_cmd(
     app: AppContext, t_from: str | None, t_to: str | None, as_csv: bool, last: int | None
 ) -> None:
     """The feature frames with their masks and quality."""
+    from edgetwin.cli.unlock import open_twin_from_app
     from edgetwin.features.schema import FEATURES, NAMES, QUALITY_THRESHOLD
-    from edgetwin.store import open_twin_from_app
 
     t0 = parse_time(t_from, option="--from")
     t1 = parse_time(t_to, option="--to")
@@ -182,7 +182,7 @@ def predictions_cmd(app: AppContext, last: int, follow: bool, target: str | None
         except DaemonNotRunning as exc:
             raise DaemonNotRunning(str(exc), hint="--follow needs a running daemon") from None
         return
-    from edgetwin.store import open_twin_from_app
+    from edgetwin.cli.unlock import open_twin_from_app
 
     with open_twin_from_app(app) as store:
         fetch = last * 8 if target else last  # forecasts of all targets are interleaved

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def _twin(app: AppContext, *, strict: bool = True) -> Iterator[TwinStore]:
-    from edgetwin.store import TwinStore, read_secret
+    from edgetwin.cli.unlock import read_secret
+    from edgetwin.store import TwinStore
 
     home = app.require_home()
     store = TwinStore.open(home, read_secret(app), strict=strict)
@@ -57,8 +58,9 @@ def _when(t: float | None) -> str:
 @pass_app
 def init_cmd(app: AppContext, keyfile_new: Path | None, kdf_profile: str | None) -> None:
     """Create a twin: keys, config and an empty encrypted store."""
+    from edgetwin.cli.unlock import read_secret
     from edgetwin.config import CONFIG_FILE, default_config_text
-    from edgetwin.store import KdfParams, Secret, TwinStore, new_keyfile, read_secret
+    from edgetwin.store import KdfParams, Secret, TwinStore, new_keyfile
     from edgetwin.store.keys import atomic_replace
 
     home = app.home
@@ -122,8 +124,7 @@ def keys_group() -> None:
 @pass_app
 def change_passphrase_cmd(app: AppContext, new_passphrase_file: Path | None) -> None:
     """Re-wrap the master key under a new passphrase; no data is re-encrypted."""
-    from edgetwin.store import Secret
-    from edgetwin.store.unlock import read_passphrase_file
+    from edgetwin.store import Secret, read_passphrase_file
 
     with _twin(app) as store:
         if new_passphrase_file is not None:

@@ -44,7 +44,7 @@ def save_pairing(
 ) -> None:
     """Store a pairing record encrypted in the twin and audit it; ``quiet`` leaves output to
     the caller."""
-    from edgetwin.store import open_twin_from_app
+    from edgetwin.cli.unlock import open_twin_from_app
 
     check_name(name)
     if "kind" not in record:
@@ -77,7 +77,7 @@ def default_name(kind: str, existing: set[str]) -> str:
 
 
 def paired_names(app: AppContext) -> set[str]:
-    from edgetwin.store import open_twin_from_app
+    from edgetwin.cli.unlock import open_twin_from_app
 
     with open_twin_from_app(app) as store:
         return set(store.list_records(PAIRING))
@@ -130,7 +130,7 @@ def simulator_add(app: AppContext, name: str | None, seed: int, speed: float) ->
 @pass_app
 def list_cmd(app: AppContext) -> None:
     """Show paired sensors."""
-    from edgetwin.store import open_twin_from_app
+    from edgetwin.cli.unlock import open_twin_from_app
 
     with open_twin_from_app(app) as store:
         records = store.list_records(PAIRING)
@@ -151,7 +151,7 @@ def list_cmd(app: AppContext) -> None:
 @pass_app
 def remove_cmd(app: AppContext, name: str) -> None:
     """Unregister a sensor (its recorded data stays; see 'edgetwin forget')."""
-    from edgetwin.store import open_twin_from_app
+    from edgetwin.cli.unlock import open_twin_from_app
 
     with open_twin_from_app(app) as store, store.transaction():
         if not store.delete_record(PAIRING, name):

@@ -148,11 +148,7 @@ class Secret:
             ) from exc
         except OSError as exc:
             raise UsageError(f"cannot read key file {path}: {exc.strerror}") from exc
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise UsageError(
-                f"key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o})",
-                hint=f"run 'chmod 600 {path}'",
-            )
+        _refuse_shared("key file", path, st.st_mode)
         if len(data) < MIN_KEYFILE_BYTES:
             raise UsageError(
                 f"key file {path} holds {len(data)} bytes; at least {MIN_KEYFILE_BYTES} are needed",
@@ -180,6 +176,46 @@ class Secret:
 
     def _bytes(self) -> bytes:
         return self._material
+
+
+def read_passphrase_file(path: Path) -> str:
+    """A passphrase file's text without its final line break; refused, like a key file,
+    when group or others may read it."""
+    try:
+        with path.open("rb") as f:
+            # the mode of the file actually opened, not of whatever the name points to later
+            mode = os.fstat(f.fileno()).st_mode
+            _refuse_shared("passphrase file", path, mode)
+            raw = f.read()
+    except FileNotFoundError as exc:
+        raise UsageError(f"passphrase file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"passphrase file {path} is a directory") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"passphrase file {path} is not UTF-8 text (byte {exc.start})",
+            hint="save it as UTF-8",
+        ) from exc
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        raise UsageError(f"passphrase file {path} is empty")
+    return text
+
+
+def _refuse_shared(what: str, path: Path, mode: int) -> None:
+    """A secret file that group or others may read or write is refused (exit 2)."""
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(
+            f"{what} {path} is open to other users (mode {stat.S_IMODE(mode):o}): refused",
+            hint=f"run 'chmod 600 {path}'",
+        )
 
 
 def new_keyfile(path: Path) -> None:

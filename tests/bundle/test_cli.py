@@ -25,6 +25,7 @@ def _cli(home: Path, pass_file: Path, *args: str, input: str | None = None) -> R
 def twin_pass(tmp_path: Path) -> Path:
     p = tmp_path / "twin-pass"
     p.write_text(PASS + "\n")
+    p.chmod(0o600)
     return p
 
 
@@ -32,6 +33,7 @@ def twin_pass(tmp_path: Path) -> Path:
 def bundle_pass(tmp_path: Path) -> Path:
     p = tmp_path / "bundle-pass"
     p.write_text("a different bundle passphrase\n")
+    p.chmod(0o600)
     return p
 
 

@@ -82,6 +82,7 @@ def test_init_in_an_unusable_home_is_exit_2(tmp_path: Path, passphrase_file: Pat
 def test_wrong_passphrase_is_exit_3_and_audited(twin: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad"
     bad.write_text("nope\n")
+    bad.chmod(0o600)
     result = CliRunner().invoke(cli, ["--home", str(twin), "--passphrase-file", str(bad), "verify"])
     assert result.exit_code == 3
     assert "does not unlock" in result.output
@@ -140,6 +141,7 @@ def test_audit_and_verify_detect_tampering(twin: Path, run_cli) -> None:  # type
 def test_change_passphrase_and_rotate(twin: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     new = tmp_path / "new"
     new.write_text("another passphrase\n")
+    new.chmod(0o600)
     result = run_cli("keys", "change-passphrase", "--new-passphrase-file", str(new))
     assert result.exit_code == 0, result.output
     assert run_cli("verify").exit_code == 3

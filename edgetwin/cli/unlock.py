@@ -1,0 +1,52 @@
+"""From CLI options to an unlocked twin: key file, passphrase file or a hidden prompt.
+
+The prompt lives here, in the CLI: the store only takes a :class:`Secret` and
+never talks to a terminal.
+"""
+
+from __future__ import annotations
+
+import click
+
+from edgetwin.cli.common import AppContext
+from edgetwin.errors import UsageError
+from edgetwin.store import Secret, TwinStore
+from edgetwin.store.keys import read_passphrase_file
+
+
+def read_secret(app: AppContext, *, create: bool = False, prompt: str | None = None) -> Secret:
+    """``--keyfile`` / ``EDGETWIN_KEYFILE``, else ``--passphrase-file`` /
+    ``EDGETWIN_PASSPHRASE_FILE``, else a hidden prompt (asked twice when creating)."""
+    if app.keyfile is not None:
+        return Secret.keyfile(app.keyfile)
+    if app.passphrase_file is not None:
+        return Secret.passphrase(read_passphrase_file(app.passphrase_file))
+    try:
+        text = click.prompt(
+            prompt or ("New passphrase" if create else "Passphrase"),
+            hide_input=True,
+            confirmation_prompt="Repeat the passphrase" if create else False,
+            err=True,
+        )
+    except click.Abort as exc:
+        raise UsageError(
+            "a passphrase is needed and none was typed",
+            hint="use --passphrase-file / EDGETWIN_PASSPHRASE_FILE or --keyfile",
+        ) from exc
+    return Secret.passphrase(str(text))
+
+
+def open_twin_from_app(app: AppContext, *, create: bool = False) -> TwinStore:
+    """Unlock the twin at ``app.home`` (or create it); a failed unlock is audited.
+
+    Every unlock also removes what an export or import killed mid-way left
+    behind, so a crash never leaves its staging files for long.
+    """
+    from edgetwin.bundle.staging import remove_leftovers
+
+    secret = read_secret(app, create=create)
+    if create:
+        return TwinStore.create(app.home, secret)
+    store = TwinStore.open(app.require_home(), secret)
+    remove_leftovers(store.home)
+    return store
