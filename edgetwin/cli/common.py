@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgetwin.errors import HomeError
+
+if TYPE_CHECKING:
+    from edgetwin.config import Config
 
 
 @dataclass
@@ -23,6 +26,7 @@ class AppContext:
     keyfile: Path | None
     as_json: bool
     verbose: int
+    _config: Config | None = field(default=None, init=False, repr=False)
 
     @property
     def home(self) -> Path:
@@ -42,6 +46,18 @@ class AppContext:
                 hint="run 'edgetwin init' first, or point --home / EDGETWIN_HOME at a twin",
             )
         return home
+
+    def config(self) -> Config:
+        """The twin's validated ``config.toml``: the one way every command reads it.
+
+        A bad file is a ConfigError (exit 2) naming the file and the key, whichever
+        command hit it first; a missing file means all defaults.
+        """
+        if self._config is None:
+            from edgetwin.config import load_config
+
+            self._config = load_config(self.require_home())
+        return self._config
 
 
 pass_app = click.make_pass_decorator(AppContext)

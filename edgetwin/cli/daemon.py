@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
-from edgetwin.errors import DaemonNotRunning, EdgetwinError
+from edgetwin.errors import DaemonNotRunning
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,13 +30,12 @@ def daemon_group() -> None:
 def run_cmd(app: AppContext, duration: float | None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (systemd unit in scripts/)."""
     from edgetwin.cli.unlock import open_twin_from_app
-    from edgetwin.config import load_config
     from edgetwin.daemon.app import build_daemon
 
     if duration is not None and duration <= 0:
         raise click.BadParameter("must be greater than 0", param_hint="--duration")
     home = app.require_home()
-    config = load_config(home)
+    config = app.config()
     if app.verbose == 0:
         logging.getLogger("edgetwin").setLevel(logging.INFO)
     with open_twin_from_app(app) as store:
@@ -54,6 +53,7 @@ def status_cmd(app: AppContext) -> None:
     from edgetwin.daemon import control
 
     home = app.require_home()
+    app.config()  # a broken config.toml is exit 2 here as in every command, not a silent 0
     try:
         status = control.request(home, {"cmd": "status"})
     except DaemonNotRunning:
@@ -135,7 +135,10 @@ def render_status(status: dict[str, Any], home: Path) -> str:
         lines.append(f"daemon   not running on {home} (start it with 'edgetwin daemon run')")
     lines.append("")
     lines.append("sources")
-    if not status["sources"]:
+    locked = not status.get("store", {}).get("unlocked", True)
+    if locked:
+        lines.append("  unknown while the store is locked")
+    elif not status["sources"]:
         lines.append("  none paired")
     for s in status["sources"]:
         last = _when(s["last_sample_t"]) if s.get("last_sample_t") else "never"
@@ -151,8 +154,8 @@ def render_status(status: dict[str, Any], home: Path) -> str:
     lines.append("")
     lines.append("store")
     if not streams:
-        lines.append("  empty" if status.get("store", {}).get("unlocked", True) else
-                     "  locked (give --passphrase-file or --keyfile to see stored streams)")
+        lines.append("  locked: no daemon is running and no key was given (use --passphrase-file"
+                     " or --keyfile to see sources and stored streams)" if locked else "  empty")
     for st in streams:
         span = (f"{_iso(st['first_t'])} .. {_iso(st['last_t'])}"
                 if st.get("first_t") is not None else "")
@@ -179,9 +182,11 @@ def render_status(status: dict[str, Any], home: Path) -> str:
 
 
 def _offline_status(app: AppContext) -> dict[str, Any]:
-    """Status from the store itself when no daemon runs (needs the key non-interactively)."""
-    from edgetwin.config import load_config
+    """Status from the store itself when no daemon runs.
 
+    Without a key file or passphrase file the store stays locked (status never
+    prompts); a given secret that is wrong is WrongKey, exit 3, as everywhere.
+    """
     out: dict[str, Any] = {
         "daemon": {"running": False, "pid": None, "uptime_s": None},
         "sources": [],
@@ -194,28 +199,25 @@ def _offline_status(app: AppContext) -> dict[str, Any]:
     from edgetwin.daemon.app import PAIRING, budget_status
     from edgetwin.daemon.supervisor import stream_json
 
-    try:
-        with open_twin_from_app(app) as store:
-            out["sources"] = [
-                {"name": name, "kind": rec.get("kind"), "state": "stopped", "samples": 0,
-                 "drops": 0, "last_sample_t": None}
-                for name, rec in sorted(store.list_records(PAIRING).items())
-            ]
-            infos = store.streams()
-            out["store"] = {
-                "unlocked": True,
-                "streams": [stream_json(s) for s in infos],
-            }
-            for src in out["sources"]:
-                mine = [s for s in infos if s.name.startswith(src["name"] + ".")]
-                src["samples"] = sum(s.samples for s in mine)
-                lasts = [s.last_t for s in mine if s.last_t is not None]
-                src["last_sample_t"] = max(lasts) if lasts else None
-            preds = store.read_predictions(last=1)
-            out["last_prediction"] = preds[-1].to_json() if preds else None
-            out["budget"] = budget_status(store, load_config(app.home))
-    except EdgetwinError as exc:
-        out["store"]["error"] = str(exc)
+    with open_twin_from_app(app) as store:
+        out["sources"] = [
+            {"name": name, "kind": rec.get("kind"), "state": "stopped", "samples": 0,
+             "drops": 0, "last_sample_t": None}
+            for name, rec in sorted(store.list_records(PAIRING).items())
+        ]
+        infos = store.streams()
+        out["store"] = {
+            "unlocked": True,
+            "streams": [stream_json(s) for s in infos],
+        }
+        for src in out["sources"]:
+            mine = [s for s in infos if s.name.startswith(src["name"] + ".")]
+            src["samples"] = sum(s.samples for s in mine)
+            lasts = [s.last_t for s in mine if s.last_t is not None]
+            src["last_sample_t"] = max(lasts) if lasts else None
+        preds = store.read_predictions(last=1)
+        out["last_prediction"] = preds[-1].to_json() if preds else None
+        out["budget"] = budget_status(store, app.config())
     return out
 
 

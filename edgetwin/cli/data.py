@@ -62,13 +62,12 @@ def ingest_cmd(
     """Push a recording through the daemon's pipeline into the twin, as fast as possible."""
     from edgetwin.cli.pair import check_name
     from edgetwin.cli.unlock import open_twin_from_app
-    from edgetwin.config import load_config
     from edgetwin.daemon.app import load_engine, make_pipeline, process_offline
     from edgetwin.sources.recording import read_recording
 
     check_name(stream)
-    home = app.require_home()
-    config = load_config(home)
+    app.require_home()
+    config = app.config()
     kwargs: dict[str, Any] = {"board": board} if board else {}
     show_progress = is_tty() and not app.as_json
     started = time.perf_counter()

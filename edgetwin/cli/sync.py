@@ -25,10 +25,8 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def _twin(app: AppContext) -> Iterator[tuple[TwinStore, Config]]:
     from edgetwin.cli.unlock import open_twin_from_app
-    from edgetwin.config import load_config
 
-    app.require_home()
-    config = load_config(app.home)
+    config = app.config()
     store = open_twin_from_app(app)
     try:
         yield store, config
