@@ -40,7 +40,7 @@ from edgetwin.bundle.export import (
 )
 from edgetwin.bundle.formats import read_csv, read_edf, read_snirf
 from edgetwin.bundle.manifest import validate
-from edgetwin.bundle.staging import remove_leftovers
+from edgetwin.bundle.staging import Spool, remove_leftovers
 from edgetwin.bundle.tarstream import TarSink
 from edgetwin.errors import ConfigError, DataCorrupt, HomeError, UsageError
 from edgetwin.types import FeatureFrame, FloatArray, Prediction, SampleBatch
@@ -115,11 +115,15 @@ def unpack_bundle(
     identities: list[Any] | None = None,
     passphrase: str | None = None,
     passphrase_limit: int = PASSPHRASE_LIMIT,
+    spool: Spool | None = None,
 ) -> dict[str, Any]:
-    """Decrypt and unpack ``path`` into the empty directory ``dest``; the verified manifest."""
+    """Decrypt and unpack ``path`` into the empty directory ``dest``; the verified manifest.
+
+    With a ``spool`` the members have no name on disk and live until it is released.
+    """
     if not path.is_file():
         raise UsageError(f"bundle {path} does not exist")
-    sink = TarSink(dest, validate)
+    sink = TarSink(dest, validate, spool)
     try:
         if identities is not None:
             age.decrypt_stream(path, sink, identities)
@@ -176,13 +180,14 @@ def import_bundle(
         )
     except OSError as exc:
         raise HomeError(f"cannot make a staging directory in {parent}: {exc.strerror}") from exc
+    members = staging / "members"
+    spool = Spool(members)  # plaintext members have no name: a SIGKILL leaves none behind
     try:
-        members = staging / "members"
         members.mkdir(mode=0o700)
         say("decrypting and verifying")
         manifest = unpack_bundle(
             path, members, identities=identities, passphrase=passphrase,
-            passphrase_limit=passphrase_limit,
+            passphrase_limit=passphrase_limit, spool=spool,
         )
         bundle_id = str(manifest["bundle_id"])
         source = str(manifest["twin_id"])
@@ -211,6 +216,7 @@ def import_bundle(
     except OSError as exc:
         raise HomeError(f"import failed on {staging}: {exc.strerror or exc}") from exc
     finally:
+        spool.release()
         shutil.rmtree(staging, ignore_errors=True)
     report.seconds = time.perf_counter() - started
     return report

@@ -4,7 +4,7 @@ Export must hash every member before the archive starts (the manifest comes
 first), and import parses members with libraries that want a file (EDF,
 HDF5). Both therefore need the plaintext on disk for a while. On Linux each
 such file is created and at once unlinked, held open by this process and
-reached through a symbolic link ``NAME -> /proc/self/fd/N``: readers and
+reached through a symbolic link ``NAME -> /proc/PID/fd/N``: readers and
 writers open ``NAME`` as usual, yet the data belongs to no directory entry.
 When the process ends, by any means including SIGKILL, the kernel frees it;
 what may stay behind is a dangling link and an empty directory, which
@@ -42,12 +42,15 @@ def anonymous_files() -> bool:
 
 
 class Spool:
-    """Members of one export or import under ``root`` (a private 0700 directory)."""
+    """Members of one export or import under ``root`` (a private 0700 directory).
 
-    def __init__(self, root: Path) -> None:
+    ``anonymous=False`` makes ordinary files (to unpack a bundle for inspection).
+    """
+
+    def __init__(self, root: Path, *, anonymous: bool = True) -> None:
         self.root = root
         self._held: list[int] = []
-        self._anonymous = anonymous_files()
+        self._anonymous = anonymous and anonymous_files()
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         # leave most descriptors to the store, sockets and libraries
         self._max_held = max(0, (soft if soft != resource.RLIM_INFINITY else 4096) // 2 - 64)
@@ -73,7 +76,8 @@ class Spool:
         try:
             tmp.unlink()
             held = os.dup(fd)  # keeps the data alive after the caller closes ``fd``
-            target.symlink_to(_FD_DIR / str(held))
+            # /proc/<pid>, not /proc/self: once we are gone the link leads nowhere
+            target.symlink_to(Path("/proc") / str(os.getpid()) / "fd" / str(held))
         except BaseException:
             os.close(fd)
             if held >= 0:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgetwin.bundle.staging import Spool
 from edgetwin.errors import DataCorrupt, HomeError, StoreFull
 
 BLOCK = 512
@@ -126,11 +127,16 @@ class TarSink:
     """The writer ``decrypt_io`` pushes the plaintext archive into; files land in ``root``.
 
     ``check_manifest`` validates the parsed manifest and returns the members
-    it declares: ``{name: {"size": n, "sha256": hex}}``.
+    it declares: ``{name: {"size": n, "sha256": hex}}``. With a ``spool`` the
+    members are files with no name (see :mod:`edgetwin.bundle.staging`) that
+    live until ``spool.release()``; without one, ordinary files.
     """
 
-    def __init__(self, root: Path, check_manifest: ManifestCheck) -> None:
+    def __init__(
+        self, root: Path, check_manifest: ManifestCheck, spool: Spool | None = None
+    ) -> None:
         self.root = root
+        self._spool = spool if spool is not None else Spool(root, anonymous=False)
         self._check_manifest = check_manifest
         self._buf = bytearray()
         self._state = "header"
@@ -319,9 +325,8 @@ class TarSink:
             if path.is_symlink() or not path.is_dir():
                 raise DataCorrupt(f"bundle member {name!r} would write through a non-directory")
         target = path / parts[-1]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            self._fd = os.open(target, flags, 0o600)
+            _, self._fd = self._spool.create(name)
         except FileExistsError as exc:
             raise DataCorrupt(f"bundle member {name!r} collides with another member") from exc
         except OSError as exc:
