@@ -31,14 +31,15 @@ import numpy as np
 from edgetwin.bundle import age
 from edgetwin.bundle.formats import (
     CsvStreamWriter,
-    EdfSegmentWriter,
     SnirfWriter,
+    StreamChanged,
     StreamPlan,
-    edf_bounds,
-    edf_labels,
     fmt,
+    json_meta,
     plan_stream,
+    rate_hint,
     safe_stem,
+    write_edf_stream,
 )
 from edgetwin.bundle.manifest import FORMAT, FORMAT_VERSION
 from edgetwin.bundle.staging import EXPORT_PREFIX, Spool, remove_leftovers
@@ -291,10 +292,8 @@ class _Builder:
             if stem.lower() in stems:
                 stem = f"stream-{index}"
             stems.add(stem.lower())
-            rate = info.meta.get("rate_hz")
-            hint = float(rate) if isinstance(rate, int | float) and rate > 0 else None
             self.say(f"scanning {info.name}")
-            plan = plan_stream(info.name, stem, self._samples(info.name), hint)
+            plan = plan_stream(info.name, stem, self._samples(info.name), rate_hint(info.meta))
             if plan.samples == 0:
                 continue
             self.say(f"writing {info.name} as {plan.format.upper()}")
@@ -315,7 +314,7 @@ class _Builder:
             "samples": plan.samples,
             "first_t": plan.first_t,
             "last_t": plan.last_t,
-            "meta": plan.meta,
+            "meta": json_meta(plan.meta),
         }
         if plan.format == "edf":
             doc.update(self._write_edf(plan))
@@ -342,60 +341,12 @@ class _Builder:
         return doc
 
     def _write_edf(self, plan: StreamPlan) -> dict[str, Any]:
-        segs = plan.segments
-        names = (
-            [f"signals/{plan.stem}.edf"]
-            if len(segs) == 1
-            else [f"signals/{plan.stem}.part{k:03d}.edf" for k in range(len(segs))]
-        )
-        k = -1
-        writer: EdfSegmentWriter | None = None
-        row = 0
         try:
-            for b in self._samples(plan.name):
-                pos = 0
-                while pos < len(b):
-                    while writer is None or row >= segs[k].stop:
-                        if writer is not None:
-                            writer.close()
-                            self.done(names[k])
-                        k += 1
-                        writer = EdfSegmentWriter(self.path(names[k]), plan, segs[k])
-                        plan.record_s = writer.record_s
-                    take = min(len(b) - pos, segs[k].stop - row)
-                    writer.add(b.values[pos : pos + take])
-                    pos += take
-                    row += take
-            if writer is not None:
-                writer.close()
-                self.done(names[k])
-                writer = None
-        finally:
-            if writer is not None:
-                with contextlib.suppress(Exception):
-                    writer.close()
-        if k != len(segs) - 1 or row != plan.samples:
+            return write_edf_stream(plan, self._samples(plan.name), self.path, self.done)
+        except StreamChanged as exc:
             raise UsageError(
-                f"stream {plan.name!r} changed while it was exported; export again"
-            )
-        bounds = [edf_bounds(lo, hi) for lo, hi in zip(plan.lo, plan.hi, strict=True)]
-        return {
-            "rate_hz": plan.rate_hz,
-            "record_s": plan.record_s,
-            "edf": {
-                "labels": edf_labels(plan.channels),
-                "physical_min": [b[0] for b in bounds],
-                "physical_max": [b[1] for b in bounds],
-                "digital_min": -32768,
-                "digital_max": 32767,
-                "nan_digital": -32768,
-                "start_clock": "UTC",
-            },
-            "segments": [
-                {"member": n, "t0": s.t0, "samples": s.samples}
-                for n, s in zip(names, segs, strict=True)
-            ],
-        }
+                f"stream {plan.name!r} changed while it was exported ({exc}); export again"
+            ) from exc
 
     # -- timeline, predictions, records, audit, config ---------------------------------------
 
@@ -492,8 +443,10 @@ class _Builder:
             "                   <feature>_quality (0..1), imputed (features filled by the imputer)",
             "predictions.jsonl  one forecast per line (t, target, step_s, horizon, band,",
             "                   attention, imputed, model, anomaly)",
-            "signals/*.edf      regularly sampled biosignals, EDF+ (start time in UTC; digital",
-            "                   -32768 marks a missing sample)",
+            "signals/*.edf      regularly sampled biosignals, EDF+C, one file per recording",
+            "                   (start: a whole second, UTC; digital -32768 marks no sample,",
+            "                   spans with none annotated BAD_ACQ_SKIP)",
+            "signals/*.times.npy  the exact Unix time of each EDF sample (NaN: no sample)",
             "signals/*.snirf    fNIRS raw intensities, SNIRF 1.1 (HDF5)",
             "signals/*.csv      irregular streams (RR, heart rate, ...): timestamp, then channels",
             "records/*.json     consent, privacy-budget ledger, releases, outbox, pairings, ...",

@@ -6,26 +6,40 @@ over its samples:
 * **SNIRF** when every channel is ``fnirs_<source>_<detector>_<nm>`` and the
   layout never changed: SNIRF keeps every timestamp and float64 values, so it
   is lossless.
-* **EDF+** when the samples sit on a fixed-rate grid (within half a sample
-  period, split into continuous segments at gaps): 16-bit values over each
-  channel's own range, timestamps rebuilt as ``t0 + k / rate``. NaN is the
-  reserved digital value -32768.
+* **EDF+** when the stream has a sample rate (declared by its source, else
+  measured and snapped to a round value): one EDF+C file per *recording*,
+  16-bit values over each channel's own range, NaN as the reserved digital
+  value -32768. Timestamp jitter does not split a recording: samples sit on
+  the nominal grid one after another. A *gap* is a step of more than
+  ``max(5 sample periods, 50 ms)`` that leaves the samples that many seconds
+  behind the grid (samples are missing, not merely late or bunched); gaps of
+  up to 60 s are filled with -32768 and annotated ``BAD_ACQ_SKIP`` (MNE drops
+  such spans with ``reject_by_annotation``); a longer break starts a new
+  recording (``<stream>.recNNN.edf``). Each EDF starts on a whole UTC second
+  (readers disagree on EDF+ sub-second starts), the time before the first
+  sample is filled the same way. Beside each EDF, ``<same>.times.npy`` holds
+  the exact Unix time of every EDF sample up to the last real one (NaN where
+  the EDF holds filler), so import restores every timestamp exactly.
+  pyedflib writes EDF+C only (not EDF+D), hence filled gaps.
 * **CSV** (the DESIGN.md format: ``timestamp`` first, one column per channel)
-  for everything irregular: RR intervals (one row per beat), heart rate
-  notifications, streams whose layout changed or that break into many
-  segments. Lossless (shortest round-trip float text).
+  for everything else, lossless (shortest round-trip float text): irregular
+  streams (RR intervals, heart-rate notifications), streams whose layout
+  changed, more than one gap per 2 s on average, and values EDF cannot hold
+  (infinities; magnitudes or resolutions beyond its 8-character header
+  fields, e.g. 1e308). The manifest's ``why`` says which rule applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -34,25 +48,43 @@ from edgetwin.types import FloatArray, SampleBatch
 
 FNIRS = re.compile(r"^fnirs_([A-Za-z0-9]+)_([A-Za-z0-9]+)_(\d+(?:\.\d+)?)$")
 EDF_NAN = -32768
+GAP_ANNOTATION = "BAD_ACQ_SKIP"
 _DMIN, _DMAX = -32768, 32767
 _RECORD_CHOICES = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50)
-_MAX_SEGMENTS = 1000
-_MIN_SEGMENT_S = 60.0  # on average: more fragmented streams go to CSV
+GAP_PERIODS = 5
+MIN_GAP_S = 0.05
+RECORDING_BREAK_S = 60.0
+_MAX_GAPS = 100_000  # bounds the plan's memory; far past the 1-per-2-s rule anyway
+_RATE_PROBE = 2048  # timestamps used to measure a rate the source did not declare
+_RATE_HINT_KEYS = ("rate_hz", "sampling_rate_hz")
+DEFAULT_DISTANCE_CM = 3.0  # the features' default too
 _CSV_BLOCK = 8192
 _READ_BLOCK = 65536
+_FILL_BLOCK = 65536
+
+
+class StreamChanged(ValueError):
+    """The store held other samples when they were written than when they were planned."""
 
 
 @dataclass
-class Segment:
-    """A run of samples on one fixed-rate grid: rows [start, stop) of the stream in read order."""
+class Run:
+    """Rows [start, stop) of the stream (read order) at EDF samples pos, pos + 1, ..."""
 
     start: int
     stop: int
-    t0: float
+    pos: int
 
-    @property
-    def samples(self) -> int:
-        return self.stop - self.start
+
+@dataclass
+class Recording:
+    """One EDF file: samples on one grid from a whole-second start, gaps filled."""
+
+    start_s: int
+    runs: list[Run] = field(default_factory=list)
+    positions: int = 0  # EDF samples up to and including the last real one
+    samples: int = 0
+    gaps: int = 0  # filled spans after the first sample
 
 
 @dataclass
@@ -73,29 +105,183 @@ class StreamPlan:
     record_s: float | None = None
     lo: list[float] = field(default_factory=list)
     hi: list[float] = field(default_factory=list)
-    segments: list[Segment] = field(default_factory=list)
+    bounds: list[tuple[float, float]] = field(default_factory=list)
+    recordings: list[Recording] = field(default_factory=list)
+
+
+def rate_hint(meta: dict[str, Any]) -> float | None:
+    """The sample rate a source declared in its stream meta (serial: ``rate_hz``;
+    simulator and BrainFlow: ``sampling_rate_hz``), if it is a positive number."""
+    for key in _RATE_HINT_KEYS:
+        v = meta.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            return float(v)
+    return None
+
+
+def json_meta(obj: Any) -> Any:
+    """``obj`` as strict JSON (the manifest allows no NaN): non-finite numbers become null,
+    tuples lists, numpy scalars numbers, keys text, anything else its text."""
+    if isinstance(obj, dict):
+        return {str(k): json_meta(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_meta(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return str(obj)
+
+
+class _Grid:
+    """Places samples on a fixed-rate grid, recording by recording (see the module doc)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.period = 1.0 / rate
+        self.gap_s = max(GAP_PERIODS * self.period, MIN_GAP_S)
+        # bunched samples run ahead of the grid; only a long lead means a clock off its rate
+        self.ahead_s = max(self.gap_s, 1.0)
+        self.recordings: list[Recording] = []
+        self.gaps = 0
+        self.failed = ""
+        self._row = 0
+        self._next = 0
+        self._anchor_t = 0.0
+        self._anchor_pos = 0
+        self._last_t: float | None = None
+
+    def add(self, t: FloatArray) -> None:
+        i, n = 0, len(t)
+        while i < n and not self.failed:
+            if self._last_t is None or t[i] - self._last_t > RECORDING_BREAK_S:
+                self._new_recording(float(t[i]))
+            rec = self.recordings[-1]
+            rest = t[i:]
+            assert self._last_t is not None
+            prev = np.concatenate(([self._last_t], rest[:-1]))
+            step = rest - prev
+            pos = self._next + np.arange(len(rest))
+            lag = rest - (self._anchor_t + (pos - self._anchor_pos) * self.period)
+            event = ((lag > self.gap_s) | (lag < -self.ahead_s) | (step > RECORDING_BREAK_S)
+                     | (step < -self.gap_s))
+            hits = np.flatnonzero(event)
+            j = int(hits[0]) if hits.size else len(rest)
+            if j:
+                last = rec.runs[-1] if rec.runs else None
+                if last is not None and last.stop == self._row and (
+                    last.pos + last.stop - last.start == self._next
+                ):
+                    last.stop += j
+                else:
+                    rec.runs.append(Run(self._row, self._row + j, self._next))
+                self._row += j
+                self._next += j
+                rec.samples += j
+                rec.positions = self._next
+                self._last_t = float(rest[j - 1])
+                i += j
+            if j == len(rest):
+                break
+            x, d, late = float(rest[j]), float(step[j]), float(lag[j])
+            if d > RECORDING_BREAK_S:
+                continue  # the loop's head starts a new recording
+            if d < -self.gap_s:
+                self.failed = "its timestamps go back in time"
+                return
+            if late > self.gap_s and d > self.gap_s:
+                missing = max(1, round(late * self.rate))
+                self._next += missing
+                rec.gaps += 1
+                self.gaps += 1
+                if self.gaps > _MAX_GAPS:
+                    self.failed = "it breaks into too many pieces"
+                    return
+            # a gap, slow drift or a bunch of samples: the grid follows the clock from here
+            self._anchor_t, self._anchor_pos = x, self._next
+
+    def _new_recording(self, t: float) -> None:
+        start = math.floor(t)
+        pos = min(round((t - start) * self.rate), max(0, math.ceil(self.rate) - 1))
+        self.recordings.append(Recording(start_s=start, positions=pos))
+        self._next = pos
+        self._anchor_t, self._anchor_pos = t, pos
+        self._last_t = t
 
 
 class _Scan:
-    """Running facts about a stream: layouts, ranges, grid segments."""
+    """Running facts about a stream: layouts, ranges, grid placement."""
 
     def __init__(self, rate: float | None) -> None:
-        self.rate = rate
+        self.hint = rate
+        self.rate: float | None = None
+        self.rate_note = ""
         self.layouts: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         self.n = 0
         self.first_t: float | None = None
         self.last_t: float | None = None
         self.lo: FloatArray | None = None
         self.hi: FloatArray | None = None
-        self.segments: list[Segment] = []
-        self.grid_ok = True
+        self.infinite: set[int] = set()
+        self.grid: _Grid | None = None
+        self.no_grid = ""
         self.meta: dict[str, Any] = {}
+        self._probe: list[SampleBatch] = []
+        self._probed = 0
 
     def add(self, b: SampleBatch) -> None:
+        if self.grid is None and not self.no_grid:
+            # hold the first batches back until there are enough timestamps to measure a rate
+            self._probe.append(b)
+            self._probed += len(b)
+            if self._probed < _RATE_PROBE:
+                return
+            self.finish_probe()
+            return
+        self._add(b)
+
+    def finish_probe(self) -> None:
+        if self.grid is not None or self.no_grid:
+            return
+        held, self._probe = self._probe, []
+        t = np.concatenate([b.t for b in held]) if held else np.empty(0)
+        self._choose_rate(t)
+        for b in held:
+            self._add(b)
+
+    def _choose_rate(self, t: FloatArray) -> None:
+        steps = np.diff(t)
+        measured: float | None = None
+        positive = steps[steps > 0]
+        if positive.size >= 2:
+            # the mean over steps that are not gaps: right for jitter and for bunched samples
+            # (a packet's samples stamped alike), where the median step is not
+            usual = steps[(steps >= 0) & (steps <= max(1.0, 20 * float(np.median(positive))))]
+            total = float(usual.sum())
+            measured = usual.size / total if total > 0 else None
+        rate = self.hint
+        if rate is not None and measured is not None and abs(measured / rate - 1) > 0.05:
+            self.rate_note = f" (declared {rate:g} Hz, timestamps say {measured:.4g} Hz)"
+            rate = None
+        if rate is None and measured is not None:
+            rate = _nice_rate(measured)
+        if rate is None:
+            self.no_grid = "irregular timestamps (no fixed sample rate)" + self.rate_note
+            return
+        if _record_for(rate) is None:
+            self.no_grid = f"its {rate:g} Hz rate fits no whole-sample EDF record"
+            return
+        self.rate = rate
+        self.grid = _Grid(rate)
+
+    def _add(self, b: SampleBatch) -> None:
         layout = (b.channels, b.units)
         if layout not in self.layouts:
             self.layouts.append(layout)
-        self.meta = dict(b.meta)
+        if b.meta:
+            self.meta = dict(b.meta)
         if len(b) == 0:
             return
         if self.first_t is None:
@@ -103,45 +289,15 @@ class _Scan:
         self.last_t = b.last_t if self.last_t is None else max(self.last_t, b.last_t)
         if len(self.layouts) == 1:
             finite = np.isfinite(b.values)
+            if not finite.all():
+                self.infinite.update(np.flatnonzero(np.isinf(b.values).any(axis=0)).tolist())
             lo = np.where(finite, b.values, np.inf).min(axis=0)
             hi = np.where(finite, b.values, -np.inf).max(axis=0)
             self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
             self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
-        if self.grid_ok:
-            self._grid(b.t)
+        if self.grid is not None and not self.grid.failed:
+            self.grid.add(b.t)
         self.n += len(b)
-
-    def _grid(self, t: FloatArray) -> None:
-        if self.rate is None:
-            if len(t) < 3:
-                self.grid_ok = False
-                return
-            dt_med = float(np.median(np.diff(t)))
-            if not dt_med > 0:
-                self.grid_ok = False
-                return
-            self.rate = _nice_rate(1.0 / dt_med)
-            if self.rate is None:
-                self.grid_ok = False
-                return
-        period = 1.0 / self.rate
-        i = 0
-        n = len(t)
-        while i < n:
-            if not self.segments:
-                self.segments.append(Segment(self.n + i, self.n + i, float(t[i])))
-            seg = self.segments[-1]
-            expect = seg.t0 + (seg.samples + np.arange(n - i)) * period
-            bad = np.flatnonzero(np.abs(t[i:] - expect) > 0.5 * period)
-            good = int(bad[0]) if bad.size else n - i
-            seg.stop += good
-            i += good
-            if i < n:
-                # a gap, a jump or drift past half a sample: a new segment starts here
-                self.segments.append(Segment(self.n + i, self.n + i, float(t[i])))
-                if len(self.segments) > _MAX_SEGMENTS:
-                    self.grid_ok = False
-                    return
 
 
 def safe_stem(name: str, index: int) -> str:
@@ -158,6 +314,7 @@ def plan_stream(
     scan = _Scan(rate_hint)
     for b in batches:
         scan.add(b)
+    scan.finish_probe()
     channels, units = scan.layouts[-1] if scan.layouts else ((), ())
     plan = StreamPlan(
         name=name, stem=stem, format="csv", reason="", channels=channels, units=units,
@@ -175,20 +332,39 @@ def plan_stream(
     if channels and all(FNIRS.match(c) for c in channels):
         plan.format, plan.reason = "snirf", "fNIRS intensities: SNIRF keeps every timestamp"
         return plan
+    grid = scan.grid
+    if grid is None or scan.rate is None:
+        plan.reason = scan.no_grid or "irregular timestamps (no fixed sample rate)"
+        return plan
+    if grid.failed:
+        plan.reason = f"irregular timestamps: {grid.failed} (at {scan.rate:g} Hz)"
+        return plan
     span = (scan.last_t or 0.0) - (scan.first_t or 0.0)
-    fragmented = len(scan.segments) > 8 and span / len(scan.segments) < _MIN_SEGMENT_S
-    record = _record_for(scan.rate) if scan.rate else None
-    if not scan.grid_ok or scan.rate is None or record is None or fragmented:
-        plan.reason = "irregular timestamps (no fixed sample rate)"
+    if grid.gaps > 8 + span / 2:
+        plan.reason = (f"irregular timestamps: {grid.gaps} gaps in {span:.0f} s at "
+                       f"{scan.rate:g} Hz")
+        return plan
+    if scan.infinite:
+        c = channels[min(scan.infinite)]
+        plan.reason = f"channel {c!r} holds an infinite value, which EDF cannot store"
         return plan
     assert scan.lo is not None
     assert scan.hi is not None
-    plan.format, plan.reason = "edf", f"regular {scan.rate:g} Hz samples"
+    bounds = []
+    for c, lo, hi in zip(channels, scan.lo, scan.hi, strict=True):
+        fit = edf_fit(float(lo), float(hi))
+        if isinstance(fit, str):
+            plan.reason = f"channel {c!r} {fit}"
+            return plan
+        bounds.append(fit)
+    plan.format = "edf"
+    plan.reason = f"regular {scan.rate:g} Hz samples{scan.rate_note}"
     plan.rate_hz = scan.rate
-    plan.record_s = float(record)
-    plan.segments = scan.segments
+    plan.record_s = float(_record_for(scan.rate) or 1)
+    plan.recordings = grid.recordings
     plan.lo = [float(x) for x in scan.lo]
     plan.hi = [float(x) for x in scan.hi]
+    plan.bounds = bounds
     return plan
 
 
@@ -199,21 +375,47 @@ def plan_stream(
 
 def edf_bounds(lo: float, hi: float) -> tuple[float, float]:
     """Header physical min/max (8 characters each) that leave -32768 free for NaN."""
+    fit = edf_fit(lo, hi)
+    if isinstance(fit, str):
+        raise DataCorrupt(f"values from {lo} to {hi} {fit}")
+    return fit
+
+
+def edf_fit(lo: float, hi: float) -> tuple[float, float] | str:
+    """EDF header bounds for values in [lo, hi], or why EDF cannot hold them faithfully.
+
+    The bounds must print in 8 characters, and rounding them there must not cost
+    the values their resolution (16 bits over the bounds, at most 1/1000 of the
+    values' own spread or of their magnitude).
+    """
     if not math.isfinite(lo) or not math.isfinite(hi):
-        lo, hi = -1.0, 1.0
-    if hi - lo < 1e-9 * max(1.0, abs(hi)):
+        lo, hi = -1.0, 1.0  # no finite value: any bounds do
+    spread = hi - lo
+    center = (lo + hi) / 2
+    if spread < 1e-9 * max(1.0, abs(hi)):
+        spread = 0.0
         lo, hi = lo - 1.0, hi + 1.0
     step = (hi - lo) / 65533.0
-    pmin = _fit8(lo - 2 * step, up=False)
-    pmax = _fit8(hi + step, up=True)
+    try:
+        pmin = _fit8(lo - 2 * step, up=False)
+        pmax = _fit8(hi + step, up=True)
+    except (DataCorrupt, OverflowError):
+        return f"reaches {hi if abs(hi) >= abs(lo) else lo:g}, beyond EDF's 8-character header"
+    quantum = (pmax - pmin) / (_DMAX - _DMIN)
+    # the error a reader sees: half a quantum, against the values' spread (or a constant's size)
+    tolerable = spread / 1000.0 if spread else 2e-3 * abs(center)
+    if not pmax > pmin or (tolerable and quantum > tolerable):
+        return (f"spans {lo:g}..{hi:g}, finer than 16 bits within EDF's 8-character header "
+                "bounds can resolve")
     return pmin, pmax
 
 
 def edf_quantize(x: FloatArray, pmin: float, pmax: float) -> np.ndarray[Any, np.dtype[np.int32]]:
     """Physical values to digital ones; NaN to the reserved -32768."""
     scale = (_DMAX - _DMIN) / (pmax - pmin)
-    d = np.rint((x - pmin) * scale) + _DMIN
-    d = np.clip(d, _DMIN + 1, _DMAX)
+    with np.errstate(invalid="ignore"):
+        d = np.rint((x - pmin) * scale) + _DMIN
+        d = np.clip(d, _DMIN + 1, _DMAX)
     out = np.where(np.isfinite(x), d, EDF_NAN)
     return out.astype(np.int32)
 
@@ -225,22 +427,24 @@ def edf_dequantize(d: np.ndarray[Any, Any], pmin: float, pmax: float) -> FloatAr
     return np.where(d == EDF_NAN, np.nan, x)
 
 
-class EdfSegmentWriter:
-    """One EDF+ file for one grid segment, written record by record."""
+class EdfRecordingWriter:
+    """One EDF+C file for one recording, written record by record, and its ``times.npy``."""
 
-    def __init__(self, path: Path, plan: StreamPlan, seg: Segment) -> None:
+    def __init__(self, path: Path, times_path: Path, plan: StreamPlan, rec: Recording) -> None:
         import pyedflib
 
         assert plan.rate_hz is not None
         self.path = path
+        self.rec = rec
+        self.rate = plan.rate_hz
         n_ch = len(plan.channels)
-        self.bounds = [edf_bounds(lo, hi) for lo, hi in zip(plan.lo, plan.hi, strict=True)]
+        self.bounds = plan.bounds
         self._w = pyedflib.EdfWriter(str(path), n_ch, file_type=pyedflib.FILETYPE_EDFPLUS)
         labels = edf_labels(plan.channels)
         headers: list[dict[str, str | int | float | None]] = [
             {
                 "label": labels[i],
-                "dimension": plan.units[i][:8],
+                "dimension": _ascii(plan.units[i])[:8],
                 "sample_frequency": plan.rate_hz,
                 "physical_min": self.bounds[i][0],
                 "physical_max": self.bounds[i][1],
@@ -255,44 +459,75 @@ class EdfSegmentWriter:
         # pyedflib picks the record duration that holds whole samples (1 s for integer rates)
         self.per_record = int(self._w.get_smp_per_record(0))
         self.record_s = float(self._w.record_duration)
+        records = max(1, math.ceil(rec.positions / self.per_record))
+        # edflib keeps one annotation per record and annotation signal (at most 64)
+        self._w.set_number_of_annotation_signals(min(64, 1 + (rec.gaps + 1) // records))
         self._w.setPatientCode("X")
         self._w.setPatientName("X")
         self._w.setEquipment("edgetwin")
-        self._w.setRecordingAdditional(f"stream_{plan.stem[:40]}")
-        start = dt.datetime.fromtimestamp(seg.t0, tz=dt.UTC).replace(tzinfo=None)
-        self._w.setStartdatetime(start)
+        self._w.setRecordingAdditional(f"stream_{_ascii(plan.stem)[:40]}")
+        # whole seconds: pyedflib 0.1.42 writes EDF+ sub-second starts 10x off, MNE drops them
+        self._w.setStartdatetime(
+            dt.datetime.fromtimestamp(rec.start_s, tz=dt.UTC).replace(tzinfo=None)
+        )
+        self._times: IO[bytes] = times_path.open("wb")
+        np.lib.format.write_array_header_1_0(
+            self._times, {"descr": "<f8", "fortran_order": False, "shape": (rec.positions,)}
+        )
         self._pending: list[np.ndarray[Any, Any]] = []
         self._pending_n = 0
+        self.pos = 0
         self.samples = 0
+        self._gaps: list[tuple[int, int]] = []
 
-    def add(self, values: FloatArray) -> None:
-        """Append rows (samples x channels) of physical values."""
+    def fill_to(self, pos: int) -> None:
+        """Filler (-32768, NaN time) up to EDF sample ``pos``: a gap, annotated."""
+        if pos <= self.pos:
+            return
+        self._gaps.append((self.pos, pos - self.pos))
+        while self.pos < pos:
+            n = min(_FILL_BLOCK, pos - self.pos)
+            self._put(np.full((n, len(self.bounds)), EDF_NAN, np.int32))
+            self._times.write(np.full(n, np.nan, "<f8").tobytes())
+            self.pos += n
+
+    def add(self, t: FloatArray, values: FloatArray) -> None:
+        """Append rows (samples x channels) of physical values taken at ``t``."""
         d = np.empty(values.shape, dtype=np.int32)
         for i, (pmin, pmax) in enumerate(self.bounds):
             d[:, i] = edf_quantize(values[:, i], pmin, pmax)
-        self._pending.append(d)
-        self._pending_n += len(d)
-        self.samples += len(d)
-        if self._pending_n >= self.per_record:
-            self._flush(final=False)
+        self._put(d)
+        self._times.write(np.ascontiguousarray(t, dtype="<f8").tobytes())
+        self.pos += len(t)
+        self.samples += len(t)
 
     def close(self) -> None:
-        """Write the last (padded) record and close the file."""
-        self._flush(final=True)
-        self._w.close()
+        """Pad the last record with filler, annotate the gaps, close both files."""
+        try:
+            if self._pending_n % self.per_record or not self.pos:
+                pad = self.per_record - self._pending_n % self.per_record
+                self._put(np.full((pad, len(self.bounds)), EDF_NAN, np.int32))
+            self._flush()
+            for pos, n in self._gaps:
+                self._w.writeAnnotation(pos / self.rate, n / self.rate, GAP_ANNOTATION)
+        finally:
+            self._w.close()
+            self._times.close()
+        if self.pos != self.rec.positions or self.samples != self.rec.samples:
+            raise StreamChanged(f"{self.path.name}: wrote {self.pos} EDF samples, planned "
+                                f"{self.rec.positions}")
 
-    def _flush(self, *, final: bool) -> None:
+    def _put(self, d: np.ndarray[Any, Any]) -> None:
+        self._pending.append(d)
+        self._pending_n += len(d)
+        if self._pending_n >= self.per_record:
+            self._flush()
+
+    def _flush(self) -> None:
         if not self._pending:
-            if final and self.samples == 0:
-                self._pending = [np.full((self.per_record, len(self.bounds)), EDF_NAN, np.int32)]
-            else:
-                return
+            return
         block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         full = (len(block) // self.per_record) * self.per_record
-        if final and full < len(block):
-            pad = self.per_record - (len(block) - full)
-            block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
-            full = len(block)
         for r in range(0, full, self.per_record):
             rec = np.ascontiguousarray(block[r : r + self.per_record].T).reshape(-1)
             if self._w.blockWriteDigitalSamples(rec) < 0:
@@ -302,19 +537,173 @@ class EdfSegmentWriter:
         self._pending_n = len(rest)
 
 
+def write_edf_stream(
+    plan: StreamPlan, batches: Iterator[SampleBatch], member: Callable[[str], Path],
+    done: Callable[[str], None],
+) -> dict[str, Any]:
+    """Write an EDF plan's recordings (``member(name)`` gives a new file, ``done(name)``
+    seals it); the stream's manifest fields. :class:`StreamChanged` when the store changed."""
+    recs = plan.recordings
+    many = len(recs) > 1
+    names = [f"signals/{plan.stem}.rec{k:03d}" if many else f"signals/{plan.stem}"
+             for k in range(len(recs))]
+    runs = [(k, run) for k, rec in enumerate(recs) for run in rec.runs]
+    writer: EdfRecordingWriter | None = None
+    k_open = -1
+    ri = 0
+    row = 0
+
+    def seal(w: EdfRecordingWriter, k: int) -> None:
+        w.close()
+        done(f"{names[k]}.edf")
+        done(f"{names[k]}.times.npy")
+
+    try:
+        for b in batches:
+            at = 0
+            while at < len(b):
+                if ri >= len(runs):
+                    raise StreamChanged("more samples than planned")
+                k, run = runs[ri]
+                if k != k_open:
+                    if writer is not None:
+                        w, writer = writer, None
+                        seal(w, k_open)
+                    writer = EdfRecordingWriter(member(f"{names[k]}.edf"),
+                                                member(f"{names[k]}.times.npy"), plan, recs[k])
+                    k_open = k
+                    plan.record_s = writer.record_s
+                assert writer is not None
+                if row == run.start:
+                    writer.fill_to(run.pos)
+                take = min(len(b) - at, run.stop - row)
+                writer.add(b.t[at : at + take], b.values[at : at + take])
+                at += take
+                row += take
+                if row == run.stop:
+                    ri += 1
+        if writer is not None:
+            w, writer = writer, None
+            seal(w, k_open)
+    finally:
+        if writer is not None:
+            with contextlib.suppress(Exception):  # already failing: keep that error
+                writer.close()
+    if ri != len(runs) or k_open != len(recs) - 1 or row != plan.samples:
+        raise StreamChanged("fewer samples than planned")
+    return {
+        "rate_hz": plan.rate_hz,
+        "record_s": plan.record_s,
+        "edf": {
+            "labels": edf_labels(plan.channels),
+            "physical_min": [b[0] for b in plan.bounds],
+            "physical_max": [b[1] for b in plan.bounds],
+            "digital_min": _DMIN,
+            "digital_max": _DMAX,
+            "nan_digital": EDF_NAN,
+            "start_clock": "UTC, whole seconds",
+            "gap_annotation": GAP_ANNOTATION,
+        },
+        "recordings": [
+            {"member": f"{n}.edf", "timestamps": f"{n}.times.npy", "start": r.start_s,
+             "samples": r.samples, "positions": r.positions, "gaps": r.gaps}
+            for n, r in zip(names, recs, strict=True)
+        ],
+    }
+
+
 def edf_labels(channels: tuple[str, ...]) -> list[str]:
-    """EDF labels (16 characters, unique): the channel name, shortened when needed."""
+    """EDF labels (16 printable ASCII characters, unique): the channel name, shortened when
+    needed."""
     out = []
     for i, c in enumerate(channels):
-        out.append(c if len(c) <= 16 else f"{c[:12]}~{i:03d}")
+        a = _ascii(c)
+        out.append(a if len(a) <= 16 and a == c else f"{a[:12]}~{i:03d}")
     return out
+
+
+def read_edf_stream(
+    root: Path, doc: dict[str, Any], stream: str, channels: tuple[str, ...],
+    units: tuple[str, ...], meta: dict[str, Any],
+) -> Iterator[SampleBatch]:
+    """Batches of a manifest's EDF stream: recordings with exact timestamps (format 2), or
+    grid segments (format 1, timestamps rebuilt as ``t0 + k / rate``)."""
+    if "recordings" in doc:
+        for rec in doc["recordings"]:
+            yield from read_edf_recording(
+                root / str(rec["member"]), root / str(rec["timestamps"]), stream, channels,
+                units, int(rec["samples"]), int(rec["positions"]), meta,
+            )
+        return
+    rate = float(doc["rate_hz"])
+    for seg in doc["segments"]:
+        yield from read_edf(root / str(seg["member"]), stream, channels, units,
+                            float(seg["t0"]), rate, int(seg["samples"]), meta)
+
+
+def read_edf_recording(
+    path: Path, times_path: Path, stream: str, channels: tuple[str, ...],
+    units: tuple[str, ...], samples: int, positions: int, meta: dict[str, Any],
+) -> Iterator[SampleBatch]:
+    """Batches of an EDF recording written by :class:`EdfRecordingWriter`: the samples whose
+    time in ``times_path`` is a number (exactly ``samples`` of them)."""
+    import pyedflib
+
+    try:
+        times = np.load(times_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataCorrupt(f"{times_path.name} is not a readable .npy file: {exc}") from exc
+    if not isinstance(times, np.ndarray) or times.dtype != np.dtype("<f8") or times.shape != (
+        positions,
+    ):
+        raise DataCorrupt(f"{times_path.name} is not {positions} float64 timestamps")
+    try:
+        reader = pyedflib.EdfReader(str(path))
+    except OSError as exc:
+        raise DataCorrupt(f"{path.name} is not a readable EDF+ file: {exc}") from exc
+    try:
+        _check_edf(reader, path, channels, positions)
+        bounds = [
+            (float(reader.getPhysicalMinimum(i)), float(reader.getPhysicalMaximum(i)))
+            for i in range(len(channels))
+        ]
+        count = 0
+        for start in range(0, positions, _READ_BLOCK):
+            n = min(_READ_BLOCK, positions - start)
+            t = np.array(times[start : start + n], dtype=np.float64)
+            keep = np.isfinite(t)
+            if not keep.any():
+                continue
+            cols = [
+                edf_dequantize(reader.readSignal(i, start, n, digital=True), *bounds[i])[keep]
+                for i in range(len(channels))
+            ]
+            count += int(keep.sum())
+            yield SampleBatch(stream, channels, units, t[keep], np.column_stack(cols), dict(meta))
+        if count != samples:
+            raise DataCorrupt(f"{times_path.name} times {count} samples; the manifest says "
+                              f"{samples}")
+    finally:
+        reader.close()
+        del times
+
+
+def _check_edf(reader: Any, path: Path, channels: tuple[str, ...], samples: int) -> None:
+    if reader.signals_in_file != len(channels):
+        raise DataCorrupt(
+            f"{path.name} holds {reader.signals_in_file} signals; the manifest lists "
+            f"{len(channels)} channels"
+        )
+    have = int(min(reader.getNSamples()))
+    if have < samples:
+        raise DataCorrupt(f"{path.name} holds {have} samples; the manifest says {samples}")
 
 
 def read_edf(
     path: Path, stream: str, channels: tuple[str, ...], units: tuple[str, ...],
     t0: float, rate: float, samples: int, meta: dict[str, Any],
 ) -> Iterator[SampleBatch]:
-    """Batches of an EDF+ segment written by :class:`EdfSegmentWriter` (exactly ``samples``)."""
+    """Batches of a format-1 EDF+ segment (exactly ``samples``, on the grid ``t0 + k/rate``)."""
     import pyedflib
 
     try:
@@ -322,14 +711,7 @@ def read_edf(
     except OSError as exc:
         raise DataCorrupt(f"{path.name} is not a readable EDF+ file: {exc}") from exc
     try:
-        if reader.signals_in_file != len(channels):
-            raise DataCorrupt(
-                f"{path.name} holds {reader.signals_in_file} signals; the manifest lists "
-                f"{len(channels)} channels"
-            )
-        have = int(min(reader.getNSamples()))
-        if have < samples:
-            raise DataCorrupt(f"{path.name} holds {have} samples; the manifest says {samples}")
+        _check_edf(reader, path, channels, samples)
         bounds = [
             (float(reader.getPhysicalMinimum(i)), float(reader.getPhysicalMaximum(i)))
             for i in range(len(channels))
@@ -344,6 +726,11 @@ def read_edf(
             yield SampleBatch(stream, channels, units, t, np.column_stack(cols), dict(meta))
     finally:
         reader.close()
+
+
+def _ascii(text: str) -> str:
+    """Printable ASCII (EDF header fields allow nothing else): others become '_'."""
+    return "".join(ch if " " <= ch <= "~" else "_" for ch in text)
 
 
 # ======================================================================================
@@ -407,10 +794,16 @@ class SnirfWriter:
             # no dataUnit: raw intensity is arbitrary units, which SNIRF readers reject as a unit
         probe = nirs.create_group("probe")
         probe.create_dataset("wavelengths", data=np.asarray(wavelengths, dtype=np.float64))
-        # positions are unknown to the twin: spread on a line so no two optodes coincide
-        distance = float(plan.meta.get("distance_cm", 3.0) or 3.0)
-        src_pos = np.array([[i * 2 * distance, 0.0, 0.0] for i in range(len(sources))])
-        det_pos = np.array([[i * 2 * distance + distance, 0.0, 0.0] for i in range(len(detectors))])
+        # the twin knows source-detector distances, not positions: place the optodes so that
+        # each channel's distance (from the stream's distance_cm meta) comes out as its own
+        pairs = {
+            (sources.index(m.group(1)), detectors.index(m.group(2))): fnirs_distance(
+                plan.meta.get("distance_cm"), c, f"{m.group(1)}_{m.group(2)}"
+            )
+            for c, m in zip(plan.channels, parsed, strict=True)
+            if m
+        }
+        src_pos, det_pos = optode_positions(len(sources), len(detectors), pairs)
         probe.create_dataset("sourcePos3D", data=src_pos)
         probe.create_dataset("detectorPos3D", data=det_pos)
         probe.create_dataset("sourcePos2D", data=src_pos[:, :2])
@@ -432,6 +825,51 @@ class SnirfWriter:
             self._f.close()
         finally:
             self._raw.close()
+
+
+def fnirs_distance(spec: Any, channel: str, pair: str) -> float:
+    """A channel's source-detector distance (cm) from a stream's ``distance_cm`` meta, which
+    sources write as a number or per channel (``{channel: cm}``; also ``pair`` or
+    ``default`` keys); 3 cm when it names none."""
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        return float(spec) if math.isfinite(spec) and spec > 0 else DEFAULT_DISTANCE_CM
+    if isinstance(spec, dict):
+        for key in (channel, pair, "default"):
+            v = spec.get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and (
+                v > 0
+            ):
+                return float(v)
+    return DEFAULT_DISTANCE_CM
+
+
+def optode_positions(
+    n_src: int, n_det: int, pairs: dict[tuple[int, int], float]
+) -> tuple[FloatArray, FloatArray]:
+    """Positions (cm, in a plane) of sources and detectors whose distances match ``pairs``
+    as closely as a plane allows (exact for the layouts the sources produce)."""
+    rng = np.random.default_rng(0)
+    n = n_src + n_det
+    pos = np.zeros((n, 3))
+    pos[:n_src, 0] = np.arange(n_src) * 4.0
+    pos[n_src:, 0] = np.arange(n_det) * 4.0 + 2.0
+    pos[n_src:, 1] = 2.0
+    pos[:, :2] += rng.uniform(-0.1, 0.1, (n, 2))  # break symmetry
+    edges = [(s, n_src + d, float(cm)) for (s, d), cm in sorted(pairs.items())]
+    for _ in range(2000):
+        worst = 0.0
+        for a, b, want in edges:
+            v = pos[b] - pos[a]
+            have = float(np.linalg.norm(v)) or 1e-9
+            err = have - want
+            worst = max(worst, abs(err))
+            pos[a] += 0.5 * err * v / have
+            pos[b] -= 0.5 * err * v / have
+        if worst < 1e-6:
+            break
+    pos -= pos.min(axis=0)
+    pos[:, 2] = 0.0
+    return pos[:n_src].copy(), pos[n_src:].copy()
 
 
 def read_snirf(
@@ -548,7 +986,7 @@ def _nice_rate(rate: float) -> float | None:
     """A measured rate snapped to the value a device declares (250.0001 -> 250)."""
     for digits in (0, 1, 2, 3):
         snapped = round(rate, digits)
-        if snapped > 0 and abs(snapped - rate) <= 1e-4 * rate:
+        if snapped > 0 and abs(snapped - rate) <= 1e-3 * rate:
             return float(snapped)
     return None
 

@@ -38,7 +38,7 @@ from edgetwin.bundle.export import (
     PASSPHRASE_LIMIT,
     RECORD_KINDS,
 )
-from edgetwin.bundle.formats import read_csv, read_edf, read_snirf
+from edgetwin.bundle.formats import read_csv, read_edf_stream, read_snirf
 from edgetwin.bundle.manifest import validate
 from edgetwin.bundle.staging import Spool, remove_leftovers
 from edgetwin.bundle.tarstream import TarSink
@@ -279,12 +279,9 @@ def stream_batches(root: Path, doc: dict[str, Any]) -> Iterator[SampleBatch]:
     fmt = doc["format"]
     count = 0
     if fmt == "edf":
-        rate = float(doc["rate_hz"])
-        for seg in doc["segments"]:
-            for b in read_edf(root / seg["member"], name, channels, units, float(seg["t0"]),
-                              rate, int(seg["samples"]), meta):
-                count += len(b)
-                yield b
+        for b in read_edf_stream(root, doc, name, channels, units, meta):
+            count += len(b)
+            yield b
     elif fmt == "snirf":
         for b in read_snirf(root / doc["member"], name, channels, units, float(doc["t_ref"]),
                             int(doc["samples"]), meta):

@@ -15,7 +15,7 @@ from edgetwin.bundle.tarstream import MANIFEST, check_member_name
 from edgetwin.errors import DataCorrupt
 
 FORMAT = "edgetwin-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: EDF streams as recordings with exact timestamps (1 still reads)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 STREAM_FORMATS = ("edf", "snirf", "csv")
 
@@ -93,6 +93,22 @@ def _stream(s: Any, where: str, members: dict[str, dict[str, Any]]) -> None:
         rate = _num(s, "rate_hz", where)
         if not rate > 0:
             raise DataCorrupt(f"{MANIFEST}: {where}.rate_hz must be positive")
+        if "recordings" in s:
+            total = 0
+            for j, rec in enumerate(_list(s, "recordings", where)):
+                w = f"{where}.recordings[{j}]"
+                if not isinstance(rec, dict):
+                    raise DataCorrupt(f"{MANIFEST}: {w} is not an object")
+                _member_ref(rec, "member", w, members)
+                _member_ref(rec, "timestamps", w, members)
+                _num(rec, "start", w)
+                n = _int(rec, "samples", w)
+                if _int(rec, "positions", w) < n:
+                    raise DataCorrupt(f"{MANIFEST}: {w} has fewer positions than samples")
+                total += n
+            if total != _int(s, "samples", where):
+                raise DataCorrupt(f"{MANIFEST}: {where}'s recordings do not add up to its samples")
+            return
         for j, seg in enumerate(_list(s, "segments", where)):
             w = f"{where}.segments[{j}]"
             if not isinstance(seg, dict):
@@ -122,9 +138,13 @@ def _str(obj: dict[str, Any], key: str, where: str) -> str:
 
 def _num(obj: dict[str, Any], key: str, where: str) -> float:
     v = obj.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-        raise DataCorrupt(f"{MANIFEST}: {_at(where, key)} is missing or not a number")
-    return float(v)
+    try:
+        x = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+    except OverflowError:  # an integer past float range
+        x = math.nan
+    if not math.isfinite(x):
+        raise DataCorrupt(f"{MANIFEST}: {_at(where, key)} is missing or not a finite number")
+    return x
 
 
 def _int(obj: dict[str, Any], key: str, where: str) -> int:

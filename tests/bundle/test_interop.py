@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgetwin.bundle import export_bundle, import_bundle
 from edgetwin.bundle.age import load_identities
@@ -57,17 +58,28 @@ def test_age_cli_and_tar_open_a_recipient_bundle(twin: Twin, bundle: Path, key: 
 
     import mne
 
-    raw = mne.io.read_raw_edf(dest / "signals" / "muse.eeg.part000.edf", verbose="error")
+    raw = mne.io.read_raw_edf(dest / "signals" / "muse.eeg.edf", verbose="error")
     assert raw.ch_names == list(EEG)
     assert raw.info["sfreq"] == 250.0
-    assert raw.n_times == len(twin.eeg) // 2
-    assert raw.info["meas_date"].timestamp() == twin.eeg_t[0]
-    got = raw.get_data() * 1e6  # MNE reads uV into volts
+    times = np.load(dest / "signals" / "muse.eeg.times.npy")
+    real = np.isfinite(times)
+    # one file for the whole recording: the 10 s dropout is filler, annotated for MNE
+    assert real.sum() == len(twin.eeg)
+    np.testing.assert_array_equal(times[real], twin.eeg_t)
+    assert raw.n_times >= len(times)
+    assert raw.info["meas_date"].timestamp() == np.floor(twin.eeg_t[0])
+    k = np.flatnonzero(real)
+    np.testing.assert_allclose(raw.info["meas_date"].timestamp() + k / 250.0, twin.eeg_t,
+                               rtol=0, atol=0.5 / 250)
+    gaps = [(a["onset"], a["duration"]) for a in raw.annotations
+            if a["description"] == "BAD_ACQ_SKIP"]
+    assert gaps == [(pytest.approx(60.0), pytest.approx(10.0))]
+    got = raw.get_data()[:, k] * 1e6  # MNE reads uV into volts
     span = np.nanmax(twin.eeg, axis=0) - np.nanmin(twin.eeg, axis=0)
-    first = twin.eeg[: len(twin.eeg) // 2].T
-    ok = np.isfinite(first)
-    step = np.broadcast_to((span / 65533 * 1.01)[:, None], first.shape)
-    assert (np.abs(got - first)[ok] <= step[ok]).all()
+    want = twin.eeg.T
+    ok = np.isfinite(want)
+    step = np.broadcast_to((span / 65533 * 1.01)[:, None], want.shape)
+    assert (np.abs(got - want)[ok] <= step[ok]).all()
     nirs = mne.io.read_raw_snirf(dest / "signals" / "nirs.snirf", verbose="error")
     assert len(nirs.ch_names) == len(FNIRS)
     assert nirs.n_times == len(twin.nirs)

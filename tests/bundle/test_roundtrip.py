@@ -37,7 +37,7 @@ def test_export_import_restores_every_part(twin: Twin, bundle: Path, key: AgeKey
         }
         # EEG went through EDF+: 16-bit over each channel's range, timestamps on the grid
         t, v = _samples(store, "muse.eeg")
-        np.testing.assert_allclose(t, twin.eeg_t, rtol=0, atol=0.5 / 250)
+        np.testing.assert_array_equal(t, twin.eeg_t)  # exact: times.npy beside the EDF
         span = np.nanmax(twin.eeg, axis=0) - np.nanmin(twin.eeg, axis=0)
         assert np.isnan(v[100, 2])
         err = np.abs(np.nan_to_num(v - twin.eeg))
@@ -80,7 +80,7 @@ def test_manifest_describes_streams_models_and_members(twin: Twin, bundle: Path,
     dest = tmp_path / "unpacked"
     dest.mkdir()
     manifest = unpack_bundle(bundle, dest, identities=load_identities(key.path))
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     with twin.open() as store:
         assert manifest["twin_id"] == store.twin_id
     formats = {s["name"]: (s["format"], s.get("member")) for s in manifest["streams"]}
@@ -88,7 +88,10 @@ def test_manifest_describes_streams_models_and_members(twin: Twin, bundle: Path,
     assert formats["nirs"] == ("snirf", "signals/nirs.snirf")
     eeg = next(s for s in manifest["streams"] if s["name"] == "muse.eeg")
     assert eeg["format"] == "edf"
-    assert [s["samples"] for s in eeg["segments"]] == [len(twin.eeg) // 2] * 2
+    # the 10 s dropout is a filled, annotated gap inside one recording, not a second file
+    assert [(r["member"], r["samples"], r["gaps"]) for r in eeg["recordings"]] == [
+        ("signals/muse.eeg.edf", len(twin.eeg), 1)]
+    assert eeg["recordings"][0]["timestamps"] == "signals/muse.eeg.times.npy"
     assert eeg["units"] == ["uV"] * 4
     assert manifest["models"] == [{"id": "lstm-attn/int8/0123abcd", "files": []}]
     assert manifest["range"]["first_t"] == pytest.approx(twin.eeg_t[0])
