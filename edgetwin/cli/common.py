@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -85,6 +86,29 @@ def emit_json(obj: Any) -> None:
 def is_tty() -> bool:
     """Whether progress bars and colour make sense on stdout."""
     return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def format_time(t: float) -> str:
+    """An instant for people: local time with its UTC offset, to the second."""
+    return dt.datetime.fromtimestamp(t).astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def format_clock(t: float) -> str:
+    """The local time of day only, for compact tables whose header names the zone."""
+    return dt.datetime.fromtimestamp(t).astimezone().strftime("%H:%M:%S")
+
+
+def local_zone() -> str:
+    """The local UTC offset as tables name it, e.g. ``UTC+01:00``."""
+    offset = dt.datetime.now().astimezone().strftime("%z")
+    return f"UTC{offset[:3]}:{offset[3:]}"
+
+
+def format_period(start: float, period: str) -> str:
+    """A privacy period: ``the UTC day 2026-12-01``, ``the UTC hour 2026-12-01 14:00``."""
+    when = dt.datetime.fromtimestamp(start, dt.UTC)
+    text = when.strftime("%Y-%m-%d") if period == "day" else when.strftime("%Y-%m-%d %H:%M")
+    return f"the UTC {period} {text}"
 
 
 def _json_default(obj: Any) -> Any:

@@ -179,6 +179,8 @@ def sync_run(app: AppContext, retry_now: bool, retry_failed: bool, no_upload: bo
     else:
         click.echo(f"released {len(released.released)}, refused {len(released.refused)}, "
                    f"periods without enough data {released.no_data}")
+        for line in _why_lines(released):
+            click.echo(line)
         click.echo(f"uploaded {drained.sent} (+{drained.duplicates} already there), "
                    f"failed {drained.failed}, waiting {pending}")
         if target is None:
@@ -190,6 +192,34 @@ def sync_run(app: AppContext, retry_now: bool, retry_failed: bool, no_upload: bo
     if drained.errors:
         raise UplinkError(f"upload incomplete: {drained.first_error}",
                           hint="releases stay in the outbox; see 'edgetwin sync status'")
+
+
+def _why_lines(report: Any) -> list[str]:
+    """Per consented metric: what was released, why nothing (more) was, when the next is due."""
+    from edgetwin.cli.common import format_period, format_time
+
+    if not report.metrics:
+        return ["no release: no metric has consent to leave this device "
+                "(see 'edgetwin consent list'; 'edgetwin consent grant METRIC')"]
+    lines = []
+    for m in report.metrics:
+        head = f"  {m.metric} (per {m.period}):"
+        if m.released:
+            charged = ", ".join(format_period(t, m.accounting) for t in m.charged_to)
+            lines.append(f"{head} released {m.released}; budget charged to {charged}")
+        if m.refused:
+            lines.append(f"{head} {m.refused} refused: the privacy budget is spent "
+                         "(see 'edgetwin sync budget')")
+        if m.too_little_data:
+            t, n = m.too_little_data[-1]
+            lines.append(
+                f"{head} {len(m.too_little_data)} {m.period}(s) not released: not enough usable "
+                f"data (latest: {format_period(t, m.period)}, {n} usable frames, "
+                f"{m.min_frames} needed)")
+        lines.append(
+            f"{head} {format_period(m.waiting_start, m.period)} is not complete until "
+            f"{format_time(m.waiting_end)}; next release due {format_time(m.next_due)}")
+    return lines
 
 
 @sync_group.command("status")
@@ -220,16 +250,35 @@ def sync_status(app: AppContext) -> None:
 @json_option
 @pass_app
 def sync_budget(app: AppContext) -> None:
-    """Spent and remaining epsilon: this period and lifetime."""
-    from edgetwin.privacy.accountant import status
+    """Spent and remaining epsilon: this period, every period a release was charged to, lifetime."""
+    from edgetwin.cli.common import format_period
+    from edgetwin.privacy.accountant import ledger, status
 
     with _twin(app) as (store, config):
         st = status(store, config.privacy, time.time())
+        records = ledger(store)
+    # A release is charged to the periods its data window covers, not to today's.
+    charged: list[dict[str, Any]] = sorted(
+        ({"period": str(r["period"]), "period_start": float(r["start"]),
+          "spent": float(r["spent"]),
+          "remaining": max(0.0, st.epsilon_per_period - float(r["spent"]))}
+         for r in records.values() if "period" in r and "start" in r),
+        key=lambda c: (c["period_start"], c["period"]),
+    )
     if app.as_json:
-        emit_json(st.to_json())
+        emit_json({**st.to_json(), "charged": charged})
         return
-    click.echo(f"this {st.period} (from {_when(st.period_start)}): spent {st.epsilon_spent:g}, "
-               f"remaining {st.epsilon_remaining:g} of {st.epsilon_per_period:g}")
+    click.echo(f"this {st.period} ({format_period(st.period_start, st.period)}): spent "
+               f"{st.epsilon_spent:g}, remaining {st.epsilon_remaining:g} of "
+               f"{st.epsilon_per_period:g}")
+    if charged:
+        click.echo("charged to:")
+        for c in charged:
+            click.echo(f"  {format_period(c['period_start'], c['period']):<30} spent "
+                       f"{c['spent']:g}, remaining {c['remaining']:g} of "
+                       f"{st.epsilon_per_period:g}")
+    else:
+        click.echo("nothing charged yet")
     click.echo(f"lifetime: spent {st.lifetime_spent:g}, remaining {st.lifetime_remaining:g} "
                f"of {st.epsilon_lifetime:g}")
 

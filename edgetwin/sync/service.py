@@ -55,12 +55,48 @@ class Refusal:
 
 
 @dataclass
+class MetricOutcome:
+    """One consented metric in one release pass: what happened, why not more, what is next."""
+
+    metric: str
+    period: str
+    released: int = 0
+    refused: int = 0
+    # (period start, usable frames) of each complete period with fewer than privacy.min_frames
+    too_little_data: list[tuple[float, int]] = field(default_factory=list)
+    min_frames: int = 0
+    waiting_start: float = 0.0  # the first period not complete yet
+    waiting_end: float = 0.0  # when it ends
+    next_due: float = 0.0  # when its release is due (end + privacy.release_delay_s)
+    accounting: str = "day"  # privacy.period: the ledger's period
+    charged_to: list[float] = field(default_factory=list)  # starts of the ledger periods charged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric, "period": self.period, "released": self.released,
+            "refused": self.refused,
+            "too_little_data": [{"period_start": t, "usable_frames": n}
+                                for t, n in self.too_little_data],
+            "min_frames": self.min_frames,
+            "waiting_period_start": self.waiting_start, "waiting_period_end": self.waiting_end,
+            "next_due": self.next_due, "accounting_period": self.accounting,
+            "charged_to": self.charged_to,
+        }
+
+
+@dataclass
 class ReleaseReport:
-    """What one release pass did."""
+    """What one release pass did, and per consented metric why it did not do more."""
 
     released: list[DPRelease] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     no_data: int = 0
+    metrics: list[MetricOutcome] = field(default_factory=list)  # empty: no consent at all
+
+    @property
+    def next_due(self) -> float | None:
+        """When the next release of any consented metric is due (None without consent)."""
+        return min((m.next_due for m in self.metrics), default=None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +107,8 @@ class ReleaseReport:
             ],
             "refused": [r.to_json() for r in self.refused],
             "skipped_no_data": self.no_data,
+            "metrics": [m.to_json() for m in self.metrics],
+            "next_due": self.next_due,
         }
 
 
@@ -116,6 +154,9 @@ def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseRepo
         if cursor is not None:
             start = max(start, float(cursor["next_start"]))
         bounds = bounds_for(metric, privacy.bounds, c.period)
+        outcome = MetricOutcome(metric.name, c.period, min_frames=privacy.min_frames,
+                                accounting=privacy.period)
+        report.metrics.append(outcome)
         while start + size + privacy.release_delay_s <= now:
             key = (c.period, start)
             if key not in cache:
@@ -124,6 +165,7 @@ def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseRepo
             values = cache[key][metric.feature]
             if values.size < privacy.min_frames:
                 report.no_data += 1
+                outcome.too_little_data.append((start, int(values.size)))
                 _advance(store, cursor_key, start + size)
             else:
                 summary = summarize(metric, values, bounds, step_s=config.twin.step_s,
@@ -133,6 +175,7 @@ def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseRepo
                                            summary, bounds, now)
                 except BudgetExhausted as exc:
                     report.refused.append(Refusal(metric.name, c.period, start, exc.message))
+                    outcome.refused += 1
                     with store.transaction():
                         store.audit("sync.release_refused", metric=metric.name,
                                     period=c.period, period_start=start, reason=exc.message)
@@ -140,7 +183,12 @@ def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseRepo
                 else:
                     if release is not None:
                         report.released.append(release)
+                        outcome.released += 1
+                        charged = accountant.buckets(start, c.period, privacy.period)
+                        outcome.charged_to += [b for b in charged if b not in outcome.charged_to]
             start += size
+        outcome.waiting_start, outcome.waiting_end = start, start + size
+        outcome.next_due = start + size + privacy.release_delay_s
     return report
 
 

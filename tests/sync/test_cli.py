@@ -226,3 +226,71 @@ def test_bad_privacy_config_stops_sync_before_anything_is_released(
     (twin_home / "config.toml").unlink()
     assert _json(run_cli("sync", "status", "--json"))["pending"] == 0
     assert _json(run_cli("sync", "budget", "--json"))["lifetime_spent"] == 0.0
+
+
+# -- sync run says why nothing (more) happened; sync budget names the charged periods ------
+
+
+def _day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+
+def test_sync_run_without_consent_says_no_metric_may_leave(twin_home: Path, run_cli: Run) -> None:
+    result = run_cli("sync", "run")
+    assert result.exit_code == 0, result.output
+    assert "no metric has consent" in result.output
+    assert "edgetwin consent grant" in result.output
+    doc = json.loads(run_cli("sync", "run", "--json").output)
+    assert doc["metrics"] == [] and doc["next_due"] is None
+
+
+def test_sync_run_says_per_metric_which_periods_lacked_data_and_when_the_next_is_due(
+    twin_home: Path, run_cli: Run
+) -> None:
+    assert run_cli("consent", "grant", "hr_mean").exit_code == 0
+    before = time.time()
+    doc = json.loads(run_cli("sync", "run", "--json", "--no-upload").output)
+    (m,) = doc["metrics"]
+    assert m["metric"] == "hr_mean" and m["period"] == "day"
+    # a week of backfill, data only in the last three days: four days are too thin
+    thin = {_day(d["period_start"]) for d in m["too_little_data"]}
+    today = window_start(before, "day")
+    assert {_day(today - k * DAY) for k in (4, 5, 6, 7)} <= thin
+    assert all(d["usable_frames"] < m["min_frames"] for d in m["too_little_data"])
+    # the next release waits for a period that has not ended yet, plus the late-frame delay
+    assert m["waiting_period_end"] > before
+    assert m["next_due"] == pytest.approx(m["waiting_period_end"] + 900.0)
+    assert doc["next_due"] == m["next_due"]
+
+    text = run_cli("sync", "run", "--no-upload").output  # nothing new: still says why
+    assert "hr_mean (per day):" in text
+    assert "not complete until" in text and "next release due" in text
+
+
+def test_sync_run_text_names_thin_periods_and_the_budget_refusals(
+    twin_home: Path, run_cli: Run
+) -> None:
+    for m in ("hr_mean", "hr_resting", "rmssd_mean", "spo2_mean", "active_minutes"):
+        assert run_cli("consent", "grant", m).exit_code == 0
+    result = run_cli("sync", "run", "--no-upload")
+    assert result.exit_code == 5  # one metric a day does not fit the budget
+    text = result.output
+    assert "not enough usable data" in text and "usable frames, 12 needed" in text
+    assert "refused: the privacy budget is spent" in text
+    day = _day(window_start(time.time(), "day") - 2 * DAY)
+    assert "budget charged to the UTC day" in text and f"the UTC day {day}" in text
+
+
+def test_sync_budget_shows_the_period_a_release_was_charged_to(
+    twin_home: Path, run_cli: Run
+) -> None:
+    assert run_cli("consent", "grant", "hr_mean").exit_code == 0
+    assert run_cli("sync", "run", "--no-upload").exit_code == 0
+    released_day = window_start(time.time(), "day") - 2 * DAY  # complete long ago: released
+    doc = _json(run_cli("sync", "budget", "--json"))
+    charged = {c["period_start"]: c for c in doc["charged"]}
+    assert charged[released_day]["period"] == "day"
+    assert charged[released_day]["spent"] == pytest.approx(doc["lifetime_spent"] / len(charged))
+    assert charged[released_day]["remaining"] < doc["epsilon_per_period"]
+    text = run_cli("sync", "budget").output
+    assert f"the UTC day {_day(released_day)}" in text
