@@ -40,3 +40,39 @@ FEATURES: tuple[Feature, ...] = (
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 INDEX: dict[str, int] = {name: i for i, name in enumerate(NAMES)}
+
+# Provenance, for forgetting: the channel kinds (``edgetwin.types.channel_kind``) each
+# feature is computed from. A frame does not record which stream won when several
+# could feed a feature, so forgetting a stream shreds every feature it *could* feed.
+SOURCES: dict[str, frozenset[str]] = {
+    "hr": frozenset({"rr", "ecg", "ppg", "hr"}),
+    "rmssd": frozenset({"rr", "ecg", "ppg"}),
+    "spo2": frozenset({"spo2"}),
+    "skin_temp": frozenset({"temp"}),
+    "eda_tonic": frozenset({"eda"}),
+    "motion": frozenset({"accel"}),
+    **{name: frozenset({"eeg"}) for name in NAMES if name.startswith("eeg_")},
+    "fnirs_hbo": frozenset({"fnirs"}),
+    "fnirs_hbr": frozenset({"fnirs"}),
+}
+
+# How long (s) after a sample a feature can still carry it: the longest look-back the
+# pipeline reads for the feature beyond its own step. hr: 10 s beat detection + 6 s RR
+# context; rmssd: 30 s RR window + that; EDA 10 s; EEG 4 s; fNIRS: the 10-min running
+# baseline (fnirs.BASELINE_TAU_S), after 3 time constants a sample weighs < 5 %.
+MEMORY_S: dict[str, float] = {
+    "hr": 20.0,
+    "rmssd": 50.0,
+    "spo2": 0.0,
+    "skin_temp": 0.0,
+    "eda_tonic": 10.0,
+    "motion": 0.0,
+    **{name: 5.0 for name in NAMES if name.startswith("eeg_")},
+    "fnirs_hbo": 1800.0,
+    "fnirs_hbr": 1800.0,
+}
+
+
+def fed_by(channel_kinds: set[str] | frozenset[str]) -> tuple[str, ...]:
+    """The features that channels of these kinds can feed, in schema order."""
+    return tuple(name for name in NAMES if SOURCES[name] & channel_kinds)

@@ -93,6 +93,8 @@ class ForgetReport:
     predictions_deleted: int = 0
     records_deleted: int = 0
     chunks_reencrypted: int = 0
+    # frames that lost values fed by the forgotten data (those left empty are deleted)
+    frames_shredded: int = 0
     streams_removed: list[str] = field(default_factory=list)
 
     @property
@@ -107,6 +109,7 @@ class ForgetReport:
         self.predictions_deleted += other.predictions_deleted
         self.records_deleted += other.records_deleted
         self.chunks_reencrypted += other.chunks_reencrypted
+        self.frames_shredded += other.frames_shredded
         self.streams_removed.extend(other.streams_removed)
 
     def to_json(self) -> dict[str, Any]:
@@ -118,6 +121,7 @@ class ForgetReport:
             "predictions_deleted": self.predictions_deleted,
             "records_deleted": self.records_deleted,
             "chunks_reencrypted": self.chunks_reencrypted,
+            "frames_shredded": self.frames_shredded,
             "streams_removed": list(self.streams_removed),
         }
 

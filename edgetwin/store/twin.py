@@ -58,6 +58,12 @@ from edgetwin.errors import (
     WrongKey,
 )
 from edgetwin.store import codec
+from edgetwin.store.derived import (
+    DERIVED_RECORD_KINDS,
+    Taint,
+    stale_record,
+    stream_spans,
+)
 from edgetwin.store.keys import KEYSTORE_FILE, KdfParams, Keystore, MasterKeys, Secret
 from edgetwin.store.reports import ForgetReport, Problem, StreamInfo, VerifyReport, fmt_time
 from edgetwin.store.schema import SCHEMA_VERSION, migrate, schema_version
@@ -642,12 +648,24 @@ class TwinStore:
         self, *, stream: str | None = None, before: float | None = None, everything: bool = False
     ) -> ForgetReport:
         """Destroy the data keys of a stream, of everything before a time, or of all
-        data; then the rows. Exactly one of the three."""
+        data; then the rows. Exactly one of the three.
+
+        What was computed from the forgotten data goes in the same transaction
+        (:mod:`edgetwin.store.derived`): its feature values are shredded from the
+        frames, the forecasts and derived records that used them are deleted, and
+        the days of frames and forecasts that changed are re-encrypted under fresh
+        keys so the old ciphertext cannot be opened. Buffered appends are committed
+        first, so nothing buffered outlives the forget either.
+        """
         chosen = sum((stream is not None, before is not None, everything))
         if chosen != 1:
             raise UsageError("forget needs exactly one of: a stream, a date, or everything")
+        if before is not None and not math.isfinite(before):
+            raise UsageError("forget --before needs a finite time")
         report = ForgetReport()
         with self.transaction():
+            if self.pending_rows():
+                self._write_pending()
             if everything:
                 report = self._forget_everything()
                 self._append_audit(time.time(), "forget", {"scope": "all", **_brief(report)})
@@ -658,11 +676,13 @@ class TwinStore:
                     raise UsageError(f"no stream named {stream!r} in this twin")
                 try:
                     series = self._load_series_for_write(KIND_SAMPLES, stream, create=False)
-                    rows = series.totals()[1] if series is not None else 0
                 except DataCorrupt:
-                    rows = 0  # damaged description: forget it all the same
+                    series = None  # damaged description: forget it all the same
+                taint = self._stream_taint(int(row[0]), series)
+                rows = series.totals()[1] if series is not None else 0
                 report = self._forget_series(int(row[0]), sid, KIND_SAMPLES, rows)
                 report.streams_removed.append(stream)
+                report.merge(self._forget_derived(taint))
                 self._append_audit(
                     time.time(),
                     "forget",
@@ -670,10 +690,10 @@ class TwinStore:
                 )
             else:
                 assert before is not None
-                if not math.isfinite(before):
-                    raise UsageError("forget --before needs a finite time")
                 for kind in _KINDS:
                     report.merge(self._forget_before(kind, before, exact=True))
+                taint = Taint.of(None, [(-math.inf, before)], frames_gone=True)
+                report.merge(self._forget_derived(taint))
                 self._append_audit(
                     time.time(), "forget", {"scope": "before", "before": before, **_brief(report)}
                 )
@@ -683,7 +703,10 @@ class TwinStore:
         """Destroy whole days older than the configured limits (0 keeps forever).
 
         A day goes once all of it is older than the limit, so data lives at
-        most one day past it. Audited only when something was destroyed.
+        most one day past it. Each tier keeps its own limit (features are the
+        summary meant to outlive raw samples); derived records without a tier of
+        their own (DP summaries, a stale inference state) go with the feature
+        days they were computed from. Audited only when something was destroyed.
         """
         report = ForgetReport()
         limits = (
@@ -695,6 +718,11 @@ class TwinStore:
             for kind, days in limits:
                 if days > 0:
                     report.merge(self._forget_before(kind, now - days * 86400.0, exact=False))
+            if retention.features_days > 0:
+                # the same whole-day rule as the frames: the day must lie wholly before
+                day = math.floor((now - retention.features_days * 86400.0) / PERIOD_S)
+                cutoff = float(day * PERIOD_S)
+                report.merge(self._drop_records(lambda k, v: stale_record(k, v, cutoff)))
             if not report.empty:
                 self._append_audit(time.time(), "retention", _brief(report))
         return report
@@ -1343,6 +1371,135 @@ class TwinStore:
         else:
             report.predictions_deleted += rows
 
+    # -- forgetting what was computed from forgotten data (policy: store/derived.py) --------
+
+    def _stream_taint(self, sn: int, series: _Series | None) -> Taint:
+        """What a stream could have fed, and when: its channels and its chunks' spans."""
+        hours = [
+            (int(b0), int(b1))
+            for b0, b1 in self._conn.execute("SELECT b0, b1 FROM chunk WHERE sn = ?", (sn,))
+        ]
+        if series is None:  # unreadable description: every feature, hour precision
+            return Taint.of_stream(None, stream_spans(hours, None))
+        channels = {c for layout, _ in series.layouts for c in layout}
+        return Taint.of_stream(channels, stream_spans(hours, series.periods))
+
+    def _forget_derived(self, taint: Taint) -> ForgetReport:
+        """Shred what ``taint`` fed from the frames, drop the forecasts and derived records
+        that read it; every day that changed is re-encrypted under a fresh key."""
+        report = ForgetReport()
+        if taint.empty:
+            return report
+        frames = self._load_series_for_write(KIND_FRAMES, "", create=False)
+        hits: list[float] = []
+        if frames is not None:
+            lo, hi = taint.reach()
+            for day in self._days_within(frames, lo, hi):
+                for chunk in self._day_items(frames, day, codec.decode_frames):
+                    hits.extend(f.t for f in chunk if taint.fed_values(f).any())
+        taint = taint.with_hits(hits)
+        report.frames_shredded = len(taint.hits)
+        preds = self._load_series_for_write(KIND_PREDICTIONS, "", create=False)
+        for series, decode, edit, reach in (
+            (frames, codec.decode_frames, taint.shred_frames, taint.forecast_reach(0.0)),
+            # a forecast's context is at most a day here: one more day to look at
+            (preds, codec.decode_predictions, taint.drop_forecasts,
+             taint.forecast_reach(float(PERIOD_S))),
+        ):
+            if series is None:
+                continue
+            changed = False
+            for day in self._days_within(series, *reach):
+                if any(edit(items) is not items or not items
+                       for items in self._day_items(series, day, decode, damaged=[])):
+                    sub = self._rekey_day(series, day, keep_from=None, edit=edit)
+                    report.merge(sub)
+                    changed = True
+            if changed:
+                self._save_series(series)
+        report.merge(self._drop_records(taint.fed_record))
+        return report
+
+    def _days_within(self, series: _Series, lo: float, hi: float) -> list[int]:
+        return sorted(
+            day for day, (_c, rows, first, last) in series.periods.items()
+            if rows and first <= hi and last >= lo
+        )
+
+    def _day_items(
+        self,
+        series: _Series,
+        day: int,
+        decode: Callable[[bytes], list[Any]],
+        *,
+        damaged: list[Any] | None = None,
+    ) -> Iterator[list[Any]]:
+        """The decoded chunks of one day, one list each; a damaged chunk yields ``damaged``
+        when given (so a caller re-keys the day, which drops it), else is skipped."""
+        lo, hi = day * _BUCKETS_PER_PERIOD, (day + 1) * _BUCKETS_PER_PERIOD - 1
+        for row in self._chunk_rows(series.sn, lo * BUCKET_S, (hi + 1) * BUCKET_S - 1):
+            if not lo <= row.b0 <= hi:
+                continue
+            items = self._decode_row(series, row, "skip", decode)
+            if items is not None:
+                yield items
+            elif damaged is not None:
+                yield damaged
+
+    def _drop_records(self, drop: Callable[[str, dict[str, Any]], bool]) -> ForgetReport:
+        """Delete the derived records ``drop`` picks (damaged ones too: they cannot be
+        checked), then re-key their kind so the deleted ciphertext cannot be opened."""
+        report = ForgetReport()
+        for kind in DERIVED_RECORD_KINDS:
+            kh = self._keys.keyed_id(b"record-kind", kind)
+            rows = self._conn.execute(
+                "SELECT rid, key_id, sealed FROM record WHERE kh = ?", (kh,)
+            ).fetchall()
+            gone = []
+            for rid, key_id, sealed in rows:
+                try:
+                    doc = self._open_record(bytes(rid), kh, int(key_id), bytes(sealed), f"{kind}/?")
+                except DataCorrupt:
+                    doc = {"value": None}
+                if doc is None:
+                    continue
+                value = doc.get("value")
+                if not isinstance(value, dict) or drop(kind, value):
+                    gone.append(bytes(rid))
+            if not gone:
+                continue
+            self._conn.executemany("DELETE FROM record WHERE rid = ?", [(r,) for r in gone])
+            report.records_deleted += len(gone)
+            report.merge(self._rekey_records(kh))
+        return report
+
+    def _rekey_records(self, kh: bytes) -> ForgetReport:
+        """Re-seal the records of one kind under a fresh key and destroy the old ones."""
+        report = ForgetReport()
+        old = [int(r[0]) for r in self._conn.execute("SELECT id FROM dek WHERE scope = ?", (kh,))]
+        self._conn.execute("UPDATE dek SET active = 0 WHERE scope = ?", (kh,))
+        self._active.pop((kh, -1), None)
+        rows = self._conn.execute(
+            "SELECT rid, key_id, sealed FROM record WHERE kh = ?", (kh,)
+        ).fetchall()
+        for rid, key_id, sealed in rows:
+            try:
+                doc = self._open_record(bytes(rid), kh, int(key_id), bytes(sealed), "?")
+            except DataCorrupt:
+                doc = None
+            if doc is None:  # unreadable: it cannot be carried over
+                self._conn.execute("DELETE FROM record WHERE rid = ?", (rid,))
+                report.records_deleted += 1
+                continue
+            new_id, aead = self._key_for_write(kh, -1)
+            ad = codec.record_ad(self._keys.twin_id, bytes(rid), kh, new_id)
+            self._conn.execute(
+                "UPDATE record SET key_id = ?, sealed = ? WHERE rid = ?",
+                (new_id, codec.seal(aead, codec.encode_json(doc), ad), rid),
+            )
+        report.keys_destroyed += self._destroy_keys(old)
+        return report
+
     def _forget_before(self, kind: str, cutoff: float, *, exact: bool) -> ForgetReport:
         """Destroy the days of every ``kind`` series wholly before ``cutoff``; with
         ``exact``, re-encrypt the surviving part of the day holding ``cutoff`` under a
@@ -1379,9 +1536,17 @@ class TwinStore:
                 self._save_series(series)
         return report
 
-    def _rekey_day(self, series: _Series, day: int, *, keep_from: float | None) -> ForgetReport:
+    def _rekey_day(
+        self,
+        series: _Series,
+        day: int,
+        *,
+        keep_from: float | None,
+        edit: Callable[[list[Any]], list[Any]] | None = None,
+    ) -> ForgetReport:
         """Re-encrypt one day of a series under a fresh key, dropping rows before
-        ``keep_from``; then destroy the day's old keys."""
+        ``keep_from`` (frames and predictions: keeping what ``edit`` returns for each
+        chunk); then destroy the day's old keys."""
         report = ForgetReport()
         old_keys = [
             int(r[0])
@@ -1425,16 +1590,16 @@ class TwinStore:
                 kept_t = t[keep]
             elif series.kind == KIND_FRAMES:
                 frames = codec.decode_frames(plain)
-                kept_f = [f for f in frames if keep_from is None or f.t >= keep_from]
+                kept_f = _kept(frames, keep_from, edit, lambda f: f.t)
                 n_keep = len(kept_f)
-                if n_keep and n_keep != len(frames):
+                if n_keep and kept_f is not frames:
                     plain = codec.encode_frames(kept_f)
                 kept_t = np.array([f.t for f in kept_f])
             else:
                 preds = codec.decode_predictions(plain)
-                kept_p = [p for p in preds if keep_from is None or p.t >= keep_from]
+                kept_p = _kept(preds, keep_from, edit, lambda p: p.t)
                 n_keep = len(kept_p)
-                if n_keep and n_keep != len(preds):
+                if n_keep and kept_p is not preds:
                     plain = codec.encode_predictions(kept_p)
                 kept_t = np.array([p.t for p in kept_p])
             if n_keep == 0:
@@ -1886,9 +2051,25 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str, allow_nan=True))
 
 
+def _kept(
+    items: list[Any],
+    keep_from: float | None,
+    edit: Callable[[list[Any]], list[Any]] | None,
+    t_of: Callable[[Any], float],
+) -> list[Any]:
+    """What a re-keyed chunk keeps: ``items`` itself (the same list) when unchanged."""
+    if edit is not None:
+        items = edit(items)
+    if keep_from is None or all(t_of(x) >= keep_from for x in items):
+        return items
+    return [x for x in items if t_of(x) >= keep_from]
+
+
 def _brief(report: ForgetReport) -> dict[str, Any]:
     return {
         "keys_destroyed": report.keys_destroyed,
         "chunks_deleted": report.chunks_deleted,
         "records_deleted": report.records_deleted,
+        "frames_shredded": report.frames_shredded,
+        "predictions_deleted": report.predictions_deleted,
     }

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgetwin.config import RetentionConfig
 from edgetwin.errors import UsageError
+from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION
 from edgetwin.store import Secret, TwinStore, codec
 from edgetwin.store.keys import Keystore
 from edgetwin.types import FeatureFrame, Prediction
@@ -34,7 +35,11 @@ def _fill(store: TwinStore, days: int = 4) -> None:
 
 
 def _frame(t: float) -> FeatureFrame:
-    return FeatureFrame(t, np.ones(2), np.ones(2), np.zeros(2, bool), 1)
+    """hr fed by the "hr" stream, eda_tonic by "secret_stream"; the rest missing."""
+    values = np.full(len(NAMES), np.nan)
+    values[INDEX["hr"]], values[INDEX["eda_tonic"]] = 60.0, 2.0
+    quality = np.where(np.isfinite(values), 1.0, 0.0)
+    return FeatureFrame(t, values, quality, np.zeros(len(NAMES), bool), SCHEMA_VERSION)
 
 
 def _pred(t: float) -> Prediction:
@@ -94,7 +99,9 @@ def test_forgotten_stream_is_unrecoverable_from_a_pre_forget_copy(
 
     report = store.forget(stream="secret_stream")
     assert report.streams_removed == ["secret_stream"]
-    assert report.keys_destroyed == 5  # 4 days + the stream's description key
+    # 4 days + the stream's description key; and the 4 days of frames (which lose the
+    # stream's eda_tonic) and of forecasts (which read it), re-keyed
+    assert report.keys_destroyed == 5 + 4 + 4
     assert [s.name for s in store.streams()] == ["hr"]
     with pytest.raises(UsageError):
         store.read_samples("secret_stream")
@@ -209,11 +216,15 @@ def test_interrupted_forget_is_finished_at_next_unlock(
 ) -> None:
     """Rows deleted and committed, then a crash before the keystore rewrite."""
     _fill(store, days=1)
-    real_save = Keystore.save
-    monkeypatch.setattr(Keystore, "save", lambda self, **kw: (_ for _ in ()).throw(SystemExit))
+    # the forget saves fresh keys (for the re-keyed frames) before its commit; the crash
+    # comes at the keystore rewrite after it
+    monkeypatch.setattr(
+        TwinStore, "_prune_keystore", lambda self: (_ for _ in ()).throw(SystemExit)
+    )
     with pytest.raises(SystemExit):
         store.forget(stream="secret_stream")
-    monkeypatch.setattr(Keystore, "save", real_save)
+    monkeypatch.undo()
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
     left = Keystore.load(twin_home / "keystore.json")
     db_ids = {int(r[0]) for r in store._conn.execute("SELECT id FROM dek")}
     assert set(left.deks) - db_ids  # the keys are still there
