@@ -58,6 +58,7 @@ class Store(Protocol):
 class Pipeline(Protocol):
     def push(self, batch: SampleBatch) -> list[FeatureFrame]: ...
     def flush(self) -> list[FeatureFrame]: ...
+    def drop_buffers(self, stream: str | None = None) -> None: ...
 
 
 class Engine(Protocol):
@@ -65,6 +66,8 @@ class Engine(Protocol):
         self, frames: Sequence[FeatureFrame]
     ) -> list[tuple[FeatureFrame, list[Prediction]]]: ...
     def state(self) -> dict[str, Any]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
+    def reset(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -346,9 +349,22 @@ class Daemon:
             before=float(before) if isinstance(before, int | float) else None,
             everything=request.get("all") is True,
         )
+        self._forget_in_memory(stream if isinstance(stream, str) else None)
         self.forgets += 1
         result: dict[str, Any] = report.to_json()
         return result
+
+    def _forget_in_memory(self, stream: str | None) -> None:
+        """Drop what the daemon holds computed from stored data, as the store just did: the
+        stream's buffered samples (all of them for a date or --all), the engine's baseline,
+        context and last forecasts (they rebuild), the recent forecasts it serves."""
+        if self.pipeline is not None:
+            self.pipeline.drop_buffers(stream)
+        if self.engine is not None:
+            self.engine.reset()
+            # a wrapper (the serving engine) re-reads what it keeps beside the engine
+            self.engine.restore(self.engine.state())
+        self.recent_predictions.clear()
 
     async def _follow(self, writer: asyncio.StreamWriter) -> None:
         import json

@@ -154,6 +154,14 @@ class FeaturePipeline:
         last = step_index(self._watermark, self.step_s)
         return self._emit(step_bounds(last, self.step_s)[1])
 
+    def drop_buffers(self, stream: str | None = None) -> None:
+        """Drop the buffered samples (and beats, fNIRS baselines) of ``stream`` (None: all),
+        after a forget: frames still to come must not be computed from forgotten samples.
+        The step grid and the counters stay, so no step is emitted twice."""
+        for key in list(self._streams):
+            if stream is None or key == stream or key.startswith(stream + "\x00"):
+                del self._streams[key]
+
     def stats(self) -> dict[str, Any]:
         """Counters and the ignored channel names, for ``status``."""
         return {**self.counters, "ignored": sorted(self.ignored_channels)}

@@ -148,6 +148,14 @@ class InferenceEngine:
             "last_predictions": [p.to_json() for p in self._last_preds.values()],
         }
 
+    def reset(self) -> None:
+        """Start afresh (after a forget): the baseline from the prior, an empty context, no
+        forecasts remembered, as a newly loaded engine."""
+        self.baseline = RunningBaseline(self.manifest.prior)
+        self._reset_context()
+        self._last_t = None
+        self._last_preds = {}
+
     def restore(self, state: dict[str, Any]) -> None:
         """Load :meth:`state` output; DataCorrupt when malformed or from another schema."""
         try:

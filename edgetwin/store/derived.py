@@ -201,11 +201,19 @@ def whole_timeline(value: dict[str, Any]) -> RecordSource:
     return None, (-math.inf, math.inf)
 
 
-def _inference_state(value: dict[str, Any]) -> RecordSource:
-    # running baseline over all time, context and forecasts up to last_t
+def _inference_record(value: dict[str, Any]) -> RecordSource:
+    """Kind ``inference``: the engine state (baseline over all time, context and forecasts
+    up to ``last_t``) and personal heads and policy (fitted on forecasts, which read every
+    feature, from ``derived_from.t0`` on)."""
+    lo, hi = -math.inf, math.inf
     last = value.get("last_t")
-    hi = float(last) if isinstance(last, int | float) and math.isfinite(last) else math.inf
-    return None, (-math.inf, hi)
+    if isinstance(last, int | float) and math.isfinite(last):
+        hi = float(last)
+    since = value.get("derived_from")
+    t0 = since.get("t0") if isinstance(since, dict) else None
+    if isinstance(t0, int | float) and math.isfinite(t0):
+        lo = float(t0)
+    return None, (lo, hi)
 
 
 def _outbox_entry(value: dict[str, Any]) -> RecordSource:
@@ -226,7 +234,7 @@ def _outbox_entry(value: dict[str, Any]) -> RecordSource:
 # kind of derived record (a personal model, a cache) adds itself here, e.g. with
 # whole_timeline, and forget and retention drop it with the data it came from.
 DERIVED_RECORD_KINDS: dict[str, Callable[[dict[str, Any]], RecordSource]] = {
-    "inference": _inference_state,  # the daemon's engine state (ENGINE_STATE_RECORD)
+    "inference": _inference_record,  # engine state (ENGINE_STATE_RECORD), personal heads
     "outbox": _outbox_entry,  # DP summaries waiting for, or done with, their upload
 }
 
