@@ -284,11 +284,15 @@ def forget_cmd(
     if app.as_json:
         emit_json(report)
         return
+    shredded = report.get("frames_shredded", 0)
     click.echo(
         f"Forgot {what}: destroyed {report['keys_destroyed']} data keys, "
         f"{report['chunks_deleted']} chunks ({report['samples_deleted']} samples, "
         f"{report['frames_deleted']} frames, {report['predictions_deleted']} predictions), "
         f"{report['records_deleted']} records."
+        # what was computed from the forgotten data: shredded, not recomputed (README)
+        + (f" Feature values it fed were shredded from {shredded} frames; forecasts and "
+           "summaries that read them were deleted." if shredded else "")
     )
 
 

@@ -275,3 +275,34 @@ def test_retention_keeps_features_past_raw_days(twin: TwinStore) -> None:
     assert all(s.samples == 0 for s in twin.streams())
     assert len(list(twin.read_frames())) == n
     assert twin.get_record(*ENGINE_STATE_RECORD) is not None
+
+
+def test_forget_drops_personal_models_fitted_on_the_forgotten_span(twin: TwinStore) -> None:
+    """Kind "inference" also holds personal heads, naming the span they were fitted on."""
+    fitted = {"weights": [[0.0]], "derived_from": {"streams": ["simulator.rr"], "t0": T0}}
+    later = {"weights": [[0.0]], "derived_from": {"streams": ["simulator.rr"],
+                                                 "t0": T0 + 86400.0}}
+    twin.put_record("inference", "personal:hr", fitted)
+    twin.put_record("inference", "personal:rmssd", later)
+    twin.put_record("pairing", "strap", {"kind": "simulator"})
+    twin.forget(stream=FNIRS)
+    assert twin.get_record("inference", "personal:hr") is None
+    assert twin.get_record("inference", "personal:rmssd") == later  # fitted after: kept
+    assert twin.get_record("pairing", "strap") == {"kind": "simulator"}  # not derived
+
+
+def test_forget_of_a_stream_that_feeds_no_feature_leaves_the_timeline(
+    twin: TwinStore,
+) -> None:
+    from edgetwin.types import SampleBatch
+
+    t = T0 + np.arange(600.0)
+    twin.append_samples(SampleBatch.build("strap.battery", ["battery"], t, np.ones((600, 1))))
+    twin.commit()
+    frames = [(f.t, f.values.tobytes()) for f in twin.read_frames()]
+    n_preds = len(twin.read_predictions())
+    report = twin.forget(stream="strap.battery")
+    assert [(f.t, f.values.tobytes()) for f in twin.read_frames()] == frames
+    assert len(twin.read_predictions()) == n_preds
+    assert report.frames_shredded == 0 and report.predictions_deleted == 0
+    assert twin.get_record(*ENGINE_STATE_RECORD) is not None
