@@ -190,6 +190,7 @@ class TwinStore:
         self._pending: dict[str, list[SampleBatch]] = {}
         self._pending_frames: list[FeatureFrame] = []
         self._pending_preds: list[Prediction] = []
+        self._records_cutoff_day: int | None = None  # retention's last derived-record check
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -718,13 +719,16 @@ class TwinStore:
             for kind, days in limits:
                 if days > 0:
                     report.merge(self._forget_before(kind, now - days * 86400.0, exact=False))
-            if retention.features_days > 0:
-                # the same whole-day rule as the frames: the day must lie wholly before
-                day = math.floor((now - retention.features_days * 86400.0) / PERIOD_S)
+            day = math.floor((now - retention.features_days * 86400.0) / PERIOD_S)
+            if retention.features_days > 0 and day != self._records_cutoff_day:
+                # the same whole-day rule as the frames: the day must lie wholly before;
+                # checked once per cutoff day (every derived record is decrypted)
                 cutoff = float(day * PERIOD_S)
                 report.merge(self._drop_records(lambda k, v: stale_record(k, v, cutoff)))
             if not report.empty:
                 self._append_audit(time.time(), "retention", _brief(report))
+        if retention.features_days > 0:
+            self._records_cutoff_day = day  # committed
         return report
 
     # -- key changes ----------------------------------------------------------------------------
