@@ -27,6 +27,7 @@ from edgetwin.types import FeatureFrame, Prediction, SampleBatch
 if TYPE_CHECKING:  # the real layers, named for the type checker only: importing them is lazy
     from edgetwin.features.pipeline import FeaturePipeline
     from edgetwin.inference.engine import InferenceEngine
+    from edgetwin.inference.serving import ServingEngine
     from edgetwin.store.twin import TwinStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def sources_from_pairings(store: TwinStore) -> list[Source]:
     return out
 
 
-def load_engine(store: TwinStore, config: Config) -> InferenceEngine | None:
-    """The inference engine with the person's baseline restored, or None if disabled/missing."""
+def load_engine(store: TwinStore, config: Config) -> ServingEngine | None:
+    """The engine as the twin serves it (personal heads, baseline fallback) with the person's
+    baseline restored, or None if disabled/missing."""
     if not config.inference.enabled:
         return None
     try:
@@ -80,7 +82,14 @@ def load_engine(store: TwinStore, config: Config) -> InferenceEngine | None:
             engine.restore(state)
         except (EdgetwinError, KeyError, ValueError, TypeError):  # restore raises DataCorrupt
             _LOGGER.warning("the stored baseline does not fit these models; starting afresh")
-    return engine
+    from edgetwin.inference.serving import ServingEngine, load_policy
+
+    serving = ServingEngine(engine, store=store)
+    try:
+        load_policy(store, serving)
+    except EdgetwinError as exc:  # a damaged record: serve the global model, refit later
+        _LOGGER.warning("stored personal model not loaded (%s); serving the global model", exc)
+    return serving
 
 
 def make_pipeline(config: Config) -> FeaturePipeline:
@@ -97,7 +106,7 @@ def build_daemon(
     sources: Sequence[Source] | None = None,
     on_prediction: Callable[[Prediction], None] | None = None,
     pipeline: FeaturePipeline | None = None,
-    engine: InferenceEngine | _Load | None = LOAD,
+    engine: ServingEngine | InferenceEngine | _Load | None = LOAD,
 ) -> Daemon:
     """A daemon over the paired sources (or the given ones) with features and inference."""
     periodic = [
@@ -105,17 +114,48 @@ def build_daemon(
         # Uploads wait on the network: off the loop, so sensors keep flowing meanwhile.
         PeriodicJob("sync", SYNC_INTERVAL_S, _sync_job(store, config), in_thread=True),
     ]
+    served = load_engine(store, config) if isinstance(engine, _Load) else engine
+    score: Callable[[], dict[str, Any]] = dict
+    if served is not None:
+        from edgetwin.inference.serving import REFIT_INTERVAL_S, ServingEngine
+    if served is not None and isinstance(served, ServingEngine):
+        # refit personal heads and choose sources from the last day; off the loop (a second
+        # or two of numpy every half hour), the store's lock held only per read
+        periodic.append(
+            PeriodicJob("personal", REFIT_INTERVAL_S, _refit_job(store, served), in_thread=True)
+        )
+        score = _score_status(served)
     return Daemon(
         home,
         config,
         store,
         list(sources) if sources is not None else sources_from_pairings(store),
         pipeline=pipeline if pipeline is not None else make_pipeline(config),
-        engine=load_engine(store, config) if isinstance(engine, _Load) else engine,
+        engine=served,
         on_prediction=on_prediction,
         periodic=periodic,
-        extra_status=lambda: {"budget": budget_status(store, config)},
+        extra_status=lambda: {"budget": budget_status(store, config), **score()},
     )
+
+
+def _refit_job(store: TwinStore, served: ServingEngine) -> Callable[[], None]:
+    from edgetwin.inference.serving import refit
+
+    def job() -> None:
+        refit(store, served)
+
+    return job
+
+
+def _score_status(served: ServingEngine) -> Callable[[], dict[str, Any]]:
+    """``status``'s ``score``: the last refit's score and its one-line summary."""
+    from edgetwin.inference.scoring import summary_line
+
+    def score() -> dict[str, Any]:
+        doc = served.score
+        return {"score": {"summary": summary_line(doc), **doc}} if doc else {}
+
+    return score
 
 
 @dataclass
@@ -133,14 +173,39 @@ def process_offline(
     store: TwinStore,
     batches: Iterable[SampleBatch],
     pipeline: FeaturePipeline,
-    engine: InferenceEngine | None,
+    engine: ServingEngine | InferenceEngine | None,
     *,
     on_batch: Callable[[SampleBatch], None] | None = None,
     commit_every: int = 256,
     flush: bool = True,
 ) -> OfflineReport:
-    """Push recorded batches through the daemon's own path: store, features, inference."""
+    """Push recorded batches through the daemon's own path: store, features, inference.
+
+    Occlusion explanations are skipped here (they cost about ten model runs a step); the
+    live daemon attaches them.
+    """
     report = OfflineReport()
+    explain = getattr(engine, "explain", None)
+    if explain:
+        engine.explain = False  # type: ignore[union-attr]
+    try:
+        _offline(store, batches, pipeline, engine, report, on_batch, commit_every, flush)
+    finally:
+        if explain:
+            engine.explain = explain  # type: ignore[union-attr]
+    return report
+
+
+def _offline(
+    store: TwinStore,
+    batches: Iterable[SampleBatch],
+    pipeline: FeaturePipeline,
+    engine: ServingEngine | InferenceEngine | None,
+    report: OfflineReport,
+    on_batch: Callable[[SampleBatch], None] | None,
+    commit_every: int,
+    flush: bool,
+) -> None:
 
     def frames_out(frames: list[FeatureFrame]) -> None:
         if frames:
@@ -162,7 +227,6 @@ def process_offline(
     if engine is not None:
         store.put_record(*ENGINE_STATE_RECORD, engine.state())
     store.commit()
-    return report
 
 
 def budget_status(store: TwinStore, config: Config) -> dict[str, Any]:

@@ -1,0 +1,366 @@
+"""The twin scores itself: every stored forecast against what happened next.
+
+For each stored forecast made at ``t`` and each horizon step ``k`` the outcome
+is the target's *observed* value (finite, quality at least the schema's
+threshold, not imputed) in the stored frame at ``t + (k + 1) * step``. Four
+forecasts are compared on exactly the same cells:
+
+- ``served``: what the twin served (the stored ``horizon``);
+- ``global``: the shipped model's own forecast (``alternatives["global"]``
+  when the twin served something else);
+- ``persistence``: the last observed value at or before ``t`` within the
+  context (``context`` steps ending at ``t``);
+- ``context_mean``: the mean of the observed values in that context.
+
+Band coverage is the share of outcomes inside the served band. Windows are
+the forecasts made in the last hour and the last day before ``now``.
+
+:func:`choose_sources` turns a day of outcomes into what the twin serves per
+target and horizon step: the model unless it has not beaten persistence for
+this person, else the best of persistence, the context mean and a 50/50 blend
+of model and persistence — so the twin is never silently worse than carrying
+the last value forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetwin.features.schema import INDEX, QUALITY_THRESHOLD
+from edgetwin.types import FeatureFrame, FloatArray, Prediction
+
+WINDOWS: dict[str, float] = {"hour": 3600.0, "day": 86400.0}
+IntArray = npt.NDArray[np.int64]
+METHODS = ("served", "global", "persistence", "context_mean")
+# What can serve a horizon step. "global"/"personal" are the model; the rest are baselines.
+MODEL_SOURCES = ("global", "personal")
+BASELINE_SOURCES = ("persistence", "context_mean", "blend")
+# Scored cells per horizon step needed before the twin overrides the model for a person.
+MIN_CELLS = 360
+BLEND = 0.5
+
+
+@dataclass
+class Outcomes:
+    """One target's forecasts with what happened: arrays over (forecast, horizon step)."""
+
+    target: str
+    t: FloatArray  # (n,) forecast times
+    actual: FloatArray  # (n, H), NaN where the outcome was not observed
+    served: FloatArray
+    global_: FloatArray
+    personal: FloatArray  # NaN where no personal forecast exists
+    lo: FloatArray
+    hi: FloatArray
+    persistence: FloatArray  # (n,) NaN when nothing was observed in the context
+    context_mean: FloatArray
+
+    def method(self, name: str) -> FloatArray:
+        """(n, H) forecasts of a scored method (baselines broadcast over the horizon)."""
+        h = self.actual.shape[1]
+        if name == "served":
+            return self.served
+        if name == "global":
+            return self.global_
+        if name == "personal":
+            return self.personal
+        if name in ("persistence", "context_mean"):
+            col = self.persistence if name == "persistence" else self.context_mean
+            return np.repeat(col[:, None], h, axis=1)
+        raise ValueError(f"unknown scoring method {name!r}")
+
+    def model(self) -> FloatArray:
+        """What the model side serves: the personal forecast where there is one, else global."""
+        return np.where(np.isfinite(self.personal), self.personal, self.global_)
+
+
+class ObservedSeries:
+    """A target's observed values on the twin's step grid, for lookups by time."""
+
+    def __init__(self, keys: IntArray, values: FloatArray, step_s: float) -> None:
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.values = values[order]
+        self.step_s = step_s
+        self._cum = np.concatenate([[0.0], np.cumsum(self.values)])
+
+    @classmethod
+    def from_frames(
+        cls, frames: Iterable[FeatureFrame], target: str, step_s: float
+    ) -> ObservedSeries:
+        k = INDEX[target]
+        keys: list[int] = []
+        vals: list[float] = []
+        for f in frames:
+            v = float(f.values[k])
+            if math.isfinite(v) and f.quality[k] >= QUALITY_THRESHOLD and not f.imputed[k]:
+                keys.append(round(f.t / step_s))
+                vals.append(v)
+        arr_k = np.asarray(keys, dtype=np.int64)
+        arr_v = np.asarray(vals, dtype=np.float64)
+        # a later frame for the same step wins (duplicates are rare: re-ingested data)
+        if arr_k.size:
+            last = np.unique(arr_k[::-1], return_index=True)[1]
+            idx = arr_k.size - 1 - last
+            arr_k, arr_v = arr_k[idx], arr_v[idx]
+        return cls(arr_k, arr_v, step_s)
+
+    def at(self, keys: IntArray) -> FloatArray:
+        """Observed value at each grid key, NaN where none."""
+        if self.keys.size == 0:
+            return np.full(keys.shape, np.nan)
+        i = np.clip(np.searchsorted(self.keys, keys), 0, self.keys.size - 1)
+        return np.where(self.keys[i] == keys, self.values[i], np.nan)
+
+    def context(self, keys: IntArray, length: int) -> tuple[FloatArray, FloatArray]:
+        """(last observed value, mean of observed values), ``length`` steps ending at each key."""
+        lo = np.searchsorted(self.keys, keys - length + 1, side="left")
+        hi = np.searchsorted(self.keys, keys, side="right")
+        n = hi - lo
+        has = n > 0
+        vals = self.values if self.keys.size else np.zeros(1)
+        last = np.where(has, vals[np.clip(hi - 1, 0, None)], np.nan)
+        mean = np.where(has, (self._cum[hi] - self._cum[lo]) / np.maximum(n, 1), np.nan)
+        return np.asarray(last, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+
+    def recent(self, keys: IntArray, lags: int) -> FloatArray:
+        """(n, lags) observed values at keys-lags+1..keys, oldest first; gaps carry the last
+        observed value forward (from up to ``lags`` steps before), NaN when none."""
+        n, w = int(keys.shape[0]), 2 * lags
+        grid = keys[:, None] - np.arange(w - 1, -1, -1)[None, :]
+        vals = self.at(grid.reshape(-1)).reshape(n, w)
+        # forward fill along the row
+        idx = np.where(np.isfinite(vals), np.arange(w)[None, :], 0)
+        np.maximum.accumulate(idx, axis=1, out=idx)
+        filled = np.take_along_axis(vals, idx, axis=1)
+        return np.asarray(filled[:, -lags:], dtype=np.float64)
+
+
+def value_of(p: Prediction, name: str) -> FloatArray:
+    """Forecast ``name`` ("global", "personal", ...) of a stored prediction, NaN where absent.
+
+    A step comes from the served horizon when ``name`` served it, else from the
+    prediction's alternatives. With no ``sources`` the global model served every step.
+    """
+    h = len(p.horizon)
+    sources = p.sources if p.sources else ("global",) * h
+    alts = dict(p.alternatives)
+    out = np.full(h, np.nan)
+    if name in alts and len(alts[name]) == h:
+        out[:] = alts[name]
+    served = np.array([s == name for s in sources], dtype=bool)
+    out[served] = np.asarray(p.horizon, dtype=np.float64)[served]
+    return out
+
+
+def outcomes(
+    preds: Sequence[Prediction],
+    series: dict[str, ObservedSeries],
+    context: int,
+) -> dict[str, Outcomes]:
+    """Per target, the stored forecasts with their observed outcomes and baselines."""
+    out: dict[str, Outcomes] = {}
+    by_target: dict[str, list[Prediction]] = {}
+    for p in preds:
+        if p.target in series and p.horizon:
+            by_target.setdefault(p.target, []).append(p)
+    for target, all_ps in by_target.items():
+        obs = series[target]
+        h = max(len(p.horizon) for p in all_ps)
+        ps = [p for p in all_ps if len(p.horizon) == h]
+        step = ps[0].step_s
+        t = np.array([p.t for p in ps])
+        keys = np.round(t / step).astype(np.int64)
+        future = keys[:, None] + np.arange(1, h + 1)[None, :]
+        actual = obs.at(future.reshape(-1)).reshape(future.shape)
+        last, mean = obs.context(keys, context)
+        band = np.array([p.band for p in ps], dtype=np.float64)  # (n, H, 2)
+        out[target] = Outcomes(
+            target=target,
+            t=t,
+            actual=actual,
+            served=np.array([p.horizon for p in ps], dtype=np.float64),
+            global_=np.stack([value_of(p, "global") for p in ps]),
+            personal=np.stack([value_of(p, "personal") for p in ps]),
+            lo=band[..., 0],
+            hi=band[..., 1],
+            persistence=last,
+            context_mean=mean,
+        )
+    return out
+
+
+def score(
+    oc: dict[str, Outcomes], now: float, windows: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Rolling MAE per target and horizon step for each method, and band coverage.
+
+    Cells count when the outcome was observed and every method has a value, so
+    the methods are compared on identical cells. JSON-ready.
+    """
+    windows = WINDOWS if windows is None else windows
+    result: dict[str, Any] = {"now": now, "methods": list(METHODS), "windows": {}}
+    for wname, span in windows.items():
+        per_target: dict[str, Any] = {}
+        for target, o in sorted(oc.items()):
+            rows = (o.t > now - span) & (o.t <= now)
+            vals = {m: o.method(m)[rows] for m in METHODS}
+            actual = o.actual[rows]
+            ok = np.isfinite(actual)
+            for v in vals.values():
+                ok &= np.isfinite(v)
+            n_h = ok.sum(axis=0)
+            entry: dict[str, Any] = {
+                "forecasts": int(rows.sum()),
+                "cells": int(ok.sum()),
+                "cells_per_step": [int(c) for c in n_h],
+                "mae": {},
+                "mae_per_step": {},
+            }
+            for m, v in vals.items():
+                err = np.where(ok, np.abs(v - actual), 0.0)
+                entry["mae_per_step"][m] = [
+                    _num(float(e) / int(c)) if c else None
+                    for e, c in zip(err.sum(axis=0), n_h, strict=True)
+                ]
+                entry["mae"][m] = _num(float(err.sum()) / int(ok.sum())) if ok.any() else None
+            inside = (actual >= o.lo[rows]) & (actual <= o.hi[rows])
+            entry["coverage"] = _num(float(inside[ok].mean())) if ok.any() else None
+            per_target[target] = entry
+        result["windows"][wname] = per_target
+    return result
+
+
+def choose_sources(o: Outcomes, now: float, span: float = WINDOWS["day"]) -> dict[str, Any]:
+    """What to serve per horizon step for one target, from the last day's outcomes.
+
+    The model (personal where fitted, else global) keeps a step unless it has not
+    beaten persistence there; then the step goes to whichever of persistence, the
+    context mean and a 50/50 model/persistence blend had the lowest MAE. Too few
+    scored cells keep the model.
+    """
+    rows = (o.t > now - span) & (o.t <= now)
+    actual = o.actual[rows]
+    model = o.model()[rows]
+    pers = o.method("persistence")[rows]
+    cands = {
+        "model": model,
+        "persistence": pers,
+        "context_mean": o.method("context_mean")[rows],
+        "blend": BLEND * model + (1 - BLEND) * pers,
+    }
+    ok = np.isfinite(actual)
+    for v in cands.values():
+        ok &= np.isfinite(v)
+    h = actual.shape[1]
+    steps: list[str] = []
+    mae: dict[str, list[float | None]] = {k: [] for k in cands}
+    for k in range(h):
+        cells = ok[:, k]
+        n = int(cells.sum())
+        errs = {
+            name: float(np.abs(v[cells, k] - actual[cells, k]).mean()) if n else math.nan
+            for name, v in cands.items()
+        }
+        for name, e in errs.items():
+            mae[name].append(_num(e) if n else None)
+        if n < MIN_CELLS or errs["model"] < errs["persistence"]:
+            steps.append("model")
+        else:
+            steps.append(min(BASELINE_SOURCES, key=lambda s: errs[s]))
+    return {"steps": steps, "mae": mae, "cells": [int(c) for c in ok.sum(axis=0)], "now": now}
+
+
+def summary_line(doc: dict[str, Any], window: str = "day") -> str:
+    """One line for ``status``: served MAE vs persistence and coverage, per target."""
+    per = doc.get("windows", {}).get(window, {})
+    parts = []
+    for target, e in sorted(per.items()):
+        served, pers = e["mae"].get("served"), e["mae"].get("persistence")
+        if served is None or pers is None:
+            continue
+        ratio = f" ({served / pers:.2f}x)" if pers else ""
+        cov = f", band {e['coverage']:.0%}" if e.get("coverage") is not None else ""
+        parts.append(f"{target} {_fmt(served)} vs persistence {_fmt(pers)}{ratio}{cov}")
+    if not parts:
+        return f"score (last {window}): no scored forecasts yet"
+    return f"score (last {window}, MAE): " + "; ".join(parts)
+
+
+def render_score(doc: dict[str, Any]) -> str:
+    """The score as a terminal table (``edgetwin predictions --score``)."""
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(doc["now"]).isoformat(sep=" ", timespec="seconds")
+    lines = [
+        f"score as of {when}: forecasts made in the last hour / day against what was "
+        "observed (MAE in the target's unit; lower is better)",
+        f"{'window':6}  {'target':10} {'cells':>7}  {'served':>7} {'global':>7} "
+        f"{'persist':>7} {'ctx mean':>8}  {'band':>5}",
+    ]
+    for wname, per in doc["windows"].items():
+        if not per:
+            lines.append(f"{wname:6}  no scored forecasts")
+        for target, e in per.items():
+            m = e["mae"]
+            cells = [_cell(m.get(k)) for k in METHODS]
+            cov = f"{e['coverage']:.0%}" if e.get("coverage") is not None else "-"
+            lines.append(
+                f"{wname:6}  {target:10} {e['cells']:>7}  {cells[0]:>7} {cells[1]:>7} "
+                f"{cells[2]:>7} {cells[3]:>8}  {cov:>5}"
+            )
+    for target, steps in sorted(doc.get("serving", {}).items()):
+        step = float(doc.get("step_s", 5.0))
+        base = [f"+{(k + 1) * step:g}" for k, s in enumerate(steps) if s != "model"]
+        if base:
+            lines.append(
+                f"{target}: the model has not beaten persistence here over the last day; "
+                f"steps {', '.join(base)} s serve {', '.join(sorted(set(steps) - {'model'}))}"
+            )
+    for target, h in sorted(doc.get("personal", {}).items()):
+        verdict = "adopted" if h.get("adopted") else "not adopted"
+        lines.append(
+            f"{target}: personal correction {verdict} (held-back hour MAE "
+            f"{_cell(h.get('personal_mae'))} vs global {_cell(h.get('global_mae'))})"
+        )
+    lines.append("band: share of observed values inside the served 95 % band")
+    return "\n".join(lines)
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else _fmt(v)
+
+
+def observed_series(
+    frames: Iterable[FeatureFrame], targets: Sequence[str], step_s: float
+) -> dict[str, ObservedSeries]:
+    frames = list(frames)
+    return {t: ObservedSeries.from_frames(frames, t, step_s) for t in targets}
+
+
+def score_store(
+    store: Any, now: float, *, context: int, step_s: float, horizon: int, span: float | None = None
+) -> tuple[dict[str, Any], dict[str, Outcomes]]:
+    """Score the forecasts stored in the last ``span`` (default: a day) before ``now``."""
+    span = max(WINDOWS.values()) if span is None else span
+    t0 = now - span
+    preds = list(store.iter_predictions(t0, now))
+    targets = sorted({p.target for p in preds if p.target in INDEX})
+    frames = store.read_frames(t0 - context * step_s, now + (horizon + 1) * step_s)
+    oc = outcomes(preds, observed_series(frames, targets, step_s), context)
+    return score(oc, now), oc
+
+
+def _num(v: float) -> float | None:
+    return None if not math.isfinite(v) else round(v, 6)
+
+
+def _fmt(v: float) -> str:
+    a = abs(v)
+    return f"{v:.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.2f}"

@@ -1,0 +1,155 @@
+"""Personal adaptation: adopted for a person with a pattern of their own, rejected without one;
+kept encrypted in the twin, carried by bundles, destroyed by forget."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetwin.bundle import export_bundle, import_bundle
+from edgetwin.inference import personal
+from edgetwin.inference.serving import POLICY_KEY, ServingEngine, refit
+from edgetwin.store import Secret, TwinStore
+
+from .twins import (
+    STEP,
+    STREAM,
+    T0,
+    FakeEngine,
+    H,
+    ar1,
+    ar1_optimal,
+    carry,
+    frame,
+    pred,
+    rhythm,
+    store_person,
+)
+
+PASS = "correct horse battery staple"
+HOURS = 3.0
+N = int(HOURS * 3600 / STEP)
+NOW = T0 + N * STEP
+
+
+@pytest.fixture(autouse=True)
+def _fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[TwinStore]:
+    s = TwinStore.create(tmp_path / "twin", Secret.passphrase(PASS))
+    yield s
+    s.close()
+
+
+def _head(store: TwinStore) -> dict | None:
+    return store.get_record(personal.RECORD_KIND, personal.record_key("hr"))
+
+
+def test_adopted_for_a_person_with_a_strong_pattern(store: TwinStore) -> None:
+    store_person(store, rhythm(N), carry)
+    serving = ServingEngine(FakeEngine(), explain=False)
+    report = refit(store, serving, NOW)
+    rec = _head(store)
+    assert rec is not None and rec["adopted"] is True, report
+    hold = rec["holdout"]
+    print(f"\nrhythm person: held-back hour MAE global {hold['global_mae']:.3f}, "
+          f"personal {hold['personal_mae']:.3f} over {hold['cells']} cells")
+    assert hold["personal_mae"] < 0.6 * hold["global_mae"]
+    assert hold["from"] >= NOW - 3600.0 - 2 * STEP  # judged on the most recent hour
+    assert rec["derived_from"]["streams"] == [STREAM]
+    assert "hr" in serving.heads
+
+
+def test_rejected_for_a_person_the_global_model_already_fits(store: TwinStore) -> None:
+    store_person(store, ar1(N), ar1_optimal())
+    serving = ServingEngine(FakeEngine(), explain=False)
+    refit(store, serving, NOW)
+    rec = _head(store)
+    assert rec is not None, "three hours of history: the head must be fitted and judged"
+    assert rec["adopted"] is False, rec["holdout"]
+    assert "hr" not in serving.heads
+
+
+def test_not_fitted_below_two_hours_of_history(store: TwinStore) -> None:
+    n = int(1.5 * 3600 / STEP)
+    store_person(store, rhythm(n), carry)
+    refit(store, ServingEngine(FakeEngine(), explain=False), T0 + n * STEP)
+    assert _head(store) is None
+
+
+def test_the_adopted_head_is_what_the_twin_serves(store: TwinStore) -> None:
+    hr = rhythm(N + 40)
+    store_person(store, hr[:N], carry)
+    fake = FakeEngine()
+    serving = ServingEngine(fake, explain=False)
+    refit(store, serving, NOW)
+    # the twin has seen the last minutes (after a restart they come from the engine's state)
+    serving.observe_many([frame(T0 + k * STEP, float(hr[k])) for k in range(N - 30, N)])
+    # the next minutes, live: the engine forecasts "carry the last value", the twin corrects
+    errs_g, errs_s = [], []
+    for k in range(N, N + 20):
+        t = T0 + k * STEP
+        fake.queue = [pred(t, carry(k, hr))]
+        (_, served), = serving.observe_many([frame(t, float(hr[k]))])
+        p = served[0]
+        assert p.sources == ("personal",) * H and p.model.endswith("+personal")
+        glob = np.array(dict(p.alternatives)["global"])
+        truth = hr[k + 1 : k + 1 + H]
+        errs_g.append(np.abs(glob - truth).mean())
+        errs_s.append(np.abs(np.array(p.horizon) - truth).mean())
+    assert np.mean(errs_s) < 0.6 * np.mean(errs_g)
+
+
+def test_head_round_trips_through_a_bundle(store: TwinStore, tmp_path: Path) -> None:
+    store_person(store, rhythm(N), carry)
+    refit(store, ServingEngine(FakeEngine(), explain=False), NOW)
+    before = _head(store)
+    assert before is not None and before["adopted"]
+    out = tmp_path / "twin.age"
+    export_bundle(store, out, passphrase="bundle secret")
+    home = tmp_path / "restored"
+    import_bundle(out, home, passphrase="bundle secret", secret=Secret.passphrase("x"))
+    with TwinStore.open(home, Secret.passphrase("x")) as restored:
+        after = restored.get_record(personal.RECORD_KIND, personal.record_key("hr"))
+        assert after == before
+        heads = personal.load_heads(restored, ["hr"])
+        assert np.allclose(heads["hr"].weights, np.array(before["weights"]))
+
+
+def test_forgetting_the_stream_that_fed_it_destroys_the_head(store: TwinStore) -> None:
+    store_person(store, rhythm(N), carry)
+    refit(store, ServingEngine(FakeEngine(), explain=False), NOW)
+    assert _head(store) is not None
+    assert store.get_record(personal.RECORD_KIND, POLICY_KEY) is not None
+    store.forget(stream=STREAM)
+    assert _head(store) is None
+    assert store.get_record(personal.RECORD_KIND, POLICY_KEY) is None
+
+
+def test_forget_all_destroys_the_head(store: TwinStore) -> None:
+    store_person(store, rhythm(N), carry)
+    refit(store, ServingEngine(FakeEngine(), explain=False), NOW)
+    assert _head(store) is not None
+    store.forget(everything=True)
+    assert _head(store) is None
+
+
+def test_daemon_drops_the_head_it_holds_once_a_forget_destroyed_it(
+    store: TwinStore, tmp_path: Path
+) -> None:
+    from edgetwin.config import Config
+    from edgetwin.daemon.app import build_daemon
+
+    store_person(store, rhythm(N), carry)
+    serving = ServingEngine(FakeEngine(), explain=False, store=store)
+    refit(store, serving, NOW)
+    assert "hr" in serving.heads
+    daemon = build_daemon(tmp_path / "twin", Config(), store, sources=[], engine=serving)
+    daemon._forget({"cmd": "forget", "stream": STREAM})
+    assert serving.heads == {} and serving.sources == {}
