@@ -152,7 +152,7 @@ class Taint:
 
     def _shred_frame(self, frame: FeatureFrame) -> FeatureFrame | None:
         drop = self.fed_values(frame)
-        if frame.imputed.any() and self._read_by_model(frame.t - IMPUTE_REACH_S, frame.t):
+        if frame.imputed.any() and self.read_by_model(frame.t - IMPUTE_REACH_S, frame.t):
             drop |= frame.imputed  # the imputer read forgotten values within its window
         if not drop.any():
             return frame
@@ -166,7 +166,7 @@ class Taint:
             imputed=frame.imputed & ~drop,
         )
 
-    def _read_by_model(self, lo: float, hi: float) -> bool:
+    def read_by_model(self, lo: float, hi: float) -> bool:
         """Whether a model input spanning [lo, hi] held forgotten data or values fed by it."""
         if self.empty:
             return False
@@ -179,7 +179,7 @@ class Taint:
 
     def fed_forecast(self, pred: Prediction) -> bool:
         context = len(pred.attention) * pred.step_s if math.isfinite(pred.step_s) else math.inf
-        return self._read_by_model(pred.t - context - IMPUTE_REACH_S, pred.t)
+        return self.read_by_model(pred.t - context - IMPUTE_REACH_S, pred.t)
 
     # -- records ---------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from edgetwin.errors import (
 from edgetwin.store import codec
 from edgetwin.store.derived import (
     DERIVED_RECORD_KINDS,
+    IMPUTE_REACH_S,
     Taint,
     stale_record,
     stream_spans,
@@ -1390,7 +1391,7 @@ class TwinStore:
 
     def _forget_derived(self, taint: Taint) -> ForgetReport:
         """Shred what ``taint`` fed from the frames, drop the forecasts and derived records
-        that read it; every day that changed is re-encrypted under a fresh key."""
+        that read it; every day that may have changed is re-encrypted under a fresh key."""
         report = ForgetReport()
         if taint.empty:
             return report
@@ -1404,22 +1405,22 @@ class TwinStore:
         taint = taint.with_hits(hits)
         report.frames_shredded = len(taint.hits)
         preds = self._load_series_for_write(KIND_PREDICTIONS, "", create=False)
-        for series, decode, edit, reach in (
-            (frames, codec.decode_frames, taint.shred_frames, taint.forecast_reach(0.0)),
-            # a forecast's context is at most a day here: one more day to look at
-            (preds, codec.decode_predictions, taint.drop_forecasts,
-             taint.forecast_reach(float(PERIOD_S))),
+        for series, edit, reach in (
+            (frames, taint.shred_frames, IMPUTE_REACH_S),
+            # a forecast's context is at most a day here
+            (preds, taint.drop_forecasts, IMPUTE_REACH_S + PERIOD_S),
         ):
             if series is None:
                 continue
-            changed = False
-            for day in self._days_within(series, *reach):
-                if any(edit(items) is not items or not items
-                       for items in self._day_items(series, day, decode, damaged=[])):
-                    sub = self._rekey_day(series, day, keep_from=None, edit=edit)
-                    report.merge(sub)
-                    changed = True
-            if changed:
+            # the days holding a fed value or whose model inputs may have read one: each is
+            # decoded once and re-keyed (one that turns out unchanged just gets a fresh key)
+            days = [
+                day for day, (_c, rows, first, last) in sorted(series.periods.items())
+                if rows and taint.read_by_model(first - reach, last)
+            ]
+            for day in days:
+                report.merge(self._rekey_day(series, day, keep_from=None, edit=edit))
+            if days:
                 self._save_series(series)
         report.merge(self._drop_records(taint.fed_record))
         return report
@@ -1431,24 +1432,15 @@ class TwinStore:
         )
 
     def _day_items(
-        self,
-        series: _Series,
-        day: int,
-        decode: Callable[[bytes], list[Any]],
-        *,
-        damaged: list[Any] | None = None,
+        self, series: _Series, day: int, decode: Callable[[bytes], list[Any]]
     ) -> Iterator[list[Any]]:
-        """The decoded chunks of one day, one list each; a damaged chunk yields ``damaged``
-        when given (so a caller re-keys the day, which drops it), else is skipped."""
+        """The decoded chunks of one day, one list each (damaged ones skipped, logged)."""
         lo, hi = day * _BUCKETS_PER_PERIOD, (day + 1) * _BUCKETS_PER_PERIOD - 1
         for row in self._chunk_rows(series.sn, lo * BUCKET_S, (hi + 1) * BUCKET_S - 1):
-            if not lo <= row.b0 <= hi:
-                continue
-            items = self._decode_row(series, row, "skip", decode)
-            if items is not None:
-                yield items
-            elif damaged is not None:
-                yield damaged
+            if lo <= row.b0 <= hi:
+                items = self._decode_row(series, row, "skip", decode)
+                if items is not None:
+                    yield items
 
     def _drop_records(self, drop: Callable[[str, dict[str, Any]], bool]) -> ForgetReport:
         """Delete the derived records ``drop`` picks (damaged ones too: they cannot be
