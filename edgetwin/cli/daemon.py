@@ -168,6 +168,9 @@ def render_status(status: dict[str, Any], home: Path) -> str:
             f"{pred['horizon'][0]:.1f} -> {pred['horizon'][-1]:.1f} over "
             f"{len(pred['horizon']) * pred['step_s']:.0f} s"
         )
+    score = status.get("score") or {}
+    if score.get("summary"):
+        lines.append(score["summary"])
     budget = status.get("budget") or {}
     if budget:
         lines.append("")
@@ -217,8 +220,20 @@ def _offline_status(app: AppContext) -> dict[str, Any]:
             src["last_sample_t"] = max(lasts) if lasts else None
         preds = store.read_predictions(last=1)
         out["last_prediction"] = preds[-1].to_json() if preds else None
+        out.update(_stored_score(store))
         out["budget"] = budget_status(store, app.config())
     return out
+
+
+def _stored_score(store: Any) -> dict[str, Any]:
+    """The score the daemon's last refit stored, with its one-line summary (or nothing)."""
+    try:
+        from edgetwin.inference.scoring import summary_line
+        from edgetwin.inference.serving import stored_score
+    except ImportError:  # a build without inference
+        return {}
+    doc = stored_score(store)
+    return {"score": {"summary": summary_line(doc), **doc}} if doc else {}
 
 
 def _when(t: float) -> str:

@@ -160,13 +160,20 @@ def timeline_cmd(
 @click.option("--last", type=int, default=10, show_default=True, help="How many forecasts.")
 @click.option("--follow", is_flag=True, help="Keep printing new forecasts from the daemon.")
 @click.option("--target", default=None, help="Only this target feature (e.g. hr).")
+@click.option("--score", is_flag=True,
+              help="The twin's own rolling score of its stored forecasts instead.")
 @json_option
 @pass_app
-def predictions_cmd(app: AppContext, last: int, follow: bool, target: str | None) -> None:
-    """Forecasts with their band and explanation (attention over time, imputed spans)."""
+def predictions_cmd(
+    app: AppContext, last: int, follow: bool, target: str | None, score: bool
+) -> None:
+    """Forecasts with their band and explanation (what drove them, imputed spans)."""
     from edgetwin.types import Prediction
 
     home = app.require_home()
+    if score:
+        _print_score(app, follow)
+        return
     if follow:
         from edgetwin.daemon import control
 
@@ -189,6 +196,24 @@ def predictions_cmd(app: AppContext, last: int, follow: bool, target: str | None
     if target:
         preds = [p for p in preds if p.target == target][-last:]
     _print_predictions(preds, app.as_json)
+
+
+def _print_score(app: AppContext, follow: bool) -> None:
+    """``predictions --score``: served model, global model, persistence, context mean, coverage."""
+    if follow:
+        raise UsageError("--score and --follow do not go together", hint="drop one of them")
+    from edgetwin.cli.unlock import open_twin_from_app
+    from edgetwin.inference.registry import load_manifest
+    from edgetwin.inference.scoring import render_score
+    from edgetwin.inference.serving import score_twin
+
+    manifest = load_manifest()
+    with open_twin_from_app(app) as store:
+        doc = score_twin(store, manifest)
+    if app.as_json:
+        emit_json(doc)
+    else:
+        click.echo(render_score(doc))
 
 
 def _print_predictions(preds: list[Any], as_json: bool, *, stream: bool = False) -> None:
