@@ -22,8 +22,8 @@ over its samples:
   the EDF holds filler), so import restores every timestamp exactly.
   pyedflib writes EDF+C only (not EDF+D), hence filled gaps.
 * **CSV** (the DESIGN.md format: ``timestamp`` first, one column per channel)
-  for everything else, lossless (shortest round-trip float text): irregular
-  streams (RR intervals, heart-rate notifications), streams whose layout
+  for everything else, lossless (shortest round-trip float text): RR intervals
+  (one row per beat), irregular streams (no rate, e.g. spot checks), streams whose layout
   changed, more than one gap per 2 s on average, and values EDF cannot hold
   (infinities; magnitudes or resolutions beyond its 8-character header
   fields, e.g. 1e308). The manifest's ``why`` says which rule applied.
@@ -36,6 +36,7 @@ import csv
 import datetime as dt
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from typing import IO, Any
 import numpy as np
 
 from edgetwin.errors import DataCorrupt
-from edgetwin.types import FloatArray, SampleBatch
+from edgetwin.types import FloatArray, SampleBatch, channel_kind
 
 FNIRS = re.compile(r"^fnirs_([A-Za-z0-9]+)_([A-Za-z0-9]+)_(\d+(?:\.\d+)?)$")
 EDF_NAN = -32768
@@ -258,7 +259,7 @@ class _Scan:
         if positive.size >= 2:
             # the mean over steps that are not gaps: right for jitter and for bunched samples
             # (a packet's samples stamped alike), where the median step is not
-            usual = steps[(steps >= 0) & (steps <= max(1.0, 20 * float(np.median(positive))))]
+            usual = steps[(steps >= 0) & (steps <= 4 * float(np.median(positive)))]
             total = float(usual.sum())
             measured = usual.size / total if total > 0 else None
         rate = self.hint
@@ -331,6 +332,10 @@ def plan_stream(
         return plan
     if channels and all(FNIRS.match(c) for c in channels):
         plan.format, plan.reason = "snirf", "fNIRS intensities: SNIRF keeps every timestamp"
+        return plan
+    if any(channel_kind(c) == "rr" for c in channels):
+        # one row per beat: however steady a heart, these are events, not a sampled signal
+        plan.reason = "RR intervals (one row per beat)"
         return plan
     grid = scan.grid
     if grid is None or scan.rate is None:
@@ -446,8 +451,8 @@ class EdfRecordingWriter:
                 "label": labels[i],
                 "dimension": _ascii(plan.units[i])[:8],
                 "sample_frequency": plan.rate_hz,
-                "physical_min": self.bounds[i][0],
-                "physical_max": self.bounds[i][1],
+                "physical_min": _as_edflib_prints(self.bounds[i][0]),
+                "physical_max": _as_edflib_prints(self.bounds[i][1]),
                 "digital_min": _DMIN,
                 "digital_max": _DMAX,
                 "transducer": "",
@@ -455,6 +460,27 @@ class EdfRecordingWriter:
             }
             for i in range(n_ch)
         ]
+        self.per_record = 1
+        self.record_s = 1.0
+        with warnings.catch_warnings():
+            # the nudged bounds print longer than 8 characters in Python; edflib truncates
+            # them to exactly the intended text, so pyedflib's warning (at every header
+            # update) does not apply
+            warnings.filterwarnings("ignore", "Physical (minimum|maximum)", UserWarning)
+            self._set_header(plan, rec, headers)
+        self._times: IO[bytes] = times_path.open("wb")
+        np.lib.format.write_array_header_1_0(
+            self._times, {"descr": "<f8", "fortran_order": False, "shape": (rec.positions,)}
+        )
+        self._pending: list[np.ndarray[Any, Any]] = []
+        self._pending_n = 0
+        self.pos = 0
+        self.samples = 0
+        self._gaps: list[tuple[int, int]] = []
+
+    def _set_header(
+        self, plan: StreamPlan, rec: Recording, headers: list[dict[str, str | int | float | None]]
+    ) -> None:
         self._w.setSignalHeaders(headers)
         # pyedflib picks the record duration that holds whole samples (1 s for integer rates)
         self.per_record = int(self._w.get_smp_per_record(0))
@@ -470,15 +496,6 @@ class EdfRecordingWriter:
         self._w.setStartdatetime(
             dt.datetime.fromtimestamp(rec.start_s, tz=dt.UTC).replace(tzinfo=None)
         )
-        self._times: IO[bytes] = times_path.open("wb")
-        np.lib.format.write_array_header_1_0(
-            self._times, {"descr": "<f8", "fortran_order": False, "shape": (rec.positions,)}
-        )
-        self._pending: list[np.ndarray[Any, Any]] = []
-        self._pending_n = 0
-        self.pos = 0
-        self.samples = 0
-        self._gaps: list[tuple[int, int]] = []
 
     def fill_to(self, pos: int) -> None:
         """Filler (-32768, NaN time) up to EDF sample ``pos``: a gap, annotated."""
@@ -726,6 +743,16 @@ def read_edf(
             yield SampleBatch(stream, channels, units, t, np.column_stack(cols), dict(meta))
     finally:
         reader.close()
+
+
+def _as_edflib_prints(v: float) -> float:
+    """``v`` (8 characters as text) nudged so that edflib, which truncates the digits it
+    prints into the header, prints exactly ``v`` (21013.16 would come out 21013.15)."""
+    if not v:
+        return v
+    whole = len(str(int(abs(v)))) + (v < 0)  # characters before the point
+    decimals = max(0, 8 - whole - 1)  # edflib fills the field: digits up to 8 characters
+    return v + math.copysign(0.25 * 10.0**-decimals, v)
 
 
 def _ascii(text: str) -> str:
@@ -983,11 +1010,21 @@ def _batch(
 
 
 def _nice_rate(rate: float) -> float | None:
-    """A measured rate snapped to the value a device declares (250.0001 -> 250)."""
-    for digits in (0, 1, 2, 3):
-        snapped = round(rate, digits)
-        if snapped > 0 and abs(snapped - rate) <= 1e-3 * rate:
+    """A measured rate snapped to the value a device would declare: the simplest of n, n/2,
+    n/4 ... n/32 Hz within 0.5 %/denominator (250.3 -> 250, 62.47 -> 62.5, 7.81 -> 7.8125),
+    else a whole number of Hz within 1 % (host-clocked notifications run slow), else a whole
+    period in seconds (0.0998 -> 0.1); None when nothing is that close."""
+    if not math.isfinite(rate) or rate <= 0:
+        return None
+    for denominator in (1, 2, 4, 8, 16, 32):
+        snapped = round(rate * denominator) / denominator
+        if snapped > 0 and abs(snapped - rate) <= 5e-3 / denominator * rate:
             return float(snapped)
+    if round(rate) >= 1 and abs(round(rate) - rate) <= 1e-2 * rate:
+        return float(round(rate))
+    period = round(1.0 / rate)
+    if period >= 1 and abs(1.0 / period - rate) <= 1e-2 * rate:
+        return 1.0 / period
     return None
 
 
