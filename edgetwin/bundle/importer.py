@@ -16,8 +16,8 @@ staging directory is removed whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import json
 import logging
 import math
 import os
@@ -33,6 +33,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetwin.bundle import age
+from edgetwin.bundle.checks import (
+    AUDIT_SPEC,
+    PREDICTION_SPEC,
+    check_fields,
+    check_records,
+    load_json,
+)
 from edgetwin.bundle.export import (
     CONFIG_FILE,
     PASSPHRASE_LIMIT,
@@ -76,6 +83,7 @@ class ImportReport:
     skipped: dict[str, int] = field(default_factory=dict)
     streams: list[str] = field(default_factory=list)
     config: str = "none"
+    settings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +101,7 @@ class ImportReport:
             "duplicates_skipped": self.skipped,
             "streams": self.streams,
             "config": self.config,
+            "settings": self.settings,
             "seconds": round(self.seconds, 3),
         }
 
@@ -152,9 +161,16 @@ def import_bundle(
     kdf: KdfParams | None = None,
     passphrase_limit: int = PASSPHRASE_LIMIT,
     progress: Progress | None = None,
+    accept_settings: bool = False,
 ) -> ImportReport:
     """Restore the bundle at ``path`` as a new twin in the empty ``home`` (with ``secret``),
-    or merge it into the open twin ``target``."""
+    or merge it into the open twin ``target``.
+
+    A merge that would change the target's settings (grant consent, set the
+    sync target, queue uploads) is refused before anything is written unless
+    ``accept_settings``: a bundle must not silently redirect the person's DP
+    uploads or consent on their behalf.
+    """
     from edgetwin.store import KdfParams, Secret, TwinStore
 
     started = time.perf_counter()
@@ -191,6 +207,13 @@ def import_bundle(
         )
         bundle_id = str(manifest["bundle_id"])
         source = str(manifest["twin_id"])
+        settings = setting_changes(read_all_records(members, manifest), target)
+        if target is not None and settings and not accept_settings:
+            raise UsageError(
+                f"the bundle would change this twin's settings: {'; '.join(settings)}; "
+                "nothing was merged",
+                hint="pass --accept-settings to merge it with these settings",
+            )
         twin_home = staging / "twin"
         if target is None:
             assert secret is not None
@@ -200,6 +223,7 @@ def import_bundle(
             # a random 256-bit secret needs no stretching; this twin is deleted below
             store = TwinStore.create(twin_home, ephemeral, kdf=KdfParams.for_tests())
         report = ImportReport(home, store.twin_id, bundle_id, source, target is not None)
+        report.settings = settings
         with store:
             say("restoring")
             _ingest(store, members, manifest, report)
@@ -238,36 +262,101 @@ def _ingest(store: TwinStore, root: Path, manifest: dict[str, Any], report: Impo
             pending = 0
 
     for doc in manifest["streams"]:
-        for b in stream_batches(root, doc):
-            store.append_samples(b)
-            report.samples += len(b)
-            flush(len(b))
+        with _reading(f"stream {str(doc['name'])[:60]!r} ({_members_of(doc)})"):
+            for b in stream_batches(root, doc):
+                store.append_samples(b)
+                report.samples += len(b)
+                flush(len(b))
         report.streams.append(str(doc["name"]))
     flush(0, force=True)
     if manifest.get("timeline"):
-        for frames in _chunks(_read_timeline(root, manifest["timeline"]), _GROUP):
-            store.append_frames(frames)
-            report.frames += len(frames)
-            flush(len(frames))
+        with _reading(str(manifest["timeline"]["member"])):
+            for frames in _chunks(_read_timeline(root, manifest["timeline"]), _GROUP):
+                store.append_frames(frames)
+                report.frames += len(frames)
+                flush(len(frames))
     if manifest.get("predictions"):
-        for preds in _chunks(_read_predictions(root, manifest["predictions"]), _GROUP):
-            store.append_predictions(preds)
-            report.predictions += len(preds)
-            flush(len(preds))
+        with _reading(str(manifest["predictions"]["member"])):
+            for preds in _chunks(_read_predictions(root, manifest["predictions"]), _GROUP):
+                store.append_predictions(preds)
+                report.predictions += len(preds)
+                flush(len(preds))
     flush(0, force=True)
-    for kind, entry in sorted(manifest["records"].items()):
-        recs = _read_records(root, str(entry["member"]), kind)
+    for kind, recs in read_all_records(root, manifest).items():
         with store.transaction():
             for key, value in recs.items():
                 store.put_record(kind, key, value)
         report.records += len(recs)
     if manifest.get("audit"):
         source = str(manifest["twin_id"])
-        with store.transaction():
-            for entry in _read_audit(root, str(manifest["audit"]["member"])):
-                seq = int(entry.get("seq", 0))
-                store.put_record(IMPORTED_AUDIT, f"{source}:{seq:08d}", entry)
+        member = str(manifest["audit"]["member"])
+        with _reading(member), store.transaction():
+            for entry in _read_audit(root, member):
+                store.put_record(IMPORTED_AUDIT, f"{source}:{entry['seq']:08d}", entry)
                 report.audit_entries += 1
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Whatever a member makes a reader or the store choke on is that member's fault: exit 4.
+
+    The readers check what they know (with the line); this is the backstop that
+    keeps a hostile member from ever surfacing as a Python exception.
+    """
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            RecursionError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataCorrupt(
+            f"bundle member {what} cannot be read: {type(exc).__name__}: {str(exc)[:160]}",
+            hint="the bundle was not written by edgetwin or was altered before encryption; "
+            "nothing was imported",
+        ) from exc
+
+
+def _members_of(doc: dict[str, Any]) -> str:
+    if "member" in doc:
+        return str(doc["member"])
+    segs = doc.get("segments") or doc.get("recordings") or []
+    names = [str(s.get("member")) for s in segs if isinstance(s, dict)]
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def setting_changes(
+    records: dict[str, dict[str, dict[str, Any]]], target: TwinStore | None
+) -> list[str]:
+    """What the bundle's records would set in ``target`` (a new twin: ``None``), in words.
+
+    Only what a merge adds counts: a record the target already holds is kept as it is.
+    """
+
+    def new(kind: str, key: str) -> bool:
+        return target is None or target.get_record(kind, key) is None
+
+    out: list[str] = []
+    for metric, rec in sorted(records.get("consent", {}).items()):
+        if rec["granted"] and new("consent", metric):
+            period = f" per {rec['period']}" if isinstance(rec.get("period"), str) else ""
+            out.append(f"grant consent to share {metric[:60]!r}{period}")
+    sync = records.get("sync", {}).get("target")
+    if sync is not None and new("sync", "target"):
+        where = str(sync["url"])[:120]
+        if isinstance(sync.get("topic"), str):
+            where += f" topic {sync['topic'][:60]}"
+        out.append(f"set the sync target (where DP releases are uploaded) to {where}")
+    queued = [k for k, r in records.get("outbox", {}).items()
+              if r["state"] in ("pending", "failed") and new("outbox", k)]
+    if queued:
+        out.append(f"queue {len(queued)} DP release(s) of the bundle's twin for upload")
+    return out
+
+
+def read_all_records(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every record member of the bundle, each checked against its kind's shape."""
+    return {
+        kind: _read_records(root, str(entry["member"]), kind)
+        for kind, entry in sorted(manifest["records"].items())
+    }
 
 
 def stream_batches(root: Path, doc: dict[str, Any]) -> Iterator[SampleBatch]:
@@ -311,9 +400,13 @@ def _read_timeline(root: Path, doc: dict[str, Any]) -> Iterator[FeatureFrame]:
     n = len(NAMES)
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
-        if next(reader, None) != want:
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise DataCorrupt(f"{path.name}, line 1: not CSV ({exc})") from None
+        if header != want:
             raise DataCorrupt(f"{path.name}: its header is not the timeline's")
-        for line_no, row in enumerate(reader, start=2):
+        for line_no, row in _csv_rows(reader, path.name):
             if len(row) != len(want):
                 raise DataCorrupt(f"{path.name}, line {line_no}: {len(row)} cells")
             try:
@@ -332,43 +425,40 @@ def _read_timeline(root: Path, doc: dict[str, Any]) -> Iterator[FeatureFrame]:
             yield FeatureFrame(t, values, quality, imputed, version)
 
 
+def _csv_rows(reader: Any, name: str) -> Iterator[tuple[int, list[str]]]:
+    """Rows with their line numbers; a CSV error (a NUL, a huge cell) names its line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataCorrupt(f"{name}, line {reader.line_num}: not CSV ({exc})") from None
+        yield reader.line_num, row
+
+
 def _read_predictions(root: Path, doc: dict[str, Any]) -> Iterator[Prediction]:
     path = root / str(doc["member"])
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
+            where = f"{path.name}, line {line_no}"
+            obj = check_fields(load_json(line, where), PREDICTION_SPEC, where)
             try:
-                p = Prediction.from_json(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise DataCorrupt(f"{path.name}, line {line_no}: not a prediction ({exc})") from exc
-            if not math.isfinite(p.t):
-                raise DataCorrupt(f"{path.name}, line {line_no}: a non-finite time")
+                p = Prediction.from_json(obj)
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise DataCorrupt(f"{where}: not a prediction ({exc})") from exc
             yield p
 
 
 def _read_records(root: Path, member: str, kind: str) -> dict[str, dict[str, Any]]:
-    path = root / member
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataCorrupt(f"{member} is not valid JSON: {exc}") from exc
-    recs = doc.get("records") if isinstance(doc, dict) else None
-    if doc.get("kind") != kind or not isinstance(recs, dict) or not all(
-        isinstance(v, dict) for v in recs.values()
-    ):
-        raise DataCorrupt(f"{member} is not a list of {kind!r} records")
-    return {str(k): v for k, v in recs.items()}
+    return check_records(load_json((root / member).read_bytes(), member), kind, member)
 
 
 def _read_audit(root: Path, member: str) -> Iterator[dict[str, Any]]:
     with (root / member).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataCorrupt(f"{member}, line {line_no}: not JSON ({exc})") from exc
-            if not isinstance(entry, dict):
-                raise DataCorrupt(f"{member}, line {line_no}: not an audit entry")
-            yield entry
+            where = f"{member}, line {line_no}"
+            yield check_fields(load_json(line, where), AUDIT_SPEC, where)
 
 
 def _restore_config(root: Path, manifest: dict[str, Any], twin_home: Path) -> str:
@@ -381,7 +471,7 @@ def _restore_config(root: Path, manifest: dict[str, Any], twin_home: Path) -> st
         dest.chmod(0o600)
         try:
             load_config(twin_home)
-        except ConfigError as exc:
+        except (ConfigError, ValueError, RecursionError) as exc:  # hostile TOML included
             _LOGGER.warning("the bundle's config.toml is not valid here (%s); using defaults", exc)
         else:
             return "from bundle"

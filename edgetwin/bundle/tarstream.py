@@ -11,9 +11,9 @@ precise DataCorrupt before a byte of that member is written anywhere.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
-import json
 import os
 import re
 import tarfile
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgetwin.bundle.checks import TEXT_SUFFIXES, load_json
 from edgetwin.bundle.staging import Spool
 from edgetwin.errors import DataCorrupt, HomeError, StoreFull
 
@@ -145,6 +146,8 @@ class TarSink:
         self._pad = 0
         self._hash: Any = None
         self._fd: int | None = None
+        self._text: Any = None  # a UTF-8 decoder while a text member streams by
+        self._line = 1
         self._manifest_bytes = bytearray()
         self.manifest: dict[str, Any] | None = None
         self.declared: dict[str, dict[str, Any]] = {}
@@ -268,6 +271,9 @@ class TarSink:
                     f"{want['size']}"
                 )
             self._open_target(name)
+            if name.endswith(TEXT_SUFFIXES):
+                self._text = codecs.getincrementaldecoder("utf-8")("strict")
+                self._line = 1
         self._member = info
         self._remaining = info.size
         self._pad = -info.size % BLOCK
@@ -282,6 +288,7 @@ class TarSink:
         if self.manifest is None:
             self._manifest_bytes += chunk
         else:
+            self._check_text(chunk)
             self._write(chunk)
         if self._remaining == 0:
             self._end_member()
@@ -292,16 +299,15 @@ class TarSink:
         digest = self._hash.hexdigest()
         self.seen.add(name)
         if self.manifest is None:
-            try:
-                doc = json.loads(bytes(self._manifest_bytes).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise DataCorrupt(f"{MANIFEST} is not valid JSON: {exc}") from exc
+            doc = load_json(bytes(self._manifest_bytes), MANIFEST, finite=True)
             if not isinstance(doc, dict):
                 raise DataCorrupt(f"{MANIFEST} is not a JSON object")
             self.declared = self._check_manifest(doc)
             self.manifest = doc
             self._manifest_bytes = bytearray()
         else:
+            self._check_text(b"", final=True)
+            self._text = None
             self._close_fd()
             want = self.declared[name]["sha256"]
             if digest != want:
@@ -312,6 +318,23 @@ class TarSink:
                 )
         self._member = None
         self._state = "pad" if self._pad else "header"
+
+    def _check_text(self, chunk: bytes, *, final: bool = False) -> None:
+        """A text member must be UTF-8 throughout: refused at the first bad byte, by line."""
+        if self._text is None:
+            return
+        try:
+            self._text.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            assert self._member is not None
+            line = self._line + bytes(exc.object[: exc.start]).count(b"\n")
+            bad = bytes(exc.object[exc.start : exc.start + 1]).hex() or "end"
+            raise DataCorrupt(
+                f"bundle member {self._member.name!r}, line {line}: not UTF-8 text "
+                f"(byte 0x{bad})",
+                hint="the bundle was not written by edgetwin; nothing was imported",
+            ) from None
+        self._line += chunk.count(b"\n")
 
     def _open_target(self, name: str) -> None:
         path = self.root

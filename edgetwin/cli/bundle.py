@@ -117,6 +117,9 @@ def export_cmd(
 @_bundle_passphrase_option
 @click.option("--merge", is_flag=True,
               help="Add the bundle to the existing twin in --home, skipping what it already holds.")
+@click.option("--accept-settings", is_flag=True,
+              help="With --merge: also take the bundle's consents, sync target and queued "
+              "uploads that this twin lacks (refused without it, saying what they are).")
 @_limit_option
 @json_option
 @pass_app
@@ -127,6 +130,7 @@ def import_cmd(
     use_passphrase: bool,
     bundle_passphrase_file: Path | None,
     merge: bool,
+    accept_settings: bool,
     passphrase_limit_mb: int,
 ) -> None:
     """Verify a bundle completely, then restore it as a twin (new local keys) or merge it."""
@@ -141,6 +145,11 @@ def import_cmd(
     )
     home = app.home
     state = home_state(home)
+    if accept_settings and not merge:
+        raise UsageError(
+            "--accept-settings goes with --merge",
+            hint="a bundle imported into an empty home always brings its settings",
+        )
     if merge and state != "twin":
         raise UsageError(
             f"--merge needs an existing twin in {home}",
@@ -162,7 +171,8 @@ def import_cmd(
     }
     if merge:
         with open_twin_from_app(app) as target:
-            report = import_bundle(file, home, target=target, **kwargs)
+            report = import_bundle(file, home, target=target, accept_settings=accept_settings,
+                                   **kwargs)
     else:
         secret = read_secret(app, create=True, prompt="Passphrase for the new twin")
         report = import_bundle(file, home, secret=secret, **kwargs)
@@ -175,6 +185,8 @@ def import_cmd(
         f"{len(report.streams)} stream(s), {report.frames} frames, {report.predictions} "
         f"predictions, {report.records} records in {report.seconds:.1f} s"
     )
+    for change in report.settings:
+        click.echo(f"  setting taken from the bundle: {change}")
     skipped = {k: v for k, v in report.skipped.items() if v}
     if skipped:
         click.echo("  already there (skipped): "

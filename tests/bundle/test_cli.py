@@ -149,8 +149,9 @@ def test_merge_adds_new_data_once_and_sums_the_budget(key: AgeKey, twin_pass: Pa
     assert _cli(b.home, twin_pass, "export", "-o", str(out), "--recipient",
                 key.public).exit_code == 0
     for attempt in range(2):
+        # b's consent to share eda is a setting a must accept explicitly (test_import_hostile)
         r = _cli(a.home, twin_pass, "import", str(out), "--identity", str(key.path), "--merge",
-                 "--json")
+                 "--accept-settings", "--json")
         assert r.exit_code == 0, r.output
         doc = json.loads(r.output)
         if attempt == 0:
