@@ -64,6 +64,22 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
+class SuggestingGroup(click.Group):
+    """A command group whose unknown-command error names the closest command."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            ctx.fail(f"No such command '{name}'.{hint} See '{ctx.command_path} --help'.")
+        return super().resolve_command(ctx, args)
+
+
 def json_option(f: Any) -> Any:
     """A per-command ``--json`` flag that also honours the global one."""
 

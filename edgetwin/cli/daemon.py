@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import shutil
 import tempfile
@@ -13,13 +12,13 @@ from typing import Any
 
 import click
 
-from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
+from edgetwin.cli.common import AppContext, SuggestingGroup, emit_json, json_option, pass_app
 from edgetwin.errors import DaemonNotRunning
 
 _LOGGER = logging.getLogger(__name__)
 
 
-@click.group("daemon")
+@click.group("daemon", cls=SuggestingGroup)
 def daemon_group() -> None:
     """The long-running daemon."""
 
@@ -84,7 +83,7 @@ def demo_cmd(
     no_serial: bool,
 ) -> None:
     """A throw-away twin on simulated sensors: run the daemon and print live forecasts."""
-    from edgetwin.cli.demo import run_demo
+    from edgetwin.cli.demo import next_steps, run_demo
 
     if duration < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--duration")
@@ -96,6 +95,7 @@ def demo_cmd(
         raise click.BadParameter(
             f"{home} is not empty; the demo needs a fresh home", param_hint="--home"
         )
+    kept = keep or not throwaway
     try:
         run_demo(
             home,
@@ -105,19 +105,21 @@ def demo_cmd(
             brainflow=not no_brainflow,
             serial=not no_serial,
             as_json=app.as_json,
+            keep=kept,
         )
     finally:
-        if throwaway and not keep:
+        if not kept:
             shutil.rmtree(home, ignore_errors=True)
-        elif not app.as_json:
-            click.echo(f"demo twin kept at {home}")
+    if not app.as_json:
+        click.echo("")
+        click.echo(next_steps(home if kept else None))
 
 
 # -- rendering ---------------------------------------------------------------
 
 
-def render_status(status: dict[str, Any], home: Path) -> str:
-    """A terminal summary of the status document."""
+def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = True) -> str:
+    """A terminal summary of the status document (the demo leaves out the daemon line)."""
     lines: list[str] = []
     d = status["daemon"]
     if d.get("running"):
@@ -133,7 +135,10 @@ def render_status(status: dict[str, Any], home: Path) -> str:
             )
     else:
         lines.append(f"daemon   not running on {home} (start it with 'edgetwin daemon run')")
-    lines.append("")
+    if not daemon_line:
+        lines.clear()
+    else:
+        lines.append("")
     lines.append("sources")
     locked = not status.get("store", {}).get("unlocked", True)
     if locked:
@@ -248,7 +253,9 @@ def _when(t: float) -> str:
 
 
 def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+    from edgetwin.cli.common import format_time
+
+    return format_time(t)
 
 
 def _duration(s: float) -> str:

@@ -18,6 +18,7 @@ from edgetwin.errors import DaemonNotRunning, UsageError
 
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+TIMELINE_DEFAULT_LAST = 30  # frames the timeline table shows unless --last / --all
 
 
 def parse_time(text: str | None, *, option: str) -> float | None:
@@ -106,13 +107,16 @@ def ingest_cmd(
 @click.option("--from", "t_from", default=None, help="Start (epoch s, ISO time, or -2h).")
 @click.option("--to", "t_to", default=None, help="End (epoch s, ISO time, or -5m).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with one column per feature.")
-@click.option("--last", type=int, default=None, help="Only the last N frames.")
+@click.option("--last", type=click.IntRange(min=0), default=None,
+              help=f"Only the last N frames [table default: {TIMELINE_DEFAULT_LAST}].")
+@click.option("--all", "show_all", is_flag=True, help="Every frame in the range.")
 @json_option
 @pass_app
 def timeline_cmd(
-    app: AppContext, t_from: str | None, t_to: str | None, as_csv: bool, last: int | None
+    app: AppContext, t_from: str | None, t_to: str | None, as_csv: bool, last: int | None,
+    show_all: bool,
 ) -> None:
-    """The feature frames with their masks and quality."""
+    """The feature frames with their masks and quality (the table shows the last few)."""
     from edgetwin.cli.unlock import open_twin_from_app
     from edgetwin.features.schema import FEATURES, NAMES, QUALITY_THRESHOLD
 
@@ -121,7 +125,10 @@ def timeline_cmd(
     app.require_home()
     with open_twin_from_app(app) as store:
         frames = list(store.read_frames(t0, t1))
-    if last is not None:
+    total = len(frames)
+    if last is None and not show_all and not (app.as_json or as_csv):
+        last = TIMELINE_DEFAULT_LAST  # a table of a week of 5 s steps helps nobody
+    if last is not None and not show_all:
         frames = frames[-last:] if last > 0 else []
     if app.as_json:
         emit_json([_frame_json(f, NAMES, QUALITY_THRESHOLD) for f in frames])
@@ -139,21 +146,10 @@ def timeline_cmd(
     if not frames:
         click.echo("no feature frames in that range")
         return
-    units = {f.name: f.unit for f in FEATURES}
-    header = "time                 " + " ".join(f"{_short(n):>8}" for n in NAMES)
-    click.echo(header)
-    click.echo("                     " + " ".join(f"{units[n][:8]:>8}" for n in NAMES))
-    for f in frames:
-        cells = []
-        for i in range(len(NAMES)):
-            if _usable(f, i, QUALITY_THRESHOLD):
-                mark = "*" if f.imputed[i] else " "
-                cells.append(f"{f.values[i]:>7.4g}{mark}")
-            else:
-                cells.append(f"{'·':>8}")
-        stamp = dt.datetime.fromtimestamp(f.t).isoformat(sep=" ", timespec="seconds")
-        click.echo(f"{stamp}  " + " ".join(cells))
-    click.echo("· missing or poor quality   * imputed")
+    for line in _timeline_table(frames, FEATURES, QUALITY_THRESHOLD):
+        click.echo(line)
+    if len(frames) < total:
+        click.echo(f"the last {len(frames)} of {total} frames; --last N or --all for more")
 
 
 @click.command("predictions")
@@ -177,6 +173,7 @@ def predictions_cmd(
     if follow:
         from edgetwin.daemon import control
 
+        follower = _Follower(app.as_json)
         try:
             for item in control.follow(home):
                 if item.get("end"):
@@ -184,7 +181,7 @@ def predictions_cmd(
                 pred = Prediction.from_json(item)
                 if target and pred.target != target:
                     continue
-                _print_predictions([pred], app.as_json, stream=True)
+                follower(pred)
         except DaemonNotRunning as exc:
             raise DaemonNotRunning(str(exc), hint="--follow needs a running daemon") from None
         return
@@ -216,13 +213,45 @@ def _print_score(app: AppContext, follow: bool) -> None:
         click.echo(render_score(doc))
 
 
-def _print_predictions(preds: list[Any], as_json: bool, *, stream: bool = False) -> None:
+class _Follower:
+    """``predictions --follow``: the header and legend once, then each forecast as it comes."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.started = False
+
+    def __call__(self, pred: Any) -> None:
+        if self.as_json:
+            emit_json(pred.to_json())
+            return
+        try:
+            from edgetwin.inference.render import render_header, render_legend, render_rows
+        except ImportError:
+            click.echo(f"{pred.t:.0f} {pred.target}: "
+                       f"{', '.join(f'{v:.1f}' for v in pred.horizon)}")
+            return
+        width = _output_width()
+        if not self.started:
+            self.started = True
+            horizon_s = len(pred.horizon) * pred.step_s
+            click.echo(render_legend(horizon_s, width))
+            click.echo(render_header(horizon_s, width))
+        # explanations on their own lines: a later one may not fit beside its row
+        for line in render_rows([pred], width):
+            click.echo(line)
+        sys.stdout.flush()
+
+
+def _output_width() -> int:
+    """The terminal's width; in a pipe $COLUMNS or 100 (explanations wrap, never cut)."""
+    import shutil
+
+    return shutil.get_terminal_size((100, 20)).columns
+
+
+def _print_predictions(preds: list[Any], as_json: bool) -> None:
     if as_json:
-        if stream:
-            for p in preds:
-                emit_json(p.to_json())
-        else:
-            emit_json([p.to_json() for p in preds])
+        emit_json([p.to_json() for p in preds])
         return
     if not preds:
         click.echo("no predictions yet (the forecaster needs a few minutes of context)")
@@ -233,9 +262,7 @@ def _print_predictions(preds: list[Any], as_json: bool, *, stream: bool = False)
         for p in preds:
             click.echo(f"{p.t:.0f} {p.target}: {', '.join(f'{v:.1f}' for v in p.horizon)}")
         return
-    import shutil
-
-    click.echo(render_predictions(preds, width=shutil.get_terminal_size((100, 20)).columns))
+    click.echo(render_predictions(preds, width=_output_width()))
 
 
 def _usable(frame: Any, i: int, threshold: float) -> bool:
@@ -254,8 +281,45 @@ def _frame_json(frame: Any, names: tuple[str, ...], threshold: float) -> dict[st
     }
 
 
-def _short(name: str) -> str:
-    return name.replace("eeg_", "").replace("fnirs_", "").replace("skin_", "")[:8]
+def _timeline_table(frames: list[Any], features: Any, threshold: float) -> list[str]:
+    """Aligned columns with full feature names and units, values rounded per unit.
+
+    Features with no usable value in these frames get no column, only a note.
+    """
+    from edgetwin.cli.common import local_zone
+
+    shown = [i for i, _ in enumerate(features) if any(_usable(f, i, threshold) for f in frames)]
+    widths = {i: max(len(features[i].name), len(_unit_label(features[i].unit)), 7) for i in shown}
+    time_w = 19
+    lines = [
+        f"{'time (' + local_zone() + ')':<{time_w}}  "
+        + "  ".join(f"{features[i].name:>{widths[i]}} " for i in shown).rstrip(),
+        f"{'':<{time_w}}  "
+        + "  ".join(f"{_unit_label(features[i].unit):>{widths[i]}} " for i in shown).rstrip(),
+    ]
+    for f in frames:
+        cells = []
+        for i in shown:
+            if _usable(f, i, threshold):
+                value = f"{f.values[i]:.{_DECIMALS.get(features[i].unit, 2)}f}"
+                cells.append(f"{value:>{widths[i]}}{'*' if f.imputed[i] else ' '}")
+            else:
+                cells.append(f"{'·':>{widths[i]}} ")
+        stamp = dt.datetime.fromtimestamp(f.t).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"{stamp:<{time_w}}  " + "  ".join(cells).rstrip())
+    lines.append("· missing or poor quality   * imputed")
+    empty = [features[i].name for i in range(len(features)) if i not in shown]
+    if empty:
+        lines.append(f"no usable values here: {', '.join(empty)}")
+    return lines
+
+
+# Decimals shown per unit: enough to see a change, no more than the sensor resolves.
+_DECIMALS = {"bpm": 1, "ms": 1, "%": 1, "degC": 2, "uS": 2, "g": 3, "1": 3, "uM": 2}
+
+
+def _unit_label(unit: str) -> str:
+    return "fraction" if unit == "1" else unit
 
 
 class _Ticker:

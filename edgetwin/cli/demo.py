@@ -33,6 +33,9 @@ from edgetwin.types import Prediction
 
 _LOGGER = logging.getLogger(__name__)
 
+_WIDTH = 100  # the demo's forecast table; explanations wrap rather than being cut
+UNLOCK_FILE = "demo-passphrase"  # a kept demo twin's random passphrase, mode 0600
+
 
 def run_demo(
     home: Path,
@@ -43,8 +46,13 @@ def run_demo(
     brainflow: bool,
     serial: bool,
     as_json: bool,
+    keep: bool = False,
 ) -> None:
-    """Create the twin, seed its history, run the daemon, print forecasts as they come."""
+    """Create the twin, seed its history, run the daemon, print forecasts as they come.
+
+    A kept twin gets its random passphrase in ``home/demo-passphrase`` (0600), or it
+    could never be opened again; a throw-away one is never named as if it stayed.
+    """
     from edgetwin.store import Secret, TwinStore
 
     def say(msg: str) -> None:
@@ -54,7 +62,13 @@ def run_demo(
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
     passphrase = secrets.token_urlsafe(18)
-    say(f"demo twin in {home}")
+    if keep:
+        secret_file = home / UNLOCK_FILE
+        secret_file.touch(mode=0o600)
+        secret_file.write_text(passphrase + "\n", encoding="utf-8")
+        say(f"demo twin in {home} (kept afterwards)")
+    else:
+        say("a throw-away demo twin (deleted when the demo ends; --keep keeps it)")
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(TwinStore.create(home, Secret.passphrase(passphrase)))
         config = load_config(home)
@@ -87,7 +101,7 @@ def run_demo(
             from edgetwin.cli.daemon import render_status
 
             click.echo("")
-            click.echo(render_status(daemon.status(), home))
+            click.echo(render_status(daemon.status(), home, daemon_line=False))
 
 
 class _Printer:
@@ -96,7 +110,7 @@ class _Printer:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.count = 0
-        self._shown: set[str] = set()
+        self._shown = False
 
     def __call__(self, pred: Prediction) -> None:
         self.count += 1
@@ -106,18 +120,17 @@ class _Printer:
         if pred.target != "hr":
             return
         try:
-            from edgetwin.inference.render import render_predictions
-
-            lines = render_predictions([pred], width=100).splitlines()
-            # Header and legend once; then one forecast (and its explanation) per step.
-            for line in lines:
-                if line.startswith(("time ", "forecast:")):
-                    if line in self._shown:
-                        continue
-                    self._shown.add(line)
-                click.echo(line)
+            from edgetwin.inference.render import render_header, render_legend, render_rows
         except ImportError:
             click.echo(f"{pred.t:.0f} hr -> {pred.horizon[-1]:.1f}")
+            return
+        if not self._shown:  # header and legend once; then each forecast with its explanation
+            self._shown = True
+            horizon_s = len(pred.horizon) * pred.step_s
+            click.echo(render_legend(horizon_s, _WIDTH))
+            click.echo(render_header(horizon_s, _WIDTH))
+        for line in render_rows([pred], _WIDTH):
+            click.echo(line)
 
 
 def _seed_history(
@@ -166,3 +179,24 @@ def _demo_sources(
         except ImportError:
             say("serial bridge emulator not available in this build")
     return sources
+
+
+def next_steps(home: Path | None) -> str:
+    """What to try after the demo: the kept twin's commands, or a twin of one's own."""
+    if home is not None:
+        return "\n".join([
+            f"the demo twin is kept at {home} (its passphrase is in {home / UNLOCK_FILE});"
+            " try next:",
+            f"  export EDGETWIN_HOME={home} EDGETWIN_PASSPHRASE_FILE={home / UNLOCK_FILE}",
+            "  edgetwin timeline                    the feature frames it holds",
+            "  edgetwin predictions --last 5        its latest forecasts, explained",
+            "  edgetwin daemon run --duration 60    feed it for another minute",
+            f"  rm -r {home}" + " " * max(1, 31 - len(str(home))) + "when you are done",
+        ])
+    return "\n".join([
+        "the demo twin is deleted now (--keep keeps the next one); try next:",
+        "  edgetwin init                        a twin of your own (asks for a passphrase)",
+        "  edgetwin pair add simulator          a simulated person, or: edgetwin pair scan",
+        "  edgetwin daemon run                  record, compute features, forecast",
+        "  edgetwin status                      then: edgetwin timeline, edgetwin predictions",
+    ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -34,7 +35,9 @@ def _twin(app: AppContext, *, strict: bool = True) -> Iterator[TwinStore]:
 def _when(t: float | None) -> str:
     if t is None or not math.isfinite(t):
         return "-"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    from edgetwin.cli.common import format_time
+
+    return format_time(t)
 
 
 # -- init ----------------------------------------------------------------------
@@ -335,7 +338,9 @@ def audit_cmd(app: AppContext, check: bool) -> None:
         )
     else:
         for e in entries:
-            details = " ".join(f"{k}={v}" for k, v in (e.get("details") or {}).items())
+            details = " ".join(
+                f"{k}={_audit_value(k, v)}" for k, v in (e.get("details") or {}).items()
+            )
             click.echo(f"{e['seq']:>5}  {_when(e.get('t'))}  {e.get('event')!s:<14} {details}")
         if check:
             if problems:
@@ -348,6 +353,26 @@ def audit_cmd(app: AppContext, check: bool) -> None:
             f"the audit log is damaged: {len(problems)} problem(s)",
             hint="entries were edited, deleted or reordered; see above",
         )
+
+
+def _audit_value(key: str, value: Any) -> str:
+    """One audit detail as a person reads it: times as times, lists and tables spelled out."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and (key in {"t", "before", "after"}
+                                           or key.endswith(("_start", "_t", "_at"))):
+        return _when(float(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return "(" + ",".join(f"{k}={_audit_value(str(k), v)}" for k, v in value.items()) + ")"
+    if isinstance(value, list | tuple):
+        return ",".join(_audit_value(key, v) for v in value) or "-"
+    text = str(value)
+    # quoted only when a space would make it look like two details
+    return json.dumps(text) if not text or any(c.isspace() for c in text) else text
 
 
 @click.command("verify")

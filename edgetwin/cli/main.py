@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from edgetwin import __version__
-from edgetwin.cli.common import AppContext
+from edgetwin.cli.common import AppContext, SuggestingGroup
 from edgetwin.errors import EdgetwinError
 
 # command name -> "module:attribute"; each module owns its commands.
@@ -41,8 +41,12 @@ _COMMANDS: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(SuggestingGroup):
     """A group whose subcommands are imported on first use."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``-v`` / ``--verbose`` count wherever they stand, also after the subcommand."""
+        return super().parse_args(ctx, _verbose_first(args))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(
@@ -119,6 +123,20 @@ def cli(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     cli.main(args=argv, prog_name="edgetwin")
+
+
+def _verbose_first(args: list[str]) -> list[str]:
+    """Move -v, -vv, --verbose (before any ``--``) to the front, where the root parses them."""
+    end = args.index("--") if "--" in args else len(args)
+    verbose = [a for a in args[:end] if a == "--verbose" or _is_short_verbose(a)]
+    if not verbose:
+        return args
+    rest = [a for a in args[:end] if not (a == "--verbose" or _is_short_verbose(a))]
+    return [*verbose, *rest, *args[end:]]
+
+
+def _is_short_verbose(arg: str) -> bool:
+    return len(arg) >= 2 and arg[0] == "-" and set(arg[1:]) == {"v"}
 
 
 def _module_exists(name: str) -> bool:

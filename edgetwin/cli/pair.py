@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
+from edgetwin.cli.common import AppContext, SuggestingGroup, emit_json, json_option, pass_app
 from edgetwin.errors import UsageError
 
 PAIRING = "pairing"
@@ -83,7 +83,7 @@ def paired_names(app: AppContext) -> set[str]:
         return set(store.list_records(PAIRING))
 
 
-class _AddGroup(click.Group):
+class _AddGroup(SuggestingGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*_ADD_COMMANDS, *self.commands])
 
@@ -102,7 +102,7 @@ class _AddGroup(click.Group):
         return command
 
 
-@click.group("pair")
+@click.group("pair", cls=SuggestingGroup)
 def pair_group() -> None:
     """Find and register sensors."""
 
@@ -176,13 +176,51 @@ def scan_cmd(app: AppContext, timeout: float, no_ble: bool) -> None:
     if app.as_json:
         emit_json({"devices": found, "notes": notes})
         return
-    for dev in found:
-        extra = ", ".join(f"{k}={v}" for k, v in dev.items() if k not in ("transport",))
-        click.echo(f"{dev['transport']:<10} {extra}")
-    if not found:
-        click.echo("nothing found")
+    for line in scan_table(found):
+        click.echo(line)
     for note in notes:
         click.echo(f"note: {note}", err=True)
+
+
+def scan_table(found: list[dict[str, Any]]) -> list[str]:
+    """``pair scan`` for people: one aligned row per device and the command that pairs it."""
+    if not found:
+        return ["nothing found"]
+    rows = [_scan_row(dev) for dev in found]
+    heads = ("transport", "address", "name", "what", "pair with")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:-1])]
+    return [
+        "  ".join(f"{cell:<{w}}" for cell, w in zip(row, [*widths, 0], strict=True)).rstrip()
+        for row in [heads, *rows]
+    ]
+
+
+def _scan_row(dev: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    transport = str(dev.get("transport", ""))
+    if transport == "ble":
+        profiles = list(dev.get("profiles") or [])
+        what = ", ".join(profiles) or "no health profile"
+        if dev.get("rssi") is not None:
+            what += f" ({dev['rssi']} dBm)"
+        cmd = (f"edgetwin pair add ble {dev['address']} --profile {profiles[0]}"
+               if profiles else "-")
+        return transport, str(dev["address"]), str(dev.get("name") or "-"), what, cmd
+    port = str(dev.get("port", ""))
+    name = str(dev.get("description") or dev.get("manufacturer") or "-")
+    if transport == "brainflow":
+        boards = list(dev.get("boards") or [])
+        what = f"BrainFlow dongle for {', '.join(boards)}" if boards else "BrainFlow dongle"
+        cmd = (f"edgetwin pair add brainflow --board {boards[0]} --serial-port {port}"
+               if boards else "-")
+        return transport, port, name, what, cmd
+    bridge = dev.get("bridge")
+    if isinstance(bridge, dict):
+        what = (f"edgetwin bridge {bridge.get('model', '?')}, {bridge.get('channels', '?')} "
+                f"channels at {bridge.get('rate_hz', 0):g} Hz")
+        return transport, port, name, what, f"edgetwin pair add serial {port}"
+    what = (f"USB {dev['vid_pid']}, no bridge answered" if dev.get("vid_pid")
+            else "built-in serial port (not probed)")
+    return transport, port, name, what, "-"
 
 
 def _scan(

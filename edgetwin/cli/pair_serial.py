@@ -109,6 +109,16 @@ def serial_add(
     """Register a USB-serial firmware bridge (DIY fNIRS, PPG, EDA rigs)."""
     build_serial_record(port, baud)  # validate before touching the port
     port = stable_port_path(port.strip())
+    missing = "://" not in port and not Path(port).exists()  # URLs (socket://) are not files
+    if missing and probe:
+        raise DeviceNotFound(
+            f"no such device: {port}",
+            hint="plug it in and check the name ('edgetwin pair scan' lists serial ports), "
+            "or pass --no-probe to register it for later",
+        )
+    if missing and not app.as_json:
+        click.echo(f"note: {port} does not exist now; the daemon waits for it to appear",
+                   err=True)
     info: dict[str, Any] | None = None
     if probe:
         from edgetwin.sources.serial import probe_port

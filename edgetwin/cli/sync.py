@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
+from edgetwin.cli.common import AppContext, SuggestingGroup, emit_json, json_option, pass_app
 from edgetwin.errors import BudgetExhausted, UplinkError, UsageError
 
 if TYPE_CHECKING:
@@ -35,15 +35,22 @@ def _twin(app: AppContext) -> Iterator[tuple[TwinStore, Config]]:
 
 
 def _when(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%MZ")
+    """An instant in local time with its offset, as every command prints them."""
+    from edgetwin.cli.common import format_time
+
+    return "-" if t is None else format_time(t)
+
+
+def _period(t: float, period: str) -> str:
+    """A release's UTC period, e.g. ``2026-12-01`` (day) or ``2026-12-01 14:00Z`` (hour)."""
+    when = datetime.fromtimestamp(t, UTC)
+    return when.strftime("%Y-%m-%d") if period == "day" else when.strftime("%Y-%m-%d %H:%MZ")
 
 
 # -- consent -------------------------------------------------------------------
 
 
-@click.group("consent")
+@click.group("consent", cls=SuggestingGroup)
 def consent_group() -> None:
     """Which summaries may leave this device (default: none)."""
 
@@ -106,7 +113,7 @@ def consent_revoke(app: AppContext, metric: str) -> None:
 # -- sync ----------------------------------------------------------------------
 
 
-@click.group("sync")
+@click.group("sync", cls=SuggestingGroup)
 def sync_group() -> None:
     """Differentially private summaries: where they go, release, upload, budget."""
 
@@ -242,7 +249,8 @@ def sync_status(app: AppContext) -> None:
                f"cancelled {doc['cancelled']}")
     for e in st.unsent:
         extra = f"next try {_when(e.next_try)}" if e.state == "pending" else ""
-        click.echo(f"  {e.state:<8} {e.metric:<16} {_when(e.release['period_start'])} "
+        period = _period(e.release["period_start"], e.release["period"])
+        click.echo(f"  {e.state:<8} {e.metric:<16} {period} "
                    f"attempts {e.attempts} {extra} {e.last_error or ''}".rstrip())
 
 
@@ -392,6 +400,7 @@ def _print_aggregates(rows: list[dict[str, Any]]) -> None:
                f"{'95% CI (noise)':>22}")
     for r in rows:
         lo, hi = r["ci95"]
-        click.echo(f"{r['metric']:<16} {r['period']:<6} {_when(r['period_start']):<17} "
+        period = _period(r["period_start"], r["period"])
+        click.echo(f"{r['metric']:<16} {r['period']:<6} {period:<17} "
                    f"{r['devices']:>7} {r['mean']:>10.2f} {f'[{lo:.1f}, {hi:.1f}]':>22} "
                    f"{r['unit']}")

@@ -21,13 +21,24 @@ def read_secret(app: AppContext, *, create: bool = False, prompt: str | None = N
         return Secret.keyfile(app.keyfile)
     if app.passphrase_file is not None:
         return Secret.passphrase(read_passphrase_file(app.passphrase_file))
+    import getpass
+    import warnings
+
     try:
-        text = click.prompt(
-            prompt or ("New passphrase" if create else "Passphrase"),
-            hide_input=True,
-            confirmation_prompt="Repeat the passphrase" if create else False,
-            err=True,
-        )
+        with warnings.catch_warnings():
+            # Without a terminal getpass would warn and echo: refuse instead of leaking either.
+            warnings.simplefilter("error", getpass.GetPassWarning)
+            text = click.prompt(
+                prompt or ("New passphrase" if create else "Passphrase"),
+                hide_input=True,
+                confirmation_prompt="Repeat the passphrase" if create else False,
+                err=True,
+            )
+    except getpass.GetPassWarning as exc:
+        raise UsageError(
+            "a passphrase is needed and there is no terminal to ask for it on",
+            hint="use --passphrase-file / EDGETWIN_PASSPHRASE_FILE or --keyfile",
+        ) from exc
     except click.Abort as exc:
         raise UsageError(
             "a passphrase is needed and none was typed",
