@@ -23,10 +23,11 @@ over its samples:
   pyedflib writes EDF+C only (not EDF+D), hence filled gaps.
 * **CSV** (the DESIGN.md format: ``timestamp`` first, one column per channel)
   for everything else, lossless (shortest round-trip float text): RR intervals
-  (one row per beat), irregular streams (no rate, e.g. spot checks), streams whose layout
-  changed, more than one gap per 2 s on average, and values EDF cannot hold
-  (infinities; magnitudes or resolutions beyond its 8-character header
-  fields, e.g. 1e308). The manifest's ``why`` says which rule applied.
+  (one row per beat), irregular streams (no rate, e.g. spot checks), streams
+  whose layout changed, more than one gap per 2 s on average, more than 512
+  channels, and values EDF cannot hold (infinities; magnitudes or resolutions
+  beyond its 8-character header fields, e.g. 1e308). The manifest's ``why``
+  says which rule applied.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from edgetwin.types import FloatArray, SampleBatch, channel_kind
 FNIRS = re.compile(r"^fnirs_([A-Za-z0-9]+)_([A-Za-z0-9]+)_(\d+(?:\.\d+)?)$")
 EDF_NAN = -32768
 GAP_ANNOTATION = "BAD_ACQ_SKIP"
+EDF_MAX_CHANNELS = 512  # edflib takes 640 signals, annotation signals included
 _DMIN, _DMAX = -32768, 32767
 _RECORD_CHOICES = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50)
 GAP_PERIODS = 5
@@ -348,6 +350,10 @@ def plan_stream(
     if grid.gaps > 8 + span / 2:
         plan.reason = (f"irregular timestamps: {grid.gaps} gaps in {span:.0f} s at "
                        f"{scan.rate:g} Hz")
+        return plan
+    if len(channels) > EDF_MAX_CHANNELS:
+        plan.reason = (f"it has {len(channels)} channels; EDF writers take at most "
+                       f"{EDF_MAX_CHANNELS}")
         return plan
     if scan.infinite:
         c = channels[min(scan.infinite)]

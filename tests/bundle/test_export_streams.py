@@ -291,3 +291,53 @@ def test_rr_intervals_stay_csv_however_steady_the_heart(tmp_path: Path, key: Age
     doc = _stream(manifest, "chest.rr")
     assert (doc["format"], doc["why"]) == ("csv", "RR intervals (one row per beat)")
     np.testing.assert_array_equal(got["chest.rr"].t, t)
+
+
+def test_edf_header_bounds_are_exactly_the_manifests(tmp_path: Path, key: AgeKey) -> None:
+    """edflib truncates the digits it prints (21013.16 came out 21013.15, 61.9 as 61.92499):
+    the file must hold the bounds the values were scaled with, or every value shifts."""
+    import pyedflib
+
+    rng = np.random.default_rng(8)
+    n = 640
+    t = T0 + np.arange(n) / 64.0
+    v = np.column_stack([21013.165 + 36.8 * rng.uniform(0, 1, n),  # the Athena optics' range
+                         61.9 + 3.2 * rng.uniform(0, 1, n),
+                         -0.00005 + 0.00012 * rng.uniform(0, 1, n)])
+    v[[0, 1], [0, 1]] = [21013.165, 61.9]
+    manifest, dest, got = _round_trip(
+        tmp_path, key, [SampleBatch.build("muse.ancillary", EEG, t, v, meta={"rate_hz": 64})])
+    doc = _stream(manifest, "muse.ancillary")
+    reader = pyedflib.EdfReader(str(dest / doc["recordings"][0]["member"]))
+    try:
+        in_file = [(reader.getPhysicalMinimum(i), reader.getPhysicalMaximum(i)) for i in range(3)]
+    finally:
+        reader.close()
+    assert in_file == list(zip(doc["edf"]["physical_min"], doc["edf"]["physical_max"],
+                               strict=True))
+    quantum = (np.array(doc["edf"]["physical_max"]) - doc["edf"]["physical_min"]) / 65535
+    assert (np.abs(got["muse.ancillary"].values - v) <= quantum / 2 * (1 + 1e-6)).all()
+
+
+def test_non_ascii_names_and_units_export_and_come_back(tmp_path: Path, key: AgeKey) -> None:
+    t = T0 + np.arange(500) / 100.0
+    channels = ("eeg_fz", "temp_ohr_ü")
+    manifest, _dest, got = _round_trip(tmp_path, key, [
+        SampleBatch.build("dev.x", channels, t, np.ones((500, 2)), units=("µV", "°C"),
+                          meta={"rate_hz": 100})])
+    doc = _stream(manifest, "dev.x")
+    assert doc["format"] == "edf"
+    assert doc["edf"]["labels"] == ["eeg_fz", "temp_ohr__~001"]  # EDF headers are ASCII
+    assert (got["dev.x"].channels, got["dev.x"].units) == (channels, ("µV", "°C"))
+
+
+def test_more_channels_than_edf_takes_goes_to_csv(tmp_path: Path, key: AgeKey) -> None:
+    t = T0 + np.arange(20) / 10.0
+    channels = tuple(f"other_{i}" for i in range(600))
+    v = np.random.default_rng(9).normal(size=(20, 600))
+    manifest, _dest, got = _round_trip(tmp_path, key, [
+        SampleBatch.build("dev.many", channels, t, v, meta={"rate_hz": 10})])
+    doc = _stream(manifest, "dev.many")
+    assert (doc["format"], doc["why"]) == ("csv", "it has 600 channels; EDF writers take at "
+                                                  "most 512")
+    np.testing.assert_array_equal(got["dev.many"].values, v)
