@@ -167,7 +167,7 @@ def import_bundle(
     or merge it into the open twin ``target``.
 
     A merge that would change the target's settings (grant consent, set the
-    sync target, queue uploads) is refused before anything is written unless
+    sync target, pair devices, queue uploads) is refused before anything is written unless
     ``accept_settings``: a bundle must not silently redirect the person's DP
     uploads or consent on their behalf.
     """
@@ -344,6 +344,11 @@ def setting_changes(
         if isinstance(sync.get("topic"), str):
             where += f" topic {sync['topic'][:60]}"
         out.append(f"set the sync target (where DP releases are uploaded) to {where}")
+    paired = sorted(k for k in records.get("pairing", {}) if new("pairing", k))
+    if paired:
+        # the daemon would start recording from these devices
+        out.append("pair the device(s) " + ", ".join(repr(k[:40]) for k in paired[:5])
+                   + (f" and {len(paired) - 5} more" if len(paired) > 5 else ""))
     queued = [k for k, r in records.get("outbox", {}).items()
               if r["state"] in ("pending", "failed") and new("outbox", k)]
     if queued:

@@ -118,8 +118,8 @@ def export_cmd(
 @click.option("--merge", is_flag=True,
               help="Add the bundle to the existing twin in --home, skipping what it already holds.")
 @click.option("--accept-settings", is_flag=True,
-              help="With --merge: also take the bundle's consents, sync target and queued "
-              "uploads that this twin lacks (refused without it, saying what they are).")
+              help="With --merge: also take the bundle's consents, sync target, pairings and "
+              "queued uploads that this twin lacks (refused without it, saying what they are).")
 @_limit_option
 @json_option
 @pass_app

@@ -17,7 +17,7 @@ from typing import Any
 import pyrage
 import pytest
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edgetwin.bundle import export_bundle
@@ -50,6 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "host": "collector.example", "port": 443, "path": "/ingest", "tls": True,
             "topic": None, "ca_file": None, "allow_insecure_loopback": False,
         })
+        store.put_record("pairing", "strap2", {"kind": "ble", "address": "C0:FF:EE:00:00:02"})
         store.audit("note", n=1)  # a few audit lines to spoil
         store.audit("note", n=2)
         bundle = root / "src.age"
@@ -266,6 +267,7 @@ def test_merge_does_not_grant_consent_or_set_a_sync_target_without_accept_settin
     line = _one_line(r)
     assert "grant consent to share 'eda' per day" in line
     assert "set the sync target" in line and "https://collector.example/ingest" in line
+    assert "pair the device(s) 'strap2'" in line
     assert "--accept-settings" in line and "nothing was merged" in line
     assert _snapshot(target) == before
     r = _import(world, world["bundle"], target, "--merge", "--accept-settings")
@@ -274,6 +276,7 @@ def test_merge_does_not_grant_consent_or_set_a_sync_target_without_accept_settin
     with TwinStore.open(target, Secret.passphrase(PASS)) as s:
         assert s.get_record("consent", "eda") == {"granted": True, "period": "day"}
         assert s.get_record("sync", "target")["url"] == "https://collector.example/ingest"  # type: ignore[index]
+        assert s.get_record("pairing", "strap2") is not None
 
 
 def test_merge_keeps_the_twins_own_settings_and_asks_nothing_when_it_has_them(
@@ -284,11 +287,13 @@ def test_merge_keeps_the_twins_own_settings_and_asks_nothing_when_it_has_them(
     with TwinStore.open(target, Secret.passphrase(PASS)) as s:
         s.put_record("consent", "eda", {"granted": False, "period": "week"})
         s.put_record("sync", "target", {"kind": "https", "url": "https://mine.example/x"})
+        s.put_record("pairing", "strap2", {"kind": "simulator"})
     r = _import(world, world["bundle"], target, "--merge")
     assert r.exit_code == 0, r.output
     with TwinStore.open(target, Secret.passphrase(PASS)) as s:
         assert s.get_record("consent", "eda") == {"granted": False, "period": "week"}
         assert s.get_record("sync", "target") == {"kind": "https", "url": "https://mine.example/x"}
+        assert s.get_record("pairing", "strap2") == {"kind": "simulator"}
 
 
 # -- property: whatever the bytes, a clean exit and a sound twin -----------------------------------
@@ -300,6 +305,7 @@ _SETTINGS = settings(max_examples=40, deadline=None, database=None,
 def _check_outcome(w: dict[str, Any], r: Result, allowed: set[int], target: Path | None,
                    before: dict[str, Any] | None) -> None:
     assert r.exit_code in allowed, (r.exit_code, r.output, r.exception)
+    event(f"exit {r.exit_code}")
     if r.exit_code:
         _one_line(r)
     if target is not None:
