@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from edgetwin.features.schema import MEMORY_S, NAMES, SCHEMA_VERSION, fed_by
-from edgetwin.types import FeatureFrame, Prediction, channel_kind
+from edgetwin.features.schema import INDEX, MEMORY_S, NAMES, SCHEMA_VERSION, fed_by
+from edgetwin.types import FeatureFrame, FloatArray, Prediction, channel_kind
 
 # A frame reads samples up to one step (and its lateness) beyond its own step: enough
 # for steps up to a minute.
@@ -43,6 +43,7 @@ IMPUTE_REACH_S = 600.0
 _MAX_MEMORY_S = max(MEMORY_S.values())
 
 Span = tuple[float, float]
+BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 # What one record was computed from: the features (None: any) and the time span.
 RecordSource = tuple[tuple[str, ...] | None, Span]
 
@@ -123,48 +124,23 @@ class Taint:
         i = bisect.bisect_left(self.hits, lo)
         return i < len(self.hits) and self.hits[i] <= hi
 
-    # -- frames and forecasts ----------------------------------------------------------
+    # -- the same over arrays (a day of 5 s steps is 17,280 frames and as many forecasts) --
 
-    def fed_values(self, frame: FeatureFrame) -> np.ndarray[Any, np.dtype[np.bool_]]:
-        """Cells of ``frame`` that this data fed (and that hold something)."""
-        t, n = frame.t, frame.values.shape[0]
-        drop = np.zeros(n, dtype=bool)
-        if self.empty or not self.overlaps(t, t, after=self.memory()):
-            return drop
-        if frame.schema_version == SCHEMA_VERSION and n == len(NAMES):
-            for name in self.names():
-                if self.overlaps(t, t, after=MEMORY_S[name]):
-                    drop[NAMES.index(name)] = True
-        else:
-            drop[:] = True  # a layout this code does not know: cannot tell the features apart
-        return drop & (np.isfinite(frame.values) | (frame.quality > 0) | frame.imputed)
+    def _near(self, lo: FloatArray, hi: FloatArray, after: float) -> BoolArray:
+        """:meth:`overlaps` of each [lo[k], hi[k]]."""
+        if not self.spans:
+            return np.zeros(lo.shape, dtype=bool)
+        starts = np.asarray(self._starts)
+        ends = np.asarray([b for _, b in self.spans])
+        i = np.searchsorted(starts, hi + PAD_S, side="right") - 1
+        return (i >= 0) & (ends[np.maximum(i, 0)] + PAD_S + after >= lo)
 
-    def shred_frames(self, frames: list[FeatureFrame]) -> list[FeatureFrame]:
-        """``frames`` without the values this data fed; the same list when nothing changed."""
-        out: list[FeatureFrame] = []
-        changed = False
-        for frame in frames:
-            new = self._shred_frame(frame)
-            changed |= new is not frame
-            if new is not None:
-                out.append(new)
-        return out if changed else frames
-
-    def _shred_frame(self, frame: FeatureFrame) -> FeatureFrame | None:
-        drop = self.fed_values(frame)
-        if frame.imputed.any() and self.read_by_model(frame.t - IMPUTE_REACH_S, frame.t):
-            drop |= frame.imputed  # the imputer read forgotten values within its window
-        if not drop.any():
-            return frame
-        values = np.where(drop, np.nan, frame.values)
-        if not np.isfinite(values).any():
-            return None  # nothing left but the step's time, which came from this data
-        return replace(
-            frame,
-            values=values,
-            quality=np.where(drop, 0.0, frame.quality),
-            imputed=frame.imputed & ~drop,
-        )
+    def _hits_within(self, lo: FloatArray, hi: FloatArray) -> BoolArray:
+        hits = np.asarray(self.hits)
+        if not hits.size:
+            return np.zeros(lo.shape, dtype=bool)
+        i = np.searchsorted(hits, lo, side="left")
+        return (i < hits.size) & (hits[np.minimum(i, hits.size - 1)] <= hi)
 
     def read_by_model(self, lo: float, hi: float) -> bool:
         """Whether a model input spanning [lo, hi] held forgotten data or values fed by it."""
@@ -172,14 +148,112 @@ class Taint:
             return False
         return self._hit_within(lo, hi) or (self.frames_gone and self.overlaps(lo, hi, after=0.0))
 
+    def _read_by_models(self, lo: FloatArray, hi: FloatArray) -> BoolArray:
+        if self.empty:
+            return np.zeros(lo.shape, dtype=bool)
+        out = self._hits_within(lo, hi)
+        if self.frames_gone:
+            out |= self._near(lo, hi, 0.0)
+        return out
+
+    def feeds_every_forecast(self, lo: float, hi: float) -> bool:
+        """Whether every forecast made at a time in [lo, hi] read this data, whatever its
+        context length: a whole stored chunk can then go without being decoded."""
+        if self.empty:
+            return False
+        r = IMPUTE_REACH_S
+        if self.frames_gone:
+            i = bisect.bisect_right(self._starts, lo + PAD_S) - 1
+            if i >= 0 and self.spans[i][1] + PAD_S >= hi - r:
+                return True
+        hits = np.asarray(self.hits)
+        seg = hits[np.searchsorted(hits, lo - r, "left"):np.searchsorted(hits, hi, "right")]
+        return bool(
+            seg.size
+            and seg[0] <= lo
+            and hi - seg[-1] <= r
+            and (seg.size < 2 or float(np.diff(seg).max()) <= r)
+        )
+
+    # -- frames and forecasts ----------------------------------------------------------
+
+    def fed_values(self, frame: FeatureFrame) -> BoolArray:
+        """Cells of ``frame`` that this data fed (and that hold something)."""
+        fed: BoolArray = self._fed([frame])[0]
+        return fed
+
+    def fed_times(self, frames: list[FeatureFrame]) -> list[float]:
+        """Times of the frames holding a value this data fed."""
+        return [f.t for f, fed in zip(frames, self._fed_rows(frames), strict=True) if fed.any()]
+
+    def _fed_rows(self, frames: list[FeatureFrame]) -> list[BoolArray]:
+        if len({f.values.shape[0] for f in frames}) > 1:
+            return [self._fed([f])[0] for f in frames]
+        return list(self._fed(frames)) if frames else []
+
+    def _fed(self, frames: list[FeatureFrame]) -> BoolArray:
+        """(frames, cells) fed by this data and holding something; frames of one width."""
+        t = np.array([f.t for f in frames])
+        values = np.stack([f.values for f in frames])
+        drop = np.zeros(values.shape, dtype=bool)
+        if self.empty:
+            return drop
+        if values.shape[1] == len(NAMES) and all(f.schema_version == SCHEMA_VERSION
+                                                 for f in frames):
+            for name in self.names():
+                drop[:, INDEX[name]] = self._near(t, t, MEMORY_S[name])
+        else:  # a layout this code does not know: cannot tell the features apart
+            drop[:] = self._near(t, t, self.memory())[:, None]
+        quality = np.stack([f.quality for f in frames])
+        imputed = np.stack([f.imputed for f in frames])
+        return drop & (np.isfinite(values) | (quality > 0) | imputed)
+
+    def shred_frames(self, frames: list[FeatureFrame]) -> list[FeatureFrame]:
+        """``frames`` without the values this data fed; the same list when nothing changed."""
+        if not frames or self.empty:
+            return frames
+        if len({f.values.shape[0] for f in frames}) > 1:
+            parts = [self.shred_frames([f]) for f in frames]
+            same = all(len(p) == 1 and p[0] is f for p, f in zip(parts, frames, strict=True))
+            return frames if same else [f for part in parts for f in part]
+        t = np.array([f.t for f in frames])
+        imputed = np.stack([f.imputed for f in frames])
+        drop = self._fed(frames)
+        # imputed values whose imputer window read forgotten values go too
+        drop |= imputed & self._read_by_models(t - IMPUTE_REACH_S, t)[:, None]
+        rows = np.flatnonzero(drop.any(axis=1))
+        if not rows.size:
+            return frames
+        values = np.stack([frames[r].values for r in rows])
+        values[drop[rows]] = np.nan
+        quality = np.stack([frames[r].quality for r in rows])
+        quality[drop[rows]] = 0.0
+        imp = imputed[rows] & ~drop[rows]
+        # a frame left with no value goes: nothing but the step's time would be left
+        left = [bool(x) for x in np.isfinite(values).sum(axis=1) > 0]
+        out: list[FeatureFrame | None] = list(frames)
+        for k, r in enumerate(rows.tolist()):
+            f = frames[r]
+            out[r] = (
+                FeatureFrame(f.t, values[k], quality[k], imp[k], f.schema_version)
+                if left[k] else None
+            )
+        return [f for f in out if f is not None]
+
     def drop_forecasts(self, preds: list[Prediction]) -> list[Prediction]:
         """``preds`` without the forecasts whose inputs reached this data; same list if none."""
-        kept = [p for p in preds if not self.fed_forecast(p)]
-        return preds if len(kept) == len(preds) else kept
+        if not preds or self.empty:
+            return preds
+        t = np.array([p.t for p in preds])
+        context = np.array([len(p.attention) * p.step_s for p in preds])
+        context = np.where(np.isfinite(context), context, np.inf)
+        fed = self._read_by_models(t - context - IMPUTE_REACH_S, t)
+        if not fed.any():
+            return preds
+        return [p for p, gone in zip(preds, fed, strict=True) if not gone]
 
     def fed_forecast(self, pred: Prediction) -> bool:
-        context = len(pred.attention) * pred.step_s if math.isfinite(pred.step_s) else math.inf
-        return self.read_by_model(pred.t - context - IMPUTE_REACH_S, pred.t)
+        return len(self.drop_forecasts([pred])) == 0
 
     # -- records ---------------------------------------------------------------------------
 

@@ -1401,14 +1401,23 @@ class TwinStore:
             lo, hi = taint.reach()
             for day in self._days_within(frames, lo, hi):
                 for chunk in self._day_items(frames, day, codec.decode_frames):
-                    hits.extend(f.t for f in chunk if taint.fed_values(f).any())
+                    hits.extend(taint.fed_times(chunk))
         taint = taint.with_hits(hits)
         report.frames_shredded = len(taint.hits)
         preds = self._load_series_for_write(KIND_PREDICTIONS, "", create=False)
-        for series, edit, reach in (
-            (frames, taint.shred_frames, IMPUTE_REACH_S),
+        def every_forecast(row: _ChunkRow) -> bool:
+            # the chunk's clear hours, narrowed to its day's first and last forecast
+            assert preds is not None
+            lo, hi = float(row.b0 * BUCKET_S), float((row.b1 + 1) * BUCKET_S)
+            stats = preds.periods.get(row.b0 // _BUCKETS_PER_PERIOD)
+            if stats is not None:
+                lo, hi = max(lo, float(stats[2])), min(hi, float(stats[3]))
+            return taint.feeds_every_forecast(lo, hi)
+
+        for series, edit, gone, reach in (
+            (frames, taint.shred_frames, None, IMPUTE_REACH_S),
             # a forecast's context is at most a day here
-            (preds, taint.drop_forecasts, IMPUTE_REACH_S + PERIOD_S),
+            (preds, taint.drop_forecasts, every_forecast, IMPUTE_REACH_S + PERIOD_S),
         ):
             if series is None:
                 continue
@@ -1419,7 +1428,7 @@ class TwinStore:
                 if rows and taint.read_by_model(first - reach, last)
             ]
             for day in days:
-                report.merge(self._rekey_day(series, day, keep_from=None, edit=edit))
+                report.merge(self._rekey_day(series, day, keep_from=None, edit=edit, gone=gone))
             if days:
                 self._save_series(series)
         report.merge(self._drop_records(taint.fed_record))
@@ -1539,10 +1548,12 @@ class TwinStore:
         *,
         keep_from: float | None,
         edit: Callable[[list[Any]], list[Any]] | None = None,
+        gone: Callable[[_ChunkRow], bool] | None = None,
     ) -> ForgetReport:
         """Re-encrypt one day of a series under a fresh key, dropping rows before
         ``keep_from`` (frames and predictions: keeping what ``edit`` returns for each
-        chunk); then destroy the day's old keys."""
+        chunk; a chunk ``gone`` picks is dropped undecoded); then destroy the day's old
+        keys."""
         report = ForgetReport()
         old_keys = [
             int(r[0])
@@ -1567,6 +1578,10 @@ class TwinStore:
         stats = [0, 0, math.inf, -math.inf]
         widths = [len(c) for c, _ in series.layouts]
         for row in rows:
+            if gone is not None and gone(row):
+                self._conn.execute("DELETE FROM chunk WHERE sn = ? AND seq = ?", (row.sn, row.seq))
+                report.chunks_deleted += 1
+                continue
             try:
                 plain = self._open_chunk(series, row)
             except DataCorrupt as exc:

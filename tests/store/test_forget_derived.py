@@ -306,3 +306,26 @@ def test_forget_of_a_stream_that_feeds_no_feature_leaves_the_timeline(
     assert len(twin.read_predictions()) == n_preds
     assert report.frames_shredded == 0 and report.predictions_deleted == 0
     assert twin.get_record(*ENGINE_STATE_RECORD) is not None
+
+
+def test_a_chunk_dropped_undecoded_holds_only_forecasts_that_read_the_data() -> None:
+    """feeds_every_forecast lets forget delete a forecast chunk without decoding it: it must
+    never claim a chunk holding a forecast that did not read the forgotten data."""
+    from edgetwin.store.derived import Taint
+    from edgetwin.types import Prediction
+
+    rng = np.random.default_rng(0)
+    claimed = 0
+    for _ in range(200):
+        hits = np.sort(rng.uniform(0, 7200, rng.integers(1, 40)))
+        taint = Taint.of(["hr"], [(0.0, 1.0)]).with_hits(hits.tolist())
+        lo = float(rng.uniform(0, 7000))
+        hi = lo + float(rng.uniform(0, 1200))
+        if not taint.feeds_every_forecast(lo, hi):
+            continue
+        claimed += 1
+        # the shortest context a forecast can have: none
+        preds = [Prediction(float(t), "hr", 5.0, (1.0,), ((0.0, 2.0),), (), (), "m")
+                 for t in np.arange(lo, hi + 1e-9, 5.0)]
+        assert taint.drop_forecasts(preds) == []
+    assert claimed > 10
