@@ -103,8 +103,15 @@ def test_the_walker_sees_imports_at_all() -> None:
         # transports know samples, not where they are kept
         ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors")),
         ("edgetwin.features", ("edgetwin.types", "edgetwin.errors")),
-        # the store takes a Secret; it never prompts, never reaches up into the CLI or daemon
-        ("edgetwin.store", ("edgetwin.types", "edgetwin.errors", "edgetwin.config")),
+        # the store takes a Secret; it never prompts, never reaches up into the CLI or daemon.
+        # It may read the pure catalogues (which feature feeds what, which summaries exist)
+        # to shred what was derived from forgotten data.
+        ("edgetwin.store", ("edgetwin.types", "edgetwin.errors", "edgetwin.config",
+                            "edgetwin.features.schema", "edgetwin.privacy.metrics")),
+        # ... and those catalogues stay pure: nothing but the base below them
+        ("edgetwin.features.schema", ("edgetwin.types", "edgetwin.errors")),
+        ("edgetwin.privacy.metrics",
+         ("edgetwin.types", "edgetwin.errors", "edgetwin.features.schema")),
         # emulated hardware may use the wire protocol, nothing of the runtime above it
         ("edgetwin.emulators",
          ("edgetwin.errors", "edgetwin.types", "edgetwin.sources.bridge_protocol")),

@@ -126,7 +126,8 @@ def timeline_cmd(
     with open_twin_from_app(app) as store:
         frames = list(store.read_frames(t0, t1))
     total = len(frames)
-    if last is None and not show_all and not (app.as_json or as_csv):
+    limited = last is None and not show_all and not (app.as_json or as_csv)
+    if limited:
         last = TIMELINE_DEFAULT_LAST  # a table of a week of 5 s steps helps nobody
     if last is not None and not show_all:
         frames = frames[-last:] if last > 0 else []
@@ -148,7 +149,7 @@ def timeline_cmd(
         return
     for line in _timeline_table(frames, FEATURES, QUALITY_THRESHOLD):
         click.echo(line)
-    if len(frames) < total:
+    if limited and len(frames) < total:
         click.echo(f"the last {len(frames)} of {total} frames; --last N or --all for more")
 
 

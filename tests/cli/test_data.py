@@ -80,7 +80,9 @@ def test_ingest_then_timeline_json_and_csv(run_cli, tmp_path: Path) -> None:  # 
 
     table = run_cli("timeline", "--last", "3").output
     assert "missing or poor quality" in table
-    assert len(table.splitlines()) == 2 + 3 + 1
+    # names, units, 3 frames, the legend, the features this recording never fed
+    assert len(table.splitlines()) == 2 + 3 + 1 + 1
+    assert "no usable values here: eda_tonic, motion, eeg_delta" in table
 
     status = json.loads(run_cli("status", "--json").output)
     assert status["daemon"]["running"] is False
