@@ -55,41 +55,61 @@ def parse_time(text: str | None, *, option: str) -> float | None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "brainflow"]), default=None,
               help="Recording format [default: from the file name].")
 @click.option("--board", default=None, help="Board of a brainflow file, e.g. MUSE_S_BOARD.")
+@click.option("--allow-future", is_flag=True,
+              help="Accept timestamps more than a day ahead of this machine's clock.")
 @json_option
 @pass_app
 def ingest_cmd(
-    app: AppContext, file: Path, stream: str, fmt: str | None, board: str | None
+    app: AppContext, file: Path, stream: str, fmt: str | None, board: str | None,
+    allow_future: bool,
 ) -> None:
     """Push a recording through the daemon's pipeline into the twin, as fast as possible."""
     from edgetwin.cli.pair import check_name
     from edgetwin.cli.unlock import open_twin_from_app
     from edgetwin.daemon.app import load_engine, make_pipeline, process_offline
-    from edgetwin.sources.recording import read_recording
+    from edgetwin.sources.recording import EPOCH_MAX, read_recording
 
     check_name(stream)
     app.require_home()
     config = app.config()
     kwargs: dict[str, Any] = {"board": board} if board else {}
+    latest = EPOCH_MAX if allow_future else None
     show_progress = is_tty() and not app.as_json
     started = time.perf_counter()
+    # One read of the whole file before the twin is opened: bad input anywhere in it is
+    # refused (exit 4) with nothing stored, even past the batches the store commits mid-way.
+    checker = _Ticker(file.name, "checking") if show_progress else None
+    for batch in read_recording(file, stream, fmt, latest=latest, **kwargs):
+        if checker is not None:
+            checker.update(batch)
+    if checker is not None:
+        checker.done()
+    span = _Span()
     with open_twin_from_app(app) as store:
         engine = load_engine(store, config)
-        batches = read_recording(file, stream, fmt, **kwargs)
+        prior_last = engine.state()["last_t"] if engine is not None else None
+        batches = read_recording(file, stream, fmt, latest=latest, **kwargs)
         ticker = _Ticker(file.name) if show_progress else None
-        report = process_offline(
-            store, batches, make_pipeline(config), engine,
-            on_batch=ticker.update if ticker is not None else None,
-        )
+
+        def on_batch(batch: Any) -> None:
+            span.update(batch)
+            if ticker is not None:
+                ticker.update(batch)
+
+        report = process_offline(store, batches, make_pipeline(config), engine,
+                                 on_batch=on_batch)
         if ticker is not None:
             ticker.done()
         store.audit("ingest", stream=stream, samples=report.samples)
     elapsed = time.perf_counter() - started
+    note = _forecast_note(config, engine, prior_last, span, report.frames, report.predictions)
     result = {
         "file": str(file),
         "streams": sorted(report.streams),
         "samples": report.samples,
         "frames": report.frames,
         "predictions": report.predictions,
+        "forecast_note": note,
         "seconds": round(elapsed, 3),
         "samples_per_s": round(report.samples / elapsed, 1) if elapsed > 0 else None,
     }
@@ -101,6 +121,60 @@ def ingest_cmd(
             f"{report.frames} frames, {report.predictions} predictions "
             f"in {elapsed:.2f} s ({result['samples_per_s']} samples/s)"
         )
+        if note:
+            click.echo(note)
+
+
+class _Span:
+    """The time span of the samples an ingest stored."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def update(self, batch: Any) -> None:
+        if len(batch):
+            self.first = batch.first_t if self.first is None else min(self.first, batch.first_t)
+            self.last = batch.last_t if self.last is None else max(self.last, batch.last_t)
+
+
+def _forecast_note(
+    config: Any, engine: Any, prior_last: float | None, span: _Span, frames: int,
+    predictions: int,
+) -> str | None:
+    """Why an ingest made no (or only some) forecasts; None when nothing needs saying."""
+    if frames == 0:
+        return None
+    if engine is None:
+        if not config.inference.enabled:
+            return "no forecasts: inference is off (inference.enabled = false in config.toml)"
+        return "no forecasts: the models could not be loaded (see the warning above; run -v)"
+    if prior_last is not None and span.first is not None and span.first <= prior_last:
+        whole = span.last is not None and span.last <= prior_last
+        return (
+            "no forecasts for "
+            f"{'this recording' if whole else 'its part up to ' + _utc(prior_last)}: "
+            f"it {'lies' if whole else 'starts'} before the twin's latest frame "
+            f"({_utc(prior_last)}), and forecasts only run forward from there; "
+            "its samples and feature frames were stored"
+        )
+    if predictions:
+        return None
+    need = int(engine.manifest.min_context)
+    have = sum(engine.state()["context"]["present"])
+    if have < need:
+        return (
+            f"no forecasts: the forecaster needs {need} feature frames of context "
+            f"({need * engine.step_s / 60:g} min) and has {have}; a longer recording gives some"
+        )
+    return (
+        f"no forecasts: none of the forecast targets ({', '.join(engine.targets)}) "
+        "was observed with enough quality in the last frames"
+    )
+
+
+def _utc(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @click.command("timeline")
@@ -326,8 +400,9 @@ def _unit_label(unit: str) -> str:
 class _Ticker:
     """A one-line live counter on stderr (a TTY only): samples so far and the rate."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, verb: str = "ingesting") -> None:
         self.label = label
+        self.verb = verb
         self.samples = 0
         self.started = time.perf_counter()
         self.shown = 0.0
@@ -338,7 +413,7 @@ class _Ticker:
         if now - self.shown >= 0.2:
             self.shown = now
             rate = self.samples / max(now - self.started, 1e-9)
-            click.echo(f"\ringesting {self.label}: {self.samples:,} samples ({rate:,.0f}/s)",
+            click.echo(f"\r{self.verb} {self.label}: {self.samples:,} samples ({rate:,.0f}/s)",
                        err=True, nl=False)
 
     def done(self) -> None:

@@ -14,6 +14,14 @@ an unknown column name, a wrong unit, a cell that is not a number, a value far
 outside its unit's range (e.g. °F in ``temp``, seconds in ``rr``), a
 timestamp that is missing, not epoch seconds, or earlier than the row above.
 
+Hostile files are refused with ``MalformedInput`` (exit 4), never a traceback,
+in memory bounded by the limits below: text that is not UTF-8 (the line and
+character of the first bad byte), a header of more than ``MAX_COLUMNS``
+columns, a line longer than its limit, a cell over the csv field limit, and a
+timestamp outside the window ``EPOCH_MIN`` (1973) .. now + ``FUTURE_SLACK_S``
+(a day of clock skew) unless the caller widens it (``latest``, up to
+``EPOCH_MAX``, year 5138, past which a timestamp is milliseconds).
+
 BrainFlow files have no header: one sample per line, tab-separated, one field
 per row of the board's preset (``num_rows``), so the board is needed to read
 them (``board``, default ``SYNTHETIC_BOARD``; the preset is found from the
@@ -25,7 +33,9 @@ that) are dropped, as the live source does.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
+import datetime as dt
 import difflib
 import itertools
 import logging
@@ -85,7 +95,15 @@ _UNIT_ALIASES: dict[str, str] = {
     "ohm": "ohm", "": "",
 }
 _HEADER_UNIT = re.compile(r"^\s*([^\[\(]+?)\s*(?:[\[\(]\s*([^\]\)]*?)\s*[\]\)])?\s*$")
-_EPOCH_MIN, _EPOCH_MAX = 1e8, 1e11  # 1973 .. 5138: seconds since the epoch, not ms, not relative
+# Seconds since the epoch, not relative seconds (below) and not milliseconds (above).
+EPOCH_MIN, EPOCH_MAX = 1e8, 1e11  # 1973-03-03 .. year 5138
+FUTURE_SLACK_S = 86_400.0  # timestamps up to a day ahead of this machine's clock are skew
+# The widest real montages (high-density EEG, fNIRS) have a few hundred channels.
+MAX_COLUMNS = 4096
+_MAX_HEADER_CHARS = MAX_COLUMNS * 128
+_CELL_CHARS = 256  # per column of a data line: generous for a number and its quotes
+_MIN_LINE_CHARS = 1 << 16
+_BAD_BYTE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a non-UTF-8 byte
 
 
 def read_recording(
@@ -96,8 +114,12 @@ def read_recording(
     *,
     board: int | str | None = None,
     preset: int | None = None,
+    latest: float | None = None,
 ) -> Iterator[SampleBatch]:
-    """Yield the recording at ``path`` as batches of at most ``chunk_rows`` samples."""
+    """Yield the recording at ``path`` as batches of at most ``chunk_rows`` samples.
+
+    Timestamps after ``latest`` (default: now + ``FUTURE_SLACK_S``) are refused.
+    """
     path = Path(path)
     if chunk_rows < 1:
         raise UsageError(f"chunk_rows must be positive, not {chunk_rows}")
@@ -108,9 +130,11 @@ def read_recording(
         if board is not None:
             raise UsageError("--board only applies to BrainFlow files",
                              hint="drop --board or pass --format brainflow")
-        return _read_csv(path, stream, chunk_rows)
+        return _decoded(path, _read_csv(path, stream, chunk_rows, _latest(latest)))
     if fmt == "brainflow":
-        return _read_brainflow(path, stream, chunk_rows, board, preset)
+        return _decoded(
+            path, _read_brainflow(path, stream, chunk_rows, board, preset, _latest(latest))
+        )
     close = difflib.get_close_matches(fmt, FORMATS, n=1)
     raise UsageError(f"unknown recording format {fmt!r}",
                      hint=f"did you mean {close[0]!r}?" if close else f"use one of {FORMATS}")
@@ -118,12 +142,9 @@ def read_recording(
 
 def detect_format(path: Path) -> str:
     """``csv`` when the first line is a header, ``brainflow`` when it is tab-separated numbers."""
-    with _open_text(path) as fh:
-        for line in fh:
-            if line.strip():
-                break
-        else:
-            raise MalformedInput(f"{path} is empty")
+    line = _first_line(path)
+    if line is None:
+        raise MalformedInput(f"{path} is empty")
     first = line.strip().split(",")[0].split("\t")[0].strip().strip('"').lower()
     if first.startswith("timestamp"):
         return "csv"
@@ -286,14 +307,21 @@ class ReplaySource(Source):
 # -- CSV ---------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, stream: str, chunk_rows: int) -> Iterator[SampleBatch]:
+def _read_csv(path: Path, stream: str, chunk_rows: int, latest: float) -> Iterator[SampleBatch]:
     where = str(path)
     with _open_text(path) as fh:
-        reader = csv.reader(fh)
-        header = _first_row(reader)
+        lines = _Lines(fh, where, _MAX_HEADER_CHARS, "the header")
+        reader = csv.reader(lines)
+        header = _first_row(_rows(reader, where))
         if header is None:
             raise MalformedInput(f"{where} is empty", hint="a CSV needs a header row")
         header_line = reader.line_num
+        if len(header) > MAX_COLUMNS:
+            raise MalformedInput(
+                f"{where}:{header_line}: the header has {len(header)} columns, more than the "
+                f"{MAX_COLUMNS} a recording may have",
+                hint="split the channels over several files, one --stream each",
+            )
         if not header or header[0].strip().strip("\ufeff").lower() != "timestamp":
             raise MalformedInput(
                 f"{where}:{header_line}: the first column must be 'timestamp', "
@@ -303,16 +331,21 @@ def _read_csv(path: Path, stream: str, chunk_rows: int) -> Iterator[SampleBatch]
         parsed = [parse_channel_header(h, line=header_line, where=where) for h in header[1:]]
         channels = tuple(c for c, _ in parsed)
         units = tuple(u for _, u in parsed)
-        dupes = sorted({c for c in channels if channels.count(c) > 1})
-        if dupes:
-            raise MalformedInput(f"{where}:{header_line}: duplicate column {dupes[0]!r}")
+        seen: set[str] = set()
+        for c in channels:  # linear: a set, not list.count per column
+            if c in seen:
+                raise MalformedInput(f"{where}:{header_line}: duplicate column {c!r}",
+                                     hint="every channel may appear once")
+            seen.add(c)
         width = len(header)
+        lines.limit = max(_MIN_LINE_CHARS, width * _CELL_CHARS)
+        lines.what = f"a row of {width} cells"
         checks = [(j, _RANGES[channel_kind(c)]) for j, c in enumerate(channels)
                   if channel_kind(c) in _RANGES]
         last_t = -math.inf
         rows: list[list[str]] = []
-        lines: list[int] = []
-        for row in reader:
+        numbers: list[int] = []
+        for row in _rows(reader, where):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != width:
@@ -321,14 +354,16 @@ def _read_csv(path: Path, stream: str, chunk_rows: int) -> Iterator[SampleBatch]
                     hint="every row needs one cell per column (empty for missing)",
                 )
             rows.append(row)
-            lines.append(reader.line_num)
+            numbers.append(reader.line_num)
             if len(rows) >= chunk_rows:
-                batch = _csv_chunk(rows, lines, where, stream, channels, units, checks, last_t)
+                batch = _csv_chunk(rows, numbers, where, stream, channels, units, checks, last_t,
+                                   latest)
                 last_t = batch.last_t
-                rows, lines = [], []
+                rows, numbers = [], []
                 yield batch
         if rows:
-            yield _csv_chunk(rows, lines, where, stream, channels, units, checks, last_t)
+            yield _csv_chunk(rows, numbers, where, stream, channels, units, checks, last_t,
+                             latest)
 
 
 def _csv_chunk(
@@ -340,11 +375,12 @@ def _csv_chunk(
     units: tuple[str, ...],
     checks: list[tuple[int, tuple[float, float, str]]],
     last_t: float,
+    latest: float,
 ) -> SampleBatch:
     data = _to_floats(rows, lines, where, len(channels) + 1, ("timestamp", *channels))
     t = np.ascontiguousarray(data[:, 0])
     values = np.ascontiguousarray(data[:, 1:])
-    _check_timestamps(t, lines, where, last_t)
+    _check_timestamps(t, lines, where, last_t, latest)
     values[np.isinf(values)] = np.nan
     for j, (lo, hi, unit) in checks:
         col = values[:, j]
@@ -359,19 +395,10 @@ def _csv_chunk(
     return SampleBatch(stream, channels, units, t, values)
 
 
-def _check_timestamps(t: FloatArray, lines: list[int], where: str, last_t: float) -> None:
-    bad = np.flatnonzero(~np.isfinite(t))
-    if bad.size:
-        raise MalformedInput(f"{where}:{lines[int(bad[0])]}: the timestamp is missing",
-                             hint="every row needs a timestamp")
-    out = np.flatnonzero((t < _EPOCH_MIN) | (t > _EPOCH_MAX))
-    if out.size:
-        i = int(out[0])
-        unit = "milliseconds" if t[i] > _EPOCH_MAX else "relative seconds"
-        raise MalformedInput(
-            f"{where}:{lines[i]}: timestamp {t[i]:.17g} looks like {unit}",
-            hint="timestamps are seconds since the Unix epoch (e.g. 1700000000.25)",
-        )
+def _check_timestamps(
+    t: FloatArray, lines: list[int], where: str, last_t: float, latest: float
+) -> None:
+    _check_window(t, lines, where, latest)
     prev = np.concatenate(([last_t], t[:-1]))
     back = np.flatnonzero(t < prev)
     if back.size:
@@ -380,6 +407,30 @@ def _check_timestamps(t: FloatArray, lines: list[int], where: str, last_t: float
             f"{where}:{lines[i]}: timestamp {t[i]:.17g} is earlier than the row before "
             f"({prev[i]:.17g})",
             hint="sort the file by timestamp",
+        )
+
+
+def _check_window(t: FloatArray, lines: list[int], where: str, latest: float) -> None:
+    """Every timestamp present, in epoch seconds, and not after ``latest``."""
+    bad = np.flatnonzero(~np.isfinite(t))
+    if bad.size:
+        raise MalformedInput(f"{where}:{lines[int(bad[0])]}: the timestamp is missing",
+                             hint="every row needs a timestamp")
+    out = np.flatnonzero((t < EPOCH_MIN) | (t > EPOCH_MAX))
+    if out.size:
+        i = int(out[0])
+        unit = "milliseconds" if t[i] > EPOCH_MAX else "relative seconds"
+        raise MalformedInput(
+            f"{where}:{lines[i]}: timestamp {t[i]:.17g} looks like {unit}",
+            hint="timestamps are seconds since the Unix epoch (e.g. 1700000000.25)",
+        )
+    future = np.flatnonzero(t > latest)
+    if future.size:
+        i = int(future[0])
+        raise MalformedInput(
+            f"{where}:{lines[i]}: timestamp {t[i]:.17g} is {_utc(float(t[i]))}, after "
+            f"{_utc(latest)} (a day past this machine's clock)",
+            hint="check the recorder's clock; pass --allow-future to ingest it as it is",
         )
 
 
@@ -406,14 +457,18 @@ def _to_floats(
 
 
 def _read_brainflow(
-    path: Path, stream: str, chunk_rows: int, board: int | str | None, preset: int | None
+    path: Path,
+    stream: str,
+    chunk_rows: int,
+    board: int | str | None,
+    preset: int | None,
+    latest: float,
 ) -> Iterator[SampleBatch]:
     from edgetwin.sources.brainflow import board_presets, preset_layout, resolve_board
 
     where = str(path)
     board_id = resolve_board(board if board is not None else DEFAULT_BOARD)
-    with _open_text(path) as fh:
-        first = next((ln for ln in fh if ln.strip()), None)
+    first = _first_line(path)
     if first is None:
         raise MalformedInput(f"{where} is empty")
     width = len(first.rstrip("\r\n").split("\t"))
@@ -434,20 +489,23 @@ def _read_brainflow(
     last_t = -math.inf
     dropped = 0
     with _open_text(path) as fh:
-        reader = csv.reader(fh, delimiter="\t")
+        source = _Lines(fh, where, max(_MIN_LINE_CHARS, width * _CELL_CHARS),
+                        f"a line of {width} fields")
+        reader = csv.reader(source, delimiter="\t")
         rows: list[list[str]] = []
         lines: list[int] = []
 
         def flush() -> SampleBatch:
             nonlocal last_t, dropped
             data = _to_floats(rows, lines, where, width).T
+            _check_window(data[layout.timestamp_row], lines, where, latest)
             batch, n = layout.batch(stream, data, last_t)
             dropped += n
             if len(batch):
                 last_t = batch.last_t
             return batch
 
-        for raw in reader:
+        for raw in _rows(reader, where):
             if not raw:
                 continue
             row = raw[:-1] if raw[-1] == "" else raw  # a trailing tab
@@ -506,6 +564,109 @@ def _canonical_unit(channel: str) -> str:
 
 def _open_text(path: Path) -> TextIO:
     return path.open("r", encoding="utf-8-sig", newline="")
+
+
+def _latest(latest: float | None) -> float:
+    return time.time() + FUTURE_SLACK_S if latest is None else latest
+
+
+def _utc(t: float) -> str:
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return f"{t:.17g} s after the epoch"
+
+
+class _Lines:
+    """The physical lines of a text file, none longer than ``limit`` (bounded memory).
+
+    ``csv.reader`` reads from it; a longer line is refused before it is read whole.
+    """
+
+    def __init__(self, fh: TextIO, where: str, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.line = 0
+        self._where = where
+        self._readline = fh.readline
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._readline(self.limit + 1)
+        if not line:
+            raise StopIteration
+        self.line += 1
+        if len(line) > self.limit:
+            raise MalformedInput(
+                f"{self._where}:{self.line}: line longer than {self.limit:,} characters, "
+                f"too long for {self.what}",
+                hint=f"a recording has at most {MAX_COLUMNS} columns of numbers; "
+                "is this the right file?",
+            )
+        return line
+
+
+def _rows(reader: Any, where: str) -> Iterator[list[str]]:
+    """The reader's rows; a CSV syntax error (a cell over the field limit) names its line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise MalformedInput(
+                f"{where}:{reader.line_num}: not readable as CSV: {exc}",
+                hint="cells hold numbers (at most "
+                f"{csv.field_size_limit():,} characters) with balanced quotes",
+            ) from None
+        yield row
+
+
+def _decoded(path: Path, batches: Iterator[SampleBatch]) -> Iterator[SampleBatch]:
+    """``batches``, with text that is not UTF-8 reported by line and character."""
+    try:
+        yield from batches
+    except UnicodeDecodeError:
+        raise _undecodable(path) from None
+
+
+def _first_line(path: Path) -> str | None:
+    """The first line that is not blank, read within the header's bound; None if none."""
+    try:
+        with _open_text(path) as fh:
+            return next((ln for ln in _Lines(fh, str(path), _MAX_HEADER_CHARS, "the header")
+                         if ln.strip()), None)
+    except UnicodeDecodeError:
+        raise _undecodable(path) from None
+
+
+def _undecodable(path: Path) -> MalformedInput:
+    """Where the first byte that is not UTF-8 sits (the text decoder reads ahead in blocks,
+    so its own error does not say): one pass over the file in constant memory."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    line, col = 1, 0
+    hint = "save it as UTF-8, e.g. 'iconv -f latin1 -t utf-8 FILE > FILE.utf8.csv'"
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(1 << 16)
+            text = decoder.decode(block, final=not block)
+            bad = _BAD_BYTE.search(text)
+            ok = text if bad is None else text[: bad.start()]
+            newlines = ok.count("\n")
+            line += newlines
+            col = len(ok) - ok.rfind("\n") - 1 if newlines else col + len(ok)
+            if bad is not None:
+                byte = ord(bad.group()) - 0xDC00
+                return MalformedInput(
+                    f"{path}:{line}:{col + 1}: byte 0x{byte:02x} is not UTF-8 text "
+                    "(Latin-1 or binary?)",
+                    hint=hint,
+                )
+            if not block:
+                break
+    return MalformedInput(f"{path}: not UTF-8 text", hint=hint)  # pragma: no cover
 
 
 def _first_row(reader: Any) -> list[str] | None:
