@@ -150,6 +150,7 @@ def _keygen(tmp: Path) -> tuple[Path, str]:
     ident = pyrage.x25519.Identity.generate()
     path = tmp / "identity.txt"
     path.write_text(f"{ident}\n")
+    path.chmod(0o600)  # identity files open to others are refused
     return path, str(ident.to_public())
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -69,8 +70,13 @@ def load_identities(path: Path) -> list[Any]:
     """The X25519 identities (``AGE-SECRET-KEY-1...`` lines) of an age-keygen identity file."""
     import pyrage
 
+    from edgetwin.store.keys import refuse_shared_secret
+
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            # it opens every bundle sent to it: refused, like a key file, when others may read it
+            refuse_shared_secret("identity file", path, os.fstat(f.fileno()).st_mode)
+            text = f.read().decode("utf-8")
     except FileNotFoundError as exc:
         raise UsageError(f"identity file {path} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:

@@ -148,7 +148,7 @@ class Secret:
             ) from exc
         except OSError as exc:
             raise UsageError(f"cannot read key file {path}: {exc.strerror}") from exc
-        _refuse_shared("key file", path, st.st_mode)
+        refuse_shared_secret("key file", path, st.st_mode)
         if len(data) < MIN_KEYFILE_BYTES:
             raise UsageError(
                 f"key file {path} holds {len(data)} bytes; at least {MIN_KEYFILE_BYTES} are needed",
@@ -185,7 +185,7 @@ def read_passphrase_file(path: Path) -> str:
         with path.open("rb") as f:
             # the mode of the file actually opened, not of whatever the name points to later
             mode = os.fstat(f.fileno()).st_mode
-            _refuse_shared("passphrase file", path, mode)
+            refuse_shared_secret("passphrase file", path, mode)
             raw = f.read()
     except FileNotFoundError as exc:
         raise UsageError(f"passphrase file {path} does not exist") from exc
@@ -209,7 +209,7 @@ def read_passphrase_file(path: Path) -> str:
     return text
 
 
-def _refuse_shared(what: str, path: Path, mode: int) -> None:
+def refuse_shared_secret(what: str, path: Path, mode: int) -> None:
     """A secret file that group or others may read or write is refused (exit 2)."""
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(

@@ -103,3 +103,19 @@ def test_the_store_never_prompts_nor_imports_click_or_the_cli() -> None:
         if name == "click" or name.startswith(("click.", "edgetwin.cli"))
     }
     assert bad == set()
+
+
+def test_age_identity_file_open_to_others_is_refused_like_a_key_file(tmp_path: Path) -> None:
+    """The identity opens every bundle sent to it: the same rule as the twin's own secrets."""
+    import pyrage
+
+    from edgetwin.bundle.age import load_identities
+
+    p = tmp_path / "identity.txt"
+    p.write_text(f"{pyrage.x25519.Identity.generate()}\n")
+    p.chmod(0o644)
+    with pytest.raises(UsageError) as err:
+        load_identities(p)
+    assert str(p) in str(err.value) and f"chmod 600 {p}" in (err.value.hint or "")
+    p.chmod(0o600)
+    assert len(load_identities(p)) == 1
