@@ -116,6 +116,11 @@ def _snapshot(home: Path) -> dict[str, Any]:
         }
 
 
+def _verify(w: dict[str, Any], home: Path) -> Result:
+    return CliRunner().invoke(cli, ["--home", str(home), "--passphrase-file", str(w["pass"]),
+                                    "verify"])
+
+
 def _one_line(result: Result) -> str:
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
@@ -140,6 +145,7 @@ def _refused_everywhere(w: dict[str, Any], bundle: Path, code: int = 4) -> str:
         assert r.exit_code == code, r.output
         assert _one_line(r) == line
         assert _snapshot(target) == before
+        assert _verify(w, target).exit_code == 0
     return line
 
 
@@ -310,7 +316,8 @@ def _check_outcome(w: dict[str, Any], r: Result, allowed: set[int], target: Path
         _one_line(r)
     if target is not None:
         after = _snapshot(target)
-        assert after["ok"]  # the twin verifies, whatever happened
+        assert after["ok"]  # the twin verifies, whatever happened: by the API and the CLI
+        assert _verify(w, target).exit_code == 0
         if r.exit_code:
             assert after == before  # and a refused import changed nothing stored
 
