@@ -217,8 +217,8 @@ def export_bundle(
         bytes=size,
         plaintext_bytes=plain_len,
         members=len(members),
-        streams=[{"name": s["name"], "format": s["format"], "samples": s["samples"]}
-                 for s in builder.stream_docs],
+        streams=[{"name": s["name"], "format": s["format"], "samples": s["samples"],
+                  "why": s["why"]} for s in builder.stream_docs],
         frames=builder.frames,
         predictions=builder.predictions,
         records=builder.records,

@@ -104,7 +104,7 @@ def export_cmd(
         f"({report.bytes / 1e6:.1f} MB, {report.mode}) in {report.seconds:.1f} s"
     )
     for s in report.streams:
-        click.echo(f"  {s['name']}: {s['format'].upper()}, {s['samples']} samples")
+        click.echo(f"  {s['name']}: {s['format'].upper()}, {s['samples']} samples ({s['why']})")
 
 
 @click.command("import")

@@ -341,3 +341,27 @@ def test_more_channels_than_edf_takes_goes_to_csv(tmp_path: Path, key: AgeKey) -
     assert (doc["format"], doc["why"]) == ("csv", "it has 700 channels; EDF writers take at "
                                                   "most 512")
     np.testing.assert_array_equal(got["dev.many"].values, v)
+
+
+def test_export_cli_says_why_a_stream_with_an_extreme_value_is_csv(tmp_path: Path,
+                                                                    key: AgeKey) -> None:
+    """`eeg_fz = 1e308` (which `ingest` accepts): `export` succeeds and says why it is CSV."""
+    from click.testing import CliRunner
+
+    from edgetwin.cli.main import cli
+
+    home, pw = tmp_path / "home", tmp_path / "pw"
+    pw.write_text("p\n")
+    pw.chmod(0o600)
+    t = T0 + np.arange(2500) / 250.0
+    v = np.column_stack([np.arange(2500) % 50 * 1.0, np.arange(2500) * 0.1])
+    v[700, 0] = 1e308
+    with TwinStore.create(home, Secret.passphrase("p")) as store:
+        store.append_samples(SampleBatch.build("lab", ("eeg_fz", "eeg_cz"), t, v))
+        store.commit()
+    r = CliRunner().invoke(cli, ["--home", str(home), "--passphrase-file", str(pw), "export",
+                                 "-o", str(tmp_path / "b.age"), "--recipient", key.public],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert ("lab: CSV, 2500 samples (channel 'eeg_fz' reaches 1e+308, beyond EDF's "
+            "8-character header)") in r.output
