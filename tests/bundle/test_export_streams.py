@@ -365,3 +365,81 @@ def test_export_cli_says_why_a_stream_with_an_extreme_value_is_csv(tmp_path: Pat
     assert r.exit_code == 0, r.output
     assert ("lab: CSV, 2500 samples (channel 'eeg_fz' reaches 1e+308, beyond EDF's "
             "8-character header)") in r.output
+
+
+# -- format 1 bundles still import; format 2 manifests are checked --------------------------
+
+
+def test_format_1_edf_segments_still_read(tmp_path: Path) -> None:
+    """Bundles written before recordings (format 1: one EDF per grid segment, times rebuilt
+    as t0 + k / rate) import as before."""
+    from edgetwin.bundle.formats import EdfRecordingWriter, plan_stream
+    from edgetwin.bundle.importer import stream_batches
+
+    t = T0 + np.arange(500) / 100.0
+    v = np.random.default_rng(10).normal(0, 5, (500, 3))
+    b = SampleBatch.build("old.eeg", EEG, t, v)
+    plan = plan_stream("old.eeg", "old.eeg", iter([b]), 100.0)
+    (rec,) = plan.recordings
+    (tmp_path / "signals").mkdir()
+    w = EdfRecordingWriter(tmp_path / "signals/old.eeg.part000.edf", tmp_path / "t.npy", plan,
+                           rec)
+    w.add(t, v)
+    w.close()
+    doc = {"name": "old.eeg", "format": "edf", "channels": list(EEG), "units": ["uV"] * 3,
+           "meta": {}, "samples": 500, "rate_hz": 100.0,
+           "segments": [{"member": "signals/old.eeg.part000.edf", "t0": T0, "samples": 500}]}
+    got = list(stream_batches(tmp_path, doc))
+    np.testing.assert_allclose(np.concatenate([g.t for g in got]), t, rtol=0, atol=1e-6)
+    quantum = np.array([(hi - lo) / 65535 for lo, hi in plan.bounds])
+    assert (np.abs(np.concatenate([g.values for g in got]) - v) <= quantum).all()
+
+
+def _manifest_with(stream: dict[str, Any]) -> dict[str, Any]:
+    digest = "0" * 64
+    return {"format": "edgetwin-bundle", "format_version": 2, "bundle_id": "b", "twin_id": "t",
+            "created": T0, "records": {},
+            "members": {"signals/x.edf": {"size": 1, "sha256": digest},
+                        "signals/x.times.npy": {"size": 1, "sha256": digest}},
+            "streams": [stream]}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"samples": 11}, "recordings do not add up"),
+    ({"recordings": [{"member": "signals/x.edf", "timestamps": "signals/x.times.npy",
+                      "start": T0, "samples": 10, "positions": 9}]}, "fewer positions"),
+    ({"recordings": [{"member": "signals/x.edf", "timestamps": "signals/nope.npy",
+                      "start": T0, "samples": 10, "positions": 10}]}, "not among its members"),
+    ({"rate_hz": float("inf")}, "not a finite number"),
+    ({"recordings": [{"member": "signals/x.edf", "timestamps": "signals/x.times.npy",
+                      "start": 10**400, "samples": 10, "positions": 10}]}, "not a finite number"),
+])
+def test_manifest_checks_edf_recordings(change: dict[str, Any], message: str) -> None:
+    from edgetwin.bundle.manifest import validate
+    from edgetwin.errors import DataCorrupt
+
+    stream = {"name": "x", "format": "edf", "channels": ["eeg_fz"], "units": ["uV"], "meta": {},
+              "samples": 10, "rate_hz": 100.0,
+              "recordings": [{"member": "signals/x.edf", "timestamps": "signals/x.times.npy",
+                              "start": T0, "samples": 10, "positions": 12}]}
+    validate(_manifest_with(stream))  # as written
+    with pytest.raises(DataCorrupt, match=message):
+        validate(_manifest_with({**stream, **change}))
+
+
+def test_a_times_file_that_does_not_fit_is_data_corrupt(tmp_path: Path) -> None:
+    from edgetwin.bundle.formats import read_edf_recording
+    from edgetwin.errors import DataCorrupt
+
+    (tmp_path / "x.times.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataCorrupt, match="not a readable .npy"):
+        list(read_edf_recording(tmp_path / "x.edf", tmp_path / "x.times.npy", "x", EEG,
+                                ("uV",) * 3, 10, 10, {}))
+    np.save(tmp_path / "y.times.npy", np.arange(5, dtype=np.int64))
+    with pytest.raises(DataCorrupt, match="not 10 float64 timestamps"):
+        list(read_edf_recording(tmp_path / "x.edf", tmp_path / "y.times.npy", "x", EEG,
+                                ("uV",) * 3, 10, 10, {}))
+    np.save(tmp_path / "z.times.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataCorrupt):
+        list(read_edf_recording(tmp_path / "x.edf", tmp_path / "z.times.npy", "x", EEG,
+                                ("uV",) * 3, 1, 1, {}))
