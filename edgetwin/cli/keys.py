@@ -276,9 +276,10 @@ def forget_cmd(
             # has buffered, so nothing it held in memory outlives the forget.
             from edgetwin.daemon import control
 
-            reply = control.request(
+            reply = control.request_proven(
                 app.require_home(),
                 {"cmd": "forget", "stream": stream, "before": cutoff, "all": everything},
+                store.control_proof,
                 timeout=300,
             )
             report = reply["forget"]

@@ -6,17 +6,31 @@ Protocol: one JSON object per line each way. Requests are
 up). Every connection's peer uid is checked with ``SO_PEERCRED``: anyone but
 the daemon's own user is refused before a byte is read. The socket file is
 created under a 0177 umask and chmod 0600 as a second fence.
+
+A request that cannot be read (longer than ``MAX_REQUEST`` bytes, not JSON,
+NaN or a number out of range) and a handler that fails get a JSON
+``{"error": ...}`` reply; nothing escapes the connection callback.
+
+Destructive commands (``forget``) must also prove the twin's secret, which a
+same-user process does not have: the client asks for a nonce
+(``{"cmd": "nonce"}``, single use, ``NONCE_TTL_S``), then sends the command
+with ``"nonce"`` and ``"proof"``, an HMAC-SHA256 of :func:`proof_message`
+under a key derived from the unlocked master key (``TwinStore.control_proof``);
+the daemon recomputes it with its own unlocked store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import math
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +40,16 @@ from edgetwin.errors import DaemonNotRunning, HomeError, MalformedInput
 _LOGGER = logging.getLogger(__name__)
 
 SOCKET_FILE = "control.sock"
-_MAX_REQUEST = 4096
+MAX_REQUEST = 4096  # bytes of one request line, newline included
+PROVEN_COMMANDS = frozenset({"forget"})
+NONCE_TTL_S = 60.0
+_MAX_NONCES = 32
+_READ_TIMEOUT_S = 10.0
+_MAX_INT_DIGITS = 18  # every number a request carries fits in an int64 / a float
 
 Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[dict[str, Any] | None]]
+# HMAC-SHA256 of a message under the twin's control-proof key.
+Prover = Callable[[bytes], bytes]
 
 
 def socket_path(home: Path) -> Path:
@@ -36,11 +57,17 @@ def socket_path(home: Path) -> Path:
 
 
 class ControlServer:
-    """Serves requests on the control socket with a single handler coroutine."""
+    """Serves requests on the control socket with a single handler coroutine.
 
-    def __init__(self, home: Path, handler: Handler) -> None:
+    ``prover`` computes the proof a destructive command must carry; without one,
+    those commands are refused.
+    """
+
+    def __init__(self, home: Path, handler: Handler, prover: Prover | None = None) -> None:
         self.path = socket_path(home)
         self._handler = handler
+        self._prover = prover
+        self._nonces: dict[bytes, float] = {}
         self._server: asyncio.AbstractServer | None = None
         self.refused = 0
 
@@ -48,7 +75,9 @@ class ControlServer:
         _remove_stale_socket(self.path)
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
         finally:
             os.umask(old)
         self.path.chmod(0o600)
@@ -71,25 +100,100 @@ class ControlServer:
                 self.refused += 1
                 _LOGGER.warning("control socket: refused a client with uid %s", uid)
                 return
-            line = await reader.readline()
-            if len(line) > _MAX_REQUEST:
-                return
             try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise TypeError("request must be an object")
-            except (ValueError, TypeError) as exc:
-                await _send(writer, {"error": f"bad request: {exc}"})
-                return
-            reply = await self._handler(request, writer)
+                reply = await self._answer(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                raise
+            except Exception as exc:  # a bug in a handler: say so, keep serving
+                _LOGGER.exception("control socket: the request failed")
+                reply = _error("internal error", f"{type(exc).__name__}: {exc}")
             if reply is not None:
                 await _send(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # nothing escapes the connection callback
+            _LOGGER.exception("control socket: the reply failed")
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> dict[str, Any] | None:
+        """The reply to one request line, or None when the handler streamed its own."""
+        try:
+            line = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT_S)
+        except ValueError:  # the stream's limit: no newline within MAX_REQUEST bytes
+            return _error("bad request", f"longer than {MAX_REQUEST} bytes")
+        except TimeoutError:
+            return _error("bad request", f"no complete line within {_READ_TIMEOUT_S:g} s")
+        if len(line) > MAX_REQUEST:
+            return _error("bad request", f"longer than {MAX_REQUEST} bytes")
+        try:
+            request = parse_request(line)
+        except ValueError as exc:
+            return _error("bad request", str(exc))
+        cmd = request.get("cmd")
+        if cmd == "nonce":
+            return {"nonce": self._issue_nonce().hex()}
+        if cmd in PROVEN_COMMANDS:
+            problem = self._check_proof(request)
+            if problem is not None:
+                _LOGGER.warning("control socket: refused %r: %s", cmd, problem)
+                return _error("unproven", f"{cmd} needs proof of the twin's secret: {problem}")
+        return await self._handler(request, writer)
+
+    def _issue_nonce(self) -> bytes:
+        now = time.monotonic()
+        self._nonces = {n: exp for n, exp in self._nonces.items() if exp > now}
+        while len(self._nonces) >= _MAX_NONCES:  # oldest first: dicts keep insertion order
+            del self._nonces[next(iter(self._nonces))]
+        nonce = os.urandom(32)
+        self._nonces[nonce] = now + NONCE_TTL_S
+        return nonce
+
+    def _check_proof(self, request: dict[str, Any]) -> str | None:
+        """None if the request carries a valid proof over a fresh nonce; else what is wrong."""
+        if self._prover is None:
+            return "this daemon cannot check proofs"
+        nonce_hex, proof_hex = request.get("nonce"), request.get("proof")
+        if not isinstance(nonce_hex, str) or not isinstance(proof_hex, str):
+            return "no nonce and proof (ask for {\"cmd\": \"nonce\"} first)"
+        try:
+            nonce, proof = bytes.fromhex(nonce_hex), bytes.fromhex(proof_hex)
+        except ValueError:
+            return "nonce or proof is not hex"
+        expiry = self._nonces.pop(nonce, None)  # single use, right or wrong
+        if expiry is None or expiry < time.monotonic():
+            return "unknown, used or expired nonce"
+        if not hmac.compare_digest(proof, self._prover(proof_message(nonce, request))):
+            return "the proof does not match"
+        return None
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line as a JSON object; ValueError for anything else, NaN and huge
+    numbers included (a float('inf') or a 4000-digit int would reach the handlers)."""
+    try:
+        request = json.loads(
+            line,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(request, dict):
+        raise ValueError("a request is a JSON object")
+    return request
+
+
+def proof_message(nonce: bytes, request: dict[str, Any]) -> bytes:
+    """What the proof of a destructive request signs: the nonce and the request itself."""
+    body = {k: v for k, v in request.items() if k != "proof"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return b"edgetwin control proof v1\x00" + nonce + b"\x00" + canonical.encode()
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -115,6 +219,18 @@ def request(home: Path, payload: dict[str, Any], *, timeout: float = 5.0) -> dic
     if "error" in reply:
         raise DaemonNotRunning(f"the daemon refused the request: {reply['error']}")
     return reply
+
+
+def request_proven(
+    home: Path, payload: dict[str, Any], prover: Prover, *, timeout: float = 5.0
+) -> dict[str, Any]:
+    """Send a destructive request with its proof over a fresh daemon nonce."""
+    nonce_hex = request(home, {"cmd": "nonce"}, timeout=timeout).get("nonce")
+    if not isinstance(nonce_hex, str):
+        raise MalformedInput(f"daemon on {home} sent no nonce")
+    signed = {**payload, "nonce": nonce_hex}
+    proof = prover(proof_message(bytes.fromhex(nonce_hex), signed))
+    return request(home, {**signed, "proof": proof.hex()}, timeout=timeout)
 
 
 def follow(home: Path) -> Any:
@@ -184,6 +300,27 @@ def _read_line(sock: socket.socket) -> bytes:
 async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     writer.write(json.dumps(obj, default=_default).encode() + b"\n")
     await writer.drain()
+
+
+def _error(kind: str, detail: str) -> dict[str, Any]:
+    return {"error": f"{kind}: {detail}"}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a request may carry")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"number {text[:20]}... is out of range")
+    return int(text)
 
 
 def _default(obj: Any) -> Any:

@@ -47,6 +47,7 @@ class Store(Protocol):
     def commit(self) -> None: ...
     def streams(self) -> Sequence[Any]: ...
     def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None: ...
+    def control_proof(self, message: bytes) -> bytes: ...
     def forget(
         self, *, stream: str | None = None, before: float | None = None, everything: bool = False
     ) -> Any: ...
@@ -129,7 +130,8 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._lock = DaemonLock(home)
-        self._control = ControlServer(home, self._handle_request)
+        # forget over the socket must prove the secret this daemon's store was unlocked with
+        self._control = ControlServer(home, self._handle_request, prover=self._prove)
         self._started = time.time()
         self._running = False
         self._followers: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -338,6 +340,10 @@ class Daemon:
             await self._follow(writer)
             return None
         return {"error": f"unknown command {cmd!r}"}
+
+    def _prove(self, message: bytes) -> bytes:
+        """The control-socket proof, looked up only when a destructive command arrives."""
+        return self.store.control_proof(message)
 
     def _forget(self, request: dict[str, Any]) -> dict[str, Any]:
         """Crypto-shred on behalf of ``edgetwin forget`` (which has already unlocked the twin)."""

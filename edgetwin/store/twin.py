@@ -646,6 +646,12 @@ class TwinStore:
 
     # -- forgetting -------------------------------------------------------------------------
 
+    def control_proof(self, message: bytes) -> bytes:
+        """HMAC-SHA256 of ``message`` under a key derived from the master key: a CLI that
+        unlocked this twin proves it to the daemon's control socket (``forget``)."""
+        key = self._keys.keyed_id(b"control-proof", "v1")
+        return hmac.new(key, message, "sha256").digest()
+
     def forget(
         self, *, stream: str | None = None, before: float | None = None, everything: bool = False
     ) -> ForgetReport:
