@@ -15,7 +15,11 @@ would need the models at forget time. So, for the data being forgotten (a
 - records computed from the timeline (:data:`DERIVED_RECORD_KINDS`) are deleted
   when the data they were computed from overlaps: DP summaries of the features'
   periods in the outbox (pending ones are never sent), the daemon's inference
-  state (running baseline, context, last forecasts).
+  state (running baseline, context, last forecasts) and personal heads.
+
+Retention is per tier (features are the summary meant to outlive raw samples);
+derived records without a tier of their own go with the feature days they were
+computed from (:func:`stale_record`).
 
 A frame does not record which stream fed a feature when several could, so a
 stream's forget shreds every feature it *could* feed over its spans.
@@ -106,13 +110,6 @@ class Taint:
         if self.empty:
             return (math.inf, -math.inf)
         return (self.spans[0][0] - PAD_S, self.spans[-1][1] + PAD_S + self.memory())
-
-    def forecast_reach(self, context_s: float) -> Span:
-        """The time range forecasts (and imputed values) computed from it can lie in."""
-        lo, hi = self.reach()
-        if self.hits:
-            hi = max(hi, self.hits[-1])
-        return (lo, hi + context_s + IMPUTE_REACH_S)
 
     def overlaps(self, lo: float, hi: float, *, after: float) -> bool:
         """Whether [lo, hi] meets a span widened by PAD_S, and by ``after`` past its end."""
@@ -251,9 +248,6 @@ class Taint:
         if not fed.any():
             return preds
         return [p for p, gone in zip(preds, fed, strict=True) if not gone]
-
-    def fed_forecast(self, pred: Prediction) -> bool:
-        return len(self.drop_forecasts([pred])) == 0
 
     # -- records ---------------------------------------------------------------------------
 
