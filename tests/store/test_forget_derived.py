@@ -329,3 +329,18 @@ def test_a_chunk_dropped_undecoded_holds_only_forecasts_that_read_the_data() -> 
                  for t in np.arange(lo, hi + 1e-9, 5.0)]
         assert taint.drop_forecasts(preds) == []
     assert claimed > 10
+
+
+def test_forget_reach_covers_the_shipped_models_and_pipeline_windows() -> None:
+    """IMPUTE_REACH_S bounds how far back an imputed value (and a forecast's inputs before its
+    context) can read; MEMORY_S how long after a sample a feature carries it."""
+    from edgetwin.features import fnirs
+    from edgetwin.features.schema import MEMORY_S
+    from edgetwin.inference.registry import load_manifest
+
+    m = load_manifest()
+    assert m.imputer_window * m.step_s <= IMPUTE_REACH_S
+    pipe = FeaturePipeline(m.step_s)
+    assert pipe.step_s + pipe.lateness_s <= PAD_S
+    assert MEMORY_S["fnirs_hbo"] >= 3 * fnirs.BASELINE_TAU_S
+    assert MEMORY_S["rmssd"] >= pipe.rr_window_s
