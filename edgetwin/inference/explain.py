@@ -16,7 +16,6 @@ random span of the same length?
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,34 +49,29 @@ def mask_state(state: dict[str, Any], rows: tuple[int, int]) -> dict[str, Any]:
     """``state`` with context rows [a, b) (in the coordinates *after* the next frame) masked.
 
     After one more frame, post row ``i`` is state row ``i + 1``; the newest post row is
-    the new frame itself, which the caller blanks.
+    the new frame itself, which the caller blanks. The context comes back as arrays (which
+    the engine's restore accepts like lists); ``state`` itself is not changed.
     """
-    st = copy.deepcopy(state)
-    ctx = st["context"]
+    ctx = dict(state["context"])
+    st = {**state, "context": ctx}
     t_len = len(ctx["t"])
     lo, hi = rows[0] + 1, min(rows[1] + 1, t_len)
-    if lo >= hi:
-        return st
-    filled = np.array(ctx["filled"], dtype=np.float64)  # None -> nan
+    filled = np.array(ctx["filled"], dtype=np.float64)  # None -> nan; a copy
     mask = np.array(ctx["mask"], dtype=bool)
     imputed = np.array(ctx["imputed"], dtype=bool)
-    for k in range(filled.shape[1]):
-        col = filled[:, k]
-        if not np.isfinite(col[lo:hi]).any():
-            continue
-        known = np.isfinite(col)
-        known[lo:hi] = False
-        idx = np.flatnonzero(known)
-        if idx.size == 0:
-            col[lo:hi] = np.nan
-        else:
-            col[lo:hi] = np.interp(np.arange(lo, hi), idx, col[idx])
-        filled[:, k] = col
-    mask[lo:hi] = False
-    imputed[lo:hi] = np.isfinite(filled[lo:hi])
-    ctx["filled"] = [[None if not math.isfinite(v) else float(v) for v in r] for r in filled]
-    ctx["mask"] = mask.astype(int).tolist()
-    ctx["imputed"] = imputed.astype(int).tolist()
+    if lo < hi:
+        for k in np.flatnonzero(np.isfinite(filled[lo:hi]).any(axis=0)):
+            col = filled[:, k]
+            known = np.isfinite(col)
+            known[lo:hi] = False
+            idx = np.flatnonzero(known)
+            if idx.size == 0:
+                col[lo:hi] = np.nan
+            else:
+                col[lo:hi] = np.interp(np.arange(lo, hi), idx, col[idx])
+        mask[lo:hi] = False
+        imputed[lo:hi] = np.isfinite(filled[lo:hi])
+    ctx["filled"], ctx["mask"], ctx["imputed"] = filled, mask, imputed
     return st
 
 

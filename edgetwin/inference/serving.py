@@ -39,6 +39,9 @@ _LOGGER = logging.getLogger(__name__)
 
 POLICY_KEY = "serving"  # record (inference, serving): sources per target + the last score
 REFIT_INTERVAL_S = 1800.0
+# Occlusion costs about ten engine steps; at most one per this many seconds of wall time, so
+# its CPU stays bounded however fast frames come (a replay, a backlog drained at shutdown).
+EXPLAIN_EVERY_S = 4.0
 
 
 class ServingEngine:
@@ -60,6 +63,8 @@ class ServingEngine:
         self.sources: dict[str, list[str]] = dict(sources or {})
         self.score: dict[str, Any] | None = None
         self.explain = explain
+        self.explain_every_s = EXPLAIN_EVERY_S
+        self._explained_at = -math.inf
         self._explainer: Any = None
         self._hist: dict[str, dict[int, float]] = {t: {} for t in engine.targets}
         self._seed_history(engine.state())
@@ -136,13 +141,15 @@ class ServingEngine:
             return []
         # the state before the newest frame lets the explainer re-run that step with spans masked
         results = self.engine.observe_many(frames[:-1]) if len(frames) > 1 else []
-        before = self.engine.state() if self.explain else None
+        due = time.monotonic() - self._explained_at >= self.explain_every_s
+        before = self.engine.state() if self.explain and due else None
         results += self.engine.observe_many(frames[-1:])
         out: list[tuple[FeatureFrame, list[Prediction]]] = []
         for i, (frame, preds) in enumerate(results):
             self._remember(frame)
             served = [self._serve(p) for p in preds]
             if served and before is not None and i == len(results) - 1:
+                self._explained_at = time.monotonic()
                 served = self._explain(before, frames[-1], served)
             out.append((frame, served))
         return out
