@@ -124,6 +124,9 @@ def read_recording(
     if chunk_rows < 1:
         raise UsageError(f"chunk_rows must be positive, not {chunk_rows}")
     if not path.is_file():
+        if path.exists():
+            raise UsageError(f"recording {path} is not a regular file",
+                             hint="ingest reads a file twice; copy a pipe or device to a file")
         raise UsageError(f"recording {path} does not exist", hint="check the path")
     fmt = detect_format(path) if fmt is None else fmt.lower()
     if fmt == "csv":
@@ -231,15 +234,27 @@ class ReplaySource(Source):
         """A replay from ``{"kind": "replay", "path", "format"?, "speed"?, "loop"?, "board"?}``."""
         if "path" not in record:
             raise UsageError(f"replay {name!r} has no 'path'", hint="name the recording to play")
+        speed = record.get("speed", 1.0)
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(
+                speed):
+            raise UsageError(f"replay {name!r}: speed {speed!r} is not a number",
+                             hint="0 plays as fast as possible, 1 in real time")
+        preset = record.get("preset")
+        if preset is not None and (isinstance(preset, bool) or not isinstance(preset, int)):
+            raise UsageError(f"replay {name!r}: preset {preset!r} is not a whole number")
+        fmt, stream = record.get("format"), record.get("stream")
+        for key, value in (("format", fmt), ("stream", stream)):
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"replay {name!r}: {key} {value!r} is not text")
         return cls(
             name,
             Path(str(record["path"])),
-            record.get("format"),
-            stream=record.get("stream"),
-            speed=float(record.get("speed", 1.0)),
-            loop=bool(record.get("loop", False)),
+            fmt,
+            stream=stream,
+            speed=float(speed),
+            loop=record.get("loop", False) is True,
             board=record.get("board"),
-            preset=record.get("preset"),
+            preset=preset,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -630,6 +645,8 @@ def _decoded(path: Path, batches: Iterator[SampleBatch]) -> Iterator[SampleBatch
         yield from batches
     except UnicodeDecodeError:
         raise _undecodable(path) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _first_line(path: Path) -> str | None:
@@ -640,6 +657,8 @@ def _first_line(path: Path) -> str | None:
                          if ln.strip()), None)
     except UnicodeDecodeError:
         raise _undecodable(path) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _undecodable(path: Path) -> MalformedInput:

@@ -181,3 +181,17 @@ def test_ingest_too_short_for_a_forecast_says_how_much_context_is_needed(
     assert doc["frames"] > 0 and doc["predictions"] == 0
     assert doc["forecast_note"].startswith("no forecasts: the forecaster needs ")
     assert "feature frames of context" in doc["forecast_note"]
+
+
+def test_ingest_of_a_pipe_is_a_usage_error_not_a_missing_file(
+    run_cli: Any, tmp_path: Path
+) -> None:
+    import os
+
+    run_cli("init")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    result = run_cli("ingest", str(fifo), "--stream", "x")
+    assert result.exit_code == 2
+    assert "pipe.csv is not a regular file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
