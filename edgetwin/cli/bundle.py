@@ -198,18 +198,12 @@ def _bundle_passphrase(path: Path | None, *, confirm: bool) -> str:
 
     if path is not None:
         return read_passphrase_file(path)
-    try:
-        text = click.prompt(
-            "Bundle passphrase",
-            hide_input=True,
-            confirmation_prompt="Repeat the bundle passphrase" if confirm else False,
-            err=True,
-        )
-    except click.Abort as exc:
-        raise UsageError(
-            "a bundle passphrase is needed and none was typed",
-            hint=f"use --bundle-passphrase-file or {_BUNDLE_PASS_ENV}",
-        ) from exc
+    from edgetwin.cli.unlock import ask_hidden
+
+    text = ask_hidden(
+        "Bundle passphrase", confirm="Repeat the bundle passphrase" if confirm else None,
+        what="a bundle passphrase", hint=f"use --bundle-passphrase-file or {_BUNDLE_PASS_ENV}",
+    )
     if not text:
         raise UsageError("the bundle passphrase is empty")
     return str(text)

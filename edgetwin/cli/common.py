@@ -127,6 +127,30 @@ def format_period(start: float, period: str) -> str:
     return f"the UTC {period} {text}"
 
 
+def format_value(key: str, value: Any) -> str:
+    """A stored value as a person reads it: times as times, lists and tables spelled out,
+    never a Python repr (``key`` tells a timestamp from a number)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and (key in {"t", "before", "after"}
+                                           or key.endswith(("_start", "_t", "_at"))):
+        return format_time(float(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        if not value:
+            return "-"
+        inner = ",".join(f"{k}={format_value(str(k), v)}" for k, v in value.items())
+        return f"({inner})"
+    if isinstance(value, list | tuple):
+        return ",".join(format_value(key, v) for v in value) or "-"
+    text = str(value)
+    # quoted only when a space would make it look like two values
+    return json.dumps(text) if not text or any(c.isspace() for c in text) else text
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
+from edgetwin.cli.common import AppContext, emit_json, format_value, json_option, pass_app
 from edgetwin.errors import DaemonNotRunning, DataCorrupt, UsageError
 
 if TYPE_CHECKING:
@@ -133,16 +132,12 @@ def change_passphrase_cmd(app: AppContext, new_passphrase_file: Path | None) -> 
         if new_passphrase_file is not None:
             new = Secret.passphrase(read_passphrase_file(new_passphrase_file))
         else:
-            new = Secret.passphrase(
-                str(
-                    click.prompt(
-                        "New passphrase",
-                        hide_input=True,
-                        confirmation_prompt="Repeat the new passphrase",
-                        err=True,
-                    )
-                )
-            )
+            from edgetwin.cli.unlock import ask_hidden
+
+            new = Secret.passphrase(ask_hidden(
+                "New passphrase", confirm="Repeat the new passphrase", what="a new passphrase",
+                hint="use --new-passphrase-file",
+            ))
         store.change_secret(new)
         slots = store.slots()
     if app.as_json:
@@ -340,7 +335,7 @@ def audit_cmd(app: AppContext, check: bool) -> None:
     else:
         for e in entries:
             details = " ".join(
-                f"{k}={_audit_value(k, v)}" for k, v in (e.get("details") or {}).items()
+                f"{k}={format_value(k, v)}" for k, v in (e.get("details") or {}).items()
             )
             click.echo(f"{e['seq']:>5}  {_when(e.get('t'))}  {e.get('event')!s:<14} {details}")
         if check:
@@ -354,26 +349,6 @@ def audit_cmd(app: AppContext, check: bool) -> None:
             f"the audit log is damaged: {len(problems)} problem(s)",
             hint="entries were edited, deleted or reordered; see above",
         )
-
-
-def _audit_value(key: str, value: Any) -> str:
-    """One audit detail as a person reads it: times as times, lists and tables spelled out."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float) and (key in {"t", "before", "after"}
-                                           or key.endswith(("_start", "_t", "_at"))):
-        return _when(float(value))
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, dict):
-        return "(" + ",".join(f"{k}={_audit_value(str(k), v)}" for k, v in value.items()) + ")"
-    if isinstance(value, list | tuple):
-        return ",".join(_audit_value(key, v) for v in value) or "-"
-    text = str(value)
-    # quoted only when a space would make it look like two details
-    return json.dumps(text) if not text or any(c.isspace() for c in text) else text
 
 
 @click.command("verify")

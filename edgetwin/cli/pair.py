@@ -14,7 +14,14 @@ from typing import Any
 
 import click
 
-from edgetwin.cli.common import AppContext, SuggestingGroup, emit_json, json_option, pass_app
+from edgetwin.cli.common import (
+    AppContext,
+    SuggestingGroup,
+    emit_json,
+    format_value,
+    json_option,
+    pass_app,
+)
 from edgetwin.errors import UsageError
 
 PAIRING = "pairing"
@@ -142,7 +149,8 @@ def list_cmd(app: AppContext) -> None:
         click.echo("no sensors paired; see 'edgetwin pair scan' and 'edgetwin pair add --help'")
         return
     for row in rows:
-        details = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("name", "kind"))
+        details = " ".join(f"{k}={format_value(k, v)}" for k, v in row.items()
+                           if k not in ("name", "kind"))
         click.echo(f"{row['name']:<16} {row['kind']:<10} {details}")
 
 

@@ -21,30 +21,32 @@ def read_secret(app: AppContext, *, create: bool = False, prompt: str | None = N
         return Secret.keyfile(app.keyfile)
     if app.passphrase_file is not None:
         return Secret.passphrase(read_passphrase_file(app.passphrase_file))
+    text = ask_hidden(
+        prompt or ("New passphrase" if create else "Passphrase"),
+        confirm="Repeat the passphrase" if create else None,
+        what="a passphrase",
+        hint="use --passphrase-file / EDGETWIN_PASSPHRASE_FILE or --keyfile",
+    )
+    return Secret.passphrase(str(text))
+
+
+def ask_hidden(text: str, *, confirm: str | None, what: str, hint: str) -> str:
+    """A hidden prompt (asked twice with ``confirm``); a UsageError naming ``hint`` when
+    nothing is typed or there is no terminal (getpass would warn and echo instead)."""
     import getpass
     import warnings
 
     try:
         with warnings.catch_warnings():
-            # Without a terminal getpass would warn and echo: refuse instead of leaking either.
             warnings.simplefilter("error", getpass.GetPassWarning)
-            text = click.prompt(
-                prompt or ("New passphrase" if create else "Passphrase"),
-                hide_input=True,
-                confirmation_prompt="Repeat the passphrase" if create else False,
-                err=True,
-            )
+            value = click.prompt(text, hide_input=True, confirmation_prompt=confirm or False,
+                                 err=True)
     except getpass.GetPassWarning as exc:
-        raise UsageError(
-            "a passphrase is needed and there is no terminal to ask for it on",
-            hint="use --passphrase-file / EDGETWIN_PASSPHRASE_FILE or --keyfile",
-        ) from exc
+        raise UsageError(f"{what} is needed and there is no terminal to ask for it on",
+                         hint=hint) from exc
     except click.Abort as exc:
-        raise UsageError(
-            "a passphrase is needed and none was typed",
-            hint="use --passphrase-file / EDGETWIN_PASSPHRASE_FILE or --keyfile",
-        ) from exc
-    return Secret.passphrase(str(text))
+        raise UsageError(f"{what} is needed and none was typed", hint=hint) from exc
+    return str(value)
 
 
 def open_twin_from_app(app: AppContext, *, create: bool = False) -> TwinStore:

@@ -217,24 +217,46 @@ def test_pair_add_serial_of_a_missing_device_says_there_is_no_such_device(
 # -- unlocking without a terminal, the audit log --------------------------------------------
 
 
-def test_no_getpass_warning_leaks_when_there_is_no_terminal(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["timeline"], "--passphrase-file"),  # the twin's passphrase
+        (["--passphrase-file", "{pf}", "keys", "change-passphrase"], "--new-passphrase-file"),
+        (["--passphrase-file", "{pf}", "export", "-o", "{out}", "--passphrase"],
+         "--bundle-passphrase-file"),
+    ],
+)
+def test_no_getpass_warning_leaks_when_there_is_no_terminal(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
     home = tmp_path / "home"
     pf = tmp_path / "pf"
     pf.write_text(PASSPHRASE + "\n")
     pf.chmod(0o600)
     env = {**os.environ, "EDGETWIN_KDF_PROFILE": "test", "EDGETWIN_HOME": str(home)}
-    env.pop("EDGETWIN_PASSPHRASE_FILE", None)
-    env.pop("EDGETWIN_KEYFILE", None)
+    for name in ("EDGETWIN_PASSPHRASE_FILE", "EDGETWIN_KEYFILE",
+                 "EDGETWIN_BUNDLE_PASSPHRASE_FILE"):
+        env.pop(name, None)
     subprocess.run([sys.executable, "-m", "edgetwin", "--passphrase-file", str(pf), "init"],
                    env=env, cwd=ROOT, check=True, capture_output=True)
+    argv = [a.format(pf=pf, out=tmp_path / "b.age") for a in args]
     # a new session has no controlling terminal: getpass cannot open /dev/tty
-    result = subprocess.run([sys.executable, "-m", "edgetwin", "timeline"], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "edgetwin", *argv], env=env, cwd=ROOT,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             start_new_session=True, check=False)
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr
     assert "Warning" not in result.stderr and "echoed" not in result.stderr
     assert result.stderr.count("\n") == 1 and "no terminal" in result.stderr
-    assert "--passphrase-file" in result.stderr
+    assert flag in result.stderr
+
+
+def test_pair_list_prints_values_not_python_reprs(run_cli) -> None:  # type: ignore[no-untyped-def]
+    assert run_cli("init").exit_code == 0
+    assert run_cli("pair", "add", "simulator", "--speed", "2.5").exit_code == 0
+    assert run_cli("pair", "add", "brainflow", "--board", "SYNTHETIC_BOARD").exit_code == 0
+    out = run_cli("pair", "list").output
+    assert "speed=2.5" in out and "board=SYNTHETIC_BOARD" in out
+    assert not any(c in out for c in "{}[]'"), out
 
 
 def test_the_audit_log_prints_values_not_python_reprs(run_cli) -> None:  # type: ignore[no-untyped-def]
