@@ -14,8 +14,9 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -30,6 +31,11 @@ from edgetwin.daemon.app import (
 )
 from edgetwin.sources.base import Source
 from edgetwin.types import Prediction
+
+if TYPE_CHECKING:
+    from edgetwin.features.pipeline import FeaturePipeline
+    from edgetwin.inference.serving import ServingEngine
+    from edgetwin.store import TwinStore
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -134,7 +140,12 @@ class _Printer:
 
 
 def _seed_history(
-    store: Any, pipeline: Any, engine: Any, seed: int, start_t: float, duration_s: float
+    store: TwinStore,
+    pipeline: FeaturePipeline,
+    engine: ServingEngine | None,
+    seed: int,
+    start_t: float,
+    duration_s: float,
 ) -> None:
     from edgetwin.sources.simulator import SimulatedPerson, simulate
 
@@ -146,8 +157,8 @@ def _seed_history(
 
 
 def _demo_sources(
-    stack: contextlib.ExitStack, seed: int, now: float, *, brainflow: bool, serial: bool,
-    say: Any,
+    stack: contextlib.ExitStack[bool | None], seed: int, now: float, *, brainflow: bool,
+    serial: bool, say: Callable[[str], None],
 ) -> list[Source]:
     from edgetwin.sources.simulator import SimulatorSource
 
