@@ -62,6 +62,7 @@ BUNDLE_IMPORT = "bundle_import"  # ("bundle_import", bundle id) -> when and what
 _COMMIT_ROWS = 65_536  # rows buffered before a commit: bounds import memory
 _GROUP = 4096
 _EXACT_TOL = 1e-6
+_T_MAX = 1e11  # year 5138: the latest time ``ingest --allow-future`` takes (EPOCH_MAX)
 
 Progress = Callable[[str], None]
 
@@ -226,7 +227,8 @@ def import_bundle(
         report.settings = settings
         with store:
             say("restoring")
-            _ingest(store, members, manifest, report)
+            with _reading("the bundle's contents"):
+                _ingest(store, members, manifest, report)
             if target is None:
                 report.config = _restore_config(members, manifest, twin_home)
                 store.audit("import", **_audit_details(path, report))
@@ -262,22 +264,26 @@ def _ingest(store: TwinStore, root: Path, manifest: dict[str, Any], report: Impo
             pending = 0
 
     for doc in manifest["streams"]:
-        with _reading(f"stream {str(doc['name'])[:60]!r} ({_members_of(doc)})"):
+        what = f"bundle stream {str(doc['name'])[:60]!r} ({_members_of(doc)})"
+        with _reading(what):
             for b in stream_batches(root, doc):
+                _check_times(b.t, what)
                 store.append_samples(b)
                 report.samples += len(b)
                 flush(len(b))
         report.streams.append(str(doc["name"]))
     flush(0, force=True)
     if manifest.get("timeline"):
-        with _reading(str(manifest["timeline"]["member"])):
+        with _reading(f"bundle member {manifest['timeline']['member']!r}"):
             for frames in _chunks(_read_timeline(root, manifest["timeline"]), _GROUP):
+                _check_times(np.array([f.t for f in frames]), "timeline.csv")
                 store.append_frames(frames)
                 report.frames += len(frames)
                 flush(len(frames))
     if manifest.get("predictions"):
-        with _reading(str(manifest["predictions"]["member"])):
+        with _reading(f"bundle member {manifest['predictions']['member']!r}"):
             for preds in _chunks(_read_predictions(root, manifest["predictions"]), _GROUP):
+                _check_times(np.array([p.t for p in preds]), "predictions.jsonl")
                 store.append_predictions(preds)
                 report.predictions += len(preds)
                 flush(len(preds))
@@ -290,10 +296,21 @@ def _ingest(store: TwinStore, root: Path, manifest: dict[str, Any], report: Impo
     if manifest.get("audit"):
         source = str(manifest["twin_id"])
         member = str(manifest["audit"]["member"])
-        with _reading(member), store.transaction():
+        with _reading(f"bundle member {member!r}"), store.transaction():
             for entry in _read_audit(root, member):
                 store.put_record(IMPORTED_AUDIT, f"{source}:{entry['seq']:08d}", entry)
                 report.audit_entries += 1
+
+
+def _check_times(t: FloatArray, what: str) -> None:
+    """Times the store can key: finite and within ±year 5138, as far as ``ingest`` goes."""
+    if t.size and not (np.isfinite(t).all() and float(np.abs(t).max()) <= _T_MAX):
+        bad = t[~(np.isfinite(t) & (np.abs(t) <= _T_MAX))][0]
+        raise DataCorrupt(
+            f"{what}: the time {float(bad):.6g} is not a Unix time edgetwin keeps "
+            "(finite, before the year 5138)",
+            hint="the bundle was not written by edgetwin or was altered; nothing was imported",
+        )
 
 
 @contextlib.contextmanager
@@ -308,7 +325,7 @@ def _reading(what: str) -> Iterator[None]:
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
             RecursionError, UnicodeDecodeError, csv.Error) as exc:
         raise DataCorrupt(
-            f"bundle member {what} cannot be read: {type(exc).__name__}: {str(exc)[:160]}",
+            f"{what} cannot be read: {type(exc).__name__}: {str(exc)[:160]}",
             hint="the bundle was not written by edgetwin or was altered before encryption; "
             "nothing was imported",
         ) from exc
