@@ -68,11 +68,12 @@ def consent_list(app: AppContext) -> None:
     if app.as_json:
         emit_json([c.to_json() for c in consents])
         return
-    click.echo(f"{'metric':<17} {'granted':<8} {'period':<7} since")
+    click.echo(f"{'metric':<17} {'unit':<9} {'granted':<8} {'period':<7} since")
     for c in consents:
         since = _when(c.granted_at) if c.granted else "-"
-        click.echo(f"{c.metric:<17} {'yes' if c.granted else 'no':<8} {c.period:<7} {since}"
-                   f"   {METRICS[c.metric].unit}")
+        unit = "fraction" if METRICS[c.metric].unit == "1" else METRICS[c.metric].unit
+        click.echo(f"{c.metric:<17} {unit:<9} {'yes' if c.granted else 'no':<8} "
+                   f"{c.period:<7} {since}")
 
 
 @consent_group.command("grant")

@@ -294,3 +294,12 @@ def test_sync_budget_shows_the_period_a_release_was_charged_to(
     assert charged[released_day]["remaining"] < doc["epsilon_per_period"]
     text = run_cli("sync", "budget").output
     assert f"the UTC day {_day(released_day)}" in text
+
+
+def test_consent_list_columns_line_up_with_their_header(twin_home: Path, run_cli: Run) -> None:
+    assert run_cli("consent", "grant", "hr_mean").exit_code == 0
+    header, *rows = run_cli("consent", "list").output.splitlines()
+    for title in ("unit", "granted", "period", "since"):
+        col = header.index(title)
+        assert all(r[col - 1] == " " and r[col] != " " for r in rows), (title, rows)
+    assert "fraction" in next(r for r in rows if r.startswith("eeg_alpha_share"))
