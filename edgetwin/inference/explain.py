@@ -192,7 +192,6 @@ def faithfulness(
         if pred is None or len(pred.attention) != n_ctx:
             continue
         att = np.asarray(pred.attention)
-        atts.append(att)
         sums = np.convolve(att, np.ones(span), mode="valid")  # sums[i] = att[i:i+span]
         a0 = int(np.argmax(sums))
         r0 = int(rng.integers(0, n_ctx - span + 1))
@@ -200,6 +199,9 @@ def faithfulness(
         cuts = [(a0, a0 + span), (r0, r0 + span), *grid]
         _, eff = occ.effects(before, frame, cuts)
         e = eff[target]
+        if not np.isfinite(e[:2]).all() or not np.isfinite(e[2:]).any():
+            continue  # a masked run with no forecast of the target (its only recent data)
+        atts.append(att)
         att_eff.append(e[0])
         rnd_eff.append(e[1])
         g = e[2:]
