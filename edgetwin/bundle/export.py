@@ -48,6 +48,7 @@ from edgetwin.errors import EdgetwinError, HomeError, StoreFull, UsageError
 
 if TYPE_CHECKING:
     from edgetwin.store import TwinStore
+    from edgetwin.types import SampleBatch
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -316,37 +317,45 @@ class _Builder:
             "last_t": plan.last_t,
             "meta": json_meta(plan.meta),
         }
-        if plan.format == "edf":
-            doc.update(self._write_edf(plan))
-        elif plan.format == "snirf":
-            name = f"signals/{plan.stem}.snirf"
-            w = SnirfWriter(self.path(name), plan)
-            try:
-                for b in self._samples(plan.name):
-                    w.add(b.t, b.values)
-            finally:
-                w.close()
-            self.done(name)
-            doc.update({"member": name, "t_ref": w.t_ref})
-        else:
-            name = f"signals/{plan.stem}.csv"
-            cw = CsvStreamWriter(self.path(name), plan.channels)
-            try:
-                for b in self._samples(plan.name):
-                    cw.add(b)
-            finally:
-                cw.close()
-            self.done(name)
-            doc["member"] = name
-        return doc
-
-    def _write_edf(self, plan: StreamPlan) -> dict[str, Any]:
         try:
-            return write_edf_stream(plan, self._samples(plan.name), self.path, self.done)
+            if plan.format == "edf":
+                doc.update(write_edf_stream(plan, self._planned(plan), self.path, self.done))
+            elif plan.format == "snirf":
+                name = f"signals/{plan.stem}.snirf"
+                w = SnirfWriter(self.path(name), plan)
+                try:
+                    for b in self._planned(plan):
+                        w.add(b.t, b.values)
+                finally:
+                    w.close()
+                _same_count(plan, w.samples)
+                self.done(name)
+                doc.update({"member": name, "t_ref": w.t_ref})
+            else:
+                name = f"signals/{plan.stem}.csv"
+                cw = CsvStreamWriter(self.path(name), plan.channels)
+                try:
+                    for b in self._planned(plan):
+                        if not set(b.channels) <= set(plan.channels):
+                            raise StreamChanged("a channel layout it did not have")
+                        cw.add(b)
+                finally:
+                    cw.close()
+                _same_count(plan, cw.samples)
+                self.done(name)
+                doc["member"] = name
         except StreamChanged as exc:
             raise UsageError(
                 f"stream {plan.name!r} changed while it was exported ({exc}); export again"
             ) from exc
+        return doc
+
+    def _planned(self, plan: StreamPlan) -> Iterator[SampleBatch]:
+        """The samples the plan scanned: up to its last time, so that what a running daemon
+        commits meanwhile stays out of this bundle (it goes into the next)."""
+        last = plan.last_t
+        t1 = last if self.t1 is None or last is None else min(self.t1, last)
+        return self.store.read_samples(plan.name, self.t0, t1)
 
     # -- timeline, predictions, records, audit, config ---------------------------------------
 
@@ -516,6 +525,11 @@ def _models(used: set[str]) -> list[dict[str, Any]]:
             match = []
         out.append({"id": model_id, "files": match})
     return out
+
+
+def _same_count(plan: StreamPlan, written: int) -> None:
+    if written != plan.samples:
+        raise StreamChanged(f"{written} samples written, {plan.samples} planned")
 
 
 def _tar_size(members: list[Member]) -> int:

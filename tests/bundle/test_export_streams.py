@@ -432,7 +432,7 @@ def test_a_times_file_that_does_not_fit_is_data_corrupt(tmp_path: Path) -> None:
     from edgetwin.errors import DataCorrupt
 
     (tmp_path / "x.times.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(DataCorrupt, match="not a readable .npy"):
+    with pytest.raises(DataCorrupt, match=r"not a readable \.npy"):
         list(read_edf_recording(tmp_path / "x.edf", tmp_path / "x.times.npy", "x", EEG,
                                 ("uV",) * 3, 10, 10, {}))
     np.save(tmp_path / "y.times.npy", np.arange(5, dtype=np.int64))
@@ -443,3 +443,50 @@ def test_a_times_file_that_does_not_fit_is_data_corrupt(tmp_path: Path) -> None:
     with pytest.raises(DataCorrupt):
         list(read_edf_recording(tmp_path / "x.edf", tmp_path / "z.times.npy", "x", EEG,
                                 ("uV",) * 3, 1, 1, {}))
+
+
+def test_export_while_samples_keep_arriving_holds_the_planned_snapshot(
+    tmp_path: Path, key: AgeKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running daemon commits between export's scan of a stream and its write: the bundle
+    holds what was scanned (CSV and SNIRF used to write more rows than their manifest said,
+    so the bundle would not import; EDF failed the export)."""
+    secret = Secret.passphrase("p")
+    rng = np.random.default_rng(11)
+    t = T0 + np.arange(1000) / 100.0
+    streams = {
+        "dev.eeg": SampleBatch.build("dev.eeg", EEG, t, rng.normal(size=(1000, 3)),
+                                     meta={"rate_hz": 100}),
+        "dev.rr": SampleBatch.build("dev.rr", ("rr",), t[::100], np.full((10, 1), 900.0)),
+        "dev.fnirs": SampleBatch.build("dev.fnirs", ("fnirs_s1_d1_760",), t[::10],
+                                       rng.uniform(1, 2, (100, 1))),
+    }
+    store = TwinStore.create(tmp_path / "src", secret)
+    with store:
+        for b in streams.values():
+            store.append_samples(b)
+        store.commit()
+        calls: dict[str, int] = {}
+        read = store.read_samples
+
+        def racing(name: str, t0: float | None = None, t1: float | None = None,
+                   **kw: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] == 2:  # the write pass: the daemon got there first
+                b = streams[name]
+                later = b.t + 20.0
+                store.append_samples(SampleBatch(name, b.channels, b.units, later, b.values,
+                                                 b.meta))
+                store.commit()
+            return read(name, t0, t1, **kw)
+
+        monkeypatch.setattr(store, "read_samples", racing)
+        out = tmp_path / "b.age"
+        export_bundle(store, out, recipients=[key.public])
+    assert set(calls) == set(streams) and all(n == 2 for n in calls.values())
+    home = tmp_path / "restored"
+    import_bundle(out, home, identities=load_identities(key.path), secret=secret)
+    with TwinStore.open(home, secret) as got:
+        for name, b in streams.items():
+            t_back = np.concatenate([x.t for x in got.read_samples(name)])
+            np.testing.assert_array_equal(t_back, b.t)  # the snapshot, not the later rows
