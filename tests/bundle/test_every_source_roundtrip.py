@@ -152,6 +152,21 @@ async def test_every_source_kind_records_exports_imports_and_compares(
     assert formats["forehead.fnirs"] == "snirf"
     assert formats["chest.rr"] == "csv"
     print({name: (doc["format"], doc["why"]) for name, doc in sorted(docs.items())})
+    import mne
+
+    for name, doc in docs.items():  # a researcher opens every signal file in MNE
+        if doc["format"] == "edf":
+            for rec in doc["recordings"]:
+                raw = mne.io.read_raw_edf(dest / rec["member"], verbose="error")
+                assert raw.info["sfreq"] == doc["rate_hz"], name
+                assert len(raw.ch_names) == len(doc["channels"]), name
+                assert raw.n_times >= rec["positions"], name
+        elif doc["format"] == "snirf":
+            raw = mne.io.read_raw_snirf(dest / doc["member"], verbose="error")
+            assert raw.n_times == doc["samples"], name
+            short = [d for d in mne.preprocessing.nirs.source_detector_distances(raw.info)
+                     if d < 0.015]  # metres: the simulator's 0.8 cm pair is a short channel
+            assert len(short) == (2 if name == "sim.fnirs" else 0), name
 
     home = tmp_path / "restored"
     imported = import_bundle(out, home, identities=load_identities(key.path), secret=secret)
