@@ -412,7 +412,8 @@ def _read_timeline(root: Path, doc: dict[str, Any]) -> Iterator[FeatureFrame]:
     from edgetwin.features.schema import NAMES
 
     path = root / str(doc["member"])
-    if tuple(doc.get("features", ())) != NAMES:
+    features = doc.get("features")
+    if not isinstance(features, list) or tuple(features) != NAMES:
         raise DataCorrupt(
             f"{path.name}: the bundle's features are of schema v{doc.get('schema_version')}, "
             "not this edgetwin's",

@@ -430,3 +430,44 @@ def test_merge_of_arbitrary_correctly_hashed_members_leaves_the_twin_sound(
         _check_outcome(world, r, {0, 2, 4}, fresh if r.exit_code == 0 else None, None)
         if r.exit_code:
             assert not fresh.exists()
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if prefix:
+        yield prefix
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, (*prefix, i))
+
+
+@_SETTINGS
+@given(pick=st.integers(0, 10_000), value=_JSON, delete=st.booleans())
+def test_import_of_a_manifest_with_an_arbitrary_field_exits_cleanly(
+    world: dict[str, Any], pick: int, value: Any, delete: bool,
+) -> None:
+    base = json.loads(world["members"]["manifest.json"])
+    base.pop("members")  # _pack declares the members; everything else is fair game
+    paths = list(_paths(base))
+    path = paths[pick % len(paths)]
+
+    def edit(m: dict[str, Any]) -> None:
+        node = m
+        for k in path[:-1]:
+            node = node[k]
+        if delete and isinstance(node, dict):
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+
+    with tempfile.TemporaryDirectory(dir=world["root"]) as tmp:
+        bundle = _pack(world["members"], world["identity"], Path(tmp) / "m.age",
+                       manifest_edit=edit)
+        target = Path(tmp) / "target"
+        shutil.copytree(world["target"], target)
+        before = _snapshot(target)
+        r = _import(world, bundle, target, "--merge", "--accept-settings")
+        _check_outcome(world, r, {0, 2, 4}, target, before)
+        assert "cannot be read" not in r.stderr  # a field is checked, not caught by the backstop
