@@ -26,8 +26,9 @@ over its samples:
   (one row per beat), irregular streams (no rate, e.g. spot checks), streams
   whose layout changed, more than one gap per 2 s on average, more than 512
   channels, and values EDF cannot hold (infinities; magnitudes or resolutions
-  beyond its 8-character header fields, e.g. 1e308). The manifest's ``why``
-  says which rule applied.
+  beyond its 8-character header fields, e.g. 1e308; a spike so far outside a
+  channel's usual 1st-99th percentile range that 16 bits would keep fewer than
+  64 steps of it). The manifest's ``why`` says which rule applied.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ _MAX_GAPS = 100_000  # bounds the plan's memory; far past the 1-per-2-s rule any
 _RATE_PROBE = 2048  # timestamps used to measure a rate the source did not declare
 _RATE_HINT_KEYS = ("rate_hz", "sampling_rate_hz")
 DEFAULT_DISTANCE_CM = 3.0  # the features' default too
+_USUAL_MIN_ROWS = 32
+_MIN_LEVELS = 64  # 16-bit steps within a channel's usual range, below which EDF loses it
 _CSV_BLOCK = 8192
 _READ_BLOCK = 65536
 _FILL_BLOCK = 65536
@@ -228,6 +231,8 @@ class _Scan:
         self.lo: FloatArray | None = None
         self.hi: FloatArray | None = None
         self.infinite: set[int] = set()
+        self.usual_lo: FloatArray | None = None  # per channel: lowest 1st percentile of a batch
+        self.usual_hi: FloatArray | None = None  # highest 99th percentile
         self.grid: _Grid | None = None
         self.no_grid = ""
         self.meta: dict[str, Any] = {}
@@ -279,6 +284,20 @@ class _Scan:
         self.rate = rate
         self.grid = _Grid(rate)
 
+    def _usual(self, values: FloatArray) -> None:
+        """Track each channel's usual range (1st-99th percentile per batch, on a subsample):
+        a lone spike must not be what sets EDF's 16-bit scale."""
+        if len(values) < _USUAL_MIN_ROWS:
+            return
+        sub = values[:: max(1, len(values) // 256)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel: NaN, fine
+            p1, p99 = np.nanpercentile(np.where(np.isfinite(sub), sub, np.nan), [1, 99], axis=0)
+        p1 = np.where(np.isnan(p1), np.inf, p1)
+        p99 = np.where(np.isnan(p99), -np.inf, p99)
+        self.usual_lo = p1 if self.usual_lo is None else np.minimum(self.usual_lo, p1)
+        self.usual_hi = p99 if self.usual_hi is None else np.maximum(self.usual_hi, p99)
+
     def _add(self, b: SampleBatch) -> None:
         layout = (b.channels, b.units)
         if layout not in self.layouts:
@@ -298,6 +317,7 @@ class _Scan:
             hi = np.where(finite, b.values, -np.inf).max(axis=0)
             self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
             self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+            self._usual(b.values)
         if self.grid is not None and not self.grid.failed:
             self.grid.add(b.t)
         self.n += len(b)
@@ -362,11 +382,20 @@ def plan_stream(
     assert scan.lo is not None
     assert scan.hi is not None
     bounds = []
-    for c, lo, hi in zip(channels, scan.lo, scan.hi, strict=True):
+    for i, (c, lo, hi) in enumerate(zip(channels, scan.lo, scan.hi, strict=True)):
         fit = edf_fit(float(lo), float(hi))
         if isinstance(fit, str):
             plan.reason = f"channel {c!r} {fit}"
             return plan
+        if scan.usual_lo is not None and scan.usual_hi is not None:
+            usual = float(scan.usual_hi[i] - scan.usual_lo[i])
+            quantum = (fit[1] - fit[0]) / (_DMAX - _DMIN)
+            if math.isfinite(usual) and usual > 0 and usual / quantum < _MIN_LEVELS:
+                far = float(hi) if abs(hi - scan.usual_hi[i]) >= abs(lo - scan.usual_lo[i]) else lo
+                plan.reason = (f"channel {c!r} reaches {far:g}, so far outside its usual "
+                               f"{float(scan.usual_lo[i]):g}..{float(scan.usual_hi[i]):g} that "
+                               f"16-bit EDF would keep fewer than {_MIN_LEVELS} levels of it")
+                return plan
         bounds.append(fit)
     plan.format = "edf"
     plan.reason = f"regular {scan.rate:g} Hz samples{scan.rate_note}"

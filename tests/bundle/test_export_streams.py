@@ -490,3 +490,25 @@ def test_export_while_samples_keep_arriving_holds_the_planned_snapshot(
         for name, b in streams.items():
             t_back = np.concatenate([x.t for x in got.read_samples(name)])
             np.testing.assert_array_equal(t_back, b.t)  # the snapshot, not the later rows
+
+
+def test_a_lone_spike_does_not_flatten_a_channel_into_16_bits(tmp_path: Path,
+                                                               key: AgeKey) -> None:
+    """eeg_fz = 1e6 once in ±50 uV of EEG fits EDF's header, but 16 bits over that range keep
+    6 steps of the EEG: such a stream goes to CSV (exact), a mere motion artefact stays EDF."""
+    rng = np.random.default_rng(12)
+    n = 5000
+    t = T0 + np.arange(n) / 250.0
+    spike = rng.normal(0, 20, (n, 3))
+    spike[2500, 0] = 1e6
+    artefact = rng.normal(0, 20, (n, 3))
+    artefact[2500:2600, 1] += 5000.0
+    manifest, _dest, got = _round_trip(tmp_path, key, [
+        SampleBatch.build("spike", EEG, t, spike, meta={"rate_hz": 250}),
+        SampleBatch.build("artefact", EEG, t, artefact, meta={"rate_hz": 250})])
+    doc = _stream(manifest, "spike")
+    assert doc["format"] == "csv"
+    assert doc["why"].startswith("channel 'eeg_fz' reaches 1e+06, so far outside its usual")
+    assert doc["why"].endswith("that 16-bit EDF would keep fewer than 64 levels of it")
+    np.testing.assert_array_equal(got["spike"].values, spike)
+    assert _stream(manifest, "artefact")["format"] == "edf"
