@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from edgetwin.features.schema import INDEX  # noqa: E402
 from edgetwin.inference.engine import InferenceEngine  # noqa: E402
 from edgetwin.inference.explain import faithfulness, scratch_engine  # noqa: E402
-from scripts.eval_personal import frames_of, test_people  # noqa: E402
+from scripts.eval_personal import load_frames, test_people  # noqa: E402
 
 WARM = 240  # frames of warm-up shipped before each window (20 min)
 KEEP = ("hr", "rmssd")
@@ -46,20 +46,18 @@ def main() -> int:
     ap.add_argument("--ship", type=int, default=2, help="windows per person to write")
     ap.add_argument("--people", default="", help="comma-separated subset of the test people")
     args = ap.parse_args()
-    from scripts.modeling import realdata
-
     people = test_people(args.data)
     if args.people:
         people = [p for p in people if p in args.people.split(",")]
     engine = InferenceEngine.load()
     print(f"models: {engine.model_id}; test people: {len(people)}", file=sys.stderr)
-    recs = realdata.load_people(args.data, people, workers=1)
+    all_frames = load_frames(args.data, people)
     windows = []
     shipped: list[np.ndarray] = []
     shipped_t: list[np.ndarray] = []
     names: list[str] = []
     for person in people:
-        frames = frames_of(recs[person][0])
+        frames = all_frames[person]
         eng = scratch_engine(engine)
         t0 = frames[0].t
         times = np.array([f.t for f in frames])

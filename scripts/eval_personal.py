@@ -23,6 +23,7 @@ checkpoint and the pooled gains with a 95 % bootstrap CI over people.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -49,6 +50,38 @@ def test_people(data: Path) -> list[str]:
 
     print("models/split.json not found: using realdata.make_split(seed=0)", file=sys.stderr)
     return list(realdata.make_split(sorted(realdata.person_files(data)), 0)["test"])
+
+
+def load_frames(data: Path, people: list[str]) -> dict[str, list[FeatureFrame]]:
+    """Each person's RR file as 5 s feature frames from the runtime's own pipeline.
+
+    Uses ``scripts/modeling/realdata.load_people`` (and its cache) when present; else pushes
+    the file through :class:`~edgetwin.features.pipeline.FeaturePipeline` here, in 10 s
+    batches as a live strap sends them.
+    """
+    try:
+        from scripts.modeling import realdata
+    except ImportError:
+        realdata = None
+    if realdata is not None:
+        recs = realdata.load_people(data, people, workers=1)
+        return {p: frames_of(recs[p][0]) for p in people}
+    from edgetwin.features.pipeline import FeaturePipeline
+    from edgetwin.types import SampleBatch
+
+    out = {}
+    for person in people:
+        a = np.loadtxt(data / "rr" / f"{person}.csv.gz", delimiter=",", skiprows=1, ndmin=2)
+        t, rr = a[:, 0], a[:, 1]
+        pipe = FeaturePipeline(5.0)
+        frames: list[FeatureFrame] = []
+        edges = np.arange(np.floor(t[0] / 10.0) * 10.0, t[-1] + 10.0, 10.0)
+        idx = np.searchsorted(t, edges)
+        for i, j in itertools.pairwise(idx):
+            if j > i:
+                frames += pipe.push(SampleBatch.build("rr", ["rr"], t[i:j], rr[i:j, None]))
+        out[person] = frames + pipe.flush()
+    return out
 
 
 def frames_of(rec: object) -> list[FeatureFrame]:
@@ -102,19 +135,16 @@ def main() -> int:
     ap.add_argument("--people", default="", help="comma-separated subset of the test people")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
-    from scripts.modeling import realdata
-
     people = test_people(args.data)
     if args.people:
         people = [p for p in people if p in args.people.split(",")]
     targets = args.targets.split(",")
     engine = InferenceEngine.load()
     print(f"models: {engine.model_id}; test people: {len(people)}", file=sys.stderr)
-    recs = realdata.load_people(args.data, people, workers=1)
+    all_frames = load_frames(args.data, people)
     rows = []
     for person in people:
-        rec, _ = recs[person]
-        frames = frames_of(rec)
+        frames = all_frames[person]
         eng = scratch_engine(engine)
         preds = [p for _, ps in eng.observe_many(frames) for p in ps if p.target in targets]
         series = scoring.observed_series(frames, targets, eng.step_s)
