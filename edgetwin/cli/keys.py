@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def _twin(app: AppContext, *, strict: bool = True) -> Iterator[TwinStore]:
+    from edgetwin.bundle.staging import remove_leftovers
     from edgetwin.cli.unlock import read_secret
     from edgetwin.store import TwinStore
 
     home = app.require_home()
     store = TwinStore.open(home, read_secret(app), strict=strict)
     try:
+        remove_leftovers(home)  # what a killed export or import left, as at every unlock
         yield store
     finally:
         store.close()

@@ -97,3 +97,29 @@ def test_a_staged_member_has_no_name_and_vanishes_when_released(tmp_path: Path) 
     assert regular == []
     spool.release()
     assert not path.exists()  # the link dangles: the data is gone with the descriptor
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize("command", [["verify"], ["timeline"], ["audit"], ["status"]])
+def test_every_unlock_clears_a_dead_runs_staging(tmp_path: Path, command: list[str]) -> None:
+    pw = tmp_path / "pass"
+    pw.write_text("staging passphrase\n")
+    pw.chmod(0o600)
+    home = tmp_path / "home"
+    base = ["--home", str(home), "--passphrase-file", str(pw)]
+    runner = CliRunner()
+    assert runner.invoke(cli, [*base, "init"], env={"EDGETWIN_KDF_PROFILE": "test"}).exit_code == 0
+    pid = _dead_pid()
+    export_left = home / f".export-{pid}-abc"
+    import_left = tmp_path / f".home.import-{pid}-def"
+    for d in (export_left, import_left):
+        (d / "members").mkdir(parents=True)
+        (d / "members" / "x.csv").symlink_to(f"/proc/{pid}/fd/7")  # what a kill leaves
+    result = runner.invoke(cli, [*base, *command], env={"EDGETWIN_KDF_PROFILE": "test"})
+    assert result.exit_code == 0, result.output
+    assert not export_left.exists() and not import_left.exists()
