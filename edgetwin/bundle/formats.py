@@ -25,10 +25,12 @@ over its samples:
   for everything else, lossless (shortest round-trip float text): RR intervals
   (one row per beat), irregular streams (no rate, e.g. spot checks), streams
   whose layout changed, more than one gap per 2 s on average, more than 512
-  channels, and values EDF cannot hold (infinities; magnitudes or resolutions
-  beyond its 8-character header fields, e.g. 1e308; a spike so far outside a
-  channel's usual 1st-99th percentile range that 16 bits would keep fewer than
-  64 steps of it). The manifest's ``why`` says which rule applied.
+  channels, times outside the years 1985-2084 an EDF header can date (e.g. a
+  recording stamped from 0), and values EDF cannot hold (infinities;
+  magnitudes or resolutions beyond its 8-character header fields, e.g. 1e308;
+  a spike so far outside a channel's usual 1st-99th percentile range that 16
+  bits would keep fewer than 64 steps of it). The manifest's ``why`` says
+  which rule applied.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ _RATE_PROBE = 2048  # timestamps used to measure a rate the source did not decla
 _RATE_HINT_KEYS = ("rate_hz", "sampling_rate_hz")
 DEFAULT_DISTANCE_CM = 3.0  # the features' default too
 _USUAL_MIN_ROWS = 32
+_EDF_FIRST_S = 473_385_600.0  # 1985-01-01: EDF dates are dd.mm.yy for 1985-2084 only
+_EDF_END_S = 3_644_697_600.0  # 2085-01-01
 _MIN_LEVELS = 64  # 16-bit steps within a channel's usual range, below which EDF loses it
 _CSV_BLOCK = 8192
 _READ_BLOCK = 65536
@@ -370,6 +374,16 @@ def plan_stream(
     if grid.gaps > 8 + span / 2:
         plan.reason = (f"irregular timestamps: {grid.gaps} gaps in {span:.0f} s at "
                        f"{scan.rate:g} Hz")
+        return plan
+    first, last = scan.first_t or 0.0, scan.last_t or 0.0
+    if first < _EDF_FIRST_S or last >= _EDF_END_S:
+        off = first if first < _EDF_FIRST_S else last
+        try:
+            year = str((dt.datetime.fromtimestamp(0, tz=dt.UTC) + dt.timedelta(seconds=off)).year)
+        except OverflowError:
+            year = f"t = {off:g} s"
+        plan.reason = (f"its samples ({year}) fall outside the years 1985-2084 an EDF "
+                       "header can date")
         return plan
     if len(channels) > EDF_MAX_CHANNELS:
         plan.reason = (f"it has {len(channels)} channels; EDF writers take at most "

@@ -512,3 +512,17 @@ def test_a_lone_spike_does_not_flatten_a_channel_into_16_bits(tmp_path: Path,
     assert doc["why"].endswith("that 16-bit EDF would keep fewer than 64 levels of it")
     np.testing.assert_array_equal(got["spike"].values, spike)
     assert _stream(manifest, "artefact")["format"] == "edf"
+
+
+@pytest.mark.parametrize(("t0", "year"), [(0.0, 1970), (4.2e9, 2103)])
+def test_times_an_edf_header_cannot_date_go_to_csv(tmp_path: Path, key: AgeKey, t0: float,
+                                                   year: int) -> None:
+    """EDF dates are dd.mm.yy for 1985-2084: a recording stamped from 0 read as 2070 in MNE."""
+    t = t0 + np.arange(500) / 100.0
+    v = np.random.default_rng(13).normal(size=(500, 3))
+    manifest, _dest, got = _round_trip(tmp_path, key, [
+        SampleBatch.build("rel.eeg", EEG, t, v, meta={"rate_hz": 100})])
+    doc = _stream(manifest, "rel.eeg")
+    assert (doc["format"], doc["why"]) == (
+        "csv", f"its samples ({year}) fall outside the years 1985-2084 an EDF header can date")
+    np.testing.assert_array_equal(got["rel.eeg"].t, t)
