@@ -106,9 +106,11 @@ def spans_removed(recs: list[Recording], prior, seed: int, stride: int = 3):  # 
     return np.stack(zs), np.stack(ms), np.stack(m_in), np.stack(sds)
 
 
-def eval_imputer(recs: list[Recording], prior, impute: ImputeFn, seed: int) -> dict:  # type: ignore[no-untyped-def]
+def eval_imputer(
+    recs: list[Recording], prior, impute: ImputeFn, seed: int, stride: int = 3
+) -> dict:  # type: ignore[no-untyped-def]
     """RMSE on hidden cells: per feature in its unit, and aggregate in baseline-std units."""
-    z, m, m_in, sd = spans_removed(recs, prior, seed)
+    z, m, m_in, sd = spans_removed(recs, prior, seed, stride)
     z_in = np.where(m_in, z, 0.0).astype(np.float32)
     preds = {
         "gain": impute(z_in, m_in),

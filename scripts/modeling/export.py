@@ -101,10 +101,16 @@ def _fold_forecaster(model: onnx.ModelProto) -> None:
         helper.make_node("MatMul", [ctx, "head_w_ctx"], ["head_ctx"], name="head_ctx_MatMul"),
         helper.make_node("MatMul", [y_h, "head_w_h"], ["head_h"], name="head_h_MatMul"),
         helper.make_node("Add", ["head_ctx", "head_h"], ["head_sum"], name="head_sum_Add"),
-        helper.make_node("Add", ["head_sum", bias], ["quantiles"], name="head_bias_Add"),
+        # the skip path's Add (if any) still consumes this name and makes "quantiles"
+        helper.make_node("Add", ["head_sum", bias], [head_add.output[0]], name="head_bias_Add"),
     ]
-    kept = [n for n in g.node if n not in (squeeze, concat, head_mm, head_add)]
-    nodes = kept + new_tail
+    # the new tail takes the head's place, so a consumer of its output (the skip Add) follows it
+    nodes: list[onnx.NodeProto] = []
+    for n in g.node:
+        if n is head_add:
+            nodes.extend(new_tail)
+        elif n not in (squeeze, concat, head_mm):
+            nodes.append(n)
     # drop nodes nothing consumes (the initial-state chain, Constants)
     live = {o.name for o in g.output}
     keep: list[onnx.NodeProto] = []
@@ -211,6 +217,7 @@ def quantize_weights_int8(
     exclude_inits: tuple[str, ...] = (),
     calib: dict[str, np.ndarray] | None = None,
     matmul_per_tensor: bool = False,
+    per_tensor_inits: tuple[str, ...] = (),
 ) -> None:
     """Weight-only int8: per-output-channel symmetric int8 weights + DequantizeLinear, fp32 math.
 
@@ -236,7 +243,7 @@ def quantize_weights_int8(
         w = numpy_helper.to_array(inits[name]).astype(np.float32)
         red = tuple(i for i in range(w.ndim) if i != axis)
         scale = np.maximum(np.abs(w).max(axis=red), 1e-12) / 127.0
-        per_tensor = matmul_per_tensor and w.ndim == 2
+        per_tensor = (matmul_per_tensor and w.ndim == 2) or name in per_tensor_inits
         if per_tensor:  # one scale: 4 bytes instead of one per output column
             scale = np.full_like(scale, np.abs(w).max() / 127.0)
         shape = [1] * w.ndim

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import CONTEXT, HORIZON, IMPUTE_WINDOW, N_FEATURES, QUANTILES, TARGETS
+from .spec import CONTEXT, HORIZON, IMPUTE_WINDOW, N_FEATURES, QUANTILES, SKIP_STEPS, TARGETS
 
 
 class GainGenerator(nn.Module):
@@ -62,7 +62,13 @@ class GainDiscriminator(nn.Module):
 
 
 class Forecaster(nn.Module):
-    """LSTM over the context, attention pooling, quantile heads.
+    """LSTM over the context, attention pooling, quantile heads, plus a linear skip path.
+
+    The skip path is a linear map of the last ``skip_steps`` steps of the
+    targets' values straight to the outputs: a ridge AR on the recent past,
+    initialised in closed form (``training.init_skip``), which real 5 s heart
+    rate needs (it is mostly noise around a slowly moving level) and which the
+    LSTM then corrects.
 
     Input ``x``: ``(T, B, 2F)`` seq-first (values then mask per step).
     Outputs: ``quantiles`` ``(1, B, HORIZON*K*Q)`` ordered (horizon, target,
@@ -79,8 +85,14 @@ class Forecaster(nn.Module):
         horizon: int = HORIZON,
         n_targets: int = len(TARGETS),
         n_quantiles: int = len(QUANTILES),
+        skip_steps: int = SKIP_STEPS,
     ):
         super().__init__()
+        self.skip_steps = skip_steps
+        # the targets are the first n_targets features (spec.TARGET_INDEX): one Slice selects them
+        self.n_targets = n_targets
+        self.skip = nn.Linear(skip_steps * n_targets, horizon * n_targets * n_quantiles, bias=False)
+        nn.init.zeros_(self.skip.weight)
         self.lstm = nn.LSTM(2 * n_features, hidden)
         self.score = nn.Linear(hidden, 1, bias=False)
         self.pos_bias = nn.Parameter(torch.zeros(context, 1, 1))
@@ -130,4 +142,6 @@ class Forecaster(nn.Module):
         attn = torch.softmax(self.score(y) + self.pos_bias, dim=0)  # (T,B,1)
         ctx = (attn * y).sum(dim=0, keepdim=True)  # (1,B,H)
         out = self.head(torch.cat([ctx, h], dim=2))  # (1,B,H*K*Q)
-        return out, attn
+        # Flatten (not reshape) exports as one ONNX op without a shape chain
+        recent = x[-self.skip_steps :, :, : self.n_targets].transpose(0, 1).flatten(1)  # (B, S*K)
+        return out + self.skip(recent), attn

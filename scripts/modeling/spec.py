@@ -24,3 +24,5 @@ QUANTILES: tuple[float, ...] = (0.025, 0.5, 0.975)
 # population prior (real EDA levels, say) must not push inputs out of the
 # training range, nor stretch int8 activation ranges.
 Z_CLIP = 5.0
+# The forecaster's linear skip path sees the last minute (see nets.Forecaster).
+SKIP_STEPS = 12

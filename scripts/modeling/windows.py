@@ -109,12 +109,17 @@ def forecaster_samples(
     min_context: int,
     stride: int = 1,
     full_only: bool = False,
+    ends: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Inputs (n, T, 2F), targets (n, H, K) in z units with masks, and raw-unit references."""
+    """Inputs (n, T, 2F), targets (n, H, K) in z units with masks, and raw-unit references.
+
+    ``ends`` (default: every ``stride``-th step with a context) picks the windows.
+    """
     n = len(rec)
     mean, std = stats(rec, prior)
     first = CONTEXT - 1 if full_only else min_context - 1
-    ends = np.arange(first, n - HORIZON, stride)
+    if ends is None:
+        ends = np.arange(first, n - HORIZON, stride)
     if len(ends) == 0:
         return {}
     ctx_raw = context_values(windows, ends, n)
@@ -142,6 +147,9 @@ def forecaster_samples(
         "y_mask": y_mask,
         "y_raw": y_raw,
         "ctx_raw_obs": np.where(obs_mask, v_pad[rows], np.nan),
+        "ctx_raw": ctx_raw,
+        "obs_mask": obs_mask,
+        "ends": ends,
         "mean": mean[ends],
         "std": std[ends],
     }
