@@ -44,11 +44,9 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=8.0, help="probe the first HOURS of each")
     ap.add_argument("--write-windows", type=Path, default=None)
     ap.add_argument("--ship", type=int, default=2, help="windows per person to write")
-    ap.add_argument("--people", default="", help="comma-separated subset of the test people")
+    ap.add_argument("--people", default="", help="comma-separated people instead of the test split")
     args = ap.parse_args()
-    people = test_people(args.data)
-    if args.people:
-        people = [p for p in people if p in args.people.split(",")]
+    people = args.people.split(",") if args.people else test_people(args.data)
     engine = InferenceEngine.load()
     print(f"models: {engine.model_id}; test people: {len(people)}", file=sys.stderr)
     all_frames = load_frames(args.data, people)

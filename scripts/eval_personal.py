@@ -46,8 +46,13 @@ def test_people(data: Path) -> list[str]:
     split = ROOT / "models" / "split.json"
     if split.exists():
         return list(json.loads(split.read_text())["test"])
-    from scripts.modeling import realdata
-
+    try:
+        from scripts.modeling import realdata
+    except ImportError:
+        raise SystemExit(
+            "eval: no models/split.json and no scripts/modeling/realdata.py to make the split; "
+            "run scripts/train first, or name people with --people"
+        ) from None
     print("models/split.json not found: using realdata.make_split(seed=0)", file=sys.stderr)
     return list(realdata.make_split(sorted(realdata.person_files(data)), 0)["test"])
 
@@ -132,12 +137,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--targets", default="hr,rmssd")
-    ap.add_argument("--people", default="", help="comma-separated subset of the test people")
+    ap.add_argument("--people", default="", help="comma-separated people instead of the test split")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
-    people = test_people(args.data)
-    if args.people:
-        people = [p for p in people if p in args.people.split(",")]
+    people = args.people.split(",") if args.people else test_people(args.data)
     targets = args.targets.split(",")
     engine = InferenceEngine.load()
     print(f"models: {engine.model_id}; test people: {len(people)}", file=sys.stderr)
