@@ -6,7 +6,8 @@ the runtime pipeline turns the RR file into 5 s frames; the shipped engine runs
 over the recording and, every ``--every`` minutes after the first hour, the
 window ending there is probed (:func:`edgetwin.inference.explain.faithfulness`):
 masking the most-attended 30 s span vs a random 30 s span vs the span occlusion
-ranks first, as mean |change| of the forecast over the horizon.
+ranks first, as mean |change| of the forecast over the horizon; the CI of the
+attention/random ratio is a bootstrap over people.
 
 ``--write-windows FILE`` also saves, for the test suite, ``--ship`` windows per
 person as raw frames (hr and rmssd, 20 min of warm-up before each window) so
@@ -51,6 +52,7 @@ def main() -> int:
     print(f"models: {engine.model_id}; test people: {len(people)}", file=sys.stderr)
     all_frames = load_frames(args.data, people)
     windows = []
+    owners: list[str] = []
     shipped: list[np.ndarray] = []
     shipped_t: list[np.ndarray] = []
     names: list[str] = []
@@ -67,6 +69,7 @@ def main() -> int:
             eng.observe_many(frames[done:i])
             done = i
             windows.append((eng.state(), frames[i]))
+            owners.append(person)
             if args.write_windows is not None and mine < args.ship and i >= WARM:
                 span = frames[i - WARM : i + 1]
                 vals = np.array([[f.values[INDEX[k]] for k in KEEP] for f in span], np.float32)
@@ -77,7 +80,7 @@ def main() -> int:
         print(f"{person}: {len(idx)} windows", file=sys.stderr)
     out = {}
     for target in args.targets.split(","):
-        res = faithfulness(engine, windows, target)
+        res = faithfulness(engine, windows, target, groups=owners)
         out[target] = res.to_json()
         print(f"{target}: {json.dumps(out[target])}")
     if args.write_windows is not None:

@@ -172,20 +172,23 @@ def faithfulness(
     *,
     seed: int = 0,
     span: int = SPAN,
+    groups: Sequence[str] | None = None,
 ) -> Faithfulness:
     """Masking effects on ``windows``: (engine state before the last frame, that frame).
 
     Each window's forecast must use the full context (the state holds a full one).
     The most-attended span is the ``span``-long run with the largest attention sum;
     the random span starts uniformly anywhere; occlusion's span is the best of the
-    fixed grid of :func:`spans`.
+    fixed grid of :func:`spans`. ``groups`` (e.g. the person of each window) makes the
+    confidence interval a bootstrap over groups, since windows of one person are not
+    independent.
     """
     occ = Occluder(engine)
     rng = np.random.default_rng(seed)
     n_ctx = occ.context
     att_eff, rnd_eff, occ_eff, same = [], [], [], []
-    atts = []
-    for before, frame in windows:
+    atts, kept = [], []
+    for w, (before, frame) in enumerate(windows):
         occ.scratch.restore(before)
         _, preds = occ.scratch.observe(frame)
         pred = next((p for p in preds if p.target == target), None)
@@ -202,6 +205,7 @@ def faithfulness(
         if not np.isfinite(e[:2]).all() or not np.isfinite(e[2:]).any():
             continue  # a masked run with no forecast of the target (its only recent data)
         atts.append(att)
+        kept.append(groups[w] if groups is not None else str(w))
         att_eff.append(e[0])
         rnd_eff.append(e[1])
         g = e[2:]
@@ -213,9 +217,11 @@ def faithfulness(
     a, r = np.array(att_eff), np.array(rnd_eff)
     a_mat = np.stack(atts)
     tv = 0.5 * np.abs(a_mat - a_mat.mean(axis=0)).sum(axis=1).mean()
+    names = sorted(set(kept))
+    members = [np.flatnonzero(np.array(kept) == g) for g in names]
     boots = []
     for _ in range(1000):
-        i = rng.integers(0, a.size, a.size)
+        i = np.concatenate([members[j] for j in rng.integers(0, len(names), len(names))])
         boots.append(a[i].mean() / max(r[i].mean(), 1e-12))
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return Faithfulness(

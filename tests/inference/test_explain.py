@@ -25,6 +25,10 @@ WINDOWS = Path(__file__).parent / "data" / "real_test_windows.npz"
 T_BASE = 1_780_000_000.0
 
 
+def _people() -> list[str]:
+    return [str(p) for p in np.load(WINDOWS)["people"]]
+
+
 def _real_windows() -> list[tuple[dict, FeatureFrame]]:
     data = np.load(WINDOWS)
     values, times, feats = data["values"], data["t"], [str(f) for f in data["features"]]
@@ -62,11 +66,11 @@ def test_attention_faithfulness_on_real_test_windows(target: str) -> None:
     """Masking the most-attended 30 s must move the forecast more than a random 30 s for
     attention to count as an explanation; occlusion's own top span is the yardstick."""
     engine = InferenceEngine.load()
-    res = explain.faithfulness(engine, _real_windows(), target)
+    res = explain.faithfulness(engine, _real_windows(), target, groups=_people())
     print(f"\n{target} on {res.windows} real test windows (mean |change| of the forecast):"
           f" most-attended span {res.attention_top:.3f}, random span {res.random_span:.3f}"
           f" (ratio {res.attention_top / res.random_span:.2f}, 95 % CI "
-          f"{res.ratio_ci[0]:.2f}-{res.ratio_ci[1]:.2f}; attention's span wins in "
+          f"{res.ratio_ci[0]:.2f}-{res.ratio_ci[1]:.2f} over people; attention's span wins in "
           f"{res.attention_wins:.0%}), occlusion's top span {res.occlusion_top:.3f};"
           f" same top span {res.same_top:.0%}; attention's distance from its mean "
           f"(total variation) {res.attention_tv:.3f}")
