@@ -712,46 +712,61 @@ def read_edf_recording(
     units: tuple[str, ...], samples: int, positions: int, meta: dict[str, Any],
 ) -> Iterator[SampleBatch]:
     """Batches of an EDF recording written by :class:`EdfRecordingWriter`: the samples whose
-    time in ``times_path`` is a number (exactly ``samples`` of them)."""
+    time in ``times_path`` is a number (exactly ``samples`` of them). Both files are read a
+    block at a time, so memory stays flat however long the recording."""
     import pyedflib
 
-    try:
-        times = np.load(times_path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataCorrupt(f"{times_path.name} is not a readable .npy file: {exc}") from exc
-    if not isinstance(times, np.ndarray) or times.dtype != np.dtype("<f8") or times.shape != (
-        positions,
-    ):
-        raise DataCorrupt(f"{times_path.name} is not {positions} float64 timestamps")
-    try:
-        reader = pyedflib.EdfReader(str(path))
-    except OSError as exc:
-        raise DataCorrupt(f"{path.name} is not a readable EDF+ file: {exc}") from exc
-    try:
-        _check_edf(reader, path, channels, positions)
-        bounds = [
-            (float(reader.getPhysicalMinimum(i)), float(reader.getPhysicalMaximum(i)))
-            for i in range(len(channels))
-        ]
-        count = 0
-        for start in range(0, positions, _READ_BLOCK):
-            n = min(_READ_BLOCK, positions - start)
-            t = np.array(times[start : start + n], dtype=np.float64)
-            keep = np.isfinite(t)
-            if not keep.any():
-                continue
-            cols = [
-                edf_dequantize(reader.readSignal(i, start, n, digital=True), *bounds[i])[keep]
+    with times_path.open("rb") as times:
+        _npy_header(times, times_path, positions)
+        try:
+            reader = pyedflib.EdfReader(str(path))
+        except OSError as exc:
+            raise DataCorrupt(f"{path.name} is not a readable EDF+ file: {exc}") from exc
+        try:
+            _check_edf(reader, path, channels, positions)
+            bounds = [
+                (float(reader.getPhysicalMinimum(i)), float(reader.getPhysicalMaximum(i)))
                 for i in range(len(channels))
             ]
-            count += int(keep.sum())
-            yield SampleBatch(stream, channels, units, t[keep], np.column_stack(cols), dict(meta))
-        if count != samples:
-            raise DataCorrupt(f"{times_path.name} times {count} samples; the manifest says "
-                              f"{samples}")
-    finally:
-        reader.close()
-        del times
+            count = 0
+            for start in range(0, positions, _READ_BLOCK):
+                n = min(_READ_BLOCK, positions - start)
+                raw = times.read(8 * n)
+                if len(raw) != 8 * n:
+                    raise DataCorrupt(f"{times_path.name} ends before its {positions} times")
+                t = np.frombuffer(raw, dtype="<f8").astype(np.float64)
+                keep = np.isfinite(t)
+                if not keep.any():
+                    continue
+                cols = [
+                    edf_dequantize(reader.readSignal(i, start, n, digital=True), *bounds[i])[keep]
+                    for i in range(len(channels))
+                ]
+                count += int(keep.sum())
+                yield SampleBatch(stream, channels, units, t[keep], np.column_stack(cols),
+                                  dict(meta))
+            if count != samples:
+                raise DataCorrupt(f"{times_path.name} times {count} samples; the manifest says "
+                                  f"{samples}")
+        finally:
+            reader.close()
+
+
+def _npy_header(f: IO[bytes], path: Path, positions: int) -> None:
+    """Check the .npy header of ``f`` (one dimension of ``positions`` little-endian float64)
+    and leave ``f`` at the first value."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"version {version}")
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        raise DataCorrupt(f"{path.name} is not a readable .npy file: {exc}") from exc
+    if dtype != np.dtype("<f8") or fortran or shape != (positions,):
+        raise DataCorrupt(f"{path.name} is not {positions} float64 timestamps")
 
 
 def _check_edf(reader: Any, path: Path, channels: tuple[str, ...], samples: int) -> None:
