@@ -24,12 +24,14 @@ last ``beat_window_s`` (10 s) for filter settling; EEG the last
 ``eeg_window_s`` (4 s, >= 2 s of finite samples required); EDA tonic the last
 10 s; SCI the last 10 s; everything else the step.
 
-Bad input. NaN and inf samples are masked (``counters["masked_values"]``)
-and never reach a feature; channels the features do not read are ignored
-(``counters["ignored_channels"]``, names in ``ignored_channels``); a unit that
-cannot be converted exactly raises ``MalformedInput`` naming the stream,
-channel and unit. Quality is per feature in 0..1 (coverage of the window,
-accepted-beat share, scalp coupling for fNIRS); ``imputed`` is all False.
+Bad input. NaN and inf samples, and finite values outside the physically
+plausible range of their channel type (``units.PLAUSIBLE``), are masked
+(``counters["masked_values"]``) and never reach a feature; channels the
+features do not read are ignored (``counters["ignored_channels"]``, names
+in ``ignored_channels``); a unit that cannot be converted exactly raises
+``MalformedInput`` naming the stream, channel and unit. Quality is per
+feature in 0..1 (coverage of the window, accepted-beat share, scalp coupling
+for fNIRS); ``imputed`` is all False.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import numpy.typing as npt
 from edgetwin.errors import MalformedInput
 from edgetwin.features import cardiac, eeg, fnirs, vitals
 from edgetwin.features.schema import INDEX, NAMES, QUALITY_THRESHOLD, SCHEMA_VERSION
-from edgetwin.features.units import conversion, known_kind
+from edgetwin.features.units import PLAUSIBLE, conversion, known_kind
 from edgetwin.features.windows import (
     estimate_rate,
     longest_finite_run,
@@ -123,8 +125,9 @@ class FeaturePipeline:
             st = self._new_stream(batch)
         self.counters["batches"] += 1
         t = batch.t
-        v = batch.values[:, st.cols] * st.scale + st.offset
-        bad = ~np.isfinite(v)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is masked just below
+            v = batch.values[:, st.cols] * st.scale + st.offset
+            bad = ~((v >= st.low) & (v <= st.high))  # NaN fails both comparisons
         if bad.any():
             self.counters["masked_values"] += int(bad.sum())
             v = np.where(bad, np.nan, v)
@@ -457,6 +460,8 @@ class FeaturePipeline:
             cols=np.asarray(cols, dtype=np.int64),
             scale=np.asarray(scale),
             offset=np.asarray(offset),
+            low=np.asarray([PLAUSIBLE[k][0] for k in kinds]),
+            high=np.asarray([PLAUSIBLE[k][1] for k in kinds]),
             meta=dict(batch.meta),
         )
         for i, kind in enumerate(kinds):
@@ -536,6 +541,8 @@ class _Stream:
     cols: npt.NDArray[np.int64]  # batch columns the features read
     scale: FloatArray
     offset: FloatArray
+    low: FloatArray  # plausible range per column, canonical unit
+    high: FloatArray
     meta: dict[str, Any]
     groups: dict[str, list[int]] = field(default_factory=dict)
     pairs: list[_Pair] = field(default_factory=list)

@@ -52,6 +52,23 @@ _ACCEPTED: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
+# Canonical-unit magnitudes no body or sensor produces. A finite value beyond them (1e308 from a
+# hostile file, a decoder bug) is masked like NaN: left in, it would overflow every sum and
+# mean downstream and turn each feature of its window into garbage.
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "hr": (0.0, 400.0),
+    "rr": (0.0, 100_000.0),
+    "spo2": (0.0, 100.0),
+    "temp": (-60.0, 110.0),
+    "eda": (0.0, 10_000.0),
+    "accel": (-1_000.0, 1_000.0),
+    "eeg": (-1e6, 1e6),  # 1 V at the scalp
+    "ecg": (-1e6, 1e6),
+    "ppg": (-1e12, 1e12),  # raw counts of any ADC
+    "fnirs": (-1e12, 1e12),
+}
+
+
 def conversion(stream: str, channel: str, kind: str, unit: str) -> tuple[float, float]:
     """``(scale, offset)`` turning ``channel``'s values in ``unit`` into the canonical unit."""
     table = _ACCEPTED[kind]
