@@ -29,7 +29,7 @@ import numpy.typing as npt
 from edgetwin.errors import DataCorrupt, MalformedInput, UsageError
 from edgetwin.features.schema import QUALITY_THRESHOLD
 from edgetwin.inference.baseline import RunningBaseline
-from edgetwin.inference.fill import center, imputer_feeds
+from edgetwin.inference.fill import center, impute
 from edgetwin.inference.registry import PRECISIONS, Manifest, load_manifest
 from edgetwin.inference.session import create_session
 from edgetwin.types import FeatureFrame, FloatArray, Prediction
@@ -279,8 +279,12 @@ class InferenceEngine:
                 imp_steps.append(s)
         if imp_z:
             zs, ms = np.stack(imp_z), np.stack(imp_m)
-            feeds, offset, scale = imputer_feeds(zs, ms)
-            g = self._imputer.run(None, feeds)[0].reshape(zs.shape) * scale + offset
+            g = impute(
+                lambda feeds: self._imputer.run(None, feeds)[0],
+                zs,
+                ms,
+                self.manifest.interpolate,
+            )
             for s, row in zip(imp_steps, g, strict=True):
                 assert s.window is not None
                 assert s.mean is not None

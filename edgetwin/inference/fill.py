@@ -6,6 +6,7 @@ runtime and training must compute it identically; both call :func:`linear_fill`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,3 +74,26 @@ def imputer_feeds(
         "mask": mask.reshape(n, -1).astype(np.float32),
     }
     return feeds, offset, scale
+
+
+def impute(
+    run: Callable[[dict[str, npt.NDArray[np.float32]]], npt.NDArray[Any]],
+    z: npt.NDArray[Any],
+    mask: npt.NDArray[np.bool_],
+    interpolate: Sequence[int] = (),
+) -> npt.NDArray[Any]:
+    """Filled windows (n, W, F) in z units: the imputer's output, or plain interpolation.
+
+    ``run(feeds) -> g`` calls the imputer. Features in ``interpolate`` (indices;
+    the manifest's ``imputer.interpolate``) take the linear fill the imputer
+    starts from instead of its output: where the imputer lost to interpolation
+    on the validation people, the runtime does not use it. Training and the
+    engine both call this, so they fill alike.
+    """
+    feeds, offset, scale = imputer_feeds(z, mask)
+    g = np.asarray(run(feeds)).reshape(z.shape)
+    if len(interpolate):
+        cols = np.asarray(interpolate, dtype=np.int64)
+        g = g.copy()
+        g[:, :, cols] = feeds["z"].reshape(z.shape)[:, :, cols]
+    return g * scale + offset

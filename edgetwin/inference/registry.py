@@ -91,6 +91,8 @@ class Manifest:
     quantiles: tuple[float, ...]
     z_clip: float
     files: dict[tuple[str, str], ModelFile]
+    # features the imputer leaves to linear interpolation (indices into ``features``)
+    interpolate: tuple[int, ...]
     raw: dict[str, Any]
 
     def file(self, model: str, precision: str) -> ModelFile:
@@ -162,6 +164,12 @@ def _parse(root: Path, raw: dict[str, Any]) -> Manifest:
         raise DataCorrupt(
             f"model manifest {root / MANIFEST}: forecaster targets {unknown} are not features"
         )
+    interp = tuple(str(f) for f in models["imputer"].get("interpolate", ()))
+    if any(f not in features for f in interp):
+        raise DataCorrupt(
+            f"model manifest {root / MANIFEST}: imputer.interpolate {list(interp)} names "
+            "features that do not exist"
+        )
     return Manifest(
         root=root,
         schema_version=version,
@@ -176,5 +184,6 @@ def _parse(root: Path, raw: dict[str, Any]) -> Manifest:
         quantiles=tuple(float(q) for q in fc["quantiles"]),
         z_clip=float(raw["z_clip"]),
         files=files,
+        interpolate=tuple(features.index(f) for f in interp),
         raw=raw,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetwin.inference.fill import imputer_feeds
+from edgetwin.inference.fill import impute
 
 from .data import Recording
 from .spec import (
@@ -37,19 +37,21 @@ def session(path: Path):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def onnx_imputer(path: Path) -> ImputeFn:
+def onnx_imputer(path: Path, interpolate: tuple[int, ...] = ()) -> ImputeFn:
+    """The imputer file as the engine runs it (fill.impute, with its interpolation fallback)."""
     sess = session(path)
 
-    def run(z: np.ndarray, m: np.ndarray) -> np.ndarray:
-        feeds, offset, scale = imputer_feeds(z, m)
-        n = z.shape[0]
-        out = np.concatenate(
+    def g(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        n = feeds["z"].shape[0]
+        return np.concatenate(
             [
                 sess.run(None, {k: v[i : i + 4096] for k, v in feeds.items()})[0]
                 for i in range(0, n, 4096)
             ]
         )
-        return out.reshape(z.shape) * scale + offset
+
+    def run(z: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return impute(g, z, m, interpolate)
 
     return run
 
@@ -107,13 +109,24 @@ def spans_removed(recs: list[Recording], prior, seed: int, stride: int = 3):  # 
 
 
 def eval_imputer(
-    recs: list[Recording], prior, impute: ImputeFn, seed: int, stride: int = 3
-) -> dict:  # type: ignore[no-untyped-def]
-    """RMSE on hidden cells: per feature in its unit, and aggregate in baseline-std units."""
-    z, m, m_in, sd = spans_removed(recs, prior, seed, stride)
+    recs: list[Recording],
+    prior,  # type: ignore[no-untyped-def]
+    fill: ImputeFn,
+    seed: int,
+    stride: int = 3,
+    extra: dict[str, ImputeFn] | None = None,
+    windows: tuple[np.ndarray, ...] | None = None,
+) -> dict:
+    """RMSE on hidden cells: per feature in its unit, and aggregate in baseline-std units.
+
+    ``fill`` is scored as "gain"; ``extra`` adds other imputers; ``windows``
+    (z, m, m_in, sd) replaces the spans removed on purpose (e.g. real dropouts).
+    """
+    z, m, m_in, sd = windows if windows is not None else spans_removed(recs, prior, seed, stride)
     z_in = np.where(m_in, z, 0.0).astype(np.float32)
     preds = {
-        "gain": impute(z_in, m_in),
+        "gain": fill(z_in, m_in),
+        **{k: f(z_in, m_in) for k, f in (extra or {}).items()},
         "locf": locf(z_in, m_in),
         "linear": linear_interp(z_in, m_in),
     }
@@ -135,6 +148,37 @@ def eval_imputer(
                     np.sqrt((raw[:, :, k] ** 2).sum() / cnt)
                 )
     return out
+
+
+def real_dropouts(
+    truth: list[Recording], patterns: list[Recording], prior, seed: int, stride: int = 37
+):  # type: ignore[no-untyped-def]
+    """Windows of ``truth`` whose hr/rmssd were all observed, given the real dropout pattern of
+    a window of ``patterns`` (MMASH's strap): the cells its pattern misses are hidden.
+
+    The truth is known (the Holter saw those beats) and the gaps are real ones.
+    """
+    rng = np.random.default_rng(seed)
+    cols = [FEATURES.index("hr"), FEATURES.index("rmssd")]
+    pats = []
+    for rec in patterns:
+        ends = np.arange(IMPUTE_WINDOW - 1, len(rec))
+        _, m = imputer_windows(rec, prior, ends)
+        pm = m[:, :, cols]
+        gappy = (~pm).any(axis=(1, 2)) & pm.any(axis=1).all(axis=1)
+        pats.append(pm[gappy])
+    pat = np.concatenate(pats)
+    zs, ms, m_in, sds = [], [], [], []
+    for rec in truth:
+        ends = np.arange(IMPUTE_WINDOW - 1, len(rec), stride)
+        z, m = imputer_windows(rec, prior, ends)
+        _, std = stats(rec, prior)
+        full = m[:, :, cols].all(axis=(1, 2))
+        for i in np.flatnonzero(full):
+            keep = m[i].copy()
+            keep[:, cols] &= pat[rng.integers(len(pat))]
+            zs.append(z[i]), ms.append(m[i]), m_in.append(keep), sds.append(std[ends[i]])
+    return np.stack(zs), np.stack(ms), np.stack(m_in), np.stack(sds)
 
 
 def eval_forecaster(samples: dict[str, np.ndarray], forecast: ForecastFn) -> dict:

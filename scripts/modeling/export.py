@@ -218,6 +218,7 @@ def quantize_weights_int8(
     calib: dict[str, np.ndarray] | None = None,
     matmul_per_tensor: bool = False,
     per_tensor_inits: tuple[str, ...] = (),
+    per_row_inits: tuple[str, ...] = (),
 ) -> None:
     """Weight-only int8: per-output-channel symmetric int8 weights + DequantizeLinear, fp32 math.
 
@@ -235,6 +236,10 @@ def quantize_weights_int8(
             targets[node.input[2]] = 1
         elif node.op_type in ("MatMul", "Gemm") and node.input[1] in inits:
             targets[node.input[1]] = 1 if node.op_type == "MatMul" else 0
+    for name in per_row_inits:
+        # one scale per input row: a matrix whose rows differ in size (the skip path's last
+        # step weighs ~0.8, older steps ~0.05) keeps the small rows' resolution
+        targets[name] = 0
     activations = _matmul_inputs(model, calib) if calib is not None else {}
     new_nodes = []
     for name, axis in targets.items():

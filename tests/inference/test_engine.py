@@ -15,7 +15,7 @@ import pytest
 from edgetwin.errors import DataCorrupt, MalformedInput, UsageError
 from edgetwin.features.schema import INDEX, NAMES
 from edgetwin.inference.engine import InferenceEngine
-from edgetwin.inference.fill import imputer_feeds
+from edgetwin.inference.fill import impute as fill_impute
 
 from .conftest import blank
 
@@ -221,8 +221,7 @@ def test_engine_feeds_the_models_what_training_fed_them(sim_frames) -> None:
     imp = eng._imputer
 
     def impute(z: np.ndarray, m: np.ndarray) -> np.ndarray:
-        feeds, offset, scale = imputer_feeds(z, m)
-        return imp.run(None, feeds)[0].reshape(z.shape) * scale + offset
+        return fill_impute(lambda f: imp.run(None, f)[0], z, m, eng.manifest.interpolate)
 
     filled = windows.fill_contexts(rec, prior, impute)
     min_ctx = eng.manifest.min_context
