@@ -26,7 +26,13 @@ import numpy as np
 from edgetwin.types import FeatureFrame, FloatArray, Prediction
 
 SPAN = 6  # steps per occluded span (30 s at 5 s)
-# What the rendered explanation uses, decided by the faithfulness check (see README).
+# What the rendered explanation uses. Occlusion: it measures what it claims (how far masking
+# a span moves this forecast) and differs from window to window. On real test windows the v1
+# forecaster's attention failed the check (masking its top span moved the forecast less than
+# a random span); the retrained one passes it, but its attention hardly changes from window
+# to window (total variation from its mean about 0.05), so it would say the same for every
+# forecast. Attention is offered only if this says "attention" and the check passes
+# (tests/inference/test_explain.py).
 EXPLAIN_METHOD = "occlusion"
 
 

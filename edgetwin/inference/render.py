@@ -41,9 +41,9 @@ def explain(pred: Prediction) -> str:
     """What drove the forecast, what was imputed, and what the twin served instead of the model.
 
     Drivers come from occlusion (``pred.influence``: how far masking each part of the
-    context moves the forecast): on real test windows, masking the most-attended span
-    moved the forecast no more than masking a random one, so attention alone is not
-    offered as an explanation (``edgetwin.inference.explain``).
+    context moves this forecast), which is faithful by construction and specific to the
+    window; attention is used only where :data:`edgetwin.inference.explain.EXPLAIN_METHOD`
+    says so (the faithfulness check and its numbers are in that module and its test).
     """
     parts: list[str] = []
     served = _served(pred)
