@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from edgetwin.features.schema import INDEX  # noqa: E402
 from edgetwin.inference.engine import InferenceEngine  # noqa: E402
 from edgetwin.inference.explain import faithfulness, scratch_engine  # noqa: E402
-from scripts.eval_personal import load_frames, test_people  # noqa: E402
+from scripts.eval_personal import load_frames, split_people  # noqa: E402
 
 WARM = 240  # frames of warm-up shipped before each window (20 min)
 KEEP = ("hr", "rmssd")
@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--ship", type=int, default=2, help="windows per person to write")
     ap.add_argument("--people", default="", help="comma-separated people instead of the test split")
     args = ap.parse_args()
-    people = args.people.split(",") if args.people else test_people(args.data)
+    people = args.people.split(",") if args.people else split_people(args.data)
     engine = InferenceEngine.load()
     print(f"models: {engine.model_id}; test people: {len(people)}", file=sys.stderr)
     all_frames = load_frames(args.data, people)

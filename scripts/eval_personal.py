@@ -42,10 +42,10 @@ CHECKPOINTS_H = (1, 6, 24)
 NEXT_S = 3600.0
 
 
-def test_people(data: Path) -> list[str]:
+def split_people(data: Path, part: str = "test") -> list[str]:
     split = ROOT / "models" / "split.json"
     if split.exists():
-        return list(json.loads(split.read_text())["test"])
+        return list(json.loads(split.read_text())[part])
     try:
         from scripts.modeling import realdata
     except ImportError:
@@ -54,7 +54,7 @@ def test_people(data: Path) -> list[str]:
             "run scripts/train first, or name people with --people"
         ) from None
     print("models/split.json not found: using realdata.make_split(seed=0)", file=sys.stderr)
-    return list(realdata.make_split(sorted(realdata.person_files(data)), 0)["test"])
+    return list(realdata.make_split(sorted(realdata.person_files(data)), 0)[part])
 
 
 def load_frames(data: Path, people: list[str]) -> dict[str, list[FeatureFrame]]:
@@ -139,8 +139,13 @@ def main() -> int:
     ap.add_argument("--targets", default="hr,rmssd")
     ap.add_argument("--people", default="", help="comma-separated people instead of the test split")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--split", default="test", help="which people of models/split.json")
+    ap.add_argument("--min-gain", type=float, default=None,
+                    help="adoption margin to try (default: personal.MIN_GAIN)")
     args = ap.parse_args()
-    people = args.people.split(",") if args.people else test_people(args.data)
+    people = args.people.split(",") if args.people else split_people(args.data, args.split)
+    if args.min_gain is not None:
+        personal.MIN_GAIN = args.min_gain
     targets = args.targets.split(",")
     engine = InferenceEngine.load()
     print(f"models: {engine.model_id}; test people: {len(people)}", file=sys.stderr)
