@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--data", type=Path, default=realdata.default_data_dir())
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "models")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default models/ (--quick: /tmp/edgetwin-quick)"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny run to check the plumbing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fc-iters", type=int, default=2000)
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.data is None:
         ap.error("no data directory: pass --data DIR (holding rr/*.csv.gz)")
+    if args.out is None:  # a plumbing check must never overwrite the shipped models
+        args.out = Path("/tmp/edgetwin-quick") if args.quick else ROOT / "models"
 
     import torch
 
