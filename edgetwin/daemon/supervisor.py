@@ -3,6 +3,13 @@
 Every background job is a named task kept in ``self._tasks``; ``stop()``
 cancels the sources first, lets the consumers drain what is in flight,
 flushes the feature pipeline, commits the store and only then returns.
+
+The event loop only waits. Everything that blocks (store appends, commits and
+their fsync, forget, retention, feature DSP, inference) runs on one writer thread
+(:mod:`edgetwin.daemon.worker`) in the order the loop hands it over; jobs that wait
+on a network run in threads of their own. The loop keeps sources, the hub, the
+control socket and the bookkeeping, and measures its own wake-up lag
+(:mod:`edgetwin.daemon.looplag`), shown in ``status``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from edgetwin.daemon.backoff import Backoff
 from edgetwin.daemon.control import ControlServer
 from edgetwin.daemon.hub import ConsumerQueue, Hub
 from edgetwin.daemon.lock import DaemonLock
+from edgetwin.daemon.looplag import LoopLag
 from edgetwin.daemon.runner import SourceRunner
+from edgetwin.daemon.worker import Writer
 from edgetwin.sources.base import Source
 from edgetwin.types import FeatureFrame, Prediction, SampleBatch
 
@@ -36,6 +45,8 @@ _LOGGER = logging.getLogger(__name__)
 ENGINE_STATE_RECORD = ("inference", "state")
 # How long shutdown waits for sources (closing a device) and consumers (draining) to finish.
 _SHUTDOWN_WAIT_S = 10.0
+# How long ``status`` waits for the store's part (a forget holds the store); then the last one.
+_STATUS_STORE_WAIT_S = 2.0
 
 
 class Store(Protocol):
@@ -73,9 +84,11 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class PeriodicJob:
-    """Housekeeping run every ``interval_s``; ``in_thread`` for jobs that wait on a network.
+    """Housekeeping run every ``interval_s``: on the writer thread, in order with the
+    appends and commits, or with ``in_thread`` in a thread of its own (jobs that wait on a
+    network, which must not hold up the writer).
 
-    A threaded job shares the store with the loop: TwinStore serialises calls with its own
+    A threaded job shares the store with the writer: TwinStore serialises calls with its own
     lock, and the job must hold it only for short database work, never across I/O.
     """
 
@@ -142,11 +155,18 @@ class Daemon:
         self.commits = 0
         self.forgets = 0
         self.errors: collections.Counter[str] = collections.Counter()
+        self.loop_lag = LoopLag()
+        self._writer = Writer()
+        self._status_read: asyncio.Future[dict[str, Any]] | None = None
+        self._store_status_cache: dict[str, Any] = {"store": {"streams": []}}
 
     async def run(self, duration: float | None = None) -> None:
         """Run until SIGTERM/SIGINT, ``stop()``, or ``duration`` seconds have passed."""
         self._lock.acquire()
         self._running = True
+        if self._writer.closed:
+            self._writer = Writer()
+        lag = asyncio.create_task(self.loop_lag.run(), name="looplag")
         try:
             await self._control.start()
             loop = asyncio.get_running_loop()
@@ -172,6 +192,10 @@ class Daemon:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             await self._control.close()
+            await self._writer.aclose()
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             self._lock.release()
             self._running = False
 
@@ -180,7 +204,38 @@ class Daemon:
         self._stop.set()
 
     def status(self) -> dict[str, Any]:
-        """The DESIGN.md ``status`` document."""
+        """The DESIGN.md ``status`` document; reads the store in the calling thread (use
+        :meth:`status_async` on the loop)."""
+        return self._status_doc(self._store_status())
+
+    async def status_async(self) -> dict[str, Any]:
+        """``status`` without blocking the loop: the store is read in a thread. While the
+        store is held longer than a moment (a forget), its last known part, marked stale."""
+        if self._status_read is None or self._status_read.done():
+            self._status_read = asyncio.ensure_future(asyncio.to_thread(self._store_status))
+            self._status_read.add_done_callback(self._keep_store_status)
+        done, _ = await asyncio.wait({self._status_read}, timeout=_STATUS_STORE_WAIT_S)
+        if done:
+            return self._status_doc(self._status_read.result())
+        stale = dict(self._store_status_cache)
+        stale["store"] = {**stale.get("store", {}), "stale": True}
+        return self._status_doc(stale)
+
+    def _keep_store_status(self, read: asyncio.Future[dict[str, Any]]) -> None:
+        if not read.cancelled() and read.exception() is None:
+            self._store_status_cache = read.result()
+
+    def _store_status(self) -> dict[str, Any]:
+        """The parts of ``status`` that read the store (blocking)."""
+        out: dict[str, Any] = {"store": {"streams": [stream_json(s) for s in self.store.streams()]}}
+        if self._extra_status is not None:
+            try:
+                out.update(self._extra_status())
+            except Exception:  # a status add-on must never break status itself
+                _LOGGER.debug("extra status failed", exc_info=True)
+        return out
+
+    def _status_doc(self, store_part: dict[str, Any]) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         last = self.recent_predictions[-1] if self.recent_predictions else None
         out: dict[str, Any] = {
@@ -196,17 +251,14 @@ class Daemon:
                 "commits": self.commits,
                 "forgets": self.forgets,
                 "errors": dict(self.errors),
+                "loop_lag_ms": self.loop_lag.snapshot(),
+                "writer": self._writer.stats(),
             },
             "sources": [runner.status() for runner in self.runners],
             "hub": self.hub.stats(),
-            "store": {"streams": [stream_json(s) for s in self.store.streams()]},
             "last_prediction": last.to_json() if last else None,
         }
-        if self._extra_status is not None:
-            try:
-                out.update(self._extra_status())
-            except Exception:  # a status add-on must never break status itself
-                _LOGGER.debug("extra status failed", exc_info=True)
+        out.update(store_part)
         return out
 
     # -- tasks ---------------------------------------------------------------
@@ -226,17 +278,21 @@ class Daemon:
 
     async def _store_consumer(self, queue: ConsumerQueue) -> None:
         while (batch := await queue.get()) is not None:
-            self._persist(batch)
+            # everything waiting goes in one trip; while the writer is busy the hub's
+            # bounded queue holds (and, past its size, drops) what arrives
+            batches = [batch, *queue.drain()]
+            await self._writer.run(self._persist_all, batches, what="append")
 
     async def _feature_consumer(self, queue: ConsumerQueue) -> None:
-        assert self.pipeline is not None
         while (batch := await queue.get()) is not None:
-            self._frames(self.pipeline.push(batch))
+            batches = [batch, *queue.drain()]
+            frames, preds = await self._writer.run(self._features, batches, what="features")
+            self._publish(frames, preds)
 
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(self.config.daemon.flush_interval_s)
-            self._commit()
+            await self._writer.run(self._commit, what="commit")
 
     async def _every(self, job: PeriodicJob) -> None:
         while True:
@@ -244,7 +300,7 @@ class Daemon:
                 if job.in_thread:
                     await asyncio.to_thread(job.run)
                 else:
-                    job.run()
+                    await self._writer.run(job.run, what=job.name)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a failing housekeeping job is logged, the daemon keeps going
@@ -266,11 +322,8 @@ class Daemon:
         self.hub.close()
         consumers = [t for n, t in self._tasks.items() if n.startswith("consumer:")]
         await self._await_tasks(consumers, "consumers")
-        if self.pipeline is not None:
-            self._frames(self.pipeline.flush())
-        if self.engine is not None:
-            self.store.put_record(*ENGINE_STATE_RECORD, self.engine.state())
-        self._commit()
+        frames, preds = await self._writer.run(self._final_commit, what="final commit")
+        self._publish(frames, preds)
         for follower in self._followers:
             follower.put_nowait({"end": True})
         _LOGGER.info("daemon stopped")
@@ -288,6 +341,10 @@ class Daemon:
 
     # -- work ----------------------------------------------------------------
 
+    def _persist_all(self, batches: list[SampleBatch]) -> None:
+        for batch in batches:
+            self._persist(batch)
+
     def _persist(self, batch: SampleBatch) -> None:
         try:
             self.store.append_samples(batch)
@@ -295,10 +352,32 @@ class Daemon:
             self.errors["store"] += 1
             _LOGGER.exception("storing a batch of %s failed", batch.stream)
 
+    def _features(
+        self, batches: list[SampleBatch]
+    ) -> tuple[list[FeatureFrame], list[Prediction]]:
+        """DSP, inference and their appends for queued batches (writer thread)."""
+        assert self.pipeline is not None
+        frames = [frame for batch in batches for frame in self.pipeline.push(batch)]
+        return frames, persist_frames(self.store, self.engine, frames) if frames else []
+
+    def _final_commit(self) -> tuple[list[FeatureFrame], list[Prediction]]:
+        """The last step's frames, the engine's baseline, the last commit (writer thread)."""
+        frames = self.pipeline.flush() if self.pipeline is not None else []
+        preds = persist_frames(self.store, self.engine, frames) if frames else []
+        if self.engine is not None:
+            self.store.put_record(*ENGINE_STATE_RECORD, self.engine.state())
+        self._commit()
+        return frames, preds
+
     def _frames(self, frames: list[FeatureFrame]) -> None:
+        """Store and publish ``frames`` in the calling thread (offline use and tests)."""
+        if frames:
+            self._publish(frames, persist_frames(self.store, self.engine, frames))
+
+    def _publish(self, frames: list[FeatureFrame], preds: list[Prediction]) -> None:
+        """The loop's side of new frames: counters, recent forecasts, followers, callback."""
         if not frames:
             return
-        preds = persist_frames(self.store, self.engine, frames)
         self.last_frame_t = frames[-1].t
         self.frames += len(frames)
         self.predictions += len(preds)
@@ -327,7 +406,7 @@ class Daemon:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "status":
-            return self.status()
+            return await self.status_async()
         if cmd == "predictions":
             last = request.get("last")
             preds = list(self.recent_predictions)
@@ -335,7 +414,10 @@ class Daemon:
                 preds = preds[-last:] if last else []
             return {"predictions": [p.to_json() for p in preds]}
         if cmd == "forget":
-            return {"forget": self._forget(request)}
+            # on the writer: after every batch handed over before it, before any after it
+            result = await self._writer.run(self._forget, request, what="forget")
+            self.recent_predictions.clear()  # any forecast published while it ran
+            return {"forget": result}
         if cmd == "follow":
             await self._follow(writer)
             return None
@@ -346,7 +428,8 @@ class Daemon:
         return self.store.control_proof(message)
 
     def _forget(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Crypto-shred on behalf of ``edgetwin forget`` (which has already unlocked the twin)."""
+        """Crypto-shred on behalf of ``edgetwin forget`` (which has already unlocked the twin);
+        blocking, run on the writer thread."""
         before = request.get("before")
         stream = request.get("stream")
         self._commit()  # buffered samples of the stream are sealed first, then destroyed with it
