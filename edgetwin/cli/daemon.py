@@ -133,6 +133,12 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
                 f"         last frame {_when(d['last_frame_t'])}, {d.get('frames', 0)} frames, "
                 f"{d.get('predictions', 0)} predictions this run"
             )
+        lag = d.get("loop_lag_ms") or {}
+        if lag.get("max") is not None:
+            lines.append(
+                f"         loop lag p50 {lag['p50']:.1f} ms, p99 {lag['p99']:.1f} ms, "
+                f"max {lag['max']:.1f} ms over the last minute"
+            )
     else:
         lines.append(f"daemon   not running on {home} (start it with 'edgetwin daemon run')")
     if not daemon_line:
