@@ -227,8 +227,10 @@ class Chunks(SeriesRows):
                 "INSERT INTO chunk (sn, seq, key_id, b0, b1, sealed) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            for series in touched.values():
-                self._save_series(series)
+            self._conn.executemany(
+                "UPDATE series SET key_id = ?, sealed = ? WHERE sn = ?",
+                [self._series_update(series) for series in touched.values()],
+            )
 
     def _seal_chunk(
         self, series: SeriesInfo, day: int, plain: bytes, n: int, t: FloatArray
@@ -398,8 +400,15 @@ def _group_batches(
 
 def _day_runs(t: FloatArray, max_rows: int) -> Iterator[tuple[int, int, int]]:
     """(day, start, stop) runs of rows within one UTC day, at most ``max_rows`` long."""
-    days = np.floor(t / PERIOD_S).astype(np.int64)
     n = t.shape[0]
+    if n:
+        first = math.floor(float(t.min()) / PERIOD_S)
+        if first == math.floor(float(t.max()) / PERIOD_S):
+            # the usual case, all rows in one day: no per-row day numbers needed
+            for start in range(0, n, max_rows):
+                yield first, start, min(n, start + max_rows)
+            return
+    days = np.floor(t / PERIOD_S).astype(np.int64)
     if n and days[0] == days[-1] and (days == days[0]).all():
         cuts = [0, n]
     else:

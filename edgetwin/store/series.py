@@ -256,8 +256,11 @@ class SeriesRows(DataKeys):
         )
 
     def _save_series(self, series: SeriesInfo) -> None:
-        key_id, aead = self._key_for_write(series.sid, -1)
         self._conn.execute(
-            "UPDATE series SET key_id = ?, sealed = ? WHERE sn = ?",
-            (key_id, self._seal_series(series, key_id, aead), series.sn),
+            "UPDATE series SET key_id = ?, sealed = ? WHERE sn = ?", self._series_update(series)
         )
+
+    def _series_update(self, series: SeriesInfo) -> tuple[int, bytes, int]:
+        """Parameters of the UPDATE that re-seals ``series`` under its current info key."""
+        key_id, aead = self._key_for_write(series.sid, -1)
+        return key_id, self._seal_series(series, key_id, aead), series.sn
