@@ -36,7 +36,7 @@ _COMMANDS: dict[str, str] = {
     "export": "edgetwin.cli.bundle:export_cmd",
     "import": "edgetwin.cli.bundle:import_cmd",
     "sync": "edgetwin.cli.sync:sync_group",
-    "collector": "edgetwin.cli.sync:collector_cmd",
+    "collector": "edgetwin.cli.collector:collector_cmd",
     "consent": "edgetwin.cli.sync:consent_group",
 }
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgetwin.cli.common import AppContext, SuggestingGroup, emit_json, json_option, pass_app
-from edgetwin.errors import BudgetExhausted, UplinkError, UsageError
+from edgetwin.errors import BudgetExhausted, UplinkError
 
 if TYPE_CHECKING:
     from edgetwin.config import Config
@@ -290,118 +287,3 @@ def sync_budget(app: AppContext) -> None:
         click.echo("nothing charged yet")
     click.echo(f"lifetime: spent {st.lifetime_spent:g}, remaining {st.lifetime_remaining:g} "
                f"of {st.epsilon_lifetime:g}")
-
-
-# -- collector -----------------------------------------------------------------
-
-
-@click.command("collector")
-@click.option("--listen", help="HOST:PORT to receive HTTP(S) uploads on (port 0: any free).")
-@click.option("--db", "db", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file of enrolled devices and received releases.")
-@click.option("--enroll", multiple=True, metavar="PUBKEY",
-              help="Enroll a device public key (from 'edgetwin sync device-key'); repeatable.")
-@click.option("--mqtt", "mqtt_url", help="Also subscribe to this broker (mqtt[s]://HOST[:PORT]).")
-@click.option("--topic", help="MQTT topic to subscribe to.")
-@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="CA certificate of the broker.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Serve HTTPS with this PEM certificate chain.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Private key of --tls-cert.")
-@click.option("--window", "window_s", type=float, default=300.0, show_default=True,
-              help="Seconds a signed send time may differ from the collector's clock.")
-@click.option("--aggregate", is_flag=True,
-              help="Print per-metric aggregates across devices (and exit unless receiving).")
-@click.option("--duration", type=float, help="Stop receiving after this many seconds.")
-@json_option
-@pass_app
-def collector_cmd(app: AppContext, listen: str | None, db: Path, enroll: tuple[str, ...],
-                  mqtt_url: str | None, topic: str | None, ca_file: Path | None,
-                  tls_cert: Path | None, tls_key: Path | None, window_s: float,
-                  aggregate: bool, duration: float | None) -> None:
-    """Reference receiver of DP releases: verify, de-duplicate, store, aggregate."""
-    from edgetwin.sync.collector import Collector
-
-    if (mqtt_url is None) != (topic is None):
-        raise UsageError("--mqtt and --topic go together")
-    if (tls_cert is None) != (tls_key is None):
-        raise UsageError("--tls-cert and --tls-key go together")
-    collector = Collector(db, window_s=window_s)
-    try:
-        for key in enroll:
-            kid = collector.enroll(key)
-            if not app.as_json:
-                click.echo(f"enrolled device {kid}")
-        if listen is not None or mqtt_url is not None:
-            _serve(app, collector, listen, mqtt_url, topic, ca_file, tls_cert, tls_key, duration)
-        if aggregate:
-            rows = collector.aggregates()
-            if app.as_json:
-                emit_json({"aggregates": rows, "counts": collector.counts()})
-            else:
-                _print_aggregates(rows)
-    finally:
-        collector.close()
-
-
-def _serve(app: AppContext, collector: Any, listen: str | None, mqtt_url: str | None,
-           topic: str | None, ca_file: Path | None, tls_cert: Path | None,
-           tls_key: Path | None, duration: float | None) -> None:
-    from edgetwin.sync.collector import CollectorHTTPServer, CollectorMqtt
-
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server: Any = None
-    subscriber: Any = None
-    try:
-        if listen is not None:
-            host, _, port = listen.rpartition(":")
-            try:
-                server = CollectorHTTPServer((host.strip("[]") or "127.0.0.1", int(port)),
-                                             collector, tls_cert=tls_cert, tls_key=tls_key)
-            except (ValueError, OSError) as exc:
-                raise UsageError(f"--listen {listen}: {exc}", hint="use HOST:PORT") from exc
-            server.start()
-            scheme = "https" if tls_cert else "http"
-            where = f"{scheme}://{host or '127.0.0.1'}:{server.port}"
-            if app.as_json:
-                emit_json({"listening": where})
-            else:
-                click.echo(f"collector listening on {where}")
-        if mqtt_url is not None and topic is not None:
-            subscriber = CollectorMqtt(collector, mqtt_url, topic,
-                                       ca_file=str(ca_file) if ca_file else None)
-            subscriber.start()
-            if not app.as_json:
-                click.echo(f"collector subscribed to {mqtt_url} topic {topic}")
-        sys.stdout.flush()
-        deadline = None if duration is None else time.monotonic() + duration
-        try:
-            while not stop.is_set():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                stop.wait(0.5 if left is None else min(0.5, left))
-        except KeyboardInterrupt:
-            pass
-    finally:
-        if server is not None:
-            server.stop()
-        if subscriber is not None:
-            subscriber.stop()
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _print_aggregates(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        click.echo("no releases yet")
-        return
-    click.echo(f"{'metric':<16} {'period':<6} {'start':<17} {'devices':>7} {'mean':>10} "
-               f"{'95% CI (noise)':>22}")
-    for r in rows:
-        lo, hi = r["ci95"]
-        period = _period(r["period_start"], r["period"])
-        click.echo(f"{r['metric']:<16} {r['period']:<6} {period:<17} "
-                   f"{r['devices']:>7} {r['mean']:>10.2f} {f'[{lo:.1f}, {hi:.1f}]':>22} "
-                   f"{r['unit']}")

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 from edgetwin.privacy.mechanism import release_value
 from edgetwin.privacy.metrics import METRICS
 from edgetwin.privacy.release import DPRelease
-from edgetwin.sync.collector import Collector, CollectorHTTPServer
+from edgetwin.sync.collector import Collector
+from edgetwin.sync.collector.server import CollectorHTTPServer, HttpLimits
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DAY = 86_400.0
@@ -179,13 +180,15 @@ class RunningCollector:
         self.server.stop()
 
 
-def start_collector(db: Path, *, tls: Tls | None = None, port: int = 0,
-                    received: list[tuple[bytes, str]] | None = None) -> RunningCollector:
+def start_collector(db: Path | str, *, tls: Tls | None = None, port: int = 0,
+                    received: list[tuple[bytes, str]] | None = None,
+                    token: str | None = None,
+                    limits: HttpLimits | None = None) -> RunningCollector:
     got: list[tuple[bytes, str]] = [] if received is None else received
     collector = Collector(db, tap=lambda body, transport: got.append((body, transport)))
     server = CollectorHTTPServer(("127.0.0.1", port), collector,
                                  tls_cert=tls.cert if tls else None,
-                                 tls_key=tls.key if tls else None)
+                                 tls_key=tls.key if tls else None, token=token, limits=limits)
     server.start()
     return RunningCollector(collector, server, got)
 
