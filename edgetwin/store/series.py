@@ -126,6 +126,7 @@ class SeriesRows(DataKeys):
     ) -> None:
         super().__init__(home, keystore, keys, conn)
         self._series_cache: dict[bytes, SeriesInfo] = {}
+        self._sids: dict[tuple[str, str], bytes] = {}
 
     def _drop_caches(self) -> None:
         super()._drop_caches()
@@ -164,7 +165,13 @@ class SeriesRows(DataKeys):
         return counts
 
     def _sid(self, kind: str, name: str) -> bytes:
-        return self._keys.keyed_id(b"series:" + kind.encode(), name)
+        # a keyed hash under a key that never changes for this twin: computed once per name
+        sid = self._sids.get((kind, name))
+        if sid is None:
+            if len(self._sids) >= 4096:
+                self._sids.clear()
+            sid = self._sids[(kind, name)] = self._keys.keyed_id(b"series:" + kind.encode(), name)
+        return sid
 
     def _open_series_row(self, sn: int, sid: bytes, key_id: int, sealed: bytes) -> SeriesInfo:
         aead = self._aead_for(key_id)
