@@ -113,6 +113,11 @@ class CollectorHTTPServer:
         """Open connections past their TLS handshake (read from the serving thread)."""
         return len(self._conns)
 
+    @property
+    def busy_connections(self) -> int:
+        """Connections with a request being handled (read from the serving thread)."""
+        return sum(1 for c in list(self._conns.values()) if c.busy)
+
     def start(self) -> threading.Thread:
         """Serve on a named background thread; returns once the server accepts."""
         self._thread = threading.Thread(target=self._run, name="collector-http", daemon=True)
