@@ -14,6 +14,28 @@ What is stored in clear (the threat model in the README lists it too):
 
 Everything else — names, channels, units, values, timestamps, counts, record
 contents, audit details — is inside AES-256-GCM blobs.
+
+Column names, short because they are in every statement (read them as):
+
+========  ======================  ==================================================
+column    table(s)                meaning
+========  ======================  ==================================================
+sn        series, chunk           series number: the local integer id of a series
+sid       series                  series id: 16-byte keyed hash of (kind, name)
+seq       chunk                   chunk number within its series, from 0, never reused
+b0, b1    chunk                   first and last Unix *hour* (bucket) of the chunk's
+                                  timestamps: ``floor(t / 3600)``; the clear time index
+key_id    series, chunk, record   ``dek.id`` of the data key that sealed the row
+sealed    every data table        ``nonce | AES-256-GCM ciphertext | tag``
+scope     dek                     what a key serves: a ``sid`` or a record ``kh``
+period    dek                     UTC day number of the data it seals (-1: no day)
+rid       record                  record id: keyed hash of (kind, key)
+kh        record                  keyed hash of the record kind
+========  ======================  ==================================================
+
+Renaming them (``series_no``, ``series_id``, ``first_hour``, ``last_hour``) is a
+future migration: the stored format and the tests that tamper with rows use
+these names.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ KINDS = (KIND_SAMPLES, KIND_FRAMES, KIND_PREDICTIONS)
 class SeriesInfo:
     """A series' decrypted info (kept sealed in the ``series`` table)."""
 
-    sn: int
-    sid: bytes
+    sn: int  # series number (local integer id)
+    sid: bytes  # series id: keyed hash of (kind, name)
     kind: str
     name: str
     layouts: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
@@ -105,11 +105,13 @@ class ChunkDamage(DataCorrupt):
 
 @dataclass
 class ChunkRow:
-    sn: int
-    seq: int
-    key_id: int
-    b0: int
-    b1: int
+    """A ``chunk`` row as stored (column meanings: :mod:`edgetwin.store.schema`)."""
+
+    sn: int  # series number
+    seq: int  # chunk number within the series
+    key_id: int  # data key that sealed it
+    b0: int  # first Unix hour of its timestamps
+    b1: int  # last Unix hour of its timestamps
     sealed: bytes
 
 
