@@ -245,3 +245,76 @@ def write_days(store, first_day: float, days: int, *, step: float = 60.0,  # typ
         store.append_frames(frames)
     store.commit()
     return written
+
+
+def _postgres_bin() -> Path:
+    """Debian's PostgreSQL server binaries (scripts/bootstrap --dev installs them)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        raise RuntimeError("PostgreSQL's initdb not found: install Debian's 'postgresql' "
+                           "(scripts/bootstrap --dev does)")
+    return Path(initdb).resolve().parent
+
+
+@dataclass
+class Postgres:
+    """A private PostgreSQL server: its own data directory, loopback port and socket dir.
+
+    PostgreSQL refuses to run as root, so as root its programs run as user 'postgres'.
+    """
+
+    port: int = field(default_factory=free_port)
+    datadir: Path | None = None
+    _n: int = 0
+
+    def _as_owner(self, *cmd: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+    def start(self) -> None:
+        import tempfile
+
+        pg = _postgres_bin()
+        # Not under pytest's tmp dirs: those are 0700 root, which user 'postgres' cannot enter.
+        base = Path(tempfile.mkdtemp(prefix="edgetwin-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(base, "postgres", "postgres")
+        self.datadir = base / "data"
+        opts = (f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c max_connections=200")
+        for cmd in ([str(pg / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U",
+                     "postgres", "-E", "UTF8", "--no-sync", "--locale=C"],
+                    [str(pg / "pg_ctl"), "-D", str(self.datadir), "-l", str(base / "log"),
+                     "-w", "-t", "60", "-o", opts, "start"]):
+            done = subprocess.run(self._as_owner(*cmd), check=False, capture_output=True,
+                                  text=True, timeout=120)
+            if done.returncode != 0:
+                log = base / "log"
+                raise RuntimeError(f"{cmd[0]} failed: {done.stderr or done.stdout}"
+                                   + (log.read_text() if log.exists() else ""))
+
+    def stop(self) -> None:
+        if self.datadir is None:
+            return
+        subprocess.run(self._as_owner(str(_postgres_bin() / "pg_ctl"), "-D", str(self.datadir),
+                                      "-m", "immediate", "-w", "stop"),
+                       check=False, capture_output=True, timeout=60)
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+        self.datadir = None
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def new_database(self) -> str:
+        """A fresh empty database; returns its URL."""
+        import psycopg
+
+        self._n += 1
+        name = f"collector_{os.getpid()}_{self._n}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)

@@ -195,7 +195,8 @@ class PostgresStore:
         try:
             conn = self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
         except self._psycopg.Error as exc:
-            raise UplinkError(f"collector database {self.where} unreachable: {exc}".strip(),
+            why = " ".join(str(exc).split())  # libpq's message spans lines
+            raise UplinkError(f"collector database {self.where} unreachable: {why}",
                               hint="check the postgresql:// URL and that the server runs") from exc
         self._local.conn = conn
         with self._all_lock:
