@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ class CollectorMqtt:
     (sharing one PostgreSQL) split one broker's traffic. A redelivery to another
     member after a lost acknowledgement is a duplicate the store counts once.
     Members need distinct client ids: without ``client_id`` a shared member is
-    named after the host and process and its session ends with it (a stable
+    named after the host, process and a random tag, and its session ends with it (a stable
     ``client_id`` keeps a persistent session across restarts).
     """
 
@@ -51,8 +52,8 @@ class CollectorMqtt:
         if client_id is not None:
             self.client_id, self._session_s = client_id, 86_400
         elif share_group is not None:
-            host = socket.gethostname()
-            self.client_id = f"edgetwin-collector-{share_group}-{host}-{os.getpid()}"
+            host, tag = socket.gethostname(), secrets.token_hex(3)
+            self.client_id = f"edgetwin-collector-{share_group}-{host}-{os.getpid()}-{tag}"
             self._session_s = 0
         else:
             self.client_id = f"edgetwin-collector-{key_id(str(collector.db_path).encode())}"
