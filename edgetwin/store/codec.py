@@ -193,6 +193,11 @@ def encode_json(obj: Any) -> bytes:
     )
 
 
+def deflate_json_text(text: str) -> bytes:
+    """:func:`encode_json` of a document already serialised (compact JSON)."""
+    return zlib.compress(text.encode("utf-8"), 1)
+
+
 def decode_json(data: bytes) -> Any:
     try:
         return json.loads(zlib.decompress(data).decode("utf-8"))

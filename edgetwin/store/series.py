@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -49,6 +50,36 @@ class SeriesInfo:
     next_seq: int = 0
     # UTC day -> [chunks, rows, first_t, last_t]
     periods: dict[int, list[float]] = field(default_factory=dict)
+    # day -> (its stats, their JSON): a description is re-sealed at every commit, and
+    # after a year it lists 365 days of which only today's changed
+    _day_json: dict[int, tuple[tuple[float, ...], str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def to_json_text(self) -> str:
+        """``json.dumps(self.to_json())`` (compact), re-encoding only the days that changed."""
+        head = json.dumps(
+            {
+                "kind": self.kind,
+                "name": self.name,
+                "layouts": [[list(c), list(u)] for c, u in self.layouts],
+                "meta": self.meta,
+                "next_seq": self.next_seq,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        cache = self._day_json
+        if len(cache) > 2 * len(self.periods) + 8:  # days forgotten since
+            cache.clear()
+        parts = []
+        for day, stats in self.periods.items():
+            key = tuple(stats)
+            hit = cache.get(day)
+            if hit is None or hit[0] != key:
+                hit = cache[day] = (key, json.dumps(stats, separators=(",", ":")))
+            parts.append(f'"{day}":{hit[1]}')
+        return head[:-1] + ',"periods":{' + ",".join(parts) + "}}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -260,7 +291,7 @@ class SeriesRows(DataKeys):
     def _seal_series(self, series: SeriesInfo, key_id: int, aead: AESGCM) -> bytes:
         return codec.seal(
             aead,
-            codec.encode_json(series.to_json()),
+            codec.deflate_json_text(series.to_json_text()),
             codec.series_ad(self._keys.twin_id, series.sid, key_id),
         )
 

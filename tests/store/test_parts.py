@@ -4,6 +4,8 @@ public API the daemon and CLI rely on (names and signatures of TwinStore)."""
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import os
 import sqlite3
 import stat
@@ -77,6 +79,22 @@ def test_series_info_round_trips_and_reuses_layouts() -> None:
     back = SeriesInfo.from_json(3, b"s" * 16, s.to_json())
     assert back == s
     assert back.totals() == (3, 16, T0 - 3, T0 + PERIOD_S)
+
+
+def test_series_json_text_follows_every_change_of_its_days() -> None:
+    s = SeriesInfo(sn=1, sid=b"s" * 16, kind="samples", name="ÉEG \"x\"")
+    s.layout_index(("a",), ("uV",))
+    s.meta = {"device": "muse"}
+    for day in range(19000, 19010):
+        s.add(day, 5, day * PERIOD_S + 1.5, day * PERIOD_S + 9.25)
+    assert json.loads(s.to_json_text()) == s.to_json()
+    s.add(19009, 3, 19009 * PERIOD_S + 0.5, 19009 * PERIOD_S + 20.0)  # today changes
+    s.periods.pop(19000)  # a forgotten day
+    s.periods[19003] = [0, 0, math.inf, -math.inf]  # a re-keyed day left empty
+    s.next_seq = 42
+    assert json.loads(s.to_json_text()) == s.to_json()
+    back = SeriesInfo.from_json(1, b"s" * 16, json.loads(s.to_json_text()))
+    assert back == s
 
 
 # -- chunks.py -------------------------------------------------------------------------------
