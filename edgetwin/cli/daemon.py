@@ -49,12 +49,14 @@ def run_cmd(app: AppContext, duration: float | None) -> None:
 @pass_app
 def status_cmd(app: AppContext) -> None:
     """Daemon, sensors, sample counts, last prediction and privacy budget."""
+    from edgetwin.cli.unlock import check_given_secret
     from edgetwin.daemon import control
 
     home = app.require_home()
     app.config()  # a broken config.toml is exit 2 here as in every command, not a silent 0
     try:
         status = control.request(home, {"cmd": "status"})
+        check_given_secret(app)  # the daemon answered without a key: a wrong one is still exit 3
     except DaemonNotRunning:
         status = _offline_status(app)
     if app.as_json:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from edgetwin.cli.common import AppContext
-from edgetwin.errors import UsageError
+from edgetwin.errors import UsageError, WrongKey
 from edgetwin.store import Secret, TwinStore
 from edgetwin.store.keys import read_passphrase_file
 
@@ -47,6 +47,27 @@ def ask_hidden(text: str, *, confirm: str | None, what: str, hint: str) -> str:
     except click.Abort as exc:
         raise UsageError(f"{what} is needed and none was typed", hint=hint) from exc
     return str(value)
+
+
+def check_given_secret(app: AppContext) -> None:
+    """When a key file or passphrase file was given, prove it opens the twin (WrongKey if not).
+
+    For commands a running daemon answers (``status``): the daemon holds the keys, so
+    without this a wrong secret would pass unnoticed where every other command says exit 3.
+    A failed check is audited like any failed unlock. Nothing is asked when none was given.
+    """
+    from edgetwin.store.audit import record_failed_unlock
+    from edgetwin.store.keys import KEYSTORE_FILE, Keystore
+
+    if app.keyfile is None and app.passphrase_file is None:
+        return
+    home = app.require_home()
+    secret = read_secret(app)
+    try:
+        Keystore.load(home / KEYSTORE_FILE).unlock(secret)
+    except WrongKey:
+        record_failed_unlock(home, secret.kind)
+        raise
 
 
 def open_twin_from_app(app: AppContext, *, create: bool = False) -> TwinStore:

@@ -174,6 +174,20 @@ def test_wrong_passphrase_is_exit_3(twin: dict[str, str], tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_status_with_a_wrong_passphrase_exits_3_even_when_the_daemon_answers(
+    twin: dict[str, str], daemon: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    wait_status(twin, _running_with_samples)
+    bad = tmp_path / "bad"
+    bad.write_text("not the passphrase\n")
+    bad.chmod(0o600)
+    result = cli({**twin, "EDGETWIN_PASSPHRASE_FILE": str(bad)}, "status", "--json", check=False)
+    assert result.returncode == 3, result.stdout
+    assert result.stdout == ""  # nothing the daemon knows is shown to a wrong key
+    assert "does not unlock" in result.stderr and "Traceback" not in result.stderr
+    assert cli(twin, "status", "--json").returncode == 0  # the right one still works
+
+
 def test_predictions_follow_streams_live_forecasts_until_the_daemon_stops(
     twin: dict[str, str], daemon: subprocess.Popen[str]
 ) -> None:
