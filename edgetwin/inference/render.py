@@ -15,6 +15,10 @@ _UNITS = {f.name: f.unit for f in FEATURES}
 _DRIVE_SHARE = 0.6
 
 
+# What a forecast without occlusion drivers says: occlusion runs on live forecasts only, at
+# most once per ``serving.EXPLAIN_EVERY_S``; ingested history and the rows between carry none.
+UNEXPLAINED = "model forecast; drivers not measured for this one (live, at most one per 4 s)"
+
 def sparkline(
     values: Sequence[float],
     width: int | None = None,
@@ -58,7 +62,7 @@ def explain(pred: Prediction) -> str:
         parts.append(f"{_dur(imputed_s)} of it imputed")
     if pred.anomaly:
         parts.append("the value just observed left the band forecast for it")
-    return "; ".join(parts) if parts else "model forecast"
+    return "; ".join(parts) if parts else UNEXPLAINED
 
 
 def _drivers(pred: Prediction) -> list[float] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgetwin.inference.render import explain, render_predictions, sparkline
+from edgetwin.inference.render import UNEXPLAINED, explain, render_predictions, sparkline
 from edgetwin.types import Prediction
 
 
@@ -42,7 +42,8 @@ def test_attention_alone_is_not_offered_as_an_explanation() -> None:
     att = _norm([0.5] * 52 + [5.0] * 8)
     text = explain(_pred([], attention=att))
     assert "driven" not in text and "attention" not in text
-    assert text == "model forecast"
+    assert text == UNEXPLAINED
+    assert "not measured" in text  # says why, instead of a bare "model forecast"
 
 
 def test_fallback_to_persistence_is_said() -> None:
