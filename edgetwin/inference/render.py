@@ -13,11 +13,10 @@ _BARS = "▁▂▃▄▅▆▇█"
 _UNITS = {f.name: f.unit for f in FEATURES}
 # A suffix of the context holding this share of attention "drives" the forecast.
 _DRIVE_SHARE = 0.6
-
-
 # What a forecast without occlusion drivers says: occlusion runs on live forecasts only, at
 # most once per ``serving.EXPLAIN_EVERY_S``; ingested history and the rows between carry none.
 UNEXPLAINED = "model forecast; drivers not measured for this one (live, at most one per 4 s)"
+
 
 def sparkline(
     values: Sequence[float],
