@@ -72,6 +72,8 @@ def status_cmd(app: AppContext) -> None:
 @click.option("--history-min", type=float, default=10.0, show_default=True,
               help="Minutes of simulated past to seed the twin with, so forecasts start at once.")
 @click.option("--keep", is_flag=True, help="Keep the demo twin's home instead of deleting it.")
+@click.option("--home", "demo_home", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the demo twin in DIR (new or empty); same as 'edgetwin --home DIR demo'.")
 @click.option("--no-brainflow", is_flag=True, help="Skip BrainFlow's synthetic board.")
 @click.option("--no-serial", is_flag=True, help="Skip the serial-bridge emulator.")
 @pass_app
@@ -81,6 +83,7 @@ def demo_cmd(
     seed: int,
     history_min: float,
     keep: bool,
+    demo_home: Path | None,
     no_brainflow: bool,
     no_serial: bool,
 ) -> None:
@@ -89,7 +92,7 @@ def demo_cmd(
 
     if duration < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--duration")
-    home = app.home_option
+    home = demo_home or app.home_option
     throwaway = home is None
     if home is None:
         home = Path(tempfile.mkdtemp(prefix="edgetwin-demo-"))

@@ -36,3 +36,18 @@ def test_demo_prints_forecasts_with_the_design_keys(tmp_path: Path) -> None:
     assert set(samples) == {"simulator", "brainflow", "serial"}
     assert all(n > 0 for n in samples.values()), samples
     assert status["daemon"]["predictions"] == len(preds)
+
+
+def test_demo_takes_home_after_the_subcommand_as_scripts_demo_passes_it(tmp_path: Path) -> None:
+    """`scripts/demo --home DIR` puts --home after `demo`: it must be the demo's option too."""
+    from click.testing import CliRunner
+
+    from edgetwin.cli.main import cli
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something").write_text("x")
+    result = CliRunner().invoke(cli, ["demo", "--home", str(busy), "--duration", "1"])
+    assert result.exit_code == 2
+    assert "is not empty" in result.output and str(busy) in result.output
+    assert (busy / "something").read_text() == "x"  # nothing of the user's was touched
