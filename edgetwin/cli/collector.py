@@ -46,7 +46,8 @@ TOKEN_ENV = "EDGETWIN_COLLECTOR_TOKEN"  # noqa: S105 - the variable's name, not 
               help="Open HTTP connections at most; past it the longest-idle one is closed.")
 @click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0,
               show_default=True,
-              help="Seconds a connection may take to send a request head (and a body).")
+              help="Seconds a connection may take for each of: its TLS handshake, a request "
+                   "head, a body.")
 @click.option("--window", "window_s", type=float, default=300.0, show_default=True,
               help="Seconds a signed send time may differ from the collector's clock.")
 @click.option("--aggregate", is_flag=True,
@@ -125,7 +126,8 @@ def _serve(app: AppContext, collector: Any, *, listen: str | None, mqtt_url: str
                                  hint="pip install 'edgetwin[collector]'") from exc
             host, _, port = listen.rpartition(":")
             limits = HttpLimits(max_connections=max_connections, header_timeout_s=header_timeout,
-                                body_timeout_s=header_timeout)
+                                body_timeout_s=header_timeout,
+                                handshake_timeout_s=header_timeout)
             try:
                 server = CollectorHTTPServer((host.strip("[]") or "127.0.0.1", int(port)),
                                              collector, tls_cert=tls_cert, tls_key=tls_key,

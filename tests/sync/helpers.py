@@ -60,6 +60,7 @@ class Broker:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     tls: tuple[Path, Path] | None = None  # (cert, key) for a TLS listener
+    extra: list[str] = field(default_factory=list)  # more mosquitto.conf lines
 
     @property
     def url(self) -> str:
@@ -71,6 +72,7 @@ class Broker:
                  "persistence false", "log_type error", "log_dest stderr"]
         if self.tls:
             lines += [f"certfile {self.tls[0]}", f"keyfile {self.tls[1]}"]
+        lines += self.extra
         if os.geteuid() == 0:
             # Run as root, mosquitto drops to user 'mosquitto', which cannot read our 0600 key.
             lines.append("user root")
@@ -270,6 +272,7 @@ class Postgres:
 
     port: int = field(default_factory=free_port)
     datadir: Path | None = None
+    fsync: bool = False  # tests need no durability; the collector benchmark does
     _n: int = 0
 
     def _as_owner(self, *cmd: str) -> list[str]:
@@ -284,8 +287,8 @@ class Postgres:
         if os.geteuid() == 0:
             shutil.chown(base, "postgres", "postgres")
         self.datadir = base / "data"
-        opts = (f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c max_connections=200")
+        opts = (f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 "
+                f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200")
         for cmd in ([str(pg / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U",
                      "postgres", "-E", "UTF8", "--no-sync", "--locale=C"],
                     [str(pg / "pg_ctl"), "-D", str(self.datadir), "-l", str(base / "log"),

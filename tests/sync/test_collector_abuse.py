@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 import ssl
 import time
@@ -127,6 +128,37 @@ def test_an_idle_connection_flood_is_answered_408_while_uploads_are_served(
             sorted({a[:40] for a in answers})
         eventually(lambda: refused(r, 408) >= 300, "every flood connection counted")
         assert honest_upload(r.port, device_key) == "stored"
+    finally:
+        for s in flood:
+            s.close()
+        r.stop()
+        r.collector.close()
+
+
+def test_handshakes_count_against_the_connection_limit(
+    tmp_path: Path, tls: Tls, device_key: DeviceKey
+) -> None:
+    # 120 TCP clients that never start TLS against a limit of 32: each would hold TLS state
+    # until its handshake timed out; instead the oldest make room and honest devices get in.
+    limits = HttpLimits(max_connections=32, handshake_timeout_s=300.0, header_timeout_s=300.0)
+    r = start_collector(tmp_path / "c.db", tls=tls, limits=limits)
+    r.collector.enroll(device_key.public_b64)
+    flood = [socket.create_connection(("127.0.0.1", r.port)) for _ in range(120)]
+    try:
+        assert honest_upload(r.port, device_key, tls=tls) == "stored"
+        # The oldest were closed to make room (their handshake timeout is far away) ...
+        assert all(read_all(s) == b"" for s in flood[:80])
+        eventually(lambda: refused(r, 408) >= 80, "the evicted handshakes counted")
+        # ... while the newest still hold their places: the limit counted them.
+        readable, _, _ = select.select(flood[-20:], [], [], 0)
+        assert readable == []
+        assert r.server.connections == limits.max_connections - 1  # the honest one left
+        # A client that does not trust the certificate is a refused handshake too.
+        bad = ssl.create_default_context(cafile=str(tls.wrong_ca))
+        with pytest.raises(ssl.SSLCertVerificationError), \
+                socket.create_connection(("127.0.0.1", r.port)) as raw:
+            bad.wrap_socket(raw, server_hostname="127.0.0.1")
+        eventually(lambda: refused(r, 400) == 1, "the failed handshake counted")
     finally:
         for s in flood:
             s.close()

@@ -97,7 +97,9 @@ class CollectorHTTPServer:
         self._sock = socket.create_server(address, family=family, backlog=self.limits.backlog)
         self._sock.setblocking(False)
         self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="collector-store")
-        self._conns: dict[Any, _Conn] = {}  # transport -> connection, after the TLS handshake
+        self._conns: dict[_Conn, None] = {}  # every admitted connection, handshaking or open
+        self._open: dict[Any, _Conn] = {}  # transport aiohttp talks to -> its connection
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -110,13 +112,13 @@ class CollectorHTTPServer:
 
     @property
     def connections(self) -> int:
-        """Open connections past their TLS handshake (read from the serving thread)."""
+        """Admitted connections, TLS handshakes included (read from the serving thread)."""
         return len(self._conns)
 
     @property
     def busy_connections(self) -> int:
         """Connections with a request being handled (read from the serving thread)."""
-        return sum(1 for c in list(self._conns.values()) if c.busy)
+        return sum(1 for c in list(self._conns) if c.busy)
 
     def start(self) -> threading.Thread:
         """Serve on a named background thread; returns once the server accepts."""
@@ -162,10 +164,10 @@ class CollectorHTTPServer:
         await runner.setup()
         assert runner.server is not None
         handler_factory = runner.server
-        server = await loop.create_server(
-            lambda: _Conn(self, handler_factory(), loop), sock=self._sock, ssl=self._ssl,
-            ssl_handshake_timeout=lim.handshake_timeout_s if self._ssl else None,
-            backlog=lim.backlog)
+        # TLS is started per connection (start_tls) once the connection is admitted, so the
+        # limit counts handshakes too and a refused connection costs no TLS state.
+        server = await loop.create_server(lambda: _Conn(self, handler_factory(), loop),
+                                          sock=self._sock, backlog=lim.backlog)
         sweeper = loop.create_task(self._sweep())
         self._ready.set()
         try:
@@ -173,7 +175,7 @@ class CollectorHTTPServer:
         finally:
             sweeper.cancel()
             server.close()
-            for conn in list(self._conns.values()):
+            for conn in list(self._conns):
                 conn.close()
             await runner.cleanup()
 
@@ -184,35 +186,67 @@ class CollectorHTTPServer:
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             now = loop.time()
-            for conn in list(self._conns.values()):
-                if conn.busy == 0 and now - conn.last > timeout:
+            for conn in list(self._conns):
+                # A handshake has its own timeout (asyncio's), answered in _handshake.
+                if conn.state == "open" and conn.busy == 0 and now - conn.last > timeout:
                     self._expire(conn, f"no complete request within {timeout:g} s")
 
     # -- connection accounting (called on the loop by _Conn) -----------------------
 
-    def _opened(self, conn: _Conn) -> bool:
-        """Register a connection past its handshake; False if it was refused."""
+    def _admit(self, conn: _Conn) -> bool:
+        """Count a new TCP connection in; False if it was refused (and closed)."""
         if len(self._conns) >= self.limits.max_connections:
-            idle = [c for c in self._conns.values() if c.busy == 0]
+            idle = [c for c in self._conns if c.busy == 0]
             if not idle:
                 self._refuse_raw(conn, 503, "every connection is busy; retry later")
                 return False
             self._expire(min(idle, key=lambda c: c.last),
                          "closed as the longest-idle connection at the connection limit")
-        self._conns[conn.transport] = conn
+        self._conns[conn] = None
+        if self._ssl is not None:
+            task = asyncio.get_running_loop().create_task(self._handshake(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+        else:
+            conn.open(conn.transport)
         return True
 
+    async def _handshake(self, conn: _Conn) -> None:
+        assert self._ssl is not None
+        assert conn.transport is not None
+        limit = self.limits.handshake_timeout_s
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                conn.transport, conn, self._ssl, server_side=True, ssl_handshake_timeout=limit)
+        except OSError as exc:  # SSLError, ConnectionAbortedError (timeout), resets
+            self._conns.pop(conn, None)
+            if not conn.evicted:
+                if isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
+                    self._record(408, f"TLS handshake not completed within {limit:g} s")
+                else:
+                    self._record(400, f"TLS handshake failed: {exc!s:.200}")
+            return
+        if conn.state != "handshake" or tls is None:  # evicted or gone meanwhile
+            if tls is not None:
+                tls.close()
+            return
+        conn.open(tls)
+
+    def _opened(self, conn: _Conn) -> None:
+        self._open[conn.transport] = conn
+
     def _closed(self, conn: _Conn) -> None:
-        self._conns.pop(conn.transport, None)
+        self._conns.pop(conn, None)
+        self._open.pop(conn.transport, None)
 
     def _expire(self, conn: _Conn, why: str) -> None:
-        self._conns.pop(conn.transport, None)
-        self._refuse_raw(conn, 408, why)
-
-    def _handshake_check(self, conn: _Conn) -> None:
-        if not conn.made and not conn.lost:
-            self._record(408, f"TLS handshake failed or not completed within "
-                              f"{self.limits.handshake_timeout_s:g} s")
+        self._closed(conn)
+        conn.evicted = True
+        if conn.state == "open":
+            self._refuse_raw(conn, 408, why)
+        else:  # mid-handshake: no TLS session to answer in
+            conn.close()
+            self._record(408, why)
 
     def _refuse_raw(self, conn: _Conn, status: int, why: str) -> None:
         """Answer outside aiohttp (no request was parsed) and close."""
@@ -221,7 +255,9 @@ class CollectorHTTPServer:
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n")
         if status == 503:
             head += "Retry-After: 5\r\n"
-        conn.close(head.encode() + b"\r\n" + body)
+        # Before a TLS session there is nothing to answer in: the client sees a close.
+        words = b"" if self._ssl is not None and conn.state != "open" else head.encode()
+        conn.close(words and words + b"\r\n" + body)
         self._record(status, why)
 
     def _record(self, status: int, why: str) -> None:
@@ -240,7 +276,7 @@ class CollectorHTTPServer:
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                      ) -> web.StreamResponse:
         """Mark the connection busy while a request is handled (the sweep skips it)."""
-        conn = self._conns.get(request.transport)
+        conn = self._open.get(request.transport)
         if conn is not None:
             conn.busy += 1
         try:
@@ -301,47 +337,69 @@ class CollectorHTTPServer:
 
 
 class _Conn(asyncio.Protocol):
-    """Wraps aiohttp's protocol to know each connection's age and whether it is busy."""
+    """One accepted connection: admitted or refused, then (TLS) handshaking, then open.
+
+    Wraps aiohttp's protocol so the server knows each connection's age and whether a
+    request is being handled on it; aiohttp only sees the connection once it is open.
+    """
 
     def __init__(self, owner: CollectorHTTPServer, inner: asyncio.Protocol,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.owner, self.inner = owner, inner
         self.transport: asyncio.Transport | None = None
+        self.state = "new"  # new -> refused | handshake -> open -> closed
         self.busy = 0
         self.last = loop.time()
-        self.made = self.lost = self.refused = False
-        if owner._ssl is not None:
-            # Created at accept; connection_made only follows a completed handshake.
-            loop.call_later(owner.limits.handshake_timeout_s + 1.0, owner._handshake_check, self)
+        self.evicted = False
+        # Bytes TLS decrypted before start_tls() returned (a client sends its request right
+        # after the handshake); handed to aiohttp once the connection is open.
+        self._early: list[bytes] = []
+        self._early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called once, with the TCP transport; start_tls does not call it again.
         assert isinstance(transport, asyncio.Transport)
-        self.transport, self.made = transport, True
+        self.transport = transport
+        self.state = "handshake"
+        if not self.owner._admit(self):
+            self.state = "refused"
+
+    def open(self, transport: asyncio.Transport | None) -> None:
+        assert transport is not None
+        self.transport, self.state = transport, "open"
         self.last = asyncio.get_running_loop().time()
-        if not self.owner._opened(self):
-            self.refused = True
-            return
+        self.owner._opened(self)
         self.inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.inner.data_received(data)
+        if self._early_eof:
+            self.inner.eof_received()
 
     def data_received(self, data: bytes) -> None:
-        if not self.refused:
+        if self.state == "open":
             self.inner.data_received(data)
+        elif self.state == "handshake":
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
-        return None if self.refused else self.inner.eof_received()
+        if self.state == "open":
+            return self.inner.eof_received()
+        self._early_eof = True
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+        was, self.state = self.state, "closed"
         self.owner._closed(self)
-        if not self.refused:
+        if was == "open":
             self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if not self.refused:
+        if self.state == "open":
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if not self.refused:
+        if self.state == "open":
             self.inner.resume_writing()
 
     def close(self, last_words: bytes = b"") -> None:
