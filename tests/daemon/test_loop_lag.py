@@ -199,3 +199,57 @@ def test_text_status_shows_the_loop_lag(home: Path) -> None:
     }
     text = render_status(doc, home)
     assert "loop lag p50 0.6 ms, p99 4.2 ms, max 31.0 ms" in text
+
+
+async def test_status_answers_while_a_forget_holds_the_store(home: Path) -> None:
+    """The store's lock is held for the whole forget; status answers from its last view."""
+    import threading
+
+    from .fakes import MemoryStore
+
+    held = threading.Lock()
+    release = threading.Event()
+
+    class LockingStore(MemoryStore):
+        def streams(self) -> list[Any]:
+            with held:
+                return super().streams()
+
+        def control_proof(self, message: bytes) -> bytes:
+            return b"p"
+
+        def forget(self, **_: Any) -> Any:
+            with held:
+                release.wait(30.0)
+
+            class Report:
+                def to_json(self) -> dict[str, int]:
+                    return {"samples_deleted": 0}
+
+            return Report()
+
+    daemon = Daemon(home, CFG, LockingStore(), [ScriptedSource("s", batches_per_session=10**6,
+                                                               interval_s=0.01)])
+    run = asyncio.create_task(daemon.run())
+    try:
+        while not control.socket_path(home).exists():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        first = await asyncio.to_thread(control.request, home, {"cmd": "status"})
+        forget = asyncio.create_task(daemon._handle_request(
+            {"cmd": "forget", "stream": "s.x"}, None))  # type: ignore[arg-type]
+        while daemon._writer.stats()["running"] != "forget":
+            await asyncio.sleep(0.01)
+        during = await asyncio.to_thread(control.request, home, {"cmd": "status"})
+        assert daemon._writer.stats()["running"] == "forget"  # still holding the store
+        release.set()
+        assert (await forget) == {"forget": {"samples_deleted": 0}}
+    finally:
+        release.set()
+        daemon.stop()
+        await run
+    assert first["store"]["streams"][0]["name"] == "s.x"
+    assert during["store"]["stale"] is True
+    assert during["store"]["streams"]  # the last view, not an empty store
+    assert during["daemon"]["writer"]["running"] == "forget"
+    assert during["sources"][0]["samples"] > first["sources"][0]["samples"]
