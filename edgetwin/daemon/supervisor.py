@@ -164,8 +164,9 @@ class Daemon:
         """Run until SIGTERM/SIGINT, ``stop()``, or ``duration`` seconds have passed."""
         self._lock.acquire()
         self._running = True
-        if self._writer.closed:
+        if self._writer.closed:  # a second run: a fresh writer, no read of the last loop's
             self._writer = Writer()
+            self._status_read = None
         lag = asyncio.create_task(self.loop_lag.run(), name="looplag")
         try:
             await self._control.start()
