@@ -224,11 +224,12 @@ class Chunks(SeriesRows):
                     day = day_of(pgroup[0].t)
                     rows.append(self._seal_chunk(series, day, plain, len(pgroup), t))
             self._conn.executemany(
-                "INSERT INTO chunk (sn, seq, key_id, b0, b1, sealed) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunk (series_no, seq, key_id, first_hour, last_hour, sealed)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
             self._conn.executemany(
-                "UPDATE series SET key_id = ?, sealed = ? WHERE sn = ?",
+                "UPDATE series SET key_id = ?, sealed = ? WHERE series_no = ?",
                 [self._series_update(series) for series in touched.values()],
             )
 
@@ -249,16 +250,16 @@ class Chunks(SeriesRows):
     def _chunk_rows(
         self, sn: int, t0: float | None, t1: float | None, *, descending: bool = False
     ) -> Iterator[ChunkRow]:
-        """Rows overlapping [t0, t1] in (b0, seq) order, fetched a page at a time."""
+        """Rows overlapping [t0, t1] in (first hour, seq) order, fetched a page at a time."""
         lo = math.floor(t0 / BUCKET_S) if t0 is not None else None
         hi = math.floor(t1 / BUCKET_S) if t1 is not None else None
-        where = ["sn = ?"]
+        where = ["series_no = ?"]
         args: list[Any] = [sn]
         if lo is not None:
-            where.append("b1 >= ?")
+            where.append("last_hour >= ?")
             args.append(lo)
         if hi is not None:
-            where.append("b0 <= ?")
+            where.append("first_hour <= ?")
             args.append(hi)
         order = "DESC" if descending else "ASC"
         cmp = "<" if descending else ">"
@@ -267,17 +268,18 @@ class Chunks(SeriesRows):
             page_where = list(where)
             page_args = list(args)
             if cursor is not None:
-                # keyset pagination: the index (sn, b0, seq) seeks straight to the next page
-                page_where.append(f"(b0, seq) {cmp} (?, ?)")
+                # keyset pagination: the index (series_no, first_hour, seq) seeks straight
+                # to the next page
+                page_where.append(f"(first_hour, seq) {cmp} (?, ?)")
                 page_args += list(cursor)
             if lo is not None and (descending or cursor is None):
                 # a chunk never spans two days, so it starts at most a day before it ends
-                page_where.append("b0 >= ?")
+                page_where.append("first_hour >= ?")
                 page_args.append(lo - BUCKETS_PER_PERIOD)
             sql = (
-                "SELECT sn, seq, key_id, b0, b1, sealed FROM chunk WHERE "  # noqa: S608 - fixed fragments
+                "SELECT series_no, seq, key_id, first_hour, last_hour, sealed FROM chunk WHERE "  # noqa: S608
                 + " AND ".join(page_where)
-                + f" ORDER BY b0 {order}, seq {order} LIMIT {PAGE}"
+                + f" ORDER BY first_hour {order}, seq {order} LIMIT {PAGE}"
             )
             with self._lock, self._db("reading chunks"):
                 page = self._conn.execute(sql, page_args).fetchall()

@@ -74,7 +74,9 @@ class Forgetting(Rekeying):
                 self._append_audit(time.time(), "forget", {"scope": "all", **_brief(report)})
             elif stream is not None:
                 sid = self._sid(KIND_SAMPLES, stream)
-                row = self._conn.execute("SELECT sn FROM series WHERE sid = ?", (sid,)).fetchone()
+                row = self._conn.execute(
+                    "SELECT series_no FROM series WHERE series_id = ?", (sid,)
+                ).fetchone()
                 if row is None:
                     raise UsageError(f"no stream named {stream!r} in this twin")
                 try:
@@ -137,10 +139,10 @@ class Forgetting(Rekeying):
         report = ForgetReport()
         keys = [int(r[0]) for r in self._conn.execute("SELECT id FROM dek WHERE scope = ?", (sid,))]
         report.keys_destroyed = self._destroy_keys(keys)
-        cur = self._conn.execute("DELETE FROM chunk WHERE sn = ?", (sn,))
+        cur = self._conn.execute("DELETE FROM chunk WHERE series_no = ?", (sn,))
         report.chunks_deleted = cur.rowcount
         self._count_rows(report, kind, rows)
-        self._conn.execute("DELETE FROM series WHERE sn = ?", (sn,))
+        self._conn.execute("DELETE FROM series WHERE series_no = ?", (sn,))
         self._series_cache.pop(sid, None)
         return report
 
@@ -165,7 +167,9 @@ class Forgetting(Rekeying):
         """What a stream could have fed, and when: its channels and its chunks' spans."""
         hours = [
             (int(b0), int(b1))
-            for b0, b1 in self._conn.execute("SELECT b0, b1 FROM chunk WHERE sn = ?", (sn,))
+            for b0, b1 in self._conn.execute(
+                "SELECT first_hour, last_hour FROM chunk WHERE series_no = ?", (sn,)
+            )
         ]
         if series is None:  # unreadable description: every feature, hour precision
             return Taint.of_stream(None, stream_spans(hours, None))
@@ -281,7 +285,7 @@ class Forgetting(Rekeying):
             if keys:
                 report.keys_destroyed += self._destroy_keys(keys)
                 cur = self._conn.execute(
-                    "DELETE FROM chunk WHERE sn = ? AND b0 < ?",
+                    "DELETE FROM chunk WHERE series_no = ? AND first_hour < ?",
                     (series.sn, cut_day * BUCKETS_PER_PERIOD),
                 )
                 report.chunks_deleted += cur.rowcount

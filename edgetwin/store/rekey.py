@@ -29,6 +29,8 @@ from edgetwin.store.series import (
 
 _LOGGER = logging.getLogger(__name__)
 
+_DELETE_CHUNK = "DELETE FROM chunk WHERE series_no = ? AND seq = ?"
+
 
 class Rekeying(Chunks, Records, AuditChain):
     """Rotate keys; re-encrypt days and records under fresh keys."""
@@ -85,8 +87,8 @@ class Rekeying(Chunks, Records, AuditChain):
         rows = [
             ChunkRow(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), bytes(r[5]))
             for r in self._conn.execute(
-                "SELECT sn, seq, key_id, b0, b1, sealed FROM chunk "
-                "WHERE sn = ? AND b0 >= ? AND b0 <= ? ORDER BY seq",
+                "SELECT series_no, seq, key_id, first_hour, last_hour, sealed FROM chunk "
+                "WHERE series_no = ? AND first_hour >= ? AND first_hour <= ? ORDER BY seq",
                 (series.sn, lo, hi),
             )
         ]
@@ -94,7 +96,7 @@ class Rekeying(Chunks, Records, AuditChain):
         widths = [len(c) for c, _ in series.layouts]
         for row in rows:
             if gone is not None and gone(row):
-                self._conn.execute("DELETE FROM chunk WHERE sn = ? AND seq = ?", (row.sn, row.seq))
+                self._conn.execute(_DELETE_CHUNK, (row.sn, row.seq))
                 report.chunks_deleted += 1
                 continue
             try:
@@ -104,7 +106,7 @@ class Rekeying(Chunks, Records, AuditChain):
                 _LOGGER.warning("%s; dropped while re-keying", exc.message)
             if plain is None:
                 # damaged, or its key already gone: it cannot be carried over
-                self._conn.execute("DELETE FROM chunk WHERE sn = ? AND seq = ?", (row.sn, row.seq))
+                self._conn.execute(_DELETE_CHUNK, (row.sn, row.seq))
                 report.chunks_deleted += 1
                 continue
             if series.kind == KIND_SAMPLES:
@@ -129,7 +131,7 @@ class Rekeying(Chunks, Records, AuditChain):
                     plain = codec.encode_predictions(kept_p)
                 kept_t = np.array([p.t for p in kept_p])
             if n_keep == 0:
-                self._conn.execute("DELETE FROM chunk WHERE sn = ? AND seq = ?", (row.sn, row.seq))
+                self._conn.execute(_DELETE_CHUNK, (row.sn, row.seq))
                 report.chunks_deleted += 1
                 continue
             key_id, aead = self._key_for_write(series.sid, day)
@@ -139,7 +141,8 @@ class Rekeying(Chunks, Records, AuditChain):
                 aead, plain, codec.chunk_ad(self._keys.twin_id, series.sid, row.seq, key_id, b0, b1)
             )
             self._conn.execute(
-                "UPDATE chunk SET key_id = ?, b0 = ?, b1 = ?, sealed = ? WHERE sn = ? AND seq = ?",
+                "UPDATE chunk SET key_id = ?, first_hour = ?, last_hour = ?, sealed = ?"
+                " WHERE series_no = ? AND seq = ?",
                 (key_id, b0, b1, sealed, row.sn, row.seq),
             )
             report.chunks_reencrypted += 1

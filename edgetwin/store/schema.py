@@ -15,27 +15,24 @@ What is stored in clear (the threat model in the README lists it too):
 Everything else — names, channels, units, values, timestamps, counts, record
 contents, audit details — is inside AES-256-GCM blobs.
 
-Column names, short because they are in every statement (read them as):
+Columns (version 2 spelled out the short names of version 1 given in brackets):
 
-========  ======================  ==================================================
-column    table(s)                meaning
-========  ======================  ==================================================
-sn        series, chunk           series number: the local integer id of a series
-sid       series                  series id: 16-byte keyed hash of (kind, name)
-seq       chunk                   chunk number within its series, from 0, never reused
-b0, b1    chunk                   first and last Unix *hour* (bucket) of the chunk's
-                                  timestamps: ``floor(t / 3600)``; the clear time index
-key_id    series, chunk, record   ``dek.id`` of the data key that sealed the row
-sealed    every data table        ``nonce | AES-256-GCM ciphertext | tag``
-scope     dek                     what a key serves: a ``sid`` or a record ``kh``
-period    dek                     UTC day number of the data it seals (-1: no day)
-rid       record                  record id: keyed hash of (kind, key)
-kh        record                  keyed hash of the record kind
-========  ======================  ==================================================
-
-Renaming them (``series_no``, ``series_id``, ``first_hour``, ``last_hour``) is a
-future migration: the stored format and the tests that tamper with rows use
-these names.
+=====================  ======================  ==============================================
+column                 table(s)                meaning
+=====================  ======================  ==============================================
+series_no (sn)         series, chunk           the local integer id of a series
+series_id (sid)        series                  16-byte keyed hash of (kind, name)
+seq                    chunk                   chunk number within its series, from 0
+first_hour (b0),       chunk                   first and last Unix *hour* of the chunk's
+last_hour (b1)                                 timestamps, ``floor(t / 3600)``: the clear
+                                               time index (the code keeps ``b0``/``b1``)
+key_id                 series, chunk, record   ``dek.id`` of the data key that sealed the row
+sealed                 every data table        ``nonce | AES-256-GCM ciphertext | tag``
+scope                  dek                     what a key serves: a series_id or a record kh
+period                 dek                     UTC day number of the data it seals (-1: none)
+rid                    record                  record id: keyed hash of (kind, key)
+kh                     record                  keyed hash of the record kind
+=====================  ======================  ==============================================
 """
 
 from __future__ import annotations
@@ -45,7 +42,7 @@ from collections.abc import Callable
 
 from edgetwin.errors import SchemaTooNew
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -83,8 +80,20 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """Spell out the short names of version 1 (a rename: no row is rewritten)."""
+    for table, old, new in (
+        ("series", "sn", "series_no"),
+        ("series", "sid", "series_id"),
+        ("chunk", "sn", "series_no"),
+        ("chunk", "b0", "first_hour"),
+        ("chunk", "b1", "last_hour"),
+    ):
+        conn.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+
+
 # version reached -> migration from the version before it
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -227,7 +227,7 @@ class SeriesRows(DataKeys):
         sid = self._sid(kind, name)
         with self._lock, self._db("reading a stream"):
             row = self._conn.execute(
-                "SELECT sn, key_id, sealed FROM series WHERE sid = ?", (sid,)
+                "SELECT series_no, key_id, sealed FROM series WHERE series_id = ?", (sid,)
             ).fetchone()
         if row is None:
             return None
@@ -245,7 +245,7 @@ class SeriesRows(DataKeys):
     def _all_series(self, on_corrupt: OnCorrupt) -> list[SeriesInfo]:
         with self._lock, self._db("listing streams"):
             rows = self._conn.execute(
-                "SELECT sn, sid, key_id, sealed FROM series ORDER BY sn"
+                "SELECT series_no, series_id, key_id, sealed FROM series ORDER BY series_no"
             ).fetchall()
         out = []
         for sn, sid, key_id, sealed in rows:
@@ -271,7 +271,7 @@ class SeriesRows(DataKeys):
         if cached is not None:
             return cached
         row = self._conn.execute(
-            "SELECT sn, key_id, sealed FROM series WHERE sid = ?", (sid,)
+            "SELECT series_no, key_id, sealed FROM series WHERE series_id = ?", (sid,)
         ).fetchone()
         if row is not None:
             series = self._open_series_row(int(row[0]), sid, int(row[1]), bytes(row[2]))
@@ -281,7 +281,7 @@ class SeriesRows(DataKeys):
             key_id, aead = self._key_for_write(sid, -1)
             series = SeriesInfo(sn=0, sid=sid, kind=kind, name=name)
             cur = self._conn.execute(
-                "INSERT INTO series (sid, key_id, sealed) VALUES (?, ?, ?)",
+                "INSERT INTO series (series_id, key_id, sealed) VALUES (?, ?, ?)",
                 (sid, key_id, self._seal_series(series, key_id, aead)),
             )
             series.sn = int(cur.lastrowid or 0)
@@ -297,7 +297,8 @@ class SeriesRows(DataKeys):
 
     def _save_series(self, series: SeriesInfo) -> None:
         self._conn.execute(
-            "UPDATE series SET key_id = ?, sealed = ? WHERE sn = ?", self._series_update(series)
+            "UPDATE series SET key_id = ?, sealed = ? WHERE series_no = ?",
+            self._series_update(series),
         )
 
     def _series_update(self, series: SeriesInfo) -> tuple[int, bytes, int]:

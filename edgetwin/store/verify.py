@@ -104,10 +104,13 @@ class Verification(Chunks, Records, AuditChain):
     def _verify_series(self, report: VerifyReport) -> None:
         try:
             with self._lock, self._db("listing series"):
-                rows = self._conn.execute("SELECT sn, sid, key_id, sealed FROM series").fetchall()
+                rows = self._conn.execute(
+                    "SELECT series_no, series_id, key_id, sealed FROM series"
+                ).fetchall()
                 known_sn = {int(r[0]) for r in rows}
                 stray = self._conn.execute(
-                    "SELECT sn, COUNT(*), MIN(b0), MAX(b1) FROM chunk GROUP BY sn"
+                    "SELECT series_no, COUNT(*), MIN(first_hour), MAX(last_hour) FROM chunk"
+                    " GROUP BY series_no"
                 ).fetchall()
         except DataCorrupt as exc:
             report.problems.append(Problem("series", exc.message))

@@ -66,10 +66,11 @@ def _decryptable_chunks(db_file: Path, keystore: Keystore, store: TwinStore, sid
         aeads.append(AESGCM(got[0]))
     conn = sqlite3.connect(db_file)
     try:
-        row = conn.execute("SELECT sn FROM series WHERE sid = ?", (sid,)).fetchone()
+        row = conn.execute("SELECT series_no FROM series WHERE series_id = ?", (sid,)).fetchone()
         assert row is not None, "the copy must still hold the forgotten stream's rows"
         rows = conn.execute(
-            "SELECT seq, key_id, b0, b1, sealed FROM chunk WHERE sn = ?", (row[0],)
+            "SELECT seq, key_id, first_hour, last_hour, sealed FROM chunk"
+            " WHERE series_no = ?", (row[0],)
         ).fetchall()
     finally:
         conn.close()

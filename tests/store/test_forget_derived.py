@@ -74,9 +74,10 @@ def _frame_chunks(db: Path, store: TwinStore) -> list[tuple[int, int, int, int, 
     sid = store._sid("frames", "")
     conn = sqlite3.connect(db)
     try:
-        (sn,) = conn.execute("SELECT sn FROM series WHERE sid = ?", (sid,)).fetchone()
+        (sn,) = conn.execute("SELECT series_no FROM series WHERE series_id = ?", (sid,)).fetchone()
         return conn.execute(
-            "SELECT seq, key_id, b0, b1, sealed FROM chunk WHERE sn = ?", (sn,)
+            "SELECT seq, key_id, first_hour, last_hour, sealed FROM chunk"
+            " WHERE series_no = ?", (sn,)
         ).fetchall()
     finally:
         conn.close()

@@ -56,7 +56,9 @@ def _flip(blob: bytes, at: int) -> bytes:
 
 def _sn(store: TwinStore, stream: str) -> int:
     sid = store._sid("samples", stream)
-    return int(store._conn.execute("SELECT sn FROM series WHERE sid = ?", (sid,)).fetchone()[0])
+    return int(store._conn.execute(
+        "SELECT series_no FROM series WHERE series_id = ?", (sid,)
+    ).fetchone()[0])
 
 
 def _problems(store: TwinStore) -> list[str]:
@@ -68,28 +70,40 @@ def _hr_sn(filled: Path, secret: Secret) -> int:
         return _sn(s, "hr")
 
 
-@pytest.mark.parametrize("column", ["sealed", "b0", "b1", "seq", "key_id"])
+@pytest.mark.parametrize("column", ["sealed", "first_hour", "last_hour", "seq", "key_id"])
 def test_changed_chunk_is_named_with_its_stream_and_hour(
     filled: Path, db: sqlite3.Connection, secret: Secret, column: str
 ) -> None:
     sn = _hr_sn(filled, secret)
     if column == "sealed":
-        (blob,) = db.execute("SELECT sealed FROM chunk WHERE sn = ? AND seq = 1", (sn,)).fetchone()
-        db.execute("UPDATE chunk SET sealed = ? WHERE sn = ? AND seq = 1", (_flip(blob, 40), sn))
+        (blob,) = db.execute(
+            "SELECT sealed FROM chunk WHERE series_no = ? AND seq = 1", (sn,)
+        ).fetchone()
+        db.execute(
+            "UPDATE chunk SET sealed = ? WHERE series_no = ? AND seq = 1",
+            (_flip(blob, 40), sn),
+        )
     elif column == "seq":
-        db.execute("UPDATE chunk SET seq = 7 WHERE sn = ? AND seq = 1", (sn,))
+        db.execute("UPDATE chunk SET seq = 7 WHERE series_no = ? AND seq = 1", (sn,))
     elif column == "key_id":
         other = db.execute("SELECT MAX(id) FROM dek").fetchone()[0]
-        db.execute("UPDATE chunk SET key_id = ? WHERE sn = ? AND seq = 1", (other, sn))
-    elif column == "b0":
-        db.execute("UPDATE chunk SET b0 = b0 - 1 WHERE sn = ? AND seq = 1", (sn,))
+        db.execute("UPDATE chunk SET key_id = ? WHERE series_no = ? AND seq = 1", (other, sn))
+    elif column == "first_hour":
+        db.execute(
+            "UPDATE chunk SET first_hour = first_hour - 1 WHERE series_no = ? AND seq = 1",
+            (sn,),
+        )
     else:
-        db.execute("UPDATE chunk SET b1 = b1 + 1 WHERE sn = ? AND seq = 1", (sn,))
+        db.execute(
+            "UPDATE chunk SET last_hour = last_hour + 1 WHERE series_no = ? AND seq = 1",
+            (sn,),
+        )
     with TwinStore.open(filled, secret) as s:
         with pytest.raises(DataCorrupt, match=r"stream 'hr': data between 2023-11-14 0[12]:00"):
             list(s.read_samples("hr"))
         # everything else stays readable: the other hours of hr, the other stream, records
-        if column not in ("b0", "b1"):  # a moved bucket makes the chunk claim its neighbours
+        # a moved bucket makes the chunk claim its neighbours
+        if column not in ("first_hour", "last_hour"):
             t, _ = all_samples(s, "hr", T0 + 2 * HOUR)
             assert len(t) == 60
         assert len(all_samples(s, "eda")[0]) == 720
@@ -104,10 +118,15 @@ def test_chunk_swapped_between_streams_or_replayed_is_detected(
 ) -> None:
     with TwinStore.open(filled, secret) as s:
         hr, eda = _sn(s, "hr"), _sn(s, "eda")
-    (blob,) = db.execute("SELECT sealed FROM chunk WHERE sn = ? AND seq = 0", (hr,)).fetchone()
+    (blob,) = db.execute(
+        "SELECT sealed FROM chunk WHERE series_no = ? AND seq = 0", (hr,)
+    ).fetchone()
     # replay hr's chunk 0 over its chunk 2, and move eda's chunk 0 into hr
-    db.execute("UPDATE chunk SET sealed = ? WHERE sn = ? AND seq = 2", (blob, hr))
-    db.execute("UPDATE chunk SET sn = ?, seq = 100 WHERE sn = ? AND seq = 0", (hr, eda))
+    db.execute("UPDATE chunk SET sealed = ? WHERE series_no = ? AND seq = 2", (blob, hr))
+    db.execute(
+        "UPDATE chunk SET series_no = ?, seq = 100 WHERE series_no = ? AND seq = 0",
+        (hr, eda),
+    )
     with TwinStore.open(filled, secret) as s:
         problems = _problems(s)
         assert any("'hr'" in p and "chunk 2" in p for p in problems)
@@ -119,7 +138,7 @@ def test_deleted_chunk_is_reported_missing(
     filled: Path, db: sqlite3.Connection, secret: Secret
 ) -> None:
     sn = _hr_sn(filled, secret)
-    db.execute("DELETE FROM chunk WHERE sn = ? AND seq = 2", (sn,))
+    db.execute("DELETE FROM chunk WHERE series_no = ? AND seq = 2", (sn,))
     with TwinStore.open(filled, secret) as s:
         (p,) = s.verify().problems
         assert p.stream == "hr" and "missing" in p.detail
@@ -127,8 +146,10 @@ def test_deleted_chunk_is_reported_missing(
 
 def test_truncated_blob_is_detected(filled: Path, db: sqlite3.Connection, secret: Secret) -> None:
     sn = _hr_sn(filled, secret)
-    (blob,) = db.execute("SELECT sealed FROM chunk WHERE sn = ? AND seq = 0", (sn,)).fetchone()
-    db.execute("UPDATE chunk SET sealed = ? WHERE sn = ? AND seq = 0", (blob[:-5], sn))
+    (blob,) = db.execute(
+        "SELECT sealed FROM chunk WHERE series_no = ? AND seq = 0", (sn,)
+    ).fetchone()
+    db.execute("UPDATE chunk SET sealed = ? WHERE series_no = ? AND seq = 0", (blob[:-5], sn))
     with TwinStore.open(filled, secret) as s, pytest.raises(DataCorrupt, match=r"'hr'.*chunk 0"):
         list(s.read_samples("hr"))
 
@@ -137,8 +158,8 @@ def test_changed_stream_description_is_detected(
     filled: Path, db: sqlite3.Connection, secret: Secret
 ) -> None:
     sn = _hr_sn(filled, secret)
-    (blob,) = db.execute("SELECT sealed FROM series WHERE sn = ?", (sn,)).fetchone()
-    db.execute("UPDATE series SET sealed = ? WHERE sn = ?", (_flip(blob, 30), sn))
+    (blob,) = db.execute("SELECT sealed FROM series WHERE series_no = ?", (sn,)).fetchone()
+    db.execute("UPDATE series SET sealed = ? WHERE series_no = ?", (_flip(blob, 30), sn))
     with TwinStore.open(filled, secret) as s:
         with pytest.raises(DataCorrupt, match="stream 'hr'"):
             s.read_samples("hr")

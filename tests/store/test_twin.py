@@ -11,6 +11,7 @@ import pytest
 
 from edgetwin.errors import HomeError, MalformedInput, StoreFull, UsageError
 from edgetwin.store import Secret, TwinStore
+from edgetwin.store.schema import SCHEMA_VERSION
 from edgetwin.store.twin import BUCKET_S, PERIOD_S
 from edgetwin.types import FeatureFrame, Prediction, SampleBatch
 from tests.store.helpers import PASS, T0, all_samples, batch
@@ -286,7 +287,7 @@ def test_sqlite_settings(store: TwinStore) -> None:
     conn: sqlite3.Connection = store._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 def test_repr_hides_secrets(store: TwinStore) -> None:
