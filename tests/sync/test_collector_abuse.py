@@ -337,3 +337,36 @@ def test_the_cli_reads_the_token_from_a_file_and_refuses_an_empty_one(tmp_path: 
         proc.terminate()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_flood_faster_than_the_store_is_counted_in_memory_not_queued_without_bound(
+    tmp_path: Path, device_key: DeviceKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from edgetwin.sync.collector import server as server_mod
+
+    monkeypatch.setattr(server_mod, "_MAX_PENDING_RECORDS", 5)
+    r = start_collector(tmp_path / "c.db", limits=FAST)
+    r.collector.enroll(device_key.public_b64)
+    stuck = threading.Event()
+    record = r.collector.record_refusal
+
+    def slow_record(transport: str, status: int, detail: str) -> None:
+        stuck.wait(60)  # a store that cannot keep up
+        record(transport, status, detail)
+
+    monkeypatch.setattr(r.collector, "record_refusal", slow_record)
+    flood = [socket.create_connection(("127.0.0.1", r.port)) for _ in range(20)]
+    try:
+        assert all(read_all(s).startswith(b"HTTP/1.1 408") for s in flood)
+        status, doc = post(r.port, b"", {}, "/healthz", "GET")
+        assert status == 200 and doc["unrecorded_refusals"] == 15
+        stuck.set()
+        eventually(lambda: refused(r, 408) == 5, "the queued refusals written")
+    finally:
+        stuck.set()
+        for s in flood:
+            s.close()
+        r.stop()
+        r.collector.close()

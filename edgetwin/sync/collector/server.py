@@ -44,6 +44,7 @@ from edgetwin.sync.payload import MAX_ENVELOPE_BYTES
 
 _LOGGER = logging.getLogger(__name__)
 
+_MAX_PENDING_RECORDS = 10_000
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 408: "Request Timeout",
             411: "Length Required", 413: "Content Too Large", 503: "Service Unavailable"}
 
@@ -100,6 +101,8 @@ class CollectorHTTPServer:
         self._conns: dict[_Conn, None] = {}  # every admitted connection, handshaking or open
         self._open: dict[Any, _Conn] = {}  # transport aiohttp talks to -> its connection
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._pending_records = 0  # refusal writes queued for the worker threads
+        self.unrecorded = 0  # refusals only counted here: the store fell behind a flood
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -261,13 +264,34 @@ class CollectorHTTPServer:
         self._record(status, why)
 
     def _record(self, status: int, why: str) -> None:
-        """Record a refusal in the store from a worker thread (never blocks the loop)."""
+        """Record a refusal in the store from a worker thread (never blocks the loop).
+
+        A flood faster than the store can write would queue without bound: past
+        ``_MAX_PENDING_RECORDS`` waiting writes a refusal is only counted in memory
+        (``unrecorded``, in /healthz) and logged once per flood.
+        """
+        if self._pending_records >= _MAX_PENDING_RECORDS:
+            if self.unrecorded == 0:
+                _LOGGER.warning("collector: refusals arrive faster than the store records them; "
+                                "counting the rest in memory (see /healthz)")
+            self.unrecorded += 1
+            return
+        self._pending_records += 1
+
         def record() -> None:
             try:
                 self.collector.record_refusal(self.transport_name, status, why)
             except Exception:
                 _LOGGER.exception("collector: cannot record a refusal")
+            finally:
+                loop = self._loop
+                if loop is not None and not loop.is_closed():
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(self._recorded)
         self._pool.submit(record)
+
+    def _recorded(self) -> None:
+        self._pending_records -= 1
 
     # -- handlers ----------------------------------------------------------------
 
@@ -325,7 +349,8 @@ class CollectorHTTPServer:
         return web.json_response({"aggregates": rows})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "connections": len(self._conns)})
+        return web.json_response({"ok": True, "connections": len(self._conns),
+                                  "unrecorded_refusals": self.unrecorded})
 
     async def _refuse(self, status: int, why: str, *, close: bool = False) -> web.Response:
         await asyncio.get_running_loop().run_in_executor(
