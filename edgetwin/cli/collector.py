@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
-from edgetwin.errors import UsageError
+from edgetwin.errors import UplinkError, UsageError
 
 TOKEN_ENV = "EDGETWIN_COLLECTOR_TOKEN"  # noqa: S105 - the variable's name, not a token
 
@@ -147,6 +147,12 @@ def _serve(app: AppContext, collector: Any, *, listen: str | None, mqtt_url: str
                                        ca_file=str(ca_file) if ca_file else None,
                                        client_id=client_id, share_group=share_group)
             subscriber.start()
+            # Say "subscribed" only once the broker confirmed it: a message published to a
+            # shared subscription without members is lost.
+            if not subscriber.subscribed.wait(15):
+                raise UplinkError(f"collector: {mqtt_url} did not confirm the subscription to "
+                                  f"{subscriber.subscription} within 15 s",
+                                  hint="check the broker's log and access rules")
             if not app.as_json:
                 click.echo(f"collector subscribed to {mqtt_url} topic {subscriber.subscription}")
         sys.stdout.flush()

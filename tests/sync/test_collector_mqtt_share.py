@@ -118,3 +118,52 @@ def test_share_group_names_are_checked(tmp_path: Path, broker: Broker) -> None:
     result = CliRunner().invoke(cli, ["collector", "--db", str(tmp_path / "c.db"),
                                       "--share", "g"])
     assert result.exit_code == 2 and "--share and --client-id need --mqtt" in result.output
+
+
+def test_two_collector_processes_share_a_subscription_on_postgresql(
+    broker: Broker, postgres: Postgres
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+
+    root = Path(__file__).resolve().parents[2]
+    url = postgres.new_database()
+    keys = [DeviceKey.generate() for _ in range(4)]
+    enroll = [a for k in keys for a in ("--enroll", k.public_b64)]
+    procs = []
+    try:
+        for _ in range(2):
+            p = subprocess.Popen([sys.executable, "-m", "edgetwin", "collector", "--db", url,
+                                  "--mqtt", broker.url, "--topic", TOPIC, "--share", "fleet",
+                                  *enroll], cwd=root, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            procs.append(p)
+            assert p.stdout is not None
+            while "subscribed to" not in (line := p.stdout.readline()):
+                assert line, p.stderr.read()  # type: ignore[union-attr]
+            assert f"$share/fleet/{TOPIC}" in line
+        sent = []
+        target = parse_target(mqtt=broker.url, topic=TOPIC, allow_insecure_loopback=True)
+        for i, k in enumerate(keys):
+            with MqttUplink(target, k, CFG) as up:
+                for d in range(5):
+                    r = make_release(60.0 + i, start=T0 + d * 86_400.0)
+                    assert up.send(r) == "stored"
+                    sent.append(r.id)
+
+        def stored() -> list[tuple[str, str]]:
+            with psycopg.connect(url) as conn:
+                return [(str(a), str(b)) for a, b in conn.execute(
+                    "SELECT id, transport FROM releases ORDER BY id").fetchall()]
+
+        eventually(lambda: len(stored()) == 20, "20 releases stored")
+        assert [rid for rid, _ in stored()] == sorted(sent)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.communicate(timeout=30)
+    assert all(p.returncode == 0 for p in procs)
