@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -23,6 +24,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs (CI smoke)")
     parser.add_argument("--only", default="", help="comma-separated areas, e.g. store,models")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="length of time-boxed areas (soak); default per area")
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write JSON here")
     args = parser.parse_args()
     only = {a.strip() for a in args.only.split(",") if a.strip()}
@@ -40,7 +43,10 @@ def main() -> int:
         started = time.perf_counter()
         try:
             spec.loader.exec_module(module)
-            results[area] = module.run(args.quick)
+            if args.minutes is not None and "minutes" in inspect.signature(module.run).parameters:
+                results[area] = module.run(args.quick, minutes=args.minutes)
+            else:
+                results[area] = module.run(args.quick)
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             traceback.print_exc()
             results[area] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,393 @@
+"""Soak: the real daemon at (most of) the reference load, with faults on a schedule.
+
+Reproduce: ``scripts/bench --only soak`` (30 min), ``--quick`` (3 min), or
+``python scripts/bench_soak.py --minutes N``.
+
+A fresh twin (``EDGETWIN_KDF_PROFILE=test``) with these sources, each driven
+by an existing bench/test helper:
+
+- ``headset``: BrainFlow ``SYNTHETIC_BOARD`` (16 EEG channels at 250 Hz);
+  the 16 optical channels at 64 Hz of the reference load are NOT included
+  (the synthetic board has none; a playback board would be needed);
+- ``strap0..3``: four heart-rate straps at 1 Hz with RR through the BlueZ
+  emulator on a private D-Bus (``tests/sources/bluez_emulator.py``, as
+  ``scripts/bench_ble.py``);
+- ``bridge``: the firmware-bridge emulator (32 fNIRS channels at 100 Hz) on a
+  pty, run in this process so it can be unplugged (its CPU is not the daemon's);
+- ``simulator``: the seeded physiology simulator's vitals.
+
+Faults (times as fractions of the run): a BLE link drop (``DropLink`` of
+strap0), a serial unplug with replug 10 s later, and SIGKILL of the daemon
+with an immediate restart. NOT injected: the collector down, the disk nearly
+full and a host clock step (see ``not_injected`` in the output).
+
+Every ~10 s (5 s with ``--quick``) the daemon's CPU share (utime+stime over
+wall time from /proc), RSS, loop lag p99 and hub drops (``edgetwin status
+--json``) and the store's file size are sampled. At the end the daemon is
+stopped and the store is read back: every gap in each stream's stored sample
+times (longer than 3 nominal intervals and 0.5 s) is attributed to a fault or
+reported as unexplained, in seconds of data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STRAPS = [f"C0:FF:EE:00:02:0{i}" for i in range(4)]
+AIMS = {"cpu_share_max": 0.08, "rss_mib_max": 150.0, "loop_lag_p99_ms_max": 20.0,
+        "sigkill_loss_s_max": 2.0}
+PASS = "soak passphrase"
+
+
+def run(quick: bool, minutes: float | None = None) -> dict[str, Any]:
+    minutes = minutes if minutes is not None else (3.0 if quick else 30.0)
+    return _soak(minutes * 60.0, sample_s=5.0 if quick else 10.0)
+
+
+# -- pure helpers (unit-tested) ----------------------------------------------
+
+
+def find_gaps(t: np.ndarray, *, min_gap_s: float = 0.5, factor: float = 3.0
+              ) -> tuple[float, list[tuple[float, float, float]]]:
+    """Nominal interval (median step) and every gap ``(start, end, lost_s)`` of a sorted time
+    vector: a step longer than ``factor`` nominal intervals and ``min_gap_s``; ``lost_s`` is the
+    step minus one nominal interval (seconds of data missing)."""
+    t = np.sort(np.asarray(t, dtype=float))
+    if t.size < 3:
+        return float("nan"), []
+    d = np.diff(t)
+    nominal = float(np.median(d))
+    limit = max(min_gap_s, factor * nominal)
+    idx = np.nonzero(d > limit)[0]
+    return nominal, [(float(t[i]), float(t[i + 1]), float(d[i] - nominal)) for i in idx]
+
+
+def attribute(gaps: list[tuple[float, float, float]], faults: list[dict[str, Any]],
+              stream: str) -> tuple[dict[str, float], list[tuple[float, float, float]]]:
+    """Seconds lost per fault name for ``stream``; gaps no fault explains are returned apart.
+
+    A fault explains a gap of the streams it affects (``streams`` prefixes, empty = all) when
+    the gap starts in ``[at - 5 s, until + 60 s]``."""
+    lost: dict[str, float] = {}
+    unexplained = []
+    for gap in gaps:
+        for f in faults:
+            prefixes = f.get("streams") or [""]
+            if not any(stream.startswith(p) for p in prefixes):
+                continue
+            if f["at"] - 5.0 <= gap[0] <= f.get("until", f["at"]) + 60.0:
+                lost[f["name"]] = lost.get(f["name"], 0.0) + gap[2]
+                break
+        else:
+            unexplained.append(gap)
+    return lost, unexplained
+
+
+def growth_per_hour(t_s: list[float], y: list[float]) -> dict[str, Any]:
+    """Least-squares line through ``y`` over time: slope per hour and the day/month projection."""
+    if len(t_s) < 3:
+        return {"per_hour": None, "points": len(t_s)}
+    hours = (np.asarray(t_s) - t_s[0]) / 3600.0
+    slope, intercept = np.polyfit(hours, np.asarray(y, dtype=float), 1)
+    return {"per_hour": round(float(slope), 3), "start": round(float(intercept), 2),
+            "day": round(float(intercept + 24 * slope), 1),
+            "month": round(float(intercept + 720 * slope), 1), "points": len(t_s)}
+
+
+def summary(xs: list[float]) -> dict[str, Any]:
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return {"median": None, "p99": None, "max": None, "n": 0}
+    return {"median": round(statistics.median(xs), 4),
+            "p99": round(xs[int(0.99 * (len(xs) - 1))], 4), "max": round(xs[-1], 4), "n": len(xs)}
+
+
+# -- the run -------------------------------------------------------------------
+
+
+class _Daemon:
+    def __init__(self, exe: str, env: dict[str, str], log: Path) -> None:
+        self.exe, self.env, self.log = exe, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "daemon", "run"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
+        self.started = time.time()
+
+    def status(self) -> dict[str, Any] | None:
+        out = subprocess.run([self.exe, "--json", "status"], env=self.env, capture_output=True,
+                             text=True, timeout=30, check=False)
+        if out.returncode != 0:
+            return None
+        try:
+            return json.loads(out.stdout)
+        except ValueError:
+            return None
+
+    def proc_sample(self) -> tuple[float, int] | None:
+        """(cpu seconds, rss bytes) of the daemon process."""
+        assert self.proc is not None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return cpu, int(line.split()[1]) * 1024
+        except (OSError, IndexError, ValueError):
+            return None
+        return None
+
+    def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: "
+                                   f"{self.log.read_text()[-2000:]}")
+            st = self.status()
+            if st and st.get("daemon", {}).get("running") and st.get("store", {}).get("streams"):
+                return st
+            time.sleep(0.5)
+        raise RuntimeError(f"daemon not ready in {timeout} s: {self.log.read_text()[-2000:]}")
+
+
+def _store_bytes(home: Path) -> int:
+    return sum(p.stat().st_size for p in home.rglob("*") if p.is_file()
+               and (".db" in p.name or ".sqlite" in p.name))
+
+
+def _soak(duration: float, sample_s: float) -> dict[str, Any]:
+    from edgetwin.emulators.bridge import BridgeEmulator
+    from tests.sources.bluez_emulator import EmulatorProcess, PrivateBus, control
+
+    exe = str(Path(sys.executable).with_name("edgetwin"))
+    faults: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
+    kill_check: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edgetwin-soak-") as tmp, PrivateBus() as bus:
+        tmpd = Path(tmp)
+        home = tmpd / "home"
+        pw = tmpd / "pw"
+        pw.write_text(PASS + "\n")
+        pw.chmod(0o600)
+        env = {**os.environ, "EDGETWIN_HOME": str(home), "EDGETWIN_PASSPHRASE_FILE": str(pw),
+               "EDGETWIN_KDF_PROFILE": "test", "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+
+        def cli(*args: str) -> None:
+            subprocess.run([exe, *args], env=env, check=True, capture_output=True)
+
+        bridge = BridgeEmulator(7, "fnirs", 100.0, channels=32)
+        port = bridge.start()
+        ble = EmulatorProcess(bus.address, [f"heart_rate:{a}:Strap {i}"
+                                            for i, a in enumerate(STRAPS)], rate_hz=1.0).start()
+        daemon = _Daemon(exe, env, tmpd / "daemon.log")
+        try:
+            cli("init")
+            cli("pair", "add", "simulator", "--seed", "3")
+            cli("pair", "add", "brainflow", "--board", "SYNTHETIC_BOARD", "--name", "headset")
+            cli("pair", "add", "serial", port, "--name", "bridge", "--no-probe")
+            for i, a in enumerate(STRAPS):
+                cli("pair", "add", "ble", a, "--profile", "heart_rate", "--name", f"strap{i}")
+            daemon.start()
+            daemon.wait_ready()
+            t_start = time.time()
+            schedule = [(0.25, "ble_link_drop"), (0.40, "serial_unplug"),
+                        (0.60, "sigkill_restart")]
+            lifetimes = [[]]  # samples per daemon process lifetime
+            prev: tuple[float, float] | None = None
+            next_sample = time.time()
+            while time.time() - t_start < duration:
+                now = time.time()
+                if schedule and now - t_start >= schedule[0][0] * duration:
+                    _, name = schedule.pop(0)
+                    if name == "ble_link_drop":
+                        asyncio.run(control(bus.address, "DropLink", STRAPS[0]))
+                        faults.append({"name": name, "at": time.time(), "streams": ["strap0"]})
+                    elif name == "serial_unplug":
+                        at = time.time()
+                        bridge.unplug()
+                        time.sleep(10.0)
+                        bridge.replug()
+                        faults.append({"name": name, "at": at, "until": time.time(),
+                                       "streams": ["bridge"]})
+                    else:
+                        before = daemon.status() or {}
+                        at = time.time()
+                        assert daemon.proc is not None
+                        daemon.proc.send_signal(signal.SIGKILL)
+                        daemon.proc.wait(10)
+                        daemon.start()
+                        daemon.wait_ready()
+                        faults.append({"name": name, "at": at, "until": time.time(),
+                                       "streams": []})
+                        kill_check = {s["name"]: s for s in before.get("store", {})
+                                      .get("streams", [])}
+                        lifetimes.append([])
+                        prev = None
+                    continue
+                if now >= next_sample:
+                    next_sample = now + sample_s
+                    ps = daemon.proc_sample()
+                    st = daemon.status() or {}
+                    row: dict[str, Any] = {"t": time.time() - t_start,
+                                           "db_bytes": _store_bytes(home)}
+                    if ps is not None:
+                        cpu, rss = ps
+                        row["rss_mib"] = rss / 2**20
+                        if prev is not None and now > prev[0]:
+                            row["cpu_share"] = (cpu - prev[1]) / (now - prev[0])
+                        prev = (now, cpu)
+                    d = st.get("daemon", {})
+                    row["loop_lag_p99_ms"] = (d.get("loop_lag_ms") or {}).get("p99")
+                    row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
+                    row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
+                    row["sources"] = {s["name"]: s.get("state") for s in st.get("sources", [])}
+                    samples.append(row)
+                    lifetimes[-1].append(row)
+                time.sleep(0.2)
+            final = daemon.status() or {}
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGTERM)
+            daemon.proc.wait(60)
+            wall = time.time() - t_start
+        finally:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.proc.kill()
+                daemon.proc.wait(10)
+            ble.stop()
+            bridge.stop()
+        streams = _analyse(home, faults, kill_check, t_start)
+        log_tail = (tmpd / "daemon.log").read_text()[-1500:]
+    return _report(duration, wall, samples, lifetimes, faults, streams, final, log_tail,
+                   t_start)
+
+
+def _analyse(home: Path, faults: list[dict[str, Any]], kill_check: dict[str, Any],
+             t_start: float) -> dict[str, Any]:
+    from edgetwin.store.keys import Secret
+    from edgetwin.store.twin import TwinStore
+
+    out: dict[str, Any] = {}
+    kill = next((f for f in faults if f["name"] == "sigkill_restart"), None)
+    with TwinStore.open(home, Secret.passphrase(PASS)) as store:
+        for info in store.streams():
+            ts = [b.t for b in store.read_samples(info.name)]
+            t = np.sort(np.concatenate(ts)) if ts else np.zeros(0)
+            nominal, gaps = find_gaps(t)
+            lost, unexplained = attribute(gaps, faults, info.name)
+            entry: dict[str, Any] = {
+                "rows": int(t.size), "nominal_interval_s": round(nominal, 5),
+                "span_s": round(float(t[-1] - t[0]), 1) if t.size else 0.0,
+                "lost_s_by_fault": {k: round(v, 2) for k, v in lost.items()},
+                "unexplained_gaps": [{"start_s": round(g[0] - t_start, 1), "lost_s": round(g[2], 2)}
+                                     for g in unexplained],
+                "duplicate_or_backward_steps": int(np.sum(np.diff(np.concatenate(ts)) <= 0))
+                if ts else 0,
+            }
+            if kill is not None:
+                # the gap spanning the kill: data received before it but never committed, and
+                # the downtime until the restarted daemon stored again
+                span = [g for g in gaps
+                        if kill["at"] - 5.0 <= g[0] <= kill["at"] + 1.0 and g[1] >= kill["at"]]
+                if span:
+                    g = span[0]
+                    entry["sigkill"] = {"before_kill_s": round(kill["at"] - g[0], 2),
+                                        "downtime_s": round(g[1] - kill["at"], 2)}
+                before = kill_check.get(info.name)
+                if before and before.get("last_t") is not None:
+                    kept = int(np.sum(t <= before["last_t"]))
+                    entry["committed_before_kill"] = before["samples"]
+                    entry["stored_up_to_that_time"] = kept
+            out[info.name] = entry
+    return out
+
+
+def _report(duration: float, wall: float, samples: list[dict[str, Any]],
+            lifetimes: list[list[dict[str, Any]]], faults: list[dict[str, Any]],
+            streams: dict[str, Any], final: dict[str, Any], log_tail: str, t_start: float
+            ) -> dict[str, Any]:
+    steady = [s for s in samples if s["t"] > 30.0]
+    cpu = summary([s.get("cpu_share") for s in steady])
+    rss = summary([s.get("rss_mib") for s in steady])
+    lag = summary([s.get("loop_lag_p99_ms") for s in steady])
+    lag_max = summary([s.get("loop_lag_max_ms") for s in steady])
+    longest = max(lifetimes, key=len)
+    fit_rows = [s for s in longest if "rss_mib" in s][3:]  # past start-up
+    rss_fit = growth_per_hour([s["t"] for s in fit_rows], [s["rss_mib"] for s in fit_rows])
+    db_fit = growth_per_hour([s["t"] for s in samples],
+                             [s["db_bytes"] / 2**20 for s in samples])
+    drops = [s.get("drops", 0) for s in samples]
+    kill_losses = [v["lost_s_by_fault"].get("sigkill_restart", 0.0) for v in streams.values()]
+    kill_uncommitted = [v["sigkill"]["before_kill_s"] for v in streams.values() if "sigkill" in v]
+    lost_committed = {k: v["committed_before_kill"] - v["stored_up_to_that_time"]
+                      for k, v in streams.items() if "committed_before_kill" in v}
+    unexplained = {k: v["unexplained_gaps"] for k, v in streams.items() if v["unexplained_gaps"]}
+    rss_flat = (rss_fit["per_hour"] is not None and rss is not None and rss["median"]
+                and abs(rss_fit["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
+    return {
+        "duration_s": duration, "times": "seconds from the start of the soak",
+        "wall_s": round(wall, 1), "samples_taken": len(samples),
+        "cpu_share_of_one_core": cpu, "rss_mib": rss, "loop_lag_p99_ms": lag,
+        "loop_lag_max_ms": lag_max,
+        "hub_drops_total_sum_of_sources": {"last": drops[-1] if drops else None,
+                                           "max": max(drops) if drops else None},
+        "rss_growth_mib": rss_fit, "db_growth_mib": db_fit,
+        "faults": [{k: (round(v - t_start, 1) if k in ("at", "until") else v)
+                    for k, v in f.items()} for f in faults],
+        "streams": streams,
+        "not_injected": {
+            "collector_down": "no sync target/consent configured in the soak (time); the "
+                              "outbox path is not exercised here",
+            "disk_nearly_full": "needs a size-limited filesystem (loop mount/tmpfs with quota) "
+                                "that an unprivileged bench cannot create",
+            "host_clock_step": "stepping CLOCK_REALTIME needs CAP_SYS_TIME and would disturb the "
+                               "whole machine; faking time in-process would not test the daemon",
+        },
+        "aims": {
+            "cpu_share_le_8pct": (cpu["p99"] is not None and cpu["p99"] <= AIMS["cpu_share_max"]),
+            "rss_le_150mib": rss["max"] is not None and rss["max"] <= AIMS["rss_mib_max"],
+            "loop_lag_p99_le_20ms": lag["p99"] is not None and
+            lag["p99"] <= AIMS["loop_lag_p99_ms_max"],
+            "nothing_committed_lost": all(v == 0 for v in lost_committed.values())
+            and bool(lost_committed),
+            "sigkill_loss_le_2s": bool(kill_losses) and max(kill_losses) <= 2.0,
+            "no_unexplained_gaps": not unexplained,
+            "memory_flat": bool(rss_flat),
+        },
+        "committed_lost_at_kill_rows": lost_committed,
+        "sigkill_lost_s_max_over_streams": {
+            "total": round(max(kill_losses), 2) if kill_losses else None,
+            "received_before_kill_not_stored": round(max(kill_uncommitted), 2)
+            if kill_uncommitted else None},
+        "final_status_hub": final.get("hub"),
+        "final_sources": [{k: s.get(k) for k in ("name", "state", "samples", "drops", "gaps",
+                                                  "connects", "failures", "last_error")}
+                          for s in final.get("sources", [])],
+        "daemon_log_tail": log_tail,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--minutes", type=float, default=None)
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick, args.minutes), indent=2, default=float))

@@ -1,0 +1,62 @@
+"""The soak benchmark's accounting: gaps in stored sample times, their faults, growth fits."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _soak() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "scripts" / "bench_soak.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gaps_are_counted_in_seconds_of_data() -> None:
+    soak = _soak()
+    t = np.arange(0.0, 100.0, 0.004)  # 250 Hz
+    keep = (t < 40.0) | (t >= 41.5)  # 1.5 s missing
+    nominal, gaps = soak.find_gaps(t[keep])
+    assert nominal == pytest.approx(0.004)
+    assert len(gaps) == 1
+    start, end, lost = gaps[0]
+    assert start == pytest.approx(39.996)
+    assert end == pytest.approx(41.5)
+    assert lost == pytest.approx(1.5, abs=1e-6)
+    # jitter and short hiccups below 0.5 s are not gaps
+    assert soak.find_gaps(np.concatenate([t[t < 10.0], t[t >= 10.3]]))[1] == []
+
+
+def test_gaps_are_attributed_to_the_fault_of_their_stream() -> None:
+    soak = _soak()
+    faults = [{"name": "serial_unplug", "at": 100.0, "until": 110.0, "streams": ["bridge"]},
+              {"name": "sigkill_restart", "at": 200.0, "until": 203.0, "streams": []}]
+    gaps = [(100.1, 112.0, 11.9), (199.5, 201.0, 1.5), (500.0, 502.0, 2.0)]
+    lost, unexplained = soak.attribute(gaps, faults, "bridge.fnirs")
+    assert lost == {"serial_unplug": 11.9, "sigkill_restart": 1.5}
+    assert unexplained == [(500.0, 502.0, 2.0)]
+    lost, unexplained = soak.attribute(gaps[:1], faults, "headset.default")
+    assert lost == {}
+    assert unexplained == gaps[:1]  # the unplug does not explain a gap in another stream
+
+
+def test_growth_fit_projects_a_day_and_a_month() -> None:
+    soak = _soak()
+    t = [i * 600.0 for i in range(7)]  # one hour every 10 min
+    y = [100.0 + 2.0 * (s / 3600.0) for s in t]
+    fit = soak.growth_per_hour(t, y)
+    assert fit["per_hour"] == pytest.approx(2.0)
+    assert fit["day"] == pytest.approx(148.0)
+    assert fit["month"] == pytest.approx(1540.0)
+    assert soak.growth_per_hour([0.0, 1.0], [1.0, 2.0])["per_hour"] is None
+    s = soak.summary([3.0, 1.0, None, 2.0])
+    assert (s["median"], s["max"], s["n"]) == (2.0, 3.0, 3)
