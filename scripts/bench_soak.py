@@ -83,11 +83,11 @@ def attribute(gaps: list[tuple[float, float, float]], faults: list[dict[str, Any
     """Seconds lost per fault name for ``stream``; gaps no fault explains are returned apart.
 
     A fault explains a gap of the streams it affects (``streams`` prefixes, empty = all) when
-    the gap starts in ``[at - 5 s, until + 60 s]``."""
+    the gap starts in ``[at - 5 s, until + 60 s]``; of several, the latest fault started."""
     lost: dict[str, float] = {}
     unexplained = []
     for gap in gaps:
-        for f in faults:
+        for f in sorted(faults, key=lambda f: -f["at"]):
             prefixes = f.get("streams") or [""]
             if not any(stream.startswith(p) for p in prefixes):
                 continue
@@ -296,6 +296,9 @@ def _analyse(home: Path, faults: list[dict[str, Any]], kill_check: dict[str, Any
             entry: dict[str, Any] = {
                 "rows": int(t.size), "nominal_interval_s": round(nominal, 5),
                 "span_s": round(float(t[-1] - t[0]), 1) if t.size else 0.0,
+                # every missing sample, also in gaps too short to count above (a BLE drop)
+                "missing_s_total": round(float(t[-1] - t[0]) - (t.size - 1) * nominal, 2)
+                if t.size > 2 else None,
                 "lost_s_by_fault": {k: round(v, 2) for k, v in lost.items()},
                 "unexplained_gaps": [{"start_s": round(g[0] - t_start, 1), "lost_s": round(g[2], 2)}
                                      for g in unexplained],
@@ -368,7 +371,8 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
             lag["p99"] <= AIMS["loop_lag_p99_ms_max"],
             "nothing_committed_lost": all(v == 0 for v in lost_committed.values())
             and bool(lost_committed),
-            "sigkill_loss_le_2s": bool(kill_losses) and max(kill_losses) <= 2.0,
+            "sigkill_loss_le_2s_incl_restart": bool(kill_losses) and max(kill_losses) <= 2.0,
+            "sigkill_uncommitted_le_2s": bool(kill_uncommitted) and max(kill_uncommitted) <= 2.0,
             "no_unexplained_gaps": not unexplained,
             "memory_flat": bool(rss_flat),
         },

@@ -47,6 +47,10 @@ def test_gaps_are_attributed_to_the_fault_of_their_stream() -> None:
     lost, unexplained = soak.attribute(gaps[:1], faults, "headset.default")
     assert lost == {}
     assert unexplained == gaps[:1]  # the unplug does not explain a gap in another stream
+    # a gap within a minute after two faults belongs to the later one
+    faults[1]["at"] = 105.0
+    lost, _ = soak.attribute([(106.0, 108.0, 2.0)], faults, "bridge.fnirs")
+    assert lost == {"sigkill_restart": 2.0}
 
 
 def test_growth_fit_projects_a_day_and_a_month() -> None:
