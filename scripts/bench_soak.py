@@ -110,6 +110,10 @@ def growth_per_hour(t_s: list[float], y: list[float]) -> dict[str, Any]:
             "month": round(float(intercept + 720 * slope), 1), "points": len(t_s)}
 
 
+def _r(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 def summary(xs: list[float]) -> dict[str, Any]:
     xs = sorted(x for x in xs if x is not None)
     if not xs:
@@ -356,6 +360,11 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "faults": [{k: (round(v - t_start, 1) if k in ("at", "until") else v)
                     for k, v in f.items()} for f in faults],
         "streams": streams,
+        "series": {"columns": ["t_s", "cpu_share", "rss_mib", "loop_lag_p99_ms",
+                               "loop_lag_max_ms", "drops", "db_mib"],
+                   "rows": [[round(s["t"], 1), _r(s.get("cpu_share"), 4), _r(s.get("rss_mib"), 1),
+                             s.get("loop_lag_p99_ms"), s.get("loop_lag_max_ms"), s.get("drops"),
+                             round(s["db_bytes"] / 2**20, 2)] for s in samples]},
         "not_injected": {
             "collector_down": "no sync target/consent configured in the soak (time); the "
                               "outbox path is not exercised here",
