@@ -17,6 +17,7 @@ import base64
 import binascii
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -70,12 +71,17 @@ def load_identities(path: Path) -> list[Any]:
     """The X25519 identities (``AGE-SECRET-KEY-1...`` lines) of an age-keygen identity file."""
     import pyrage
 
-    from edgetwin.store.keys import refuse_shared_secret
-
     try:
         with path.open("rb") as f:
-            # it opens every bundle sent to it: refused, like a key file, when others may read it
-            refuse_shared_secret("identity file", path, os.fstat(f.fileno()).st_mode)
+            # The identity is the person's age key, not the twin's secret, and the age CLI reads
+            # it whatever its mode (`age-keygen > key.txt` under umask 022 gives 0644): warn with
+            # the chmod to run instead of refusing the bundle it was made to open.
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                _LOGGER.warning(
+                    "identity file %s is open to other users (mode %o): run 'chmod 600 %s'",
+                    path, stat.S_IMODE(mode), path,
+                )
             text = f.read().decode("utf-8")
     except FileNotFoundError as exc:
         raise UsageError(f"identity file {path} does not exist") from exc
