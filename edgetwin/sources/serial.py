@@ -244,6 +244,9 @@ def descriptor_meta(descriptor: bp.Descriptor) -> dict[str, Any]:
         "model": dev.model,
         "firmware": "{}.{}.{}".format(*dev.firmware),
         "rate_hz": dev.rate_hz,
+        # values are adc_int * scale + offset: lets the store keep the integers, exactly
+        "adc_scale": [float(c.scale) for c in descriptor.channels],
+        "adc_offset": [float(c.offset) for c in descriptor.channels],
     }
     optical = [c for c in descriptor.channels if c.wavelength_nm]
     if optical:

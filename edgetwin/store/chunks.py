@@ -193,12 +193,12 @@ class Chunks(SeriesRows):
                 series = self._load_series_for_write(KIND_SAMPLES, name, create=True)
                 assert series is not None
                 touched[series.sid] = series
-                for layout_key, t, values in _group_batches(batches):
+                for layout_key, t, values, affine in _group_batches(batches):
                     layout = series.layout_index(*layout_key)
                     n_ch = values.shape[1]
                     step = max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, n_ch)))
                     for day, a, b in _day_runs(t, step):
-                        pt = codec.encode_samples(layout, t[a:b], values[a:b])
+                        pt = codec.encode_samples(layout, t[a:b], values[a:b], affine)
                         rows.append(self._seal_chunk(series, day, pt, b - a, t[a:b]))
                 meta = batches[-1].meta
                 if meta and meta != series.meta:
@@ -383,21 +383,60 @@ class Chunks(SeriesRows):
 
 def _group_batches(
     batches: list[SampleBatch],
-) -> Iterator[tuple[tuple[tuple[str, ...], tuple[str, ...]], FloatArray, FloatArray]]:
-    """Consecutive batches with the same channels, concatenated."""
+) -> Iterator[
+    tuple[tuple[tuple[str, ...], tuple[str, ...]], FloatArray, FloatArray, Affine | None]
+]:
+    """Consecutive batches with the same channels and ADC scaling, concatenated."""
     i = 0
     while i < len(batches):
         key = (batches[i].channels, batches[i].units)
+        affine = adc_affine(batches[i])
         j = i + 1
-        while j < len(batches) and (batches[j].channels, batches[j].units) == key:
+        while (
+            j < len(batches)
+            and (batches[j].channels, batches[j].units) == key
+            and _same_affine(adc_affine(batches[j]), affine)
+        ):
             j += 1
         group = batches[i:j]
         if len(group) == 1:
-            yield key, group[0].t, group[0].values
+            yield key, group[0].t, group[0].values, affine
         else:
             t = np.concatenate([b.t for b in group])
-            yield key, t, np.concatenate([b.values for b in group])
+            yield key, t, np.concatenate([b.values for b in group]), affine
         i = j
+
+
+Affine = tuple[FloatArray, FloatArray]
+
+
+def adc_affine(batch: SampleBatch) -> Affine | None:
+    """``(scale, offset)`` per channel when the source says its values are
+    ``adc_int * scale + offset`` (meta ``adc_scale``/``adc_offset``), else None.
+
+    Only a hint: the codec checks every value and stores what does not fit exactly
+    another way, so a wrong hint costs space, never data.
+    """
+    scale, offset = batch.meta.get("adc_scale"), batch.meta.get("adc_offset")
+    n = len(batch.channels)
+    if not (isinstance(scale, list) and isinstance(offset, list)):
+        return None
+    if len(scale) != n or len(offset) != n:
+        return None
+    try:
+        s = np.asarray(scale, dtype=np.float64)
+        o = np.asarray(offset, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if not (np.isfinite(s).all() and np.isfinite(o).all()) or (s == 0).any():
+        return None
+    return s, o
+
+
+def _same_affine(a: Affine | None, b: Affine | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
 
 
 def _day_runs(t: FloatArray, max_rows: int) -> Iterator[tuple[int, int, int]]:

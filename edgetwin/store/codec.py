@@ -4,7 +4,8 @@ A sample chunk is ``header | t | values``: float64 arrays, each section
 optionally byte-shuffled (byte ``k`` of every number together) and deflated
 when that saves at least an eighth — timestamps of a regular stream and
 quantised sensor values shrink a lot, white noise does not and is stored raw.
-Values stay float64: the store gives back exactly what it was given.
+Values stay float64 on the way out: the store gives back exactly what it was given,
+bit for bit (see :func:`encode_samples` for the compact exact forms).
 
 Every sealed blob is ``nonce(12) | ciphertext | tag(16)``; its associated data
 names the twin, the table, and every clear column of its row, so a blob that
@@ -35,6 +36,16 @@ _SECTION = struct.Struct("<I")
 _FLAG_T_PACKED = 1
 _FLAG_V_PACKED = 2
 _FLAG_Q_PACKED = 4
+_FLAG_NAN = 8
+# how a sample channel is stored (codec version 2)
+_MODE_F8 = 0
+_MODE_F4 = 1
+_MODE_DECIMAL = 2
+_MODE_AFFINE = 3
+_MAX_DECIMALS = 6
+_POW10 = [10.0**k for k in range(_MAX_DECIMALS + 1)]
+_MAX_EXACT_INT = 2.0**53
+_PROBE_ROWS = 8
 
 
 class Undecodable(Exception):
@@ -77,39 +88,175 @@ def audit_ad(twin_id: bytes, seq: int) -> bytes:
 # -- samples -------------------------------------------------------------------
 
 
-def encode_samples(layout: int, t: FloatArray, values: FloatArray) -> bytes:
-    """One chunk of a stream: timestamps and a rows x channels float64 matrix."""
-    flags = 0
-    t_bytes, packed = _pack(np.ascontiguousarray(t, dtype="<f8"))
+def encode_samples(
+    layout: int,
+    t: FloatArray,
+    values: FloatArray,
+    affine: tuple[FloatArray, FloatArray] | None = None,
+) -> bytes:
+    """One chunk of a stream: timestamps and a rows x channels float64 matrix, losslessly.
+
+    Each channel is stored as the smallest exact form that reproduces every
+    value bit for bit: integers of an ADC (``n * scale + offset``, with
+    ``affine`` from the source), integers at a decimal step (``n / 10**k``),
+    float32, or float64. Integers and the bit patterns of floats are
+    delta-coded down the rows, byte-shuffled and deflated; timestamps as the
+    second difference of their bit patterns, which is nearly all zeros for a
+    regularly sampled stream. NaN (missing) is kept in a bitmap.
+    """
+    rows = int(t.shape[0])
+    values = np.ascontiguousarray(values, dtype="<f8")
+    n_ch = values.shape[1] if values.ndim == 2 else 0
+    nan = np.isnan(values)
+    any_nan = bool(nan.any())
+    clean = np.where(nan, 0.0, values) if any_nan else values
+    modes = np.full(n_ch, _MODE_F8, dtype=np.uint8)
+    params = np.zeros((n_ch, 2), dtype="<f8")
+    ints = np.empty((rows, n_ch), dtype="<i8")
+    todo = np.ones(n_ch, dtype=bool)
+    if rows and n_ch:
+        if affine is not None:
+            scale, offset = affine
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                n = np.rint((clean - offset) / scale) + 0.0  # + 0.0: no negative zeros
+            ok = _exact(n * scale + offset, clean, n) & todo
+            _take(ok, _MODE_AFFINE, n, modes, ints, todo)
+            params[ok, 0], params[ok, 1] = scale[ok], offset[ok]
+        for k in range(_MAX_DECIMALS + 1):
+            if not todo.any():
+                break
+            # a cheap look at a few rows first: white noise fails there at every k
+            head = clean[:_PROBE_ROWS][:, todo]
+            with np.errstate(invalid="ignore", over="ignore"):
+                n_head = np.rint(head * _POW10[k]) + 0.0
+            cols = np.flatnonzero(todo)[_exact(n_head / _POW10[k], head, n_head)]
+            if not cols.size:
+                continue
+            sub = clean[:, cols]
+            with np.errstate(invalid="ignore", over="ignore"):
+                n = np.rint(sub * _POW10[k]) + 0.0
+            ok_sub = _exact(n / _POW10[k], sub, n)
+            ok = np.zeros(n_ch, dtype=bool)
+            ok[cols[ok_sub]] = True
+            full = np.zeros((rows, n_ch))
+            full[:, cols] = n
+            _take(ok, _MODE_DECIMAL, full, modes, ints, todo)
+            params[ok, 0] = k
+        if todo.any():
+            cols = np.flatnonzero(todo)
+            with np.errstate(over="ignore"):
+                f4 = clean[:, cols].astype("<f4")
+            ok_sub = (f4.astype("<f8").view("<i8") == clean[:, cols].view("<i8")).all(axis=0)
+            good = cols[ok_sub]
+            modes[good] = _MODE_F4
+            ints[:, good] = f4[:, ok_sub].view("<i4")
+            todo[good] = False
+        for c in np.flatnonzero(todo):
+            ints[:, c] = values[:, c].view("<i8")  # NaN payloads and all, bit for bit
+    t_bits = np.ascontiguousarray(t, dtype="<f8").view("<i8")
+    with np.errstate(over="ignore"):
+        t_dd = np.diff(t_bits, n=2, prepend=np.zeros(2, dtype="<i8")) if rows else t_bits
+        v_d = np.diff(ints, axis=0, prepend=np.zeros((1, n_ch), dtype="<i8"))
+    flags = _FLAG_NAN if any_nan else 0
+    t_blob, packed = _pack(t_dd)
     flags |= _FLAG_T_PACKED if packed else 0
-    v_bytes, packed = _pack(np.ascontiguousarray(values, dtype="<f8"))
+    v_blob, packed = _pack(v_d)
     flags |= _FLAG_V_PACKED if packed else 0
-    return b"".join(
-        (
-            _SAMPLE_HEADER.pack(1, flags, layout, t.shape[0]),
-            _SECTION.pack(len(t_bytes)),
-            t_bytes,
-            v_bytes,
-        )
-    )
+    parts = [
+        _SAMPLE_HEADER.pack(2, flags, layout, rows),
+        modes.tobytes(),
+        params.tobytes(),
+        _SECTION.pack(len(t_blob)),
+        t_blob,
+        _SECTION.pack(len(v_blob)),
+        v_blob,
+    ]
+    if any_nan:
+        parts.append(np.packbits(nan).tobytes())
+    return b"".join(parts)
 
 
 def decode_samples(data: bytes, n_channels_of: list[int]) -> tuple[int, FloatArray, FloatArray]:
     """(layout index, t, values) of a sample chunk."""
     try:
         version, flags, layout, rows = _SAMPLE_HEADER.unpack_from(data, 0)
-        if version != 1 or layout >= len(n_channels_of):
+        if version not in (1, 2) or layout >= len(n_channels_of):
             raise Undecodable(f"sample chunk version {version}, layout {layout}")
+        n_ch = n_channels_of[layout]
+        if version == 1:
+            return layout, *_decode_samples_v1(data, flags, rows, n_ch)
         pos = _SAMPLE_HEADER.size
+        modes = np.frombuffer(data, dtype=np.uint8, count=n_ch, offset=pos)
+        pos += n_ch
+        params = np.frombuffer(data, dtype="<f8", count=2 * n_ch, offset=pos).reshape(n_ch, 2)
+        pos += 16 * n_ch
         (t_len,) = _SECTION.unpack_from(data, pos)
         pos += _SECTION.size
-        t = _unpack(data[pos : pos + t_len], flags & _FLAG_T_PACKED, rows)
-        values = _unpack(
-            data[pos + t_len :], flags & _FLAG_V_PACKED, rows * n_channels_of[layout]
-        ).reshape(rows, n_channels_of[layout])
+        t_dd = _unpack(data[pos : pos + t_len], flags & _FLAG_T_PACKED, rows, "<i8")
+        pos += t_len
+        (v_len,) = _SECTION.unpack_from(data, pos)
+        pos += _SECTION.size
+        v_d = _unpack(data[pos : pos + v_len], flags & _FLAG_V_PACKED, rows * n_ch, "<i8")
+        pos += v_len
+        with np.errstate(over="ignore"):
+            t = np.cumsum(np.cumsum(t_dd, dtype="<i8"), dtype="<i8").view("<f8")
+            ints = np.cumsum(v_d.reshape(rows, n_ch), axis=0, dtype="<i8")
+        values = np.empty((rows, n_ch), dtype=np.float64)
+        for c in range(n_ch):
+            mode = int(modes[c])
+            col = ints[:, c]
+            if mode == _MODE_AFFINE:
+                values[:, c] = col.astype(np.float64) * params[c, 0] + params[c, 1]
+            elif mode == _MODE_DECIMAL:
+                values[:, c] = col.astype(np.float64) / _POW10[int(params[c, 0])]
+            elif mode == _MODE_F4:
+                values[:, c] = col.astype("<i4").view("<f4")
+            elif mode == _MODE_F8:
+                values[:, c] = col.view("<f8")
+            else:
+                raise Undecodable(f"sample chunk channel {c}: unknown mode {mode}")
+        if flags & _FLAG_NAN:
+            bits = np.frombuffer(data, dtype=np.uint8, offset=pos)
+            nan = np.unpackbits(bits, count=rows * n_ch).astype(bool).reshape(rows, n_ch)
+            nan &= modes != _MODE_F8  # float64 channels kept their NaNs bit for bit
+            values[nan] = np.nan
     except (struct.error, ValueError, zlib.error) as exc:
         raise Undecodable(str(exc)) from exc
-    return layout, t, values
+    return layout, t.copy(), values
+
+
+def _decode_samples_v1(
+    data: bytes, flags: int, rows: int, n_ch: int
+) -> tuple[FloatArray, FloatArray]:
+    pos = _SAMPLE_HEADER.size
+    (t_len,) = _SECTION.unpack_from(data, pos)
+    pos += _SECTION.size
+    t = _unpack(data[pos : pos + t_len], flags & _FLAG_T_PACKED, rows)
+    values = _unpack(data[pos + t_len :], flags & _FLAG_V_PACKED, rows * n_ch).reshape(rows, n_ch)
+    return t, values
+
+
+def _exact(recon: FloatArray, want: FloatArray, n: FloatArray) -> npt.NDArray[np.bool_]:
+    """Per column: every value reproduced bit for bit, from integers a float64 holds exactly."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        small = (np.abs(n) < _MAX_EXACT_INT).all(axis=0)
+    same = (np.ascontiguousarray(recon).view("<i8") == want.view("<i8")).all(axis=0)
+    out: npt.NDArray[np.bool_] = small & same
+    return out
+
+
+def _take(
+    ok: npt.NDArray[np.bool_],
+    mode: int,
+    n: FloatArray,
+    modes: npt.NDArray[np.uint8],
+    ints: npt.NDArray[np.int64],
+    todo: npt.NDArray[np.bool_],
+) -> None:
+    if ok.any():
+        modes[ok] = mode
+        ints[:, ok] = n[:, ok].astype("<i8")
+        todo[ok] = False
 
 
 # -- feature frames ---------------------------------------------------------------
@@ -219,14 +366,12 @@ def _pack(arr: npt.NDArray[Any]) -> tuple[bytes, bool]:
     return raw, False
 
 
-def _unpack(blob: bytes, packed: int, count: int) -> FloatArray:
+def _unpack(blob: bytes, packed: int, count: int, dtype: str = "<f8") -> Any:
     if packed:
         shuffled = np.frombuffer(zlib.decompress(blob), dtype=np.uint8)
         if shuffled.shape[0] != count * 8:
             raise ValueError("packed section has the wrong length")
-        out = np.ascontiguousarray(shuffled.reshape(8, count).T).view("<f8").reshape(count)
-    else:
-        if len(blob) != count * 8:
-            raise ValueError("section has the wrong length")
-        out = np.frombuffer(blob, dtype="<f8").copy()
-    return out.astype(np.float64, copy=False)
+        return np.ascontiguousarray(shuffled.reshape(8, count).T).view(dtype).reshape(count)
+    if len(blob) != count * 8:
+        raise ValueError("section has the wrong length")
+    return np.frombuffer(blob, dtype=dtype).copy()

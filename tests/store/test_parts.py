@@ -116,7 +116,9 @@ def test_group_batches_joins_only_neighbours_with_the_same_channels() -> None:
     b1 = batch("x", T0 + 5, 1, ("b",))
     a3 = batch("x", T0 + 6, 1, ("a",))
     groups = list(_group_batches([a1, a2, b1, a3]))
-    assert [(k[0], t.shape[0]) for k, t, _ in groups] == [(("a",), 5), (("b",), 1), (("a",), 1)]
+    assert [(k[0], t.shape[0]) for k, t, _, _ in groups] == [
+        (("a",), 5), (("b",), 1), (("a",), 1)
+    ]
     np.testing.assert_array_equal(groups[0][2], np.concatenate([a1.values, a2.values]))
 
 
@@ -238,6 +240,10 @@ def test_rotate_with_reencrypt_leaves_no_chunk_under_an_old_key(store: TwinStore
 # What the daemon, the CLI and the bundle code call: the split must keep it as it was.
 PUBLIC_API = {
     "append_frames": "(self, frames: 'Sequence[FeatureFrame]') -> 'None'",
+    "append_markers": "(self, markers: 'Sequence[Marker]') -> 'None'",
+    "has_marker_source": "(self, source: 'str') -> 'bool'",
+    "read_markers": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
+    " source: 'str | None' = None, on_corrupt: 'OnCorrupt' = 'raise') -> 'list[Marker]'",
     "append_predictions": "(self, preds: 'Sequence[Prediction]') -> 'None'",
     "append_samples": "(self, batch: 'SampleBatch') -> 'None'",
     "apply_retention": "(self, now: 'float', retention: 'RetentionConfig') -> 'ForgetReport'",
