@@ -10,6 +10,8 @@ Other channels are kept in the store but ignored by the features.
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,3 +194,92 @@ class Prediction:
             ),
             influence=tuple(float(x) for x in obj.get("influence", ())),
         )
+
+
+# -- markers ---------------------------------------------------------------------------
+
+MARKER_TEXT_MAX = 1024  # characters of a marker's text
+MARKER_SOURCE_MAX = 128  # characters of a marker's source
+# Bidirectional overrides and isolates: they reorder what a terminal shows ("Trojan Source").
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _is_control(ch: str) -> bool:
+    return (
+        unicodedata.category(ch) in ("Cc", "Zl", "Zp")  # C0, DEL, C1, line/paragraph separators
+        or ch in _BIDI_CONTROLS
+    )
+
+
+def marker_problem(
+    text: str, *, what: str = "marker text", limit: int = MARKER_TEXT_MAX
+) -> str | None:
+    """Why ``text`` cannot be a marker's text (or source); None when it can.
+
+    Refused: empty (or only blanks), longer than ``limit`` characters, and any
+    control character (C0/C1, DEL, line and paragraph separators, bidi overrides),
+    named with its position and code point.
+    """
+    if not isinstance(text, str):
+        return f"{what} must be a string, not {type(text).__name__}"
+    if not text.strip():
+        return f"{what} is empty"
+    if len(text) > limit:
+        return f"{what} is {len(text)} characters long; at most {limit} are kept"
+    for i, ch in enumerate(text):
+        if _is_control(ch):
+            return (
+                f"{what} holds the control character U+{ord(ch):04X} "
+                f"({unicodedata.name(ch, 'control')}) at position {i + 1}"
+            )
+    return None
+
+
+def escape_marker_text(text: str, *, limit: int = MARKER_TEXT_MAX) -> str:
+    """A marker text from a machine source (XDF, LSL, a board) made storable: each control
+    character becomes ``\\xNN`` / ``\\uNNNN`` (a backslash escape, as Python writes it),
+    surrounding blanks are stripped, and text past ``limit`` characters is cut with a
+    ``...[+N]`` note saying how many were dropped. Empty stays empty (callers skip it)."""
+    out = []
+    for ch in text.strip():
+        if _is_control(ch):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    escaped = "".join(out)
+    if len(escaped) > limit:
+        keep = limit - len(f"...[+{len(escaped)}]")
+        escaped = escaped[:keep] + f"...[+{len(escaped) - keep}]"
+    return escaped
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """An event on the twin's timeline: ``text`` at ``t`` (epoch seconds), from ``source``.
+
+    ``source`` says where it came from: ``cli`` (``edgetwin mark``),
+    ``xdf:<stream>``, ``lsl:<name>``, ``brainflow:<board>``. Text and source
+    must pass :func:`marker_problem` to be stored; machine sources pass their
+    text through :func:`escape_marker_text` first.
+    """
+
+    t: float
+    text: str
+    source: str = "cli"
+
+    def problem(self) -> str | None:
+        """Why this marker cannot be stored; None when it can."""
+        if not isinstance(self.t, int | float) or not math.isfinite(self.t):
+            return f"marker time {self.t!r} is not a finite number of seconds"
+        return marker_problem(self.text) or marker_problem(
+            self.source, what="marker source", limit=MARKER_SOURCE_MAX
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"t", "text", "source"}`` (the ``markers --json`` object)."""
+        return {"t": self.t, "text": self.text, "source": self.source}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Marker:
+        return cls(t=float(obj["t"]), text=str(obj["text"]), source=str(obj.get("source", "cli")))

@@ -88,6 +88,7 @@ class DataKeys(StoreCore):
             " AND id NOT IN (SELECT key_id FROM chunk)"
             " AND id NOT IN (SELECT key_id FROM record)"
             " AND id NOT IN (SELECT key_id FROM series)"
+            " AND id NOT IN (SELECT key_id FROM marker)"
         )
         args: tuple[Any, ...] = ()
         if period is not None:

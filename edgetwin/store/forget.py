@@ -23,7 +23,7 @@ from edgetwin.store.derived import (
     stream_spans,
 )
 from edgetwin.store.keys import Keystore, MasterKeys
-from edgetwin.store.rekey import Rekeying
+from edgetwin.store.markers import MarkerRows
 from edgetwin.store.reports import ForgetReport
 from edgetwin.store.series import (
     BUCKET_S,
@@ -38,7 +38,7 @@ from edgetwin.store.series import (
 )
 
 
-class Forgetting(Rekeying):
+class Forgetting(MarkerRows):
     """forget() and apply_retention()."""
 
     def __init__(
@@ -67,18 +67,32 @@ class Forgetting(Rekeying):
             raise UsageError("forget --before needs a finite time")
         report = ForgetReport()
         with self.transaction():
+            if self._pending_markers:
+                self._write_pending_markers()
             if self.pending_rows():
                 self._write_pending()
             if everything:
+                markers = self._forget_markers()
                 report = self._forget_everything()
+                report.merge(markers)
                 self._append_audit(time.time(), "forget", {"scope": "all", **_brief(report)})
             elif stream is not None:
                 sid = self._sid(KIND_SAMPLES, stream)
                 row = self._conn.execute(
                     "SELECT series_no FROM series WHERE series_id = ?", (sid,)
                 ).fetchone()
+                # a marker source (cli, xdf:<stream>, lsl:<name>) is forgotten by its name too
+                marked = self.has_marker_source(stream)
+                if row is None and not marked:
+                    raise UsageError(f"no stream or marker source named {stream!r} in this twin")
                 if row is None:
-                    raise UsageError(f"no stream named {stream!r} in this twin")
+                    report = self._forget_markers(source=stream)
+                    self._append_audit(
+                        time.time(),
+                        "forget",
+                        {"scope": "stream", "stream_ref": sid.hex()[:16], **_brief(report)},
+                    )
+                    return report
                 try:
                     series = self._load_series_for_write(KIND_SAMPLES, stream, create=False)
                 except DataCorrupt:
@@ -88,6 +102,8 @@ class Forgetting(Rekeying):
                 report = self._forget_series(int(row[0]), sid, KIND_SAMPLES, rows)
                 report.streams_removed.append(stream)
                 report.merge(self._forget_derived(taint))
+                if marked:
+                    report.merge(self._forget_markers(source=stream))
                 self._append_audit(
                     time.time(),
                     "forget",
@@ -97,6 +113,7 @@ class Forgetting(Rekeying):
                 assert before is not None
                 for kind in KINDS:
                     report.merge(self._forget_before(kind, before, exact=True))
+                report.merge(self._forget_markers(before=before, exact=True))
                 taint = Taint.of(None, [(-math.inf, before)], frames_gone=True)
                 report.merge(self._forget_derived(taint))
                 self._append_audit(
@@ -123,6 +140,9 @@ class Forgetting(Rekeying):
             for kind, days in limits:
                 if days > 0:
                     report.merge(self._forget_before(kind, now - days * 86400.0, exact=False))
+            if retention.features_days > 0:  # markers annotate the timeline: its tier
+                cutoff_m = now - retention.features_days * 86400.0
+                report.merge(self._forget_markers(before=cutoff_m, exact=False))
             day = math.floor((now - retention.features_days * 86400.0) / PERIOD_S)
             if retention.features_days > 0 and day != self._records_cutoff_day:
                 # the same whole-day rule as the frames: the day must lie wholly before;

@@ -10,7 +10,9 @@ What is stored in clear (the threat model in the README lists it too):
 - ``chunk``: series number, sequence number, key id and the first and last
   *hour* (Unix hours) the chunk covers;
 - ``record``: opaque keyed hashes of the record kind and key;
-- ``audit``: sequence numbers and MACs.
+- ``audit``: sequence numbers and MACs;
+- ``marker`` (version 3): a row number, the opaque keyed hash of the marker
+  source and the UTC *day* of the markers the row seals.
 
 Everything else — names, channels, units, values, timestamps, counts, record
 contents, audit details — is inside AES-256-GCM blobs.
@@ -32,6 +34,8 @@ scope                  dek                     what a key serves: a series_id or
 period                 dek                     UTC day number of the data it seals (-1: none)
 rid                    record                  record id: keyed hash of (kind, key)
 kh                     record                  keyed hash of the record kind
+source_id              marker                  16-byte keyed hash of the marker source
+day                    marker                  UTC day number of the markers in the row
 =====================  ======================  ==============================================
 """
 
@@ -42,7 +46,7 @@ from collections.abc import Callable
 
 from edgetwin.errors import SchemaTooNew
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -92,8 +96,23 @@ def _v2(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    """Markers (events): sealed rows per source and UTC day (an addition: nothing is rewritten)."""
+    for statement in (
+        "CREATE TABLE marker ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " source_id BLOB NOT NULL,"
+        " day INTEGER NOT NULL,"
+        " key_id INTEGER NOT NULL,"
+        " sealed BLOB NOT NULL)",
+        "CREATE INDEX marker_day ON marker(day, id)",
+        "CREATE INDEX marker_source ON marker(source_id, day)",
+    ):
+        conn.execute(statement)
+
+
 # version reached -> migration from the version before it
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -15,12 +15,13 @@ The store is split by job; :class:`TwinStore` puts the parts together::
     series.py    series descriptions (streams, frames, predictions)
     chunks.py    appends and reads of time series
     records.py   sealed JSON records
+    markers.py   markers (events), sealed per source and UTC day
     audit.py     the audit chain
     rekey.py     re-encryption under fresh keys, key rotation
     forget.py    forget and retention
     verify.py    walking the twin for damage
 
-Writes of time series are buffered in memory and become durable together at
+Writes of time series and markers are buffered in memory and become durable together at
 :meth:`TwinStore.commit` (one SQLite transaction, ``synchronous=FULL``).
 
 Concurrency: one process (the daemon) appends; other processes may read and
@@ -44,6 +45,7 @@ from edgetwin.store.core import OnCorrupt
 from edgetwin.store.db import DB_FILE, connect, make_home, translate_error
 from edgetwin.store.forget import Forgetting
 from edgetwin.store.keys import KEYSTORE_FILE, KdfParams, Keystore, MasterKeys, Secret
+from edgetwin.store.reports import VerifyReport
 from edgetwin.store.schema import SCHEMA_VERSION, migrate, schema_version
 from edgetwin.store.series import (
     BUCKET_S,
@@ -196,6 +198,12 @@ class TwinStore(Forgetting, Verification):
 
     def __repr__(self) -> str:
         return f"TwinStore({str(self.home)!r}, twin={self.twin_id[:8]})"
+
+    def verify(self) -> VerifyReport:
+        """Walk the whole twin, decrypting everything (markers too); list all damage found."""
+        report = super().verify()
+        self._verify_markers(report)
+        return report
 
     # -- key changes ----------------------------------------------------------------------------
 
