@@ -163,6 +163,24 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class LslConfig:
+    """Lab Streaming Layer outlets published by the daemon (``daemon run --lsl`` too)."""
+
+    enabled: bool = False
+    raw: bool = True  # one outlet per raw source stream
+    features: bool = True  # the feature timeline, one channel per feature
+    forecasts: bool = True  # one outlet per forecast target: horizon, band low/high
+    markers: bool = True  # the twin's markers as an LSL "Markers" string stream
+    prefix: str = "edgetwin"  # outlet names are "<prefix>.<stream>", "<prefix>.features", ...
+    max_buffered_s: int = 30  # what an outlet keeps for a slow inlet (liblsl's default is 360)
+
+    def validate(self) -> None:
+        if not self.prefix or not all(c.isalnum() or c in "._-" for c in self.prefix):
+            raise _bad("lsl.prefix", f"is {self.prefix!r}; use letters, digits, '.', '_' or '-'")
+        _positive("lsl.max_buffered_s", self.max_buffered_s)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one twin."""
 
@@ -172,6 +190,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    lsl: LslConfig = field(default_factory=LslConfig)
 
     def validate(self) -> None:
         for f in fields(self):

@@ -25,11 +25,14 @@ def daemon_group() -> None:
 
 @daemon_group.command("run")
 @click.option("--duration", type=float, default=None, help="Stop after S seconds [default: never].")
+@click.option("--lsl", is_flag=True, default=False,
+              help="Publish raw streams, features, forecasts and markers as LSL outlets "
+              "(as '[lsl] enabled = true').")
 @pass_app
-def run_cmd(app: AppContext, duration: float | None) -> None:
+def run_cmd(app: AppContext, duration: float | None, lsl: bool) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (systemd unit in scripts/)."""
     from edgetwin.cli.unlock import open_twin_from_app
-    from edgetwin.daemon.app import build_daemon
+    from edgetwin.daemon.app import build_daemon, run_daemon
 
     if duration is not None and duration <= 0:
         raise click.BadParameter("must be greater than 0", param_hint="--duration")
@@ -38,10 +41,10 @@ def run_cmd(app: AppContext, duration: float | None) -> None:
     if app.verbose == 0:
         logging.getLogger("edgetwin").setLevel(logging.INFO)
     with open_twin_from_app(app) as store:
-        daemon = build_daemon(home, config, store)
+        daemon = build_daemon(home, config, store, lsl=True if lsl else None)
         if not daemon.runners:
             _LOGGER.warning("no sensors are paired; see 'edgetwin pair add --help'")
-        asyncio.run(daemon.run(duration))
+        asyncio.run(run_daemon(daemon, duration))
 
 
 @click.command("status")

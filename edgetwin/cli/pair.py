@@ -32,6 +32,7 @@ _ADD_COMMANDS = {
     "ble": "edgetwin.cli.pair_ble:ble_add",
     "brainflow": "edgetwin.cli.pair_brainflow:brainflow_add",
     "serial": "edgetwin.cli.pair_serial:serial_add",
+    "lsl": "edgetwin.cli.pair_lsl:lsl_add",
 }
 
 
@@ -116,7 +117,7 @@ def pair_group() -> None:
 
 @pair_group.group("add", cls=_AddGroup)
 def add_group() -> None:
-    """Register a sensor (ble, brainflow, serial, simulator)."""
+    """Register a sensor (ble, brainflow, serial, lsl, simulator)."""
 
 
 @add_group.command("simulator")

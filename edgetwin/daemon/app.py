@@ -6,8 +6,11 @@ CLI's other commands stay light.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from edgetwin.daemon.supervisor import (
     ENGINE_STATE_RECORD,
     Daemon,
     PeriodicJob,
+    Pipeline,
     persist_frames,
 )
 from edgetwin.errors import EdgetwinError
@@ -28,6 +32,7 @@ if TYPE_CHECKING:  # the real layers, named for the type checker only: importing
     from edgetwin.features.pipeline import FeaturePipeline
     from edgetwin.inference.engine import InferenceEngine
     from edgetwin.inference.serving import ServingEngine
+    from edgetwin.interop.lsl_outlets import LslPublisher
     from edgetwin.store.twin import TwinStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,8 +112,11 @@ def build_daemon(
     on_prediction: Callable[[Prediction], None] | None = None,
     pipeline: FeaturePipeline | None = None,
     engine: ServingEngine | InferenceEngine | _Load | None = LOAD,
+    lsl: bool | None = None,
 ) -> Daemon:
-    """A daemon over the paired sources (or the given ones) with features and inference."""
+    """A daemon over the paired sources (or the given ones) with features and inference;
+    with ``lsl`` (default: ``[lsl] enabled``) it publishes LSL outlets: run it with
+    :func:`run_daemon`."""
     periodic = [
         PeriodicJob("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
         # Uploads wait on the network: off the loop, so sensors keep flowing meanwhile.
@@ -125,17 +133,98 @@ def build_daemon(
             PeriodicJob("personal", REFIT_INTERVAL_S, _refit_job(store, served), in_thread=True)
         )
         score = _score_status(served)
-    return Daemon(
+    publisher = _lsl_publisher(config) if (config.lsl.enabled if lsl is None else lsl) else None
+    pipe: Pipeline = pipeline if pipeline is not None else make_pipeline(config)
+    lsl_status: Callable[[], dict[str, Any]] = dict
+    if publisher is not None:
+        pipe = _TappedPipeline(pipe, publisher.offer_frames)
+        on_prediction = _tap_predictions(on_prediction, publisher)
+        lsl_status = lambda: {"lsl": publisher.stats()}  # noqa: E731 - one-line status part
+    daemon = Daemon(
         home,
         config,
         store,
         list(sources) if sources is not None else sources_from_pairings(store),
-        pipeline=pipeline if pipeline is not None else make_pipeline(config),
+        pipeline=pipe,
         engine=served,
         on_prediction=on_prediction,
         periodic=periodic,
-        extra_status=lambda: {"budget": budget_status(store, config), **score()},
+        extra_status=lambda: {
+            "budget": budget_status(store, config), **score(), **lsl_status()
+        },
     )
+    if publisher is not None:
+        _PUBLISHERS[daemon] = (publisher, daemon.hub.subscribe("lsl"))
+    return daemon
+
+
+async def run_daemon(daemon: Daemon, duration: float | None = None) -> None:
+    """``daemon.run`` with what :func:`build_daemon` attached beside it (the LSL outlets:
+    a hub consumer task, ended when the daemon closes its hub)."""
+    attached = _PUBLISHERS.pop(daemon, None)
+    if attached is None:
+        await daemon.run(duration)
+        return
+    publisher, queue = attached
+    publisher.start()
+    consumer = asyncio.create_task(publisher.consume(queue), name="consumer:lsl")
+    try:
+        await daemon.run(duration)
+        # the hub is closed: what is queued is pushed, then the consumer ends
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(consumer), 10.0)
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await consumer
+        await asyncio.to_thread(publisher.close)
+
+
+# daemon -> its LSL publisher and hub queue, until run_daemon starts them
+_PUBLISHERS: weakref.WeakKeyDictionary[Daemon, tuple[LslPublisher, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lsl_publisher(config: Config) -> LslPublisher:
+    from edgetwin.interop.lsl_outlets import LslPublisher
+
+    return LslPublisher(config.lsl, step_s=config.twin.step_s)
+
+
+class _TappedPipeline:
+    """The feature pipeline, handing each new frame to the LSL outlets too (never blocking)."""
+
+    def __init__(self, inner: Pipeline, tap: Callable[[list[FeatureFrame]], None]) -> None:
+        self._inner = inner
+        self._tap = tap
+
+    def push(self, batch: SampleBatch) -> list[FeatureFrame]:
+        frames = self._inner.push(batch)
+        self._tap(frames)
+        return frames
+
+    def flush(self) -> list[FeatureFrame]:
+        frames = self._inner.flush()
+        self._tap(frames)
+        return frames
+
+    def drop_buffers(self, stream: str | None = None) -> None:
+        self._inner.drop_buffers(stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _tap_predictions(
+    inner: Callable[[Prediction], None] | None, publisher: LslPublisher
+) -> Callable[[Prediction], None]:
+    def on_prediction(pred: Prediction) -> None:
+        publisher.offer_predictions([pred])
+        if inner is not None:
+            inner(pred)
+
+    return on_prediction
 
 
 def _refit_job(store: TwinStore, served: ServingEngine) -> Callable[[], None]:

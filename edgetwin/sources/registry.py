@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "serial": "edgetwin.sources.serial:SerialSource",
     "ble": "edgetwin.sources.ble:BleSource",
     "replay": "edgetwin.sources.recording:ReplaySource",
+    "lsl": "edgetwin.sources.lsl:LslSource",
 }
 
 
