@@ -153,6 +153,7 @@ class SyncConfig:
     backoff_initial_s: float = 30.0  # first retry of a failed upload
     backoff_max_s: float = 3600.0  # retries never wait longer than this
     max_per_run: int = 1000  # uploads attempted by one drain of the outbox
+    interval_s: float = 900.0  # how often the daemon releases what is due and drains the outbox
 
     def validate(self) -> None:
         _positive("sync.timeout_s", self.timeout_s)
@@ -160,6 +161,8 @@ class SyncConfig:
         if self.backoff_max_s < self.backoff_initial_s:
             raise _bad("sync.backoff_max_s", "must be >= sync.backoff_initial_s")
         _positive("sync.max_per_run", self.max_per_run)
+        if not 10.0 <= self.interval_s <= 86_400.0:
+            raise _bad("sync.interval_s", "must be between 10 and 86400 seconds")
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,11 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_default_text_round_trips() -> None:
     assert parse_config(default_config_text()) == Config()
+
+
+def test_sync_interval_is_configurable_within_bounds() -> None:
+    assert parse_config("[sync]\ninterval_s = 60\n").sync.interval_s == 60.0
+    assert Config().sync.interval_s == 900.0
+    for bad in ("1", "100000"):
+        with pytest.raises(ConfigError, match="sync.interval_s"):
+            parse_config(f"[sync]\ninterval_s = {bad}\n")

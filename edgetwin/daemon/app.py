@@ -46,7 +46,6 @@ class _Load:
 
 LOAD = _Load()  # build_daemon(engine=LOAD) loads the models; None runs without them
 RETENTION_INTERVAL_S = 3600.0
-SYNC_INTERVAL_S = 900.0
 
 
 def sources_from_pairings(store: TwinStore) -> list[Source]:
@@ -120,7 +119,7 @@ def build_daemon(
     periodic = [
         PeriodicJob("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
         # Uploads wait on the network: off the loop, so sensors keep flowing meanwhile.
-        PeriodicJob("sync", SYNC_INTERVAL_S, _sync_job(store, config), in_thread=True),
+        PeriodicJob("sync", config.sync.interval_s, _sync_job(store, config), in_thread=True),
     ]
     served = load_engine(store, config) if isinstance(engine, _Load) else engine
     score: Callable[[], dict[str, Any]] = dict
