@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from edgetwin.cli.common import AppContext, emit_json, pass_app
+from edgetwin.cli.common import AppContext, emit_json, json_option, pass_app
 from edgetwin.errors import DeviceNotFound, UsageError
 
 __all__ = ["build_lsl_record", "default_lsl_name", "lsl_add"]
@@ -63,6 +63,7 @@ def default_lsl_name(meta: dict[str, Any], existing: set[str]) -> str:
               help="Source name in the twin (stream SOURCE.<kind>) [default: from the stream].")
 @click.option("--timeout", type=float, default=2.0, show_default=True,
               help="Seconds to look for the stream (and for a second one of the same name).")
+@json_option
 @pass_app
 def lsl_add(
     app: AppContext,
