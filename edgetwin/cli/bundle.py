@@ -54,6 +54,15 @@ def _limit_option(f: Any) -> Any:
               help="Only these streams (comma-separated or repeated) [default: all].")
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @_limit_option
+@click.option("--format", "fmt", type=click.Choice(["bundle", "fhir", "omh"], case_sensitive=False),
+              default="bundle", show_default=True,
+              help="bundle: the whole twin, encrypted; fhir: a FHIR R4 Bundle of Observations; "
+              "omh: Open mHealth data points (both JSON, plain unless --recipient/--passphrase).")
+@click.option("--every", default=None, metavar="5m|1h|raw",
+              help="fhir/omh: the mean over windows of this length, or raw (one value per "
+              "feature frame) [default: 5m].")
+@click.option("--with-forecasts", is_flag=True,
+              help="fhir: add the forecasts as preliminary Observations marked 'forecast'.")
 @json_option
 @pass_app
 def export_cmd(
@@ -67,12 +76,28 @@ def export_cmd(
     streams: tuple[str, ...],
     force: bool,
     passphrase_limit_mb: int,
+    fmt: str,
+    every: str | None,
+    with_forecasts: bool,
 ) -> None:
-    """Write the twin as one age-encrypted bundle of open formats (EDF+, SNIRF, CSV, JSON)."""
+    """Write the twin as one age-encrypted bundle of open formats (EDF+, SNIRF, CSV, JSON),
+    or its vital signs as FHIR R4 / Open mHealth JSON (--format)."""
     from edgetwin.bundle import export_bundle
     from edgetwin.cli.data import parse_time
     from edgetwin.cli.unlock import open_twin_from_app
 
+    fmt = fmt.lower()
+    if fmt != "bundle":
+        _export_interop(app, output, fmt=fmt, every=every, with_forecasts=with_forecasts,
+                        recipients=recipients, use_passphrase=use_passphrase,
+                        bundle_passphrase_file=bundle_passphrase_file, t_from=t_from, t_to=t_to,
+                        streams=streams, force=force, limit_mb=passphrase_limit_mb)
+        return
+    if every is not None or with_forecasts:
+        raise UsageError(
+            f"{'--every' if every is not None else '--with-forecasts'} goes with --format fhir "
+            "or omh", hint="a twin bundle holds every frame and forecast as they are",
+        )
     if bool(recipients) == use_passphrase:
         raise UsageError("give either --recipient AGE_PUBKEY (one or more) or --passphrase")
     t0 = parse_time(t_from, option="--from")
@@ -105,6 +130,52 @@ def export_cmd(
     )
     for s in report.streams:
         click.echo(f"  {s['name']}: {s['format'].upper()}, {s['samples']} samples ({s['why']})")
+
+
+def _export_interop(
+    app: AppContext, output: Path, *, fmt: str, every: str | None, with_forecasts: bool,
+    recipients: tuple[str, ...], use_passphrase: bool, bundle_passphrase_file: Path | None,
+    t_from: str | None, t_to: str | None, streams: tuple[str, ...], force: bool, limit_mb: int,
+) -> None:
+    """``export --format fhir|omh``: the timeline as JSON, age-encrypted on request."""
+    from edgetwin.cli.data import parse_time
+    from edgetwin.cli.unlock import open_twin_from_app
+    from edgetwin.interop.export import export_interop
+    from edgetwin.interop.windows import DEFAULT_EVERY, parse_every
+
+    if streams:
+        raise UsageError(f"--streams goes with twin bundles, not --format {fmt}",
+                         hint="FHIR and Open mHealth exports are made from the feature timeline")
+    if recipients and use_passphrase:
+        raise UsageError("give either --recipient AGE_PUBKEY or --passphrase, not both")
+    seconds = parse_every(every)
+    t0 = parse_time(t_from, option="--from")
+    t1 = parse_time(t_to, option="--to")
+    app.require_home()
+    step_s = app.config().twin.step_s
+    passphrase = (
+        _bundle_passphrase(bundle_passphrase_file, confirm=True) if use_passphrase else None
+    )
+    with open_twin_from_app(app) as store:
+        report = export_interop(
+            store, output, fmt=fmt, every=seconds, every_text=(every or DEFAULT_EVERY).lower(),
+            step_s=step_s, t0=t0, t1=t1, with_forecasts=with_forecasts,
+            recipients=list(recipients) if recipients else None, passphrase=passphrase,
+            force=force, passphrase_limit=limit_mb * 1024 * 1024, progress=_progress(app),
+        )
+    if app.as_json:
+        emit_json(report.to_json())
+        return
+    what = ", ".join(f"{n} {k}" for k, n in report.resources.items()) or "nothing"
+    extra = f" and {report.forecasts} forecast points" if report.forecasts else ""
+    click.echo(
+        f"exported {what}{extra} from {report.frames} frames (every {report.every}) to "
+        f"{report.path} ({report.bytes / 1e6:.2f} MB, {fmt.upper()}, {report.mode}) "
+        f"in {report.seconds:.1f} s"
+    )
+    if report.mode == "plain":
+        click.echo("  the file is not encrypted: it holds health data (mode 0600); "
+                   "--recipient AGE_PUBKEY encrypts it")
 
 
 @click.command("import")
