@@ -26,7 +26,7 @@ from edgetwin.daemon.supervisor import (
 )
 from edgetwin.errors import EdgetwinError
 from edgetwin.sources.base import Source
-from edgetwin.types import FeatureFrame, Prediction, SampleBatch
+from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch
 
 if TYPE_CHECKING:  # the real layers, named for the type checker only: importing them is lazy
     from edgetwin.features.pipeline import FeaturePipeline
@@ -138,6 +138,7 @@ def build_daemon(
     if publisher is not None:
         pipe = _TappedPipeline(pipe, publisher.offer_frames)
         on_prediction = _tap_predictions(on_prediction, publisher)
+        _tap_markers(store, publisher)
         lsl_status = lambda: {"lsl": publisher.stats()}  # noqa: E731 - one-line status part
     daemon = Daemon(
         home,
@@ -213,6 +214,18 @@ class _TappedPipeline:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+def _tap_markers(store: TwinStore, publisher: LslPublisher) -> None:
+    """Every marker this store accepts from now on (the daemon's control socket, sources) is
+    published on the LSL markers outlet too; a refused one raises as before, unpublished."""
+    inner = store.append_markers
+
+    def append_markers(markers: Sequence[Marker]) -> None:
+        inner(markers)
+        publisher.offer_markers([(m.t, m.text) for m in markers])
+
+    store.append_markers = append_markers  # type: ignore[method-assign]
 
 
 def _tap_predictions(

@@ -174,3 +174,75 @@ def test_features_outlet_and_markers_outlet_exist_with_their_metadata(
     with TwinStore.open(Path(env["EDGETWIN_HOME"]), Secret.passphrase(PASS)) as store:
         frames = np.array([f.t for f in store.read_frames()])
     assert np.min(np.abs(frames - frame_t)) < 0.005
+
+
+def test_forecast_outlet_has_horizon_and_band_per_target(prefix: str) -> None:
+    from edgetwin.config import LslConfig
+    from edgetwin.interop.lsl_outlets import LslPublisher
+    from edgetwin.types import Prediction
+
+    publisher = LslPublisher(LslConfig(enabled=True, prefix=prefix), step_s=5.0)
+    t = time.time() - 1.0
+    pred = Prediction(t=t, target="hr", step_s=5.0, horizon=(61.0, 62.5, 64.0),
+                      band=((58.0, 64.0), (59.0, 66.0), (60.0, 68.0)), attention=(1.0,),
+                      imputed=(), model="test")
+    try:
+        publisher.offer_predictions([pred])  # creates the outlet, pushes before any inlet
+        inlet = pylsl.StreamInlet(resolve_one(f"{prefix}.forecast.hr", 10.0),
+                                  processing_flags=pylsl.proc_clocksync)
+        info = inlet.info(10.0)
+        assert info.type() == "Forecast"
+        assert info.get_channel_labels() == [
+            "hr@+5s", "hr@+5s_lo", "hr@+5s_hi", "hr@+10s", "hr@+10s_lo", "hr@+10s_hi",
+            "hr@+15s", "hr@+15s_lo", "hr@+15s_hi"]
+        assert set(info.get_channel_units()) == {"bpm"}
+        inlet.open_stream(10.0)
+        time.sleep(0.5)  # the inlet is connected: later pushes reach it
+        later = Prediction(t=t + 5.0, target="hr", step_s=5.0, horizon=(70.0, 71.0, 72.0),
+                           band=((1.0, 2.0), (3.0, 4.0), (5.0, 6.0)), attention=(1.0,),
+                           imputed=(), model="test")
+        publisher.offer_predictions([later])
+        sample, stamp = inlet.pull_sample(timeout=10.0)
+        assert sample == [70.0, 1.0, 2.0, 71.0, 3.0, 4.0, 72.0, 5.0, 6.0]
+        assert abs(stamp - pylsl.local_clock() + time.time() - (t + 5.0)) < 0.005
+        assert publisher.stats()["outlets"][0]["samples"] >= 2
+    finally:
+        publisher.close()
+
+
+async def test_markers_the_daemon_stores_are_published(
+    tmp_path: Path, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process daemon: a marker accepted by its store comes out of the markers outlet."""
+    import asyncio
+
+    from edgetwin.config import Config, LslConfig
+    from edgetwin.daemon.app import build_daemon, run_daemon
+    from edgetwin.errors import MalformedInput
+    from edgetwin.types import Marker
+
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
+    home = tmp_path / "twin"
+    store = TwinStore.create(home, Secret.passphrase(PASS))
+    config = Config(lsl=LslConfig(enabled=True, prefix=prefix))
+    try:
+        daemon = build_daemon(home, config, store, sources=[], engine=None)
+        run = asyncio.create_task(run_daemon(daemon, 20.0))
+        info = await asyncio.to_thread(resolve_one, f"{prefix}.markers", 10.0)
+        inlet = pylsl.StreamInlet(info, processing_flags=pylsl.proc_clocksync)
+        await asyncio.to_thread(inlet.open_stream, 10.0)
+        await asyncio.sleep(0.5)
+        t = time.time() - 0.25
+        with pytest.raises(MalformedInput, match="control character"):
+            store.append_markers([Marker(t, "bad\x07text")])  # refused: nothing published
+        store.append_markers([Marker(t, "stimulus on", "cli")])
+        sample, stamp = await asyncio.to_thread(inlet.pull_sample, 10.0)
+        assert sample == ["stimulus on"]
+        assert abs(stamp - pylsl.local_clock() + time.time() - t) < 0.005
+        more, _ = await asyncio.to_thread(inlet.pull_sample, 0.5)
+        assert more is None, "the refused marker was not published"
+        daemon.stop()
+        await run
+        assert store.read_markers()[0].text == "stimulus on"
+    finally:
+        store.close()
