@@ -51,24 +51,41 @@ def parse_time(text: str | None, *, option: str) -> float | None:
 
 @click.command("ingest")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stream", required=True, help="Stream name prefix for the recording's channels.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "brainflow"]), default=None,
+@click.option("--stream", default=None,
+              help="Stream name (prefix) for the recording's channels [XDF: optional prefix].")
+@click.option("--format", "fmt", type=click.Choice(["csv", "brainflow", "xdf"]), default=None,
               help="Recording format [default: from the file name].")
 @click.option("--board", default=None, help="Board of a brainflow file, e.g. MUSE_S_BOARD.")
 @click.option("--allow-future", is_flag=True,
               help="Accept timestamps more than a day ahead of this machine's clock.")
+@click.option("--salvage", is_flag=True,
+              help="XDF: store what is readable of a damaged or truncated file.")
+@click.option("--start", "start", default=None, metavar="TIME",
+              help="XDF: when the first sample was taken (for LSL-clock times without a date).")
 @json_option
 @pass_app
 def ingest_cmd(
-    app: AppContext, file: Path, stream: str, fmt: str | None, board: str | None,
-    allow_future: bool,
+    app: AppContext, file: Path, stream: str | None, fmt: str | None, board: str | None,
+    allow_future: bool, salvage: bool, start: str | None,
 ) -> None:
-    """Push a recording through the daemon's pipeline into the twin, as fast as possible."""
+    """Push a recording through the daemon's pipeline into the twin, as fast as possible.
+
+    XDF files (LabRecorder) bring every stream, and their marker streams as markers.
+    """
     from edgetwin.cli.pair import check_name
     from edgetwin.cli.unlock import open_twin_from_app
     from edgetwin.daemon.app import load_engine, make_pipeline, process_offline
     from edgetwin.sources.recording import EPOCH_MAX, read_recording
 
+    if fmt == "xdf" or (fmt is None and file.suffix.lower() in (".xdf", ".xdfz")):
+        _ingest_xdf(app, file, stream, allow_future, salvage, start)
+        return
+    if salvage or start is not None:
+        raise UsageError("--salvage and --start apply to XDF files only",
+                         hint="drop them, or pass --format xdf")
+    if stream is None:
+        raise UsageError("ingest of a CSV or BrainFlow file needs --stream NAME",
+                         hint="the name the twin keeps the recording's channels under")
     check_name(stream)
     app.require_home()
     config = app.config()
@@ -123,6 +140,85 @@ def ingest_cmd(
         )
         if note:
             click.echo(note)
+
+
+def _ingest_xdf(
+    app: AppContext, file: Path, prefix: str | None, allow_future: bool, salvage: bool,
+    start: str | None,
+) -> None:
+    """``ingest FILE.xdf``: checked and read whole before the twin is opened (nothing is
+    stored from a damaged file unless ``--salvage``), then its signal streams go through
+    the pipeline interleaved by time and its marker streams become markers."""
+    from edgetwin.cli.pair import check_name
+    from edgetwin.cli.unlock import open_twin_from_app
+    from edgetwin.daemon.app import load_engine, make_pipeline, process_offline
+    from edgetwin.interop.xdf import read_xdf
+    from edgetwin.sources.recording import EPOCH_MAX, FUTURE_SLACK_S
+
+    if prefix is not None:
+        check_name(prefix)
+    if file.suffix.lower() == ".xdfz" or file.name.lower().endswith(".xdf.gz"):
+        raise UsageError(f"{file.name} is compressed", hint="gunzip it first (zcat F > F.xdf)")
+    app.require_home()
+    config = app.config()
+    start_t = parse_time(start, option="--start")
+    latest = EPOCH_MAX if allow_future else time.time() + FUTURE_SLACK_S
+    started = time.perf_counter()
+    rec = read_xdf(file, salvage=salvage, start=start_t, latest=latest)
+    markers = rec.markers()
+    signal = rec.signal_streams(prefix)
+    for name, _s in signal:
+        check_name(name)
+    show_progress = is_tty() and not app.as_json
+    span = _Span()
+    with open_twin_from_app(app) as store:
+        engine = load_engine(store, config)
+        prior_last = engine.state()["last_t"] if engine is not None else None
+        store.append_markers(markers)
+        ticker = _Ticker(file.name) if show_progress else None
+
+        def on_batch(batch: Any) -> None:
+            span.update(batch)
+            if ticker is not None:
+                ticker.update(batch)
+
+        report = process_offline(store, rec.batches(prefix), make_pipeline(config), engine,
+                                 on_batch=on_batch)
+        store.commit()  # markers too when the file held no signal stream
+        if ticker is not None:
+            ticker.done()
+        store.audit("ingest", format="xdf", streams=sorted(report.streams),
+                    samples=report.samples, markers=len(markers), salvaged=len(rec.problems))
+    elapsed = time.perf_counter() - started
+    note = _forecast_note(config, engine, prior_last, span, report.frames, report.predictions)
+    result = {
+        "file": str(file),
+        "streams": sorted(report.streams),
+        "samples": report.samples,
+        "markers": len(markers),
+        "marker_sources": sorted({m.source for m in markers}),
+        "frames": report.frames,
+        "predictions": report.predictions,
+        "clock": rec.clock,
+        "salvaged": [str(p) for p in rec.problems],
+        "forecast_note": note,
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(report.samples / elapsed, 1) if elapsed > 0 else None,
+    }
+    if app.as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"ingested {report.samples} samples into {', '.join(sorted(report.streams)) or 'no stream'}"
+        f" and {len(markers)} markers: {report.frames} frames, {report.predictions} predictions "
+        f"in {elapsed:.2f} s"
+    )
+    if rec.problems:
+        click.echo(f"salvaged: {len(rec.problems)} problem(s); what they cut off was not stored:")
+        for p in rec.problems:
+            click.echo(f"  {p}")
+    if note:
+        click.echo(note)
 
 
 class _Span:
