@@ -42,6 +42,8 @@ _MODE_F8 = 0
 _MODE_F4 = 1
 _MODE_DECIMAL = 2
 _MODE_AFFINE = 3
+_MODE_BINARY = 4
+_BINARY_PLACES = (4, 8, 12, 16, 20, 24)
 _MAX_DECIMALS = 6
 _POW10 = [10.0**k for k in range(_MAX_DECIMALS + 1)]
 _MAX_EXACT_INT = 2.0**53
@@ -98,11 +100,12 @@ def encode_samples(
 
     Each channel is stored as the smallest exact form that reproduces every
     value bit for bit: integers of an ADC (``n * scale + offset``, with
-    ``affine`` from the source), integers at a decimal step (``n / 10**k``),
-    float32, or float64. Integers and the bit patterns of floats are
-    delta-coded down the rows, byte-shuffled and deflated; timestamps as the
-    second difference of their bit patterns, which is nearly all zeros for a
-    regularly sampled stream. NaN (missing) is kept in a bitmap.
+    ``affine`` from the source), integers at a decimal step (``n / 10**k``)
+    or a power-of-two step (``n * 2**-k``), float32, or float64. Integers and
+    the bit patterns of floats are delta-coded down the rows, zigzagged,
+    byte-shuffled and deflated; timestamps as the second difference of their
+    bit patterns, which is nearly all zeros for a regularly sampled stream.
+    NaN (missing) is kept in a bitmap.
     """
     rows = int(t.shape[0])
     values = np.ascontiguousarray(values, dtype="<f8")
@@ -142,6 +145,26 @@ def encode_samples(
             full[:, cols] = n
             _take(ok, _MODE_DECIMAL, full, modes, ints, todo)
             params[ok, 0] = k
+        for k in _BINARY_PLACES:
+            if not todo.any():
+                break
+            # integers at a power-of-two step (many ADC scales, 1000/2048 uV say): exact
+            head = clean[:_PROBE_ROWS][:, todo]
+            with np.errstate(invalid="ignore", over="ignore"):
+                n_head = np.rint(head * 2.0**k) + 0.0
+                cols = np.flatnonzero(todo)[_exact(n_head * 2.0**-k, head, n_head)]
+            if not cols.size:
+                continue
+            sub = clean[:, cols]
+            with np.errstate(invalid="ignore", over="ignore"):
+                n = np.rint(sub * 2.0**k) + 0.0
+                ok_sub = _exact(n * 2.0**-k, sub, n)
+            ok = np.zeros(n_ch, dtype=bool)
+            ok[cols[ok_sub]] = True
+            full = np.zeros((rows, n_ch))
+            full[:, cols] = n
+            _take(ok, _MODE_BINARY, full, modes, ints, todo)
+            params[ok, 0] = k
         if todo.any():
             cols = np.flatnonzero(todo)
             with np.errstate(over="ignore"):
@@ -158,9 +181,9 @@ def encode_samples(
         t_dd = np.diff(t_bits, n=2, prepend=np.zeros(2, dtype="<i8")) if rows else t_bits
         v_d = np.diff(ints, axis=0, prepend=np.zeros((1, n_ch), dtype="<i8"))
     flags = _FLAG_NAN if any_nan else 0
-    t_blob, packed = _pack(t_dd)
+    t_blob, packed = _pack(_zigzag(t_dd))
     flags |= _FLAG_T_PACKED if packed else 0
-    v_blob, packed = _pack(v_d)
+    v_blob, packed = _pack(_zigzag(v_d))
     flags |= _FLAG_V_PACKED if packed else 0
     parts = [
         _SAMPLE_HEADER.pack(2, flags, layout, rows),
@@ -198,6 +221,7 @@ def decode_samples(data: bytes, n_channels_of: list[int]) -> tuple[int, FloatArr
         pos += _SECTION.size
         v_d = _unpack(data[pos : pos + v_len], flags & _FLAG_V_PACKED, rows * n_ch, "<i8")
         pos += v_len
+        t_dd, v_d = _unzigzag(t_dd), _unzigzag(v_d)
         with np.errstate(over="ignore"):
             t = np.cumsum(np.cumsum(t_dd, dtype="<i8"), dtype="<i8").view("<f8")
             ints = np.cumsum(v_d.reshape(rows, n_ch), axis=0, dtype="<i8")
@@ -209,6 +233,8 @@ def decode_samples(data: bytes, n_channels_of: list[int]) -> tuple[int, FloatArr
                 values[:, c] = col.astype(np.float64) * params[c, 0] + params[c, 1]
             elif mode == _MODE_DECIMAL:
                 values[:, c] = col.astype(np.float64) / _POW10[int(params[c, 0])]
+            elif mode == _MODE_BINARY:
+                values[:, c] = col.astype(np.float64) * 2.0 ** -int(params[c, 0])
             elif mode == _MODE_F4:
                 values[:, c] = col.astype("<i4").view("<f4")
             elif mode == _MODE_F8:
@@ -234,6 +260,19 @@ def _decode_samples_v1(
     t = _unpack(data[pos : pos + t_len], flags & _FLAG_T_PACKED, rows)
     values = _unpack(data[pos + t_len :], flags & _FLAG_V_PACKED, rows * n_ch).reshape(rows, n_ch)
     return t, values
+
+
+def _zigzag(d: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    """Signed to unsigned with small magnitudes small (0, -1, 1, -2 -> 0, 1, 2, 3): the high
+    bytes of a small negative difference become zeros too, so they deflate away."""
+    out: npt.NDArray[np.uint64] = ((d << 1) ^ (d >> 63)).view("<u8")
+    return out
+
+
+def _unzigzag(z: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    u = z.view("<u8")
+    out: npt.NDArray[np.int64] = (u >> np.uint64(1)).view("<i8") ^ -(u & np.uint64(1)).view("<i8")
+    return out
 
 
 def _exact(recon: FloatArray, want: FloatArray, n: FloatArray) -> npt.NDArray[np.bool_]:

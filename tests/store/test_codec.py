@@ -39,7 +39,8 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     nan = np.isnan(a)
     if not np.array_equal(nan, np.isnan(b)):
         return False
-    return bool(np.array_equal(np.where(nan, 0.0, a).view("<i8"), np.where(nan, 0.0, b).view("<i8")))
+    a0, b0 = np.where(nan, 0.0, a), np.where(nan, 0.0, b)
+    return bool(np.array_equal(a0.view("<i8"), b0.view("<i8")))
 
 
 @settings(max_examples=150, deadline=None)
@@ -167,3 +168,14 @@ def test_serial_bridge_values_are_stored_as_integers_and_read_back_exactly(
         assert sealed < 0.5 * values.nbytes  # float64 would not fit
     finally:
         store.close()
+
+
+def test_power_of_two_steps_are_stored_as_integers() -> None:
+    rng = np.random.default_rng(8)
+    rows = 1000
+    n = np.cumsum(rng.integers(-40, 40, (rows, 4)), axis=0)
+    values = n * (1000 / 2048)  # a Muse-like EEG step in uV
+    blob = codec.encode_samples(0, _times(rows), values)
+    assert len(blob) < 0.3 * 8 * rows * 5
+    _, v2 = _roundtrip(_times(rows), values)
+    assert np.array_equal(values.view("<i8"), v2.view("<i8"))
