@@ -177,7 +177,8 @@ class FhirWriter:
             if metric is None:
                 continue
             url = _urn()
-            self._measured[(agg.feature, agg.start)] = url
+            if self.predictions is not None:  # only forecasts look them up (derivedFrom)
+                self._measured[(agg.feature, agg.start)] = url
             self.counts.observations[agg.feature] = self.counts.observations.get(agg.feature, 0) + 1
             yield _entry(url, self._measured_obs(metric, agg))
         if self.predictions is not None:
