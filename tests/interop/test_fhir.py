@@ -296,3 +296,36 @@ def test_existing_file_is_kept_without_force(twin: Vitals, tmp_path: Path) -> No
     assert out.read_text() == "keep me"
     _export(twin, out, "--force")
     _parse(out.read_text())
+
+
+def test_passphrase_output_opens_with_that_passphrase(twin: Vitals, tmp_path: Path) -> None:
+    import pyrage
+
+    secret = tmp_path / "bundle-pass"
+    secret.write_text("a clinic's passphrase\n")
+    secret.chmod(0o600)
+    out = tmp_path / "vitals.age"
+    report = _export(twin, out, "--every", "1h", "--passphrase",
+                     "--bundle-passphrase-file", str(secret))
+    assert report["mode"] == "passphrase"
+    plain = pyrage.passphrase.decrypt(out.read_bytes(), "a clinic's passphrase")
+    bundle, _ = _parse(plain.decode())
+    assert bundle.type == "collection"
+    with pytest.raises(pyrage.DecryptError):
+        pyrage.passphrase.decrypt(out.read_bytes(), "another passphrase")
+
+
+def test_the_export_runs_without_the_validation_libraries() -> None:
+    """fhir.resources and jsonschema are dev extras: the export modules never import them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import edgetwin.interop.export, edgetwin.interop.fhir, edgetwin.interop.omh\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('fhir', 'fhir_core', 'pydantic', 'jsonschema', 'referencing'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
