@@ -198,7 +198,9 @@ class Prediction:
 
 # -- markers ---------------------------------------------------------------------------
 
-MARKER_TEXT_MAX = 1024  # characters of a marker's text
+# characters of a marker's text: one JSON request line of the control socket (4 KiB) holds
+# it even when every character is escaped (\uXXXX)
+MARKER_TEXT_MAX = 512
 MARKER_SOURCE_MAX = 128  # characters of a marker's source
 # Bidirectional overrides and isolates: they reorder what a terminal shows ("Trojan Source").
 _BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

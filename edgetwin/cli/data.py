@@ -292,32 +292,42 @@ def timeline_cmd(
 
     t0 = parse_time(t_from, option="--from")
     t1 = parse_time(t_to, option="--to")
+    from edgetwin.cli.markers import markers_by_frame
+
     app.require_home()
     with open_twin_from_app(app) as store:
         frames = list(store.read_frames(t0, t1))
+        marks = store.read_markers(t0, t1, on_corrupt="skip")
     total = len(frames)
     limited = last is None and not show_all and not (app.as_json or as_csv)
     if limited:
         last = TIMELINE_DEFAULT_LAST  # a table of a week of 5 s steps helps nobody
     if last is not None and not show_all:
         frames = frames[-last:] if last > 0 else []
+    # each frame carries the markers of its step
+    per_frame = markers_by_frame([f.t for f in frames], marks)
     if app.as_json:
-        emit_json([_frame_json(f, NAMES, QUALITY_THRESHOLD) for f in frames])
+        emit_json([
+            {**_frame_json(f, NAMES, QUALITY_THRESHOLD), "markers": [m.to_json() for m in ms]}
+            for f, ms in zip(frames, per_frame, strict=True)
+        ])
         return
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["timestamp", *NAMES, *(f"{n}_quality" for n in NAMES), "imputed"])
-        for f in frames:
+        writer.writerow(["timestamp", *NAMES, *(f"{n}_quality" for n in NAMES), "imputed",
+                         "markers"])
+        for f, ms in zip(frames, per_frame, strict=True):
             values = ["" if not _usable(f, i, QUALITY_THRESHOLD) else f"{f.values[i]:.6g}"
                       for i in range(len(NAMES))]
             quality = [f"{q:.3g}" for q in f.quality]
             imputed = ";".join(n for i, n in enumerate(NAMES) if f.imputed[i])
-            writer.writerow([f"{f.t:.3f}", *values, *quality, imputed])
+            writer.writerow([f"{f.t:.3f}", *values, *quality, imputed,
+                             "; ".join(m.text for m in ms)])
         return
     if not frames:
         click.echo("no feature frames in that range")
         return
-    for line in _timeline_table(frames, FEATURES, QUALITY_THRESHOLD):
+    for line in _timeline_table(frames, FEATURES, QUALITY_THRESHOLD, per_frame):
         click.echo(line)
     if limited and len(frames) < total:
         click.echo(f"the last {len(frames)} of {total} frames; --last N or --all for more")
@@ -356,14 +366,17 @@ def predictions_cmd(
         except DaemonNotRunning as exc:
             raise DaemonNotRunning(str(exc), hint="--follow needs a running daemon") from None
         return
+    from edgetwin.cli.markers import MARKER_CONTEXT_S
     from edgetwin.cli.unlock import open_twin_from_app
 
     with open_twin_from_app(app) as store:
         fetch = last * 8 if target else last  # forecasts of all targets are interleaved
         preds = store.read_predictions(last=fetch)
-    if target:
-        preds = [p for p in preds if p.target == target][-last:]
-    _print_predictions(preds, app.as_json)
+        if target:
+            preds = [p for p in preds if p.target == target][-last:]
+        marks = (store.read_markers(preds[0].t - MARKER_CONTEXT_S, preds[-1].t,
+                                    on_corrupt="skip") if preds else [])
+    _print_predictions(preds, app.as_json, marks)
 
 
 def _print_score(app: AppContext, follow: bool) -> None:
@@ -420,9 +433,16 @@ def _output_width() -> int:
     return shutil.get_terminal_size((100, 20)).columns
 
 
-def _print_predictions(preds: list[Any], as_json: bool) -> None:
+def _print_predictions(preds: list[Any], as_json: bool, marks: list[Any] | None = None) -> None:
+    """The forecasts; one made within ``MARKER_CONTEXT_S`` after a marker says so (JSON:
+    ``after_marker``; table: a line per marker below)."""
+    from edgetwin.cli.markers import after_marker_json, marker_before, marker_notes
+
+    marks = marks or []
     if as_json:
-        emit_json([p.to_json() for p in preds])
+        times = [m.t for m in marks]
+        emit_json([{**p.to_json(), "after_marker": after_marker_json(
+            p.t, marker_before(p.t, times, marks))} for p in preds])
         return
     if not preds:
         click.echo("no predictions yet (the forecaster needs a few minutes of context)")
@@ -432,8 +452,10 @@ def _print_predictions(preds: list[Any], as_json: bool) -> None:
     except ImportError:
         for p in preds:
             click.echo(f"{p.t:.0f} {p.target}: {', '.join(f'{v:.1f}' for v in p.horizon)}")
-        return
-    click.echo(render_predictions(preds, width=_output_width()))
+    else:
+        click.echo(render_predictions(preds, width=_output_width()))
+    for line in marker_notes(preds, marks):
+        click.echo(line)
 
 
 def _usable(frame: Any, i: int, threshold: float) -> bool:
@@ -452,8 +474,11 @@ def _frame_json(frame: Any, names: tuple[str, ...], threshold: float) -> dict[st
     }
 
 
-def _timeline_table(frames: list[Any], features: Any, threshold: float) -> list[str]:
-    """Aligned columns with full feature names and units, values rounded per unit.
+def _timeline_table(
+    frames: list[Any], features: Any, threshold: float, markers: list[list[Any]] | None = None
+) -> list[str]:
+    """Aligned columns with full feature names and units, values rounded per unit; a
+    marker is a row of its own (``▸ time text [source]``) before the frame of its step.
 
     Features with no usable value in these frames get no column, only a note.
     """
@@ -468,7 +493,10 @@ def _timeline_table(frames: list[Any], features: Any, threshold: float) -> list[
         f"{'':<{time_w}}  "
         + "  ".join(f"{_unit_label(features[i].unit):>{widths[i]}} " for i in shown).rstrip(),
     ]
-    for f in frames:
+    for k, f in enumerate(frames):
+        for m in (markers[k] if markers else ()):
+            when = dt.datetime.fromtimestamp(m.t).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(f"{when:<{time_w}}  ▸ {m.text}  [{m.source}]")
         cells = []
         for i in shown:
             if _usable(f, i, threshold):
@@ -478,7 +506,8 @@ def _timeline_table(frames: list[Any], features: Any, threshold: float) -> list[
                 cells.append(f"{'·':>{widths[i]}} ")
         stamp = dt.datetime.fromtimestamp(f.t).strftime("%Y-%m-%d %H:%M:%S")
         lines.append(f"{stamp:<{time_w}}  " + "  ".join(cells).rstrip())
-    lines.append("· missing or poor quality   * imputed")
+    lines.append("· missing or poor quality   * imputed"
+                 + ("   ▸ marker" if markers and any(markers) else ""))
     empty = [features[i].name for i in range(len(features)) if i not in shown]
     if empty:
         lines.append(f"no usable values here: {', '.join(empty)}")

@@ -33,6 +33,8 @@ _COMMANDS: dict[str, str] = {
     "ingest": "edgetwin.cli.data:ingest_cmd",
     "timeline": "edgetwin.cli.data:timeline_cmd",
     "predictions": "edgetwin.cli.data:predictions_cmd",
+    "mark": "edgetwin.cli.markers:mark_cmd",
+    "markers": "edgetwin.cli.markers:markers_cmd",
     "export": "edgetwin.cli.bundle:export_cmd",
     "import": "edgetwin.cli.bundle:import_cmd",
     "sync": "edgetwin.cli.sync:sync_group",

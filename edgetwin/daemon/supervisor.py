@@ -37,7 +37,7 @@ from edgetwin.daemon.looplag import LoopLag
 from edgetwin.daemon.runner import SourceRunner
 from edgetwin.daemon.worker import Writer
 from edgetwin.sources.base import Source
-from edgetwin.types import FeatureFrame, Prediction, SampleBatch
+from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Store(Protocol):
     def append_samples(self, batch: SampleBatch) -> None: ...
     def append_frames(self, frames: Sequence[FeatureFrame]) -> None: ...
     def append_predictions(self, preds: Sequence[Prediction]) -> None: ...
+    def append_markers(self, markers: Sequence[Marker]) -> None: ...
     def commit(self) -> None: ...
     def streams(self) -> Sequence[Any]: ...
     def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None: ...
@@ -419,10 +420,28 @@ class Daemon:
             result = await self._writer.run(self._forget, request, what="forget")
             self.recent_predictions.clear()  # any forecast published while it ran
             return {"forget": result}
+        if cmd == "mark":
+            # on the writer, in order with the samples; committed before the reply
+            return await self._writer.run(self._mark, request, what="mark")
         if cmd == "follow":
             await self._follow(writer)
             return None
         return {"error": f"unknown command {cmd!r}"}
+
+    def _mark(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Store a marker for ``edgetwin mark`` (writer thread); durable before the reply."""
+        t, text, source = request.get("t"), request.get("text"), request.get("source", "cli")
+        if not isinstance(t, int | float) or not isinstance(text, str) or not isinstance(
+            source, str
+        ):
+            return {"error": "bad request: mark needs a number 't' and strings 'text', 'source'"}
+        marker = Marker(float(t), text, source)
+        problem = marker.problem()
+        if problem is not None:
+            return {"error": f"bad marker: {problem}"}
+        self.store.append_markers([marker])
+        self.store.commit()
+        return {"mark": marker.to_json()}
 
     def _prove(self, message: bytes) -> bytes:
         """The control-socket proof, looked up only when a destructive command arrives."""
