@@ -48,7 +48,7 @@ from edgetwin.errors import EdgetwinError, HomeError, StoreFull, UsageError
 
 if TYPE_CHECKING:
     from edgetwin.store import TwinStore
-    from edgetwin.types import SampleBatch
+    from edgetwin.types import Marker, SampleBatch
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -90,9 +90,11 @@ class ExportReport:
     records: int = 0
     audit_entries: int = 0
     seconds: float = 0.0
+    markers: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "markers": self.markers,
             "path": str(self.path),
             "bundle_id": self.bundle_id,
             "mode": self.mode,
@@ -150,9 +152,11 @@ def export_bundle(
     spool = Spool(staging)  # members in clear have no name on disk: a SIGKILL leaves none
     try:
         builder = _Builder(store, spool, t0, t1, say)
+        builder.read_markers()
         builder.write_streams(streams)
         builder.write_timeline()
         builder.write_predictions()
+        builder.write_markers()
         builder.write_records()
         builder.write_audit()
         builder.write_config()
@@ -225,6 +229,7 @@ def export_bundle(
         records=builder.records,
         audit_entries=builder.audit_entries,
         seconds=time.perf_counter() - started,
+        markers=len(builder.markers),
     )
 
 
@@ -254,6 +259,8 @@ class _Builder:
         self.audit_entries = 0
         self.first_t: float | None = None
         self.last_t: float | None = None
+        self.markers: list[Marker] = []
+        self.markers_doc: dict[str, Any] | None = None
 
     # -- members ------------------------------------------------------------------------
 
@@ -319,7 +326,9 @@ class _Builder:
         }
         try:
             if plan.format == "edf":
-                doc.update(write_edf_stream(plan, self._planned(plan), self.path, self.done))
+                # markers become EDF+ annotations of the recordings they fall in
+                doc.update(write_edf_stream(plan, self._planned(plan), self.path, self.done,
+                                            markers=[(m.t, m.text) for m in self.markers]))
             elif plan.format == "snirf":
                 name = f"signals/{plan.stem}.snirf"
                 w = SnirfWriter(self.path(name), plan)
@@ -407,6 +416,23 @@ class _Builder:
         self.done(name)
         self.predictions_doc = {"member": name, "format": "jsonl", "count": self.predictions}
 
+    def read_markers(self) -> None:
+        """The markers in range, read once: the EDF files annotate them, markers.csv lists them."""
+        self.markers = self.store.read_markers(self.t0, self.t1)
+
+    def write_markers(self) -> None:
+        name = "markers.csv"
+        with self.path(name).open("w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["timestamp", "text", "source"])
+            for m in self.markers:
+                w.writerow([fmt(m.t), m.text, m.source])
+        self.done(name)
+        if self.markers:
+            self._span(self.markers[0].t, self.markers[-1].t)
+        self.markers_doc = {"member": name, "count": len(self.markers),
+                            "columns": ["timestamp", "text", "source"]}
+
     def write_records(self) -> None:
         for kind in RECORD_KINDS:
             recs = self.store.list_records(kind)
@@ -450,6 +476,8 @@ class _Builder:
             "                   and the sha256 of every other file",
             "timeline.csv       feature frames: timestamp (Unix epoch s), one column per feature,",
             "                   <feature>_quality (0..1), imputed (features filled by the imputer)",
+            "markers.csv        events: timestamp (Unix epoch s), text, source (cli, xdf:<stream>,",
+            "                   lsl:<name>, ...); also EDF+ annotations in signals/*.edf",
             "predictions.jsonl  one forecast per line (t, target, step_s, horizon, band,",
             "                   attention, imputed, model, anomaly)",
             "signals/*.edf      regularly sampled biosignals, EDF+C, one file per recording",
@@ -493,6 +521,7 @@ class _Builder:
             "streams": self.stream_docs,
             "timeline": self.timeline,
             "predictions": self.predictions_doc,
+            "markers": self.markers_doc,
             "models": _models(self.models),
             "records": self.records_doc,
             "records_left_out": list(EXCLUDED_KINDS),

@@ -41,7 +41,7 @@ import datetime as dt
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +54,7 @@ from edgetwin.types import FloatArray, SampleBatch, channel_kind
 FNIRS = re.compile(r"^fnirs_([A-Za-z0-9]+)_([A-Za-z0-9]+)_(\d+(?:\.\d+)?)$")
 EDF_NAN = -32768
 GAP_ANNOTATION = "BAD_ACQ_SKIP"
+_EDF_NOTE_BYTES = 40  # edflib writes at most this much of an annotation's text
 EDF_MAX_CHANNELS = 512  # edflib takes 640 signals, annotation signals included
 _DMIN, _DMAX = -32768, 32767
 _RECORD_CHOICES = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50)
@@ -484,7 +485,10 @@ def edf_dequantize(d: np.ndarray[Any, Any], pmin: float, pmax: float) -> FloatAr
 class EdfRecordingWriter:
     """One EDF+C file for one recording, written record by record, and its ``times.npy``."""
 
-    def __init__(self, path: Path, times_path: Path, plan: StreamPlan, rec: Recording) -> None:
+    def __init__(
+        self, path: Path, times_path: Path, plan: StreamPlan, rec: Recording,
+        markers: Sequence[tuple[float, str]] = (),
+    ) -> None:
         import pyedflib
 
         assert plan.rate_hz is not None
@@ -511,6 +515,9 @@ class EdfRecordingWriter:
         ]
         self.per_record = 1
         self.record_s = 1.0
+        # the markers within this recording (its EDF span), as EDF+ annotations
+        end_s = rec.start_s + rec.positions / self.rate
+        self._markers = [(t, text) for t, text in markers if rec.start_s <= t < end_s]
         with warnings.catch_warnings():
             # the nudged bounds print longer than 8 characters in Python; edflib truncates
             # them to exactly the intended text, so pyedflib's warning (at every header
@@ -536,7 +543,8 @@ class EdfRecordingWriter:
         self.record_s = float(self._w.record_duration)
         records = max(1, math.ceil(rec.positions / self.per_record))
         # edflib keeps one annotation per record and annotation signal (at most 64)
-        self._w.set_number_of_annotation_signals(min(64, 1 + (rec.gaps + 1) // records))
+        notes = rec.gaps + len(self._markers)
+        self._w.set_number_of_annotation_signals(min(64, 1 + (notes + 1) // records))
         self._w.setPatientCode("X")
         self._w.setPatientName("X")
         self._w.setEquipment("edgetwin")
@@ -576,6 +584,8 @@ class EdfRecordingWriter:
             self._flush()
             for pos, n in self._gaps:
                 self._w.writeAnnotation(pos / self.rate, n / self.rate, GAP_ANNOTATION)
+            for t, text in self._markers:  # onset from the file's start, no duration
+                self._w.writeAnnotation(t - self.rec.start_s, -1, edf_annotation_text(text))
         finally:
             self._w.close()
             self._times.close()
@@ -603,12 +613,22 @@ class EdfRecordingWriter:
         self._pending_n = len(rest)
 
 
+def edf_annotation_text(text: str) -> str:
+    """A marker's text as an EDF+ annotation: at most 40 bytes of UTF-8 (edflib's limit),
+    cut on a character boundary, with '...' when cut."""
+    raw = text.encode("utf-8")
+    if len(raw) <= _EDF_NOTE_BYTES:
+        return text
+    return raw[: _EDF_NOTE_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
 def write_edf_stream(
     plan: StreamPlan, batches: Iterator[SampleBatch], member: Callable[[str], Path],
-    done: Callable[[str], None],
+    done: Callable[[str], None], *, markers: Sequence[tuple[float, str]] = (),
 ) -> dict[str, Any]:
     """Write an EDF plan's recordings (``member(name)`` gives a new file, ``done(name)``
-    seals it); the stream's manifest fields. :class:`StreamChanged` when the store changed."""
+    seals it), each annotated with the ``markers`` (time, text) within it; the stream's
+    manifest fields. :class:`StreamChanged` when the store changed."""
     recs = plan.recordings
     many = len(recs) > 1
     names = [f"signals/{plan.stem}.rec{k:03d}" if many else f"signals/{plan.stem}"
@@ -636,7 +656,8 @@ def write_edf_stream(
                         w, writer = writer, None
                         seal(w, k_open)
                     writer = EdfRecordingWriter(member(f"{names[k]}.edf"),
-                                                member(f"{names[k]}.times.npy"), plan, recs[k])
+                                                member(f"{names[k]}.times.npy"), plan, recs[k],
+                                                markers)
                     k_open = k
                     plan.record_s = writer.record_s
                 assert writer is not None
@@ -669,6 +690,8 @@ def write_edf_stream(
             "nan_digital": EDF_NAN,
             "start_clock": "UTC, whole seconds",
             "gap_annotation": GAP_ANNOTATION,
+            "marker_annotations": "onset from the file's start, duration -1, text cut to 40 "
+                                  "bytes (markers.csv holds them whole)",
         },
         "recordings": [
             {"member": f"{n}.edf", "timestamps": f"{n}.times.npy", "start": r.start_s,

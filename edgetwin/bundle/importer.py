@@ -50,7 +50,7 @@ from edgetwin.bundle.manifest import validate
 from edgetwin.bundle.staging import Spool, remove_leftovers
 from edgetwin.bundle.tarstream import TarSink
 from edgetwin.errors import ConfigError, DataCorrupt, HomeError, UsageError
-from edgetwin.types import FeatureFrame, FloatArray, Prediction, SampleBatch
+from edgetwin.types import FeatureFrame, FloatArray, Marker, Prediction, SampleBatch
 
 if TYPE_CHECKING:
     from edgetwin.store import KdfParams, Secret, TwinStore
@@ -81,6 +81,7 @@ class ImportReport:
     predictions: int = 0
     records: int = 0
     audit_entries: int = 0
+    markers: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     streams: list[str] = field(default_factory=list)
     config: str = "none"
@@ -99,6 +100,7 @@ class ImportReport:
             "predictions": self.predictions,
             "records": self.records,
             "audit_entries": self.audit_entries,
+            "markers": self.markers,
             "duplicates_skipped": self.skipped,
             "streams": self.streams,
             "config": self.config,
@@ -287,6 +289,13 @@ def _ingest(store: TwinStore, root: Path, manifest: dict[str, Any], report: Impo
                 store.append_predictions(preds)
                 report.predictions += len(preds)
                 flush(len(preds))
+    if manifest.get("markers"):
+        with _reading(f"bundle member {manifest['markers']['member']!r}"):
+            for marks in _chunks(_read_markers(root, manifest["markers"]), _GROUP):
+                _check_times(np.array([m.t for m in marks]), "markers.csv")
+                store.append_markers(marks)
+                report.markers += len(marks)
+                flush(len(marks))
     flush(0, force=True)
     for kind, recs in read_all_records(root, manifest).items():
         with store.transaction():
@@ -460,6 +469,30 @@ def _csv_rows(reader: Any, name: str) -> Iterator[tuple[int, list[str]]]:
         yield reader.line_num, row
 
 
+def _read_markers(root: Path, doc: dict[str, Any]) -> Iterator[Marker]:
+    """The rows of markers.csv, each checked as ``edgetwin mark`` checks its text."""
+    path = root / str(doc["member"])
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise DataCorrupt(f"{path.name}, line 1: not CSV ({exc})") from None
+        if header != ["timestamp", "text", "source"]:
+            raise DataCorrupt(f"{path.name}: its header is not 'timestamp,text,source'")
+        for line_no, row in _csv_rows(reader, path.name):
+            if len(row) != 3:
+                raise DataCorrupt(f"{path.name}, line {line_no}: {len(row)} cells, not 3")
+            try:
+                marker = Marker(float(row[0]), row[1], row[2])
+            except ValueError as exc:
+                raise DataCorrupt(f"{path.name}, line {line_no}: {exc}") from exc
+            problem = marker.problem()
+            if problem is not None:
+                raise DataCorrupt(f"{path.name}, line {line_no}: {problem}")
+            yield marker
+
+
 def _read_predictions(root: Path, doc: dict[str, Any]) -> Iterator[Prediction]:
     path = root / str(doc["member"])
     with path.open(encoding="utf-8") as f:
@@ -589,6 +622,14 @@ def _merge(
         counts["predictions"] += len(new)
         skipped["predictions"] += len(preds) - len(new)
         dst.commit()
+    counts["markers"] = skipped["markers"] = 0
+    for marks in _chunks(iter(src.read_markers()), _GROUP):
+        have_marks = set(dst.read_markers(marks[0].t, marks[-1].t))
+        new_marks = [m for m in marks if m not in have_marks]
+        dst.append_markers(new_marks)
+        dst.commit()
+        counts["markers"] += len(new_marks)
+        skipped["markers"] += len(marks) - len(new_marks)
     bundle_id = str(manifest["bundle_id"])
     with dst.transaction():
         # the ledger of a bundle merged before, or of this very twin, is already counted
@@ -616,6 +657,7 @@ def _merge(
     report.frames = counts["frames"]
     report.predictions = counts["predictions"]
     report.records = counts["records"]
+    report.markers = counts["markers"]
     report.skipped = skipped
 
 

@@ -53,7 +53,7 @@ def validate(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[name] = {"size": size, "sha256": digest}
     for i, s in enumerate(_list(doc, "streams", "")):
         _stream(s, f"streams[{i}]", out)
-    for key in ("timeline", "predictions", "audit"):
+    for key in ("timeline", "predictions", "audit", "markers"):
         part = doc.get(key)
         if part is not None:
             if not isinstance(part, dict):

@@ -201,3 +201,63 @@ def test_mark_goes_through_a_running_daemon(tmp_path: Path) -> None:
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_markers_survive_export_and_import_as_csv_and_edf_annotations(tmp_path: Path) -> None:
+    import pyedflib
+
+    from edgetwin.bundle import export_bundle, import_bundle, unpack_bundle
+    from edgetwin.bundle.age import load_identities
+    from edgetwin.types import Marker
+    from tests.bundle.conftest import T0 as B0
+    from tests.bundle.conftest import age_keygen, fill_twin
+
+    twin = fill_twin(tmp_path / "src", Secret.passphrase(PASS))
+    key = age_keygen(tmp_path / "id.txt")
+    marks = [
+        Marker(B0 + 10.5, "eyes closed", "cli"),
+        Marker(B0 + 20.25, 'tone, "loud" ≈ 90 dB — left ear, second block of the session',
+               "xdf:Markers"),
+        Marker(B0 + 3600.0, "after the EEG", "lsl:Events"),
+    ]
+    with twin.open() as store:
+        store.append_markers(marks)
+        store.commit()
+        bundle = tmp_path / "twin.age"
+        report = export_bundle(store, bundle, recipients=[key.public])
+    assert report.markers == 3
+    dest = tmp_path / "unpacked"
+    dest.mkdir()
+    manifest = unpack_bundle(bundle, dest, identities=load_identities(key.path))
+    assert manifest["markers"]["count"] == 3
+    with (dest / "markers.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["timestamp", "text", "source"]
+    assert [(float(r[0]), r[1], r[2]) for r in rows[1:]] == [(m.t, m.text, m.source)
+                                                            for m in marks]
+    (rec,) = next(s for s in manifest["streams"] if s["name"] == "muse.eeg")["recordings"]
+    reader = pyedflib.EdfReader(str(dest / rec["member"]))
+    try:
+        onsets, _durations, texts = reader.readAnnotations()
+    finally:
+        reader.close()
+    notes = {str(x): float(o) for o, x in zip(onsets, texts, strict=True)}
+    assert notes["eyes closed"] == pytest.approx(B0 + 10.5 - rec["start"], abs=1e-3)
+    cut = next(x for x in notes if x.startswith("tone"))  # 40 bytes of UTF-8, marked as cut
+    assert cut.endswith("...") and len(cut.encode()) <= 40
+    assert notes[cut] == pytest.approx(B0 + 20.25 - rec["start"], abs=1e-3)
+    assert "after the EEG" not in notes  # outside the recording: in markers.csv only
+
+    home = tmp_path / "restored"
+    got = import_bundle(bundle, home, identities=load_identities(key.path),
+                        secret=Secret.passphrase("another passphrase"))
+    assert got.markers == 3
+    with TwinStore.open(home, Secret.passphrase("another passphrase")) as store:
+        assert store.read_markers() == marks
+        assert store.verify().ok
+    # merged back into its own twin: nothing doubled
+    with twin.open() as store:
+        merged = import_bundle(bundle, twin.home, identities=load_identities(key.path),
+                               target=store, accept_settings=True)
+        assert merged.markers == 0 and merged.skipped["markers"] == 3
+        assert store.read_markers() == marks
