@@ -285,3 +285,24 @@ class Marker:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Marker:
         return cls(t=float(obj["t"]), text=str(obj["text"]), source=str(obj.get("source", "cli")))
+
+
+def channel_markers(batch: SampleBatch) -> list[Marker]:
+    """The markers a batch's ``marker`` channel carries (BrainFlow's marker channel: 0, or
+    the value ``insert_marker`` put there): each nonzero finite value at its sample's
+    time, as text (``3``, ``2.5``), from ``brainflow:<board>`` when the batch's meta names
+    the board, else from the stream's name."""
+    if "marker" not in batch.channels or not len(batch):
+        return []
+    col = batch.values[:, batch.channels.index("marker")]
+    hit = np.flatnonzero(np.isfinite(col) & (col != 0))
+    if not hit.size:
+        return []
+    board = batch.meta.get("board")
+    source = f"brainflow:{board}" if isinstance(board, str) and board else batch.stream
+    source = escape_marker_text(source, limit=MARKER_SOURCE_MAX)
+    out = []
+    for i in hit.tolist():
+        v = float(col[i])
+        out.append(Marker(float(batch.t[i]), str(int(v)) if v.is_integer() else f"{v:g}", source))
+    return out

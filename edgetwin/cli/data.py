@@ -117,13 +117,14 @@ def ingest_cmd(
                                  on_batch=on_batch)
         if ticker is not None:
             ticker.done()
-        store.audit("ingest", stream=stream, samples=report.samples)
+        store.audit("ingest", stream=stream, samples=report.samples, markers=report.markers)
     elapsed = time.perf_counter() - started
     note = _forecast_note(config, engine, prior_last, span, report.frames, report.predictions)
     result = {
         "file": str(file),
         "streams": sorted(report.streams),
         "samples": report.samples,
+        "markers": report.markers,
         "frames": report.frames,
         "predictions": report.predictions,
         "forecast_note": note,

@@ -26,7 +26,7 @@ from edgetwin.daemon.supervisor import (
 )
 from edgetwin.errors import EdgetwinError
 from edgetwin.sources.base import Source
-from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch
+from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch, channel_markers
 
 if TYPE_CHECKING:  # the real layers, named for the type checker only: importing them is lazy
     from edgetwin.features.pipeline import FeaturePipeline
@@ -267,6 +267,7 @@ class OfflineReport:
     batches: int = 0
     frames: int = 0
     predictions: int = 0
+    markers: int = 0  # from the batches' marker channels (BrainFlow boards)
     streams: set[str] = field(default_factory=set)
 
 
@@ -315,6 +316,10 @@ def _offline(
 
     for batch in batches:
         store.append_samples(batch)
+        marks = channel_markers(batch)  # a board's marker channel: markers too
+        if marks:
+            store.append_markers(marks)
+            report.markers += len(marks)
         report.samples += len(batch)
         report.batches += 1
         report.streams.add(batch.stream)

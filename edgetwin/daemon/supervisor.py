@@ -37,7 +37,7 @@ from edgetwin.daemon.looplag import LoopLag
 from edgetwin.daemon.runner import SourceRunner
 from edgetwin.daemon.worker import Writer
 from edgetwin.sources.base import Source
-from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch
+from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch, channel_markers
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -350,6 +350,9 @@ class Daemon:
     def _persist(self, batch: SampleBatch) -> None:
         try:
             self.store.append_samples(batch)
+            marks = channel_markers(batch)  # a board's marker channel: markers too
+            if marks:
+                self.store.append_markers(marks)
         except Exception:  # keep serving other streams; the error is visible in status
             self.errors["store"] += 1
             _LOGGER.exception("storing a batch of %s failed", batch.stream)

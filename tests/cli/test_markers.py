@@ -261,3 +261,26 @@ def test_markers_survive_export_and_import_as_csv_and_edf_annotations(tmp_path: 
                                target=store, accept_settings=True)
         assert merged.markers == 0 and merged.skipped["markers"] == 3
         assert store.read_markers() == marks
+
+
+def test_a_brainflow_marker_channel_becomes_markers_on_ingest(
+    run_cli, twin: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from edgetwin.sources.brainflow import _load_native, preset_layout, resolve_board
+    from tests.sources.bf_helpers import board_shaped
+
+    data = board_shaped("SYNTHETIC_BOARD", 0, 4.0, t0=T0)
+    layout = preset_layout(resolve_board("SYNTHETIC_BOARD"), 0)
+    row = layout.rows[layout.channels.index("marker")]
+    data[row, 100] = 3.0  # what BoardShim.insert_marker(3) leaves in the stream
+    data[row, 700] = 2.5
+    path = tmp_path / "session.csv"
+    _load_native().DataFilter.write_file(data, str(path), "w")
+    result = run_cli("--json", "ingest", str(path), "--stream", "bf", "--format", "brainflow")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["markers"] == 2
+    t = data[layout.timestamp_row]
+    assert _markers(run_cli) == [
+        {"t": float(t[100]), "text": "3", "source": "brainflow:SYNTHETIC_BOARD"},
+        {"t": float(t[700]), "text": "2.5", "source": "brainflow:SYNTHETIC_BOARD"},
+    ]
