@@ -7,7 +7,9 @@ case is ``export_interop`` on the open store (reading and decrypting the
 frames included, unlocking not), run 5 times; the figures are the median
 and p99 of the wall time, the file size and the resources written. The
 plain-JSON run is the baseline for the age-encrypted one (``--recipient``).
-Quick mode: 2 hours of frames, 3 runs.
+Peak RSS is read in a fresh child process per case (``ru_maxrss``), against a
+child that only unlocks the twin: the Bundle is streamed, so ``raw`` (hundreds
+of MB of JSON) should peak where ``1h`` does. Quick mode: 2 hours, 3 runs.
 
 Run: ``scripts/bench --only fhir`` (``--quick`` for CI), or
 ``.venv/bin/python scripts/bench_fhir.py [--quick]`` for this area alone.
@@ -101,6 +103,32 @@ def _case(
     }
 
 
+_RSS_CHILD = """
+import os, sys, resource
+sys.path.insert(0, sys.argv[4])
+os.environ["EDGETWIN_KDF_PROFILE"] = "test"
+from pathlib import Path
+from edgetwin.store import Secret, TwinStore
+from edgetwin.interop.export import export_interop
+every = None if sys.argv[2] == "raw" else float(sys.argv[2])
+with TwinStore.open(Path(sys.argv[1]), Secret.passphrase(sys.argv[5])) as store:
+    if sys.argv[3] == "1":
+        export_interop(store, Path(sys.argv[1]).parent / "rss.json", fmt="fhir", every=every,
+                       every_text=sys.argv[2], step_s=1.0, force=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_mb(home: Path, every: str, export: bool) -> float:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(home), every, "1" if export else "0", str(ROOT),
+         PASS], check=True, capture_output=True, text=True,
+    )
+    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
+
+
 def run(quick: bool) -> dict[str, Any]:
     import pyrage
 
@@ -126,11 +154,15 @@ def run(quick: bool) -> dict[str, Any]:
         ):
             print(f"bench fhir: {name}", file=sys.stderr, flush=True)
             cases[name] = _case(home, Path(tmp), runs, rec, **kwargs)
+        rss = {"unlock_only": _peak_rss_mb(home, "3600", export=False)}
+        for every in ("3600", "300", "raw"):
+            rss[f"fhir_{every}"] = _peak_rss_mb(home, every, export=True)
     return {
         "workload": f"{seconds} feature frames at 1/s (4 vital features), RR, SpO2 and "
                     "temperature streams, an hr forecast of 12 steps each minute",
         "build_seconds": round(build_s, 1),
         "cases": cases,
+        "peak_rss_mb": rss,
         "encryption_overhead_5m": round(cases["fhir_5m_recipient"]["seconds_median"]
                                         / max(cases["fhir_5m"]["seconds_median"], 1e-9), 2),
     }
