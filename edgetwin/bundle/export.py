@@ -331,7 +331,8 @@ class _Builder:
                                             markers=[(m.t, m.text) for m in self.markers]))
             elif plan.format == "snirf":
                 name = f"signals/{plan.stem}.snirf"
-                w = SnirfWriter(self.path(name), plan)
+                w = SnirfWriter(self.path(name), plan,
+                                markers=[(m.t, m.text) for m in self.markers])
                 try:
                     for b in self._planned(plan):
                         w.add(b.t, b.values)
@@ -477,14 +478,14 @@ class _Builder:
             "timeline.csv       feature frames: timestamp (Unix epoch s), one column per feature,",
             "                   <feature>_quality (0..1), imputed (features filled by the imputer)",
             "markers.csv        events: timestamp (Unix epoch s), text, source (cli, xdf:<stream>,",
-            "                   lsl:<name>, ...); also EDF+ annotations in signals/*.edf",
+            "                   lsl:<name>, ...); also EDF+ annotations and SNIRF stim",
             "predictions.jsonl  one forecast per line (t, target, step_s, horizon, band,",
             "                   attention, imputed, model, anomaly)",
             "signals/*.edf      regularly sampled biosignals, EDF+C, one file per recording",
             "                   (start: a whole second, UTC; digital -32768 marks no sample,",
             "                   spans with none annotated BAD_ACQ_SKIP)",
             "signals/*.times.npy  the exact Unix time of each EDF sample (NaN: no sample)",
-            "signals/*.snirf    fNIRS raw intensities, SNIRF 1.1 (HDF5)",
+            "signals/*.snirf    fNIRS raw intensities, SNIRF 1.1 (HDF5); markers as stim",
             "signals/*.csv      irregular streams (RR, heart rate, ...): timestamp, then channels",
             "records/*.json     consent, privacy-budget ledger, releases, outbox, pairings, ...",
             "audit.jsonl        the twin's audit log, oldest first",

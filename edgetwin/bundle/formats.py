@@ -855,11 +855,19 @@ def _ascii(text: str) -> str:
 class SnirfWriter:
     """A SNIRF 1.1 file for one fNIRS stream; rows appended to resizable datasets."""
 
-    def __init__(self, path: Path, plan: StreamPlan) -> None:
+    def __init__(
+        self, path: Path, plan: StreamPlan, markers: Sequence[tuple[float, str]] = ()
+    ) -> None:
         import h5py
 
         self.path = path
         self.t_ref = plan.first_t or 0.0
+        last = plan.last_t if plan.last_t is not None else self.t_ref
+        # markers within the stream's span, one SNIRF stim condition per distinct text
+        self._stims: dict[str, list[float]] = {}
+        for t, text in markers:
+            if self.t_ref <= t <= last:
+                self._stims.setdefault(text, []).append(t - self.t_ref)
         self.samples = 0
         n_ch = len(plan.channels)
         parsed = [FNIRS.match(c) for c in plan.channels]
@@ -936,9 +944,25 @@ class SnirfWriter:
 
     def close(self) -> None:
         try:
+            s = h5py_string()
+            for k, (text, onsets) in enumerate(self._stims.items(), start=1):
+                stim = self._f["nirs"].create_group(f"stim{k}")
+                stim.create_dataset("name", data=text, dtype=s)
+                # onset (s, on the time axis), duration (unknown: 0), amplitude 1
+                data = np.column_stack([onsets, np.zeros(len(onsets)), np.ones(len(onsets))])
+                stim.create_dataset("data", data=data.astype(np.float64))
+                stim.create_dataset("dataLabels", data=["Onset", "Duration", "Amplitude"],
+                                    dtype=s)
             self._f.close()
         finally:
             self._raw.close()
+
+
+def h5py_string() -> Any:
+    """HDF5's variable-length UTF-8 string type."""
+    import h5py
+
+    return h5py.string_dtype("utf-8")
 
 
 def fnirs_distance(spec: Any, channel: str, pair: str) -> float:

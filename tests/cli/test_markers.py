@@ -247,6 +247,23 @@ def test_markers_survive_export_and_import_as_csv_and_edf_annotations(tmp_path: 
     assert cut.endswith("...") and len(cut.encode()) <= 40
     assert notes[cut] == pytest.approx(B0 + 20.25 - rec["start"], abs=1e-3)
     assert "after the EEG" not in notes  # outside the recording: in markers.csv only
+    import h5py
+
+    nirs = next(s for s in manifest["streams"] if s["name"] == "nirs")
+    with h5py.File(dest / nirs["member"], "r") as f:
+        stims = {f[f"nirs/{g}/name"][()].decode(): f[f"nirs/{g}/data"][()]
+                 for g in f["nirs"] if g.startswith("stim")}
+    assert set(stims) == {"eyes closed", marks[1].text}  # within the fNIRS span
+    assert stims["eyes closed"].tolist() == [[pytest.approx(B0 + 10.5 - nirs["t_ref"]), 0, 1]]
+    # and what MNE makes of both files: annotations at the markers' times
+    import mne
+
+    raw = mne.io.read_raw_snirf(dest / nirs["member"], verbose="error")
+    assert "eyes closed" in raw.annotations.description
+    onset = raw.annotations.onset[list(raw.annotations.description).index("eyes closed")]
+    assert onset == pytest.approx(B0 + 10.5 - nirs["t_ref"], abs=0.2)
+    raw = mne.io.read_raw_edf(dest / rec["member"], verbose="error")
+    assert "eyes closed" in raw.annotations.description
 
     home = tmp_path / "restored"
     got = import_bundle(bundle, home, identities=load_identities(key.path),
