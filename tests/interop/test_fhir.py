@@ -329,3 +329,18 @@ def test_the_export_runs_without_the_validation_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_from_to_narrows_the_export(twin: Vitals, tmp_path: Path) -> None:
+    out = tmp_path / "slice.json"
+    r = twin.cli("export", "--format", "fhir", "-o", str(out), "--every", "5m",
+                 "--from", str(T0 + 600), "--to", str(T0 + 1200))
+    assert r.exit_code == 0, r.output
+    assert "exported 3 hr, 3 rmssd, 3 spo2, 3 skin_temp from 121 frames (every 5m)" in r.output
+    assert "not encrypted" in r.output
+    _, doc = _parse(out.read_text())
+    starts = {_t(o["effectivePeriod"]["start"]) for o in _observations(doc)}
+    # frames at T0+600 .. T0+1200: the one at T0+600 closes the window (T0+300, T0+600]
+    assert starts == {T0 + 300, T0 + 600, T0 + 900}
+    edge = [o for o in _observations(doc) if _t(o["effectivePeriod"]["start"]) == T0 + 300]
+    assert all(o["method"]["text"].startswith("mean of 1 measured") for o in edge)
