@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,23 @@ def _registry() -> Registry:
 
 
 REGISTRY = _registry()
+# jsonschema checks "date-time" only with rfc3339-validator installed: check RFC 3339 here
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+FORMATS = FormatChecker()
+
+
+@FORMATS.checks("date-time", raises=ValueError)
+def _date_time(value: object) -> bool:
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        return False
+    dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return True
 
 
 def _validator(name: str) -> Draft7Validator:
     # a root that only points at the registered URI, so relative $refs resolve from there
     return Draft7Validator({"$ref": SCHEMA_BASE + name}, registry=REGISTRY,
-                           format_checker=FormatChecker())
+                           format_checker=FORMATS)
 
 
 def validate(points: list[dict[str, Any]]) -> None:
@@ -90,6 +102,8 @@ def test_the_validator_refuses_what_the_schemas_refuse() -> None:
         {**good, "effective_time_frame": {"time_interval": {"start_date_time":
                                                             "2026-01-01T00:00:00Z"}}},
         {"heart_rate": {"value": 60, "unit": "beats/min"}},
+        {**good, "effective_time_frame": {"date_time": "2026-01-01 00:00"}},
+        {**good, "effective_time_frame": {"date_time": "2026-13-01T00:00:00Z"}},
     ):
         with pytest.raises(jsonschema.ValidationError):
             _validator("heart-rate-2.0.json").validate(bad)
