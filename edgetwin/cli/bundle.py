@@ -42,7 +42,8 @@ def _limit_option(f: Any) -> Any:
 
 @click.command("export")
 @click.option("-o", "--output", "output", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="The bundle file to write.")
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write: the bundle, or the JSON of --format fhir/omh.")
 @click.option("--recipient", "recipients", multiple=True, metavar="AGE_PUBKEY",
               help="Encrypt to this age public key (age1...); repeat for more.")
 @click.option("--passphrase", "use_passphrase", is_flag=True,
