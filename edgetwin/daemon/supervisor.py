@@ -57,6 +57,7 @@ class Store(Protocol):
     def append_predictions(self, preds: Sequence[Prediction]) -> None: ...
     def append_markers(self, markers: Sequence[Marker]) -> None: ...
     def commit(self) -> None: ...
+    def pending_rows(self) -> int: ...
     def streams(self) -> Sequence[Any]: ...
     def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None: ...
     def control_proof(self, message: bytes) -> bytes: ...
@@ -156,6 +157,8 @@ class Daemon:
         self.commits = 0
         self.forgets = 0
         self.errors: collections.Counter[str] = collections.Counter()
+        # while commits fail (a full disk): since when and why; the data waits in memory
+        self.commit_failing: dict[str, Any] | None = None
         self.loop_lag = LoopLag()
         self._writer = Writer()
         self._status_read: asyncio.Future[dict[str, Any]] | None = None
@@ -255,6 +258,8 @@ class Daemon:
                 "errors": dict(self.errors),
                 "loop_lag_ms": self.loop_lag.snapshot(),
                 "writer": self._writer.stats(),
+                "commit_failing": dict(self.commit_failing) if self.commit_failing else None,
+                "uncommitted_rows": self.store.pending_rows(),
             },
             "sources": [runner.status() for runner in self.runners],
             "hub": self.hub.stats(),
@@ -398,9 +403,19 @@ class Daemon:
         try:
             self.store.commit()
             self.commits += 1
-        except Exception:  # e.g. a full disk: keep running, keep the batch buffered, say so
+        except Exception as exc:  # e.g. a full disk: keep running, keep the batch buffered, say so
             self.errors["commit"] += 1
-            _LOGGER.exception("committing to the store failed")
+            if self.commit_failing is None:
+                self.commit_failing = {"since": time.time(), "error": str(exc)}
+                _LOGGER.exception("committing to the store failed; retrying every flush")
+            else:  # once per failure streak with its traceback; then one line
+                self.commit_failing["error"] = str(exc)
+                _LOGGER.warning("commit still failing: %s", exc)
+        else:
+            if self.commit_failing is not None:
+                _LOGGER.warning("commits work again after %.1f s of failures",
+                                time.time() - self.commit_failing["since"])
+                self.commit_failing = None
 
     # -- control socket ------------------------------------------------------
 

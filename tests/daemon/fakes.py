@@ -104,6 +104,9 @@ class MemoryStore:
         self.pending.clear()
         self.commits += 1
 
+    def pending_rows(self) -> int:
+        return sum(len(b) for b in self.pending)
+
     def streams(self) -> list[Info]:
         out: dict[str, Info] = {}
         for b in self.committed:

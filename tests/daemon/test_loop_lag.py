@@ -48,6 +48,9 @@ class SlowFsyncStore:
         self.inner.commit()
         self._fsync()
 
+    def pending_rows(self) -> int:
+        return self.inner.pending_rows()
+
     def forget(
         self, *, stream: str | None = None, before: float | None = None, everything: bool = False
     ) -> Any:

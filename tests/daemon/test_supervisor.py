@@ -219,3 +219,50 @@ async def test_a_slow_periodic_job_does_not_stall_the_sources(home: Path, in_thr
     await daemon.run(duration=0.8)
     (before, after) = seen[0]
     assert after - before >= 100  # samples kept flowing during the job
+
+
+class FullDiskStore(MemoryStore):
+    """Commits fail with StoreFull until ``space`` is set, as SQLite does on a full disk
+    (the real SQLITE_FULL path is in tests/store/test_full_disk.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.space = False
+        self.failed = 0
+
+    def commit(self) -> None:
+        from edgetwin.errors import StoreFull
+
+        if not self.space:
+            self.failed += 1
+            raise StoreFull("twin.db: the disk is full while writing samples")
+        super().commit()
+
+
+async def test_a_full_disk_shows_in_status_since_when_and_nothing_buffered_is_lost(
+    home: Path,
+) -> None:
+    store = FullDiskStore()
+    daemon = Daemon(home, CFG, store,
+                    [ScriptedSource("s", batches_per_session=10**6, interval_s=0.005)], seed=1)
+    seen: dict[str, object] = {}
+
+    async def watch() -> None:
+        while store.failed < 3:
+            await asyncio.sleep(0.01)
+        st = daemon.status()["daemon"]
+        seen.update(failing=st["commit_failing"], rows=st["uncommitted_rows"])
+        store.space = True
+        while store.commits == 0:
+            await asyncio.sleep(0.01)
+        seen["after"] = daemon.status()["daemon"]["commit_failing"]
+
+    watcher = asyncio.create_task(watch())
+    await daemon.run(duration=1.0)
+    await watcher
+    failing = seen["failing"]
+    assert isinstance(failing, dict) and "disk is full" in failing["error"]
+    assert failing["since"] > 0 and isinstance(seen["rows"], int) and seen["rows"] > 0
+    assert seen["after"] is None
+    received = {s["name"]: s for s in daemon.status()["sources"]}["s"]["samples"]
+    assert store.pending == [] and sum(len(b) for b in store.committed) == received
