@@ -29,6 +29,19 @@ A stream that comes back with another channel count, channel labels, format or
 nominal rate is refused with ``PairingRefused`` naming both values: data in a
 layout the pairing did not describe is never stored under its names.
 
+Networks: liblsl finds streams by multicast and broadcast on every interface.
+On a host with only loopback (a container, a laptop offline) or across subnets,
+give liblsl a config through ``LSLAPICFG=/path/lsl_api.cfg``, e.g.::
+
+    [multicast]
+    ResolveScope = machine
+    [lab]
+    KnownPeers = {127.0.0.1}
+
+(``KnownPeers`` may list other hosts, ``SessionID = NAME`` keeps a lab's streams
+apart; the tests use both). Without a config of the person's own, liblsl's own
+INFO logging is turned down to warnings (see :func:`pylsl_module`).
+
 Sources never import the store; the tables below are shared with
 ``edgetwin.interop.lsl_outlets`` (the outlets' channel types and units).
 """
@@ -469,7 +482,7 @@ class LslSource(Source):
                 offset = now_offset
             t = np.asarray(stamps, dtype=np.float64) + offset
             v = np.asarray(values, dtype=np.float64).reshape(len(t), -1) * scale
-            keep = t > last_t  # monotonize already; a stepped wall clock must not go back
+            keep = t >= last_t  # monotonized already; a stepped wall clock must not go back
             if not keep.all():
                 self.counters.drops += int((~keep).sum())
                 t, v = t[keep], v[keep]
