@@ -1,32 +1,41 @@
-"""Soak: the real daemon at (most of) the reference load, with faults on a schedule.
+"""Soak: the real daemon at the reference load, with faults on a schedule.
 
 Reproduce: ``scripts/bench --only soak`` (30 min), ``--quick`` (3 min), or
-``python scripts/bench_soak.py --minutes N``.
+``python scripts/bench_soak.py --minutes N [--clock-step]``.
 
 A fresh twin (``EDGETWIN_KDF_PROFILE=test``) with these sources, each driven
 by an existing bench/test helper:
 
-- ``headset``: BrainFlow ``SYNTHETIC_BOARD`` (16 EEG channels at 250 Hz);
-  the 16 optical channels at 64 Hz of the reference load are NOT included
-  (the synthetic board has none; a playback board would be needed);
+- ``headset``: BrainFlow ``SYNTHETIC_BOARD`` (16 EEG channels at 250 Hz and
+  the board's other rows);
+- ``optics``: BrainFlow ``PLAYBACK_FILE_BOARD`` playing a Muse S Athena
+  ancillary-preset file written by BrainFlow's ``DataFilter`` (16 optical
+  channels at 64 Hz);
 - ``strap0..3``: four heart-rate straps at 1 Hz with RR through the BlueZ
-  emulator on a private D-Bus (``tests/sources/bluez_emulator.py``, as
-  ``scripts/bench_ble.py``);
+  emulator on a private D-Bus (``tests/sources/bluez_emulator.py``);
 - ``bridge``: the firmware-bridge emulator (32 fNIRS channels at 100 Hz) on a
   pty, run in this process so it can be unplugged (its CPU is not the daemon's);
-- ``simulator``: the seeded physiology simulator's vitals.
+- ``simulator``: the seeded physiology simulator's vitals;
+- a collector (``edgetwin collector`` on loopback HTTP) receiving the twin's DP
+  releases: three past days of frames are seeded so releases are due at once
+  (``[sync] interval_s = 20``).
 
 Faults (times as fractions of the run): a BLE link drop (``DropLink`` of
-strap0), a serial unplug with replug 10 s later, and SIGKILL of the daemon
-with an immediate restart. NOT injected: the collector down, the disk nearly
-full and a host clock step (see ``not_injected`` in the output).
+strap0); the collector down (10 min, or a fifth of a shorter run) while a new
+consent makes releases due; a serial unplug with replug 10 s later; the disk
+nearly full for 60 s (a tenth of a shorter run; the home is on a loop-mounted
+ext4 image, filled with ballast to 128 KiB free; needs root and a loop device,
+else reported as not injected); SIGKILL of the daemon with an immediate restart; with
+``--clock-step`` (root only: it steps the whole machine's clock) the host
+clock stepped 30 s forward and, 60 s later, back.
 
 Every ~10 s (5 s with ``--quick``) the daemon's CPU share (utime+stime over
 wall time from /proc), RSS, loop lag p99 and hub drops (``edgetwin status
 --json``) and the store's file size are sampled. At the end the daemon is
 stopped and the store is read back: every gap in each stream's stored sample
 times (longer than 3 nominal intervals and 0.5 s) is attributed to a fault or
-reported as unexplained, in seconds of data.
+reported as unexplained, in seconds of data; the collector's database is
+compared with the twin's outbox (every release delivered exactly once).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -55,9 +65,13 @@ AIMS = {"cpu_share_max": 0.08, "rss_mib_max": 150.0, "loop_lag_p99_ms_max": 20.0
 PASS = "soak passphrase"
 
 
-def run(quick: bool, minutes: float | None = None) -> dict[str, Any]:
+SEEDED_STREAM = "wrist"  # past days written before the daemon starts, so releases are due
+SOAK_SYNC = "interval_s = 20\nbackoff_initial_s = 10\nbackoff_max_s = 30\n"
+
+
+def run(quick: bool, minutes: float | None = None, clock_step: bool = False) -> dict[str, Any]:
     minutes = minutes if minutes is not None else (3.0 if quick else 30.0)
-    return _soak(minutes * 60.0, sample_s=5.0 if quick else 10.0)
+    return _soak(minutes * 60.0, sample_s=5.0 if quick else 10.0, clock_step=clock_step)
 
 
 # -- pure helpers (unit-tested) ----------------------------------------------
@@ -178,7 +192,121 @@ def _store_bytes(home: Path) -> int:
                and (".db" in p.name or ".sqlite" in p.name))
 
 
-def _soak(duration: float, sample_s: float) -> dict[str, Any]:
+class _SmallDisk:
+    """The twin's home on a loop-mounted ext4 image, so the disk can be filled for real."""
+
+    def __init__(self, tmpd: Path, size_mib: int) -> None:
+        self.image, self.mnt = tmpd / "disk.img", tmpd / "disk"
+        self.size_mib, self.mounted, self.why_not = size_mib, False, ""
+        self.ballast = self.mnt / "ballast"
+
+    def mount(self) -> bool:
+        if os.geteuid() != 0:
+            self.why_not = "needs root to loop-mount a filesystem"
+            return False
+        self.mnt.mkdir()
+        with self.image.open("wb") as f:
+            f.truncate(self.size_mib * 2**20)
+        steps = (["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)],
+                 ["mount", "-o", "loop", str(self.image), str(self.mnt)])
+        for cmd in steps:
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                self.why_not = f"{cmd[0]} failed: {done.stderr.strip()[:200]}"
+                return False
+        self.mounted = True
+        return True
+
+    def fill(self, leave_bytes: int) -> int:
+        """Take all but ``leave_bytes`` of the free space; the ballast's size."""
+        st = os.statvfs(self.mnt)
+        size = max(0, st.f_bavail * st.f_frsize - leave_bytes)
+        fd = os.open(self.ballast, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+        return size
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.mnt)
+        return st.f_bavail * st.f_frsize
+
+    def drain(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, check=False)
+            self.mounted = False
+
+
+class _Collector:
+    """``edgetwin collector`` on a fixed loopback port, stoppable and restartable."""
+
+    def __init__(self, exe: str, db: Path, port: int, pubkey: str, log: Path) -> None:
+        self.args = [exe, "collector", "--listen", f"127.0.0.1:{port}", "--db", str(db),
+                     "--enroll", pubkey]
+        self.exe, self.db, self.port, self.log = exe, db, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=self.log.open("ab"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"collector did not listen: {self.log.read_text()[-1000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+    def releases(self) -> dict[str, Any]:
+        out = subprocess.run([self.exe, "--json", "collector", "--db", str(self.db),
+                              "--aggregate"], capture_output=True, text=True, check=False)
+        try:
+            rows = json.loads(out.stdout)["aggregates"]
+        except (ValueError, KeyError):
+            return {"error": out.stderr.strip()[-300:]}
+        return {"releases": sum(int(r["releases"]) for r in rows),
+                "metrics": sorted({r["metric"] for r in rows})}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _step_clock(seconds: float) -> None:
+    """Step CLOCK_REALTIME of the whole machine (root): what NTP or a user does to a host."""
+    time.clock_settime(time.CLOCK_REALTIME, time.clock_gettime(time.CLOCK_REALTIME) + seconds)
+
+
+def _seed_past_days(home: Path, days: int) -> None:
+    from edgetwin.store.keys import Secret
+    from edgetwin.store.twin import TwinStore
+    from tests.sync.helpers import write_days
+
+    first = (int(time.time()) // 86_400 - days) * 86_400.0
+    with TwinStore.open(home, Secret.passphrase(PASS)) as store:
+        write_days(store, first, days)
+
+
+def _write_optics_file(path: Path, seconds: float) -> None:
+    from edgetwin.sources.brainflow import _load_native
+    from tests.sources.bf_helpers import ATHENA, board_shaped
+
+    data = board_shaped(ATHENA, 2, seconds, seed=2)
+    _load_native().DataFilter.write_file(data, str(path), "w")
+
+
+def _soak(duration: float, sample_s: float, clock_step: bool = False) -> dict[str, Any]:
     from edgetwin.emulators.bridge import BridgeEmulator
     from tests.sources.bluez_emulator import EmulatorProcess, PrivateBus, control
 
@@ -186,102 +314,198 @@ def _soak(duration: float, sample_s: float) -> dict[str, Any]:
     faults: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     kill_check: dict[str, Any] = {}
+    not_injected: dict[str, str] = {}
+    sync_check: dict[str, Any] = {}
+    outage = min(600.0, 0.2 * duration)
     with tempfile.TemporaryDirectory(prefix="edgetwin-soak-") as tmp, PrivateBus() as bus:
         tmpd = Path(tmp)
-        home = tmpd / "home"
-        pw = tmpd / "pw"
-        pw.write_text(PASS + "\n")
-        pw.chmod(0o600)
-        env = {**os.environ, "EDGETWIN_HOME": str(home), "EDGETWIN_PASSPHRASE_FILE": str(pw),
-               "EDGETWIN_KDF_PROFILE": "test", "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
-
-        def cli(*args: str) -> None:
-            subprocess.run([exe, *args], env=env, check=True, capture_output=True)
-
-        bridge = BridgeEmulator(7, "fnirs", 100.0, channels=32)
-        port = bridge.start()
-        ble = EmulatorProcess(bus.address, [f"heart_rate:{a}:Strap {i}"
-                                            for i, a in enumerate(STRAPS)], rate_hz=1.0).start()
-        daemon = _Daemon(exe, env, tmpd / "daemon.log")
+        # ~1.5x what the run could write at float64 rates, at least 512 MiB
+        disk = _SmallDisk(tmpd, max(512, int(600 * duration / 3600 * 1.5) + 256))
+        home = (disk.mnt if disk.mount() else tmpd) / "home"
         try:
-            cli("init")
-            cli("pair", "add", "simulator", "--seed", "3")
-            cli("pair", "add", "brainflow", "--board", "SYNTHETIC_BOARD", "--name", "headset")
-            cli("pair", "add", "serial", port, "--name", "bridge", "--no-probe")
-            for i, a in enumerate(STRAPS):
-                cli("pair", "add", "ble", a, "--profile", "heart_rate", "--name", f"strap{i}")
-            daemon.start()
-            daemon.wait_ready()
-            t_start = time.time()
-            schedule = [(0.25, "ble_link_drop"), (0.40, "serial_unplug"),
-                        (0.60, "sigkill_restart")]
-            lifetimes = [[]]  # samples per daemon process lifetime
-            prev: tuple[float, float] | None = None
-            next_sample = time.time()
-            while time.time() - t_start < duration:
-                now = time.time()
-                if schedule and now - t_start >= schedule[0][0] * duration:
-                    _, name = schedule.pop(0)
-                    if name == "ble_link_drop":
-                        asyncio.run(control(bus.address, "DropLink", STRAPS[0]))
-                        faults.append({"name": name, "at": time.time(), "streams": ["strap0"]})
-                    elif name == "serial_unplug":
-                        at = time.time()
-                        bridge.unplug()
-                        time.sleep(10.0)
-                        bridge.replug()
-                        faults.append({"name": name, "at": at, "until": time.time(),
-                                       "streams": ["bridge"]})
-                    else:
-                        before = daemon.status() or {}
-                        at = time.time()
-                        assert daemon.proc is not None
-                        daemon.proc.send_signal(signal.SIGKILL)
-                        daemon.proc.wait(10)
-                        daemon.start()
-                        daemon.wait_ready()
-                        faults.append({"name": name, "at": at, "until": time.time(),
-                                       "streams": []})
-                        kill_check = {s["name"]: s for s in before.get("store", {})
-                                      .get("streams", [])}
-                        lifetimes.append([])
-                        prev = None
-                    continue
-                if now >= next_sample:
-                    next_sample = now + sample_s
-                    ps = daemon.proc_sample()
-                    st = daemon.status() or {}
-                    row: dict[str, Any] = {"t": time.time() - t_start,
-                                           "db_bytes": _store_bytes(home)}
-                    if ps is not None:
-                        cpu, rss = ps
-                        row["rss_mib"] = rss / 2**20
-                        if prev is not None and now > prev[0]:
-                            row["cpu_share"] = (cpu - prev[1]) / (now - prev[0])
-                        prev = (now, cpu)
-                    d = st.get("daemon", {})
-                    row["loop_lag_p99_ms"] = (d.get("loop_lag_ms") or {}).get("p99")
-                    row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
-                    row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
-                    row["sources"] = {s["name"]: s.get("state") for s in st.get("sources", [])}
-                    samples.append(row)
-                    lifetimes[-1].append(row)
-                time.sleep(0.2)
-            final = daemon.status() or {}
-            assert daemon.proc is not None
-            daemon.proc.send_signal(signal.SIGTERM)
-            daemon.proc.wait(60)
-            wall = time.time() - t_start
+            if not disk.mounted:
+                not_injected["disk_nearly_full"] = disk.why_not
+            pw = tmpd / "pw"
+            pw.write_text(PASS + "\n")
+            pw.chmod(0o600)
+            env = {**os.environ, "EDGETWIN_HOME": str(home), "EDGETWIN_PASSPHRASE_FILE": str(pw),
+                   "EDGETWIN_KDF_PROFILE": "test", "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+
+            def cli(*args: str) -> str:
+                done = subprocess.run([exe, *args], env=env, capture_output=True, text=True,
+                                      check=False, timeout=120)
+                if done.returncode not in (0, 5):  # 5: a budget refusal, reported by sync
+                    raise RuntimeError(f"edgetwin {' '.join(args)}: exit {done.returncode}: "
+                                       f"{done.stderr.strip()[-800:]}")
+                return done.stdout
+
+            bridge = BridgeEmulator(7, "fnirs", 100.0, channels=32)
+            port = bridge.start()
+            ble = EmulatorProcess(bus.address, [f"heart_rate:{a}:Strap {i}"
+                                                for i, a in enumerate(STRAPS)], rate_hz=1.0).start()
+            daemon = _Daemon(exe, env, tmpd / "daemon.log")
+            collector: _Collector | None = None
+            clock_offset = 0.0
+            try:
+                cli("init")
+                cfg = home / "config.toml"
+                cfg.write_text(cfg.read_text().replace("[sync]\n", "[sync]\n" + SOAK_SYNC, 1))
+                optics = tmpd / "optics_anc.csv"
+                _write_optics_file(optics, duration + 900.0)
+                cli("pair", "add", "simulator", "--seed", "3")
+                cli("pair", "add", "brainflow", "--board", "SYNTHETIC_BOARD", "--name", "headset")
+                cli("pair", "add", "brainflow", "--board", "PLAYBACK_FILE_BOARD", "--master-board",
+                    "MUSE_S_ATHENA_BOARD", "--file-anc", str(optics), "--name", "optics")
+                cli("pair", "add", "serial", port, "--name", "bridge", "--no-probe")
+                for i, a in enumerate(STRAPS):
+                    cli("pair", "add", "ble", a, "--profile", "heart_rate", "--name", f"strap{i}")
+                _seed_past_days(home, 3)
+                collector = _Collector(exe, tmpd / "collector.db", _free_port(),
+                                       cli("sync", "device-key").strip(), tmpd / "collector.log")
+                collector.start()
+                cli("sync", "configure", "--url", f"http://127.0.0.1:{collector.port}/v1/releases",
+                    "--allow-insecure-loopback")
+                cli("consent", "grant", "hr_mean")
+                daemon.start()
+                daemon.wait_ready()
+                t_start = time.time()
+                schedule = [(0.10, "collector_down"), (0.25, "ble_link_drop"),
+                            (0.40, "serial_unplug"), (0.50, "disk_nearly_full"),
+                            (0.60, "sigkill_restart")]
+                if clock_step:
+                    schedule.append((0.80, "host_clock_step"))
+                else:
+                    not_injected["host_clock_step"] = (
+                        "off by default: it steps the whole machine's clock (run with --clock-step "
+                        "as root)")
+                if not disk.mounted:
+                    schedule = [x for x in schedule if x[1] != "disk_nearly_full"]
+                open_faults: dict[str, tuple[float, dict[str, Any]]] = {}  # name -> (end, fault)
+                lifetimes: list[list[dict[str, Any]]] = [[]]  # samples per daemon lifetime
+                prev: tuple[float, float] | None = None
+                next_sample = time.time()
+                while time.time() - t_start - clock_offset < duration or open_faults:
+                    now = time.time()
+                    elapsed = now - t_start - clock_offset
+                    for name, (end, fault) in list(open_faults.items()):
+                        if elapsed < end:
+                            continue
+                        del open_faults[name]
+                        if name == "collector_down":
+                            assert collector is not None
+                            collector.start()
+                            fault["pending_when_back"] = _sync_counts(cli)
+                        elif name == "disk_nearly_full":
+                            disk.drain()
+                        elif name == "host_clock_step":
+                            _step_clock(-30.0)
+                            clock_offset = 0.0
+                        fault["until"] = time.time()
+                    if schedule and elapsed >= schedule[0][0] * duration:
+                        _, name = schedule.pop(0)
+                        fault = {"name": name, "at": time.time()}
+                        faults.append(fault)
+                        if name == "collector_down":
+                            assert collector is not None
+                            collector.stop()
+                            fault["streams"] = ["-"]  # no stream should lose anything
+                            cli("consent", "grant", "rmssd_mean")  # releases fall due while down
+                            open_faults[name] = (elapsed + outage, fault)
+                        elif name == "ble_link_drop":
+                            asyncio.run(control(bus.address, "DropLink", STRAPS[0]))
+                            fault["streams"] = ["strap0"]
+                        elif name == "serial_unplug":
+                            bridge.unplug()
+                            time.sleep(10.0)
+                            bridge.replug()
+                            fault.update(until=time.time(), streams=["bridge"])
+                        elif name == "disk_nearly_full":
+                            fault["ballast_mib"] = round(disk.fill(128 * 1024) / 2**20, 1)
+                            fault["free_kib"] = disk.free_bytes() // 1024
+                            fault["streams"] = []
+                            open_faults[name] = (elapsed + 60.0, fault)
+                        elif name == "host_clock_step":
+                            _step_clock(30.0)
+                            clock_offset = 30.0
+                            fault["streams"] = []
+                            open_faults[name] = (elapsed + 60.0, fault)
+                        else:
+                            before = daemon.status() or {}
+                            assert daemon.proc is not None
+                            daemon.proc.send_signal(signal.SIGKILL)
+                            daemon.proc.wait(10)
+                            daemon.start()
+                            daemon.wait_ready()
+                            fault.update(until=time.time(), streams=[])
+                            kill_check = {s["name"]: s for s in before.get("store", {})
+                                          .get("streams", [])}
+                            lifetimes.append([])
+                            prev = None
+                        continue
+                    if now >= next_sample:
+                        next_sample = now + sample_s
+                        ps = daemon.proc_sample()
+                        st = daemon.status() or {}
+                        row: dict[str, Any] = {"t": elapsed, "db_bytes": _store_bytes(home)}
+                        if ps is not None:
+                            cpu, rss = ps
+                            row["rss_mib"] = rss / 2**20
+                            mono = time.monotonic()
+                            if prev is not None and mono > prev[0]:
+                                row["cpu_share"] = (cpu - prev[1]) / (mono - prev[0])
+                            prev = (mono, cpu)
+                        d = st.get("daemon", {})
+                        row["loop_lag_p99_ms"] = (d.get("loop_lag_ms") or {}).get("p99")
+                        row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
+                        row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
+                        row["sources"] = {s["name"]: s.get("state") for s in st.get("sources", [])}
+                        row["store_error"] = (d.get("commit_failing") or {}).get("error")
+                        row["uncommitted_rows"] = d.get("uncommitted_rows")
+                        samples.append(row)
+                        lifetimes[-1].append(row)
+                    time.sleep(0.2)
+                # let the outbox drain after the last fault (a retry waits at most 30 s)
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline and _sync_counts(cli).get("pending"):
+                    time.sleep(5)
+                sync_check = {"twin": _sync_counts(cli)}
+                final = daemon.status() or {}
+                assert daemon.proc is not None
+                daemon.proc.send_signal(signal.SIGTERM)
+                daemon.proc.wait(60)
+                wall = time.time() - t_start
+                assert collector is not None
+                sync_check["collector"] = collector.releases()
+            finally:
+                if clock_offset:
+                    _step_clock(-clock_offset)
+                if daemon.proc is not None and daemon.proc.poll() is None:
+                    daemon.proc.kill()
+                    daemon.proc.wait(10)
+                if collector is not None:
+                    collector.stop()
+                ble.stop()
+                bridge.stop()
+            streams = _analyse(home, faults, kill_check, t_start)
+            log_tail = (tmpd / "daemon.log").read_text()[-1500:]
         finally:
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.proc.kill()
-                daemon.proc.wait(10)
-            ble.stop()
-            bridge.stop()
-        streams = _analyse(home, faults, kill_check, t_start)
-        log_tail = (tmpd / "daemon.log").read_text()[-1500:]
-    return _report(duration, wall, samples, lifetimes, faults, streams, final, log_tail,
-                   t_start)
+            disk.unmount()
+    report = _report(duration, wall, samples, lifetimes, faults, streams, final, log_tail,
+                     t_start, not_injected)
+    twin, coll = sync_check.get("twin", {}), sync_check.get("collector", {})
+    report["sync"] = {**sync_check, "every_release_delivered_once": bool(
+        twin.get("sent") and twin.get("pending") == 0 and twin.get("failed") == 0
+        and coll.get("releases") == twin.get("sent"))}
+    report["aims"]["sync_delivered_once"] = report["sync"]["every_release_delivered_once"]
+    return report
+
+
+def _sync_counts(cli: Any) -> dict[str, Any]:
+    try:
+        st = json.loads(cli("sync", "status", "--json"))
+    except (RuntimeError, ValueError) as exc:
+        return {"error": str(exc)[-300:]}
+    return {k: st.get(k) for k in ("pending", "sent", "failed")}
 
 
 def _analyse(home: Path, faults: list[dict[str, Any]], kill_check: dict[str, Any],
@@ -293,6 +517,8 @@ def _analyse(home: Path, faults: list[dict[str, Any]], kill_check: dict[str, Any
     kill = next((f for f in faults if f["name"] == "sigkill_restart"), None)
     with TwinStore.open(home, Secret.passphrase(PASS)) as store:
         for info in store.streams():
+            if info.name == SEEDED_STREAM:
+                continue
             ts = [b.t for b in store.read_samples(info.name)]
             t = np.sort(np.concatenate(ts)) if ts else np.zeros(0)
             nominal, gaps = find_gaps(t)
@@ -329,8 +555,8 @@ def _analyse(home: Path, faults: list[dict[str, Any]], kill_check: dict[str, Any
 
 def _report(duration: float, wall: float, samples: list[dict[str, Any]],
             lifetimes: list[list[dict[str, Any]]], faults: list[dict[str, Any]],
-            streams: dict[str, Any], final: dict[str, Any], log_tail: str, t_start: float
-            ) -> dict[str, Any]:
+            streams: dict[str, Any], final: dict[str, Any], log_tail: str, t_start: float,
+            not_injected: dict[str, str]) -> dict[str, Any]:
     steady = [s for s in samples if s["t"] > 30.0]
     cpu = summary([s.get("cpu_share") for s in steady])
     rss = summary([s.get("rss_mib") for s in steady])
@@ -365,14 +591,11 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                    "rows": [[round(s["t"], 1), _r(s.get("cpu_share"), 4), _r(s.get("rss_mib"), 1),
                              s.get("loop_lag_p99_ms"), s.get("loop_lag_max_ms"), s.get("drops"),
                              round(s["db_bytes"] / 2**20, 2)] for s in samples]},
-        "not_injected": {
-            "collector_down": "no sync target/consent configured in the soak (time); the "
-                              "outbox path is not exercised here",
-            "disk_nearly_full": "needs a size-limited filesystem (loop mount/tmpfs with quota) "
-                                "that an unprivileged bench cannot create",
-            "host_clock_step": "stepping CLOCK_REALTIME needs CAP_SYS_TIME and would disturb the "
-                               "whole machine; faking time in-process would not test the daemon",
-        },
+        "not_injected": not_injected,
+        "store_errors_seen": sorted({str(s["store_error"])[:160] for s in samples
+                                     if s.get("store_error")}),
+        "uncommitted_rows_max": max((s.get("uncommitted_rows") or 0 for s in samples),
+                                    default=None),
         "aims": {
             "cpu_share_le_8pct": (cpu["p99"] is not None and cpu["p99"] <= AIMS["cpu_share_max"]),
             "rss_le_150mib": rss["max"] is not None and rss["max"] <= AIMS["rss_mib_max"],
@@ -402,5 +625,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--clock-step", action="store_true",
+                        help="step the machine's clock 30 s forward and back (root)")
     args = parser.parse_args()
-    print(json.dumps(run(args.quick, args.minutes), indent=2, default=float))
+    print(json.dumps(run(args.quick, args.minutes, args.clock_step), indent=2, default=float))
