@@ -303,3 +303,33 @@ def test_stream_names_are_sanitised_for_the_twin() -> None:
     assert twin_stream_name("  ", 7) == "xdf7"
     assert twin_stream_name("Ω/\x1b[31m", 3) == "31m"
     assert twin_stream_name("A" * 50, 1, prefix="lab") == "lab_" + "a" * 28
+
+
+def test_numeric_event_streams_empty_markers_and_repeated_names(
+    run_cli, twin: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    w = XdfWriter()
+    w.file_header("2023-11-14T22:13:20+00:00")
+    w.stream_header(1, "Resp", "RESP", "float32", 10.0, [("belt", "a.u.", "RESP")])
+    w.stream_header(2, "Resp", "RESP", "float32", 10.0, [("belt", "a.u.", "RESP")])
+    w.stream_header(3, "Trigger codes", "Events", "int32", 0.0, [("code", "", "Events")])
+    w.stream_header(4, "Notes", "Markers", "string", 0.0, [("note", "", "Markers")])
+    t = R0 + np.arange(50) / 10.0
+    w.samples(1, "float32", t, [[1.0] for _ in t])
+    w.samples(2, "float32", t, [[2.0] for _ in t])
+    w.samples(3, "int32", np.array([R0 + 1.0, R0 + 2.0]), [[17], [0]])
+    w.samples(4, "string", np.array([R0 + 1.5, R0 + 2.5]), [[""], ["  spaced  "]])
+    for sid in (1, 2, 3, 4):
+        w.footer(sid, R0, R0 + 5, 0)
+    path = w.write(tmp_path / "mixed.xdf")
+    result = run_cli("--json", "ingest", "--stream", "lab", str(path))
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["streams"] == ["lab_resp", "lab_resp_2"]
+    with _open(twin) as store:
+        got = [(m.text, m.source) for m in store.read_markers()]
+        assert _samples(store, "lab_resp_2")[1].max() == 2.0
+        assert _samples(store, "lab_resp")[2] == ("resp",)
+    # an int code stream is markers ("0" is a code too); an empty string is skipped
+    assert got == [("17", "xdf:Trigger codes"), ("0", "xdf:Trigger codes"),
+                   ("spaced", "xdf:Notes")]
