@@ -113,6 +113,12 @@ def export_interop(
     if t0 is not None and t1 is not None and t1 < t0:
         raise UsageError(f"--to ({iso_utc(t1)}) is before --from ({iso_utc(t0)})",
                          hint="swap them")
+    if every is not None and every < step_s:
+        raise UsageError(
+            f"--every {every_text} is shorter than the twin's step ({step_s:g} s), so a window "
+            "would claim a time its frame does not cover",
+            hint=f"use raw for one value per {step_s:g} s frame, or a window of at least that",
+        )
     out = Path(out).absolute()
     if out.exists() and not force:
         raise UsageError(f"{out} already exists", hint="choose another name, or pass --force")

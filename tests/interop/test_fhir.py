@@ -247,6 +247,8 @@ def test_default_export_is_still_the_encrypted_twin_bundle(twin: Vitals, tmp_pat
         (["--format", "xml"], 2, ["'xml' is not one of", "fhir", "omh"]),
         (["--format", "fhir", "--every", "7x"], 2, ["--every '7x' is not a window", "5m"]),
         (["--format", "fhir", "--every", "0m"], 2, ["--every '0m' is out of range"]),
+        (["--format", "omh", "--every", "2s"], 2,
+         ["--every 2s is shorter than the twin's step (5 s)", "use raw"]),
         (["--format", "fhir", "--from", "2030-01-01T00:00Z", "--to", "2030-01-02T00:00Z"], 2,
          ["no feature frames from 2030-01-01T00:00:00Z to 2030-01-02T00:00:00Z",
           "this twin holds 360 frames from 2026-01-01T00:00:05Z to 2026-01-01T00:30:00Z",
