@@ -346,3 +346,18 @@ def test_from_to_narrows_the_export(twin: Vitals, tmp_path: Path) -> None:
     assert starts == {T0 + 300, T0 + 600, T0 + 900}
     edge = [o for o in _observations(doc) if _t(o["effectivePeriod"]["start"]) == T0 + 300]
     assert all(o["method"]["text"].startswith("mean of 1 measured") for o in edge)
+
+
+def test_the_device_is_the_one_stream_that_fed_the_value_else_edgetwin() -> None:
+    from edgetwin.interop.windows import Source, feeding_source
+
+    a = Source("strap-a", frozenset({"rr"}), 0.0, 100.0)
+    b = Source("strap-b", frozenset({"rr"}), 50.0, 200.0)
+    watch = Source("watch", frozenset({"hr", "spo2"}), 0.0, 200.0)
+    both = [a, b, watch]
+    assert feeding_source("hr", 0.0, 40.0, both) is a  # RR beats are preferred to a reported hr
+    assert feeding_source("hr", 60.0, 90.0, both) is None  # two straps at once: not one stream
+    assert feeding_source("hr", 150.0, 190.0, both) is b
+    assert feeding_source("hr", 300.0, 400.0, both) is None  # nothing recorded then
+    assert feeding_source("spo2", 60.0, 90.0, both) is watch
+    assert feeding_source("skin_temp", 60.0, 90.0, both) is None
