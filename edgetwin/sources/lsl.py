@@ -27,7 +27,10 @@ backwards). A lost stream (``LostError``: its outlet went away) ends the
 session with ``TransientSourceError``; the runner's backoff re-resolves it.
 A stream that comes back with another channel count, channel labels, format or
 nominal rate is refused with ``PairingRefused`` naming both values: data in a
-layout the pairing did not describe is never stored under its names.
+layout the pairing did not describe is never stored under its names. A stream
+whose samples arrive more than 20 % off its nominal rate (over 10 s of sample
+time) is still stored with its own timestamps, and named once in the log and in
+``status`` (``effective_rate_hz``, ``rate_warning``).
 
 Networks: liblsl finds streams by multicast and broadcast on every interface.
 On a host with only loopback (a container, a laptop offline) or across subnets,
@@ -85,6 +88,9 @@ _MAX_PULL = 8192
 _OFFSET_STEP_S = 0.005
 # An irregular stream (events) may be silent for long: the watchdog waits this long.
 _IRREGULAR_SILENCE_S = 24 * 3600.0
+# The effective rate is checked over this many seconds of sample time, against this tolerance.
+_RATE_WINDOW_S = 10.0
+_RATE_TOLERANCE = 0.2
 
 # twin channel kind -> the LSL/XDF channel type written by the outlets
 KIND_TO_LSL_TYPE: dict[str, str] = {
@@ -348,6 +354,8 @@ class LslSource(Source):
             self.silence_tolerance_s = _IRREGULAR_SILENCE_S
         self._inlet: Any = None
         self._live: dict[str, Any] = {}
+        self._rate_t0: float | None = None
+        self._rate_n = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -363,6 +371,8 @@ class LslSource(Source):
             "lsl_type": self.paired.get("type"),
             "nominal_rate_hz": self.nominal_srate,
             "streams": [self.stream_name],
+            **{k: v for k, v in self.counters.extra.items()
+               if k in ("effective_rate_hz", "rate_warning")},
         }
 
     async def connect(self) -> None:
@@ -447,6 +457,7 @@ class LslSource(Source):
         with self._lock:
             self._inlet = inlet
             self._live = live
+            self._rate_t0, self._rate_n = None, 0
         _LOGGER.info("LSL stream %s opened for %s", describe_stream(live), self.name)
 
     def _pull_loop(
@@ -489,10 +500,41 @@ class LslSource(Source):
             if not len(t):
                 continue
             last_t = float(t[-1])
+            self._check_rate(t)
             batch = SampleBatch.build(self.stream_name, self.channel_map.names, t, v,
                                       units=self.channel_map.units, meta=meta)
             if not self._deliver(loop, queue, stop, batch):
                 return
+
+    def _check_rate(self, t: np.ndarray[Any, Any]) -> None:
+        """Compare the stream's sample times with its nominal rate over ``_RATE_WINDOW_S``.
+
+        A stream that runs more than 20 % off its nominal rate is still stored (its own
+        timestamps say when each sample was taken) but named in the log once per session
+        and in ``status`` (``effective_rate_hz``, ``rate_warning``): the features assume
+        the nominal rate.
+        """
+        if self.nominal_srate <= 0:
+            return
+        if self._rate_t0 is None:  # intervals are counted from the first sample on
+            self._rate_t0, self._rate_n = float(t[0]), len(t) - 1
+        else:
+            self._rate_n += len(t)
+        span = float(t[-1]) - self._rate_t0
+        if span < _RATE_WINDOW_S:
+            return
+        rate = self._rate_n / span
+        self.counters.extra["effective_rate_hz"] = round(rate, 3)
+        self._rate_t0, self._rate_n = float(t[-1]), 0
+        if abs(rate - self.nominal_srate) > _RATE_TOLERANCE * self.nominal_srate:
+            message = (f"LSL stream {self.paired.get('name')!r} of source {self.name!r} "
+                       f"runs at {rate:.4g} Hz, its nominal rate is "
+                       f"{self.nominal_srate:g} Hz (over the last {span:.0f} s)")
+            if "rate_warning" not in self.counters.extra:
+                _LOGGER.warning("%s; stored with its own timestamps", message)
+            self.counters.extra["rate_warning"] = message
+        else:
+            self.counters.extra.pop("rate_warning", None)
 
     @staticmethod
     def _deliver(

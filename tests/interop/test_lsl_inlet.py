@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,3 +250,35 @@ def test_channel_mapping_of_lsl_metadata() -> None:
     assert layout_problem(paired, paired) is None
     faster = layout_problem(paired, {**paired, "nominal_srate": 500.0})
     assert faster is not None and "now runs at 500 Hz; it was paired at 250 Hz" in faster
+
+
+async def test_a_stream_running_off_its_nominal_rate_is_stored_and_named() -> None:
+    """Nominal 100 Hz, samples 50 Hz apart: kept with their own times, and status says so."""
+    from edgetwin.sources.lsl import LslSource, full_metadata, resolve
+
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 100.0, "float32", f"sid-{name}")
+    outlet = pylsl.StreamOutlet(info)
+    meta = full_metadata(resolve("name", name, 5.0, want_all=False)[0], 5.0)
+    source = LslSource("slow", {"prop": "name", "value": name}, meta)
+    await source.connect()
+    try:
+        assert outlet.wait_for_consumers(5.0)
+        now = pylsl.local_clock()
+        stamps = now - 20.0 + np.arange(1000) / 50.0
+        for part in np.array_split(np.arange(1000), 10):
+            outlet.push_chunk(np.ones((len(part), 2), dtype=np.float32), stamps[part].tolist())
+        n = 0
+        async for batch in source.stream():
+            n += len(batch)
+            assert batch.stream == "slow.eeg"
+            if n >= 1000:
+                break
+        assert n == 1000
+        described = source.describe()
+        assert described["effective_rate_hz"] == pytest.approx(50.0, rel=0.05)
+        assert re.search(r"runs at (49|50)(\.\d+)? Hz, its nominal rate is 100 Hz",
+                         described["rate_warning"])
+    finally:
+        await source.close()
+        del outlet
