@@ -174,6 +174,8 @@ def _export_interop(
         f"{report.path} ({report.bytes / 1e6:.2f} MB, {fmt.upper()}, {report.mode}) "
         f"in {report.seconds:.1f} s"
     )
+    if with_forecasts and not report.forecasts:
+        click.echo("  no forecasts of these vital signs in that range: none added")
     if report.mode == "plain":
         click.echo("  the file is not encrypted: it holds health data (mode 0600); "
                    "--recipient AGE_PUBKEY encrypts it")

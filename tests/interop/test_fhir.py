@@ -361,3 +361,12 @@ def test_the_device_is_the_one_stream_that_fed_the_value_else_edgetwin() -> None
     assert feeding_source("hr", 300.0, 400.0, both) is None  # nothing recorded then
     assert feeding_source("spo2", 60.0, 90.0, both) is watch
     assert feeding_source("skin_temp", 60.0, 90.0, both) is None
+
+
+def test_with_forecasts_says_when_there_are_none(tmp_path: Path) -> None:
+    twin = make_twin(tmp_path, forecasts=False)
+    r = twin.cli("export", "--format", "fhir", "-o", str(tmp_path / "v.json"), "--with-forecasts")
+    assert r.exit_code == 0, r.output
+    assert "no forecasts of these vital signs in that range" in r.output
+    _, doc = _parse((tmp_path / "v.json").read_text())
+    assert _observations(doc, forecasts=True) == []
