@@ -333,3 +333,30 @@ def test_numeric_event_streams_empty_markers_and_repeated_names(
     # an int code stream is markers ("0" is a code too); an empty string is skipped
     assert got == [("17", "xdf:Trigger codes"), ("0", "xdf:Trigger codes"),
                    ("spaced", "xdf:Notes")]
+
+
+def test_cut_or_corrupted_anywhere_is_a_precise_error_or_a_salvage_never_a_crash(
+    tmp_path: Path,
+) -> None:
+    data = bytes(recording().buf)
+    rng = np.random.default_rng(11)
+    path = tmp_path / "hostile.xdf"
+    variants = [data[:c] for c in rng.integers(5, len(data), 15)]
+    for _ in range(15):
+        d = bytearray(data)
+        for _k in range(int(rng.integers(1, 6))):
+            d[int(rng.integers(4, len(d)))] = int(rng.integers(0, 256))
+        variants.append(bytes(d))
+    salvaged = 0
+    errors: list[str] = []
+    for v in variants:
+        path.write_bytes(v)
+        for salvage in (False, True):
+            try:
+                rec = read_xdf(path, salvage=salvage, latest=None)
+            except MalformedInput as exc:
+                errors.append(str(exc))
+            else:
+                salvaged += salvage and bool(rec.problems)
+    assert salvaged >= 12  # the cut files gave back what they held
+    assert errors and all("at byte" in e or "stream" in e for e in errors), errors
