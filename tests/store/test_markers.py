@@ -228,3 +228,39 @@ def test_a_version_2_file_gains_the_marker_table_on_open(twin_home: Path, secret
         store.commit()
         assert store.read_markers()[0].text == "after migration"
         assert store.verify().ok
+
+
+def test_a_failed_commit_keeps_buffered_markers_for_the_retry(store: TwinStore) -> None:
+    from edgetwin.errors import StoreFull
+
+    store.append_markers([Marker(T0, "first", "cli")])
+    store.commit()
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    many = [Marker(T0 + i, f"event {i} " + "x" * 200, "lsl:E") for i in range(3000)]
+    store.append_markers(many)
+    store.append_samples(batch("hr", T0, 5000))
+    with pytest.raises(StoreFull):
+        store.commit()
+    assert store.pending_rows() == 3000 + 5000
+    assert [m.text for m in store.read_markers()] == ["first"]
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+    store.commit()
+    assert len(store.read_markers()) == 3001
+    assert store.pending_rows() == 0
+    assert store.verify().ok
+
+
+def test_a_second_handle_sees_markers_and_appends_after_a_forget_elsewhere(
+    store: TwinStore, twin_home: Path, secret: Secret
+) -> None:
+    store.append_markers([Marker(T0, "daemon", "lsl:E")])
+    store.commit()
+    with TwinStore.open(twin_home, secret) as cli:
+        assert [m.text for m in cli.read_markers()] == ["daemon"]
+        cli.forget(stream="lsl:E")
+    # the daemon's handle cached the (source, day) rows: the other process's forget must win
+    store.append_markers([Marker(T0 + 1, "after", "lsl:E")])
+    store.commit()
+    assert [m.text for m in store.read_markers()] == ["after"]
+    assert store.verify().ok
