@@ -206,6 +206,11 @@ MARKER_SOURCE_MAX = 128  # characters of a marker's source
 _BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+# unicodedata has no names for C0 controls: the usual ones, for messages
+_CONTROL_NAMES = {0x00: "NUL", 0x07: "BELL", 0x08: "BACKSPACE", 0x09: "TAB",
+                  0x0A: "LINE FEED", 0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x7F: "DELETE"}
+
+
 def _is_control(ch: str) -> bool:
     return (
         unicodedata.category(ch) in ("Cc", "Zl", "Zp")  # C0, DEL, C1, line/paragraph separators
@@ -232,7 +237,8 @@ def marker_problem(
         if _is_control(ch):
             return (
                 f"{what} holds the control character U+{ord(ch):04X} "
-                f"({unicodedata.name(ch, 'control')}) at position {i + 1}"
+                f"({_CONTROL_NAMES.get(ord(ch)) or unicodedata.name(ch, 'control')}) "
+                f"at position {i + 1}"
             )
     return None
 
