@@ -38,7 +38,11 @@ _FUTURE_SLACK_S = 86_400.0
 @json_option
 @pass_app
 def mark_cmd(app: AppContext, text: str, at: str | None) -> None:
-    """Record a marker (an event: 'coffee', 'run start') on the twin's timeline."""
+    """Record a marker (an event: 'coffee', 'run start') on the twin's timeline.
+
+    TEXT is one line of printable text, at most 512 characters: control characters
+    (escape sequences, line breaks, bidi overrides) are refused, not stored.
+    """
     from edgetwin.cli.data import parse_time
     from edgetwin.daemon import control
 
