@@ -447,7 +447,8 @@ class Daemon:
         return {"error": f"unknown command {cmd!r}"}
 
     def _mark(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Store a marker for ``edgetwin mark`` (writer thread); durable before the reply."""
+        """Store a marker for ``edgetwin mark`` (writer thread); durable before the reply (or
+        the reply says it waits in memory because commits fail)."""
         t, text, source = request.get("t"), request.get("text"), request.get("source", "cli")
         if not isinstance(t, int | float) or not isinstance(text, str) or not isinstance(
             source, str
@@ -458,7 +459,10 @@ class Daemon:
         if problem is not None:
             return {"error": f"bad marker: {problem}"}
         self.store.append_markers([marker])
-        self.store.commit()
+        self._commit()
+        if self.commit_failing is not None:  # e.g. a full disk: it waits with the samples
+            return {"error": "the marker is held in memory and written when commits work "
+                             f"again ({self.commit_failing['error']})"}
         return {"mark": marker.to_json()}
 
     def _prove(self, message: bytes) -> bytes:
