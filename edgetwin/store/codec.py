@@ -43,11 +43,17 @@ _MODE_F4 = 1
 _MODE_DECIMAL = 2
 _MODE_AFFINE = 3
 _MODE_BINARY = 4
-_BINARY_PLACES = (4, 8, 12, 16, 20, 24)
+_MAX_BINARY_PLACES = 40
+_MIN_ROWS_V2 = 16
+_MIN_CELLS_V2 = 512
+_NEG_ZERO_BITS = np.int64(-(2**63))
+_MANTISSA = np.int64(2**52 - 1)
+_HIDDEN_BIT = np.int64(2**52)
 _MAX_DECIMALS = 6
 _POW10 = [10.0**k for k in range(_MAX_DECIMALS + 1)]
 _MAX_EXACT_INT = 2.0**53
 _PROBE_ROWS = 8
+_POW10_COL = np.array([10.0**k for k in range(1, 7)])[:, None, None]  # decimal k = 1..6
 
 
 class Undecodable(Exception):
@@ -109,76 +115,69 @@ def encode_samples(
     """
     rows = int(t.shape[0])
     values = np.ascontiguousarray(values, dtype="<f8")
-    n_ch = values.shape[1] if values.ndim == 2 else 0
-    nan = np.isnan(values)
-    any_nan = bool(nan.any())
-    clean = np.where(nan, 0.0, values) if any_nan else values
+    n_ch = values.shape[1]
+    if rows < _MIN_ROWS_V2 or rows * n_ch < _MIN_CELLS_V2:
+        return _encode_samples_v1(layout, t, values)  # too small to pay for the analysis
     modes = np.full(n_ch, _MODE_F8, dtype=np.uint8)
     params = np.zeros((n_ch, 2), dtype="<f8")
     ints = np.empty((rows, n_ch), dtype="<i8")
-    todo = np.ones(n_ch, dtype=bool)
-    if rows and n_ch:
-        if affine is not None:
+    with np.errstate(all="ignore"):
+        nan = np.isnan(values)
+        any_nan = bool(nan.any())
+        clean = np.where(nan, 0.0, values) if any_nan else values
+        todo = np.ones(n_ch, dtype=bool)
+        # integers hold neither inf nor -0.0: such columns go to float32 or float64
+        intable = np.isfinite(clean).all(axis=0)
+        intable &= ~(clean.view("<i8") == _NEG_ZERO_BITS).any(axis=0)
+        todo &= intable
+        if affine is not None and todo.any():
             scale, offset = affine
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                n = np.rint((clean - offset) / scale) + 0.0  # + 0.0: no negative zeros
+            n = np.rint((clean - offset) / scale) + 0.0
             ok = _exact(n * scale + offset, clean, n) & todo
             _take(ok, _MODE_AFFINE, n, modes, ints, todo)
             params[ok, 0], params[ok, 1] = scale[ok], offset[ok]
-        for k in range(_MAX_DECIMALS + 1):
-            if not todo.any():
-                break
-            # a cheap look at a few rows first: white noise fails there at every k
-            head = clean[:_PROBE_ROWS][:, todo]
-            with np.errstate(invalid="ignore", over="ignore"):
-                n_head = np.rint(head * _POW10[k]) + 0.0
-            cols = np.flatnonzero(todo)[_exact(n_head / _POW10[k], head, n_head)]
-            if not cols.size:
-                continue
-            sub = clean[:, cols]
-            with np.errstate(invalid="ignore", over="ignore"):
-                n = np.rint(sub * _POW10[k]) + 0.0
-            ok_sub = _exact(n / _POW10[k], sub, n)
-            ok = np.zeros(n_ch, dtype=bool)
-            ok[cols[ok_sub]] = True
-            full = np.zeros((rows, n_ch))
-            full[:, cols] = n
-            _take(ok, _MODE_DECIMAL, full, modes, ints, todo)
-            params[ok, 0] = k
-        for k in _BINARY_PLACES:
-            if not todo.any():
-                break
-            # integers at a power-of-two step (many ADC scales, 1000/2048 uV say): exact
-            head = clean[:_PROBE_ROWS][:, todo]
-            with np.errstate(invalid="ignore", over="ignore"):
-                n_head = np.rint(head * 2.0**k) + 0.0
-                cols = np.flatnonzero(todo)[_exact(n_head * 2.0**-k, head, n_head)]
-            if not cols.size:
-                continue
-            sub = clean[:, cols]
-            with np.errstate(invalid="ignore", over="ignore"):
-                n = np.rint(sub * 2.0**k) + 0.0
-                ok_sub = _exact(n * 2.0**-k, sub, n)
-            ok = np.zeros(n_ch, dtype=bool)
-            ok[cols[ok_sub]] = True
-            full = np.zeros((rows, n_ch))
-            full[:, cols] = n
-            _take(ok, _MODE_BINARY, full, modes, ints, todo)
-            params[ok, 0] = k
+        if todo.any():
+            # integers at a power-of-two step (whole numbers, most ADC scales): the step is
+            # read off the float bits, so it is exact by construction
+            places = _binary_places(clean)
+            ok = todo & (places <= _MAX_BINARY_PLACES)
+            ok[ok] &= np.abs(clean[:, ok]).max(axis=0) * 2.0 ** places[ok] < _MAX_EXACT_INT
+            if ok.any():
+                n = clean * np.exp2(np.where(ok, places, 0))
+                _take(ok, _MODE_BINARY, n, modes, ints, todo)
+                params[ok, 0] = places[ok]
+        if todo.any():
+            # decimal steps (a sensor that reports 36.61): every k on a few rows, then the
+            # smallest that fits there checked on all rows
+            cols = np.flatnonzero(todo)
+            head = clean[:_PROBE_ROWS, cols]
+            n_head = np.rint(head[None] * _POW10_COL) + 0.0
+            fits = _exact_k(n_head / _POW10_COL, head, n_head)  # (k, cols)
+            for j, c in enumerate(cols):
+                ks = np.flatnonzero(fits[:, j])
+                if not ks.size:
+                    continue
+                k = int(ks[0]) + 1
+                col = clean[:, c]
+                n = np.rint(col * _POW10[k]) + 0.0
+                if _exact((n / _POW10[k])[:, None], col[:, None], n[:, None])[0]:
+                    modes[c], params[c, 0], ints[:, c], todo[c] = _MODE_DECIMAL, k, n, False
+        todo |= ~intable & (modes == _MODE_F8)
         if todo.any():
             cols = np.flatnonzero(todo)
-            with np.errstate(over="ignore"):
-                f4 = clean[:, cols].astype("<f4")
+            f4 = clean[:, cols].astype("<f4")
             ok_sub = (f4.astype("<f8").view("<i8") == clean[:, cols].view("<i8")).all(axis=0)
             good = cols[ok_sub]
             modes[good] = _MODE_F4
             ints[:, good] = f4[:, ok_sub].view("<i4")
             todo[good] = False
-        for c in np.flatnonzero(todo):
-            ints[:, c] = values[:, c].view("<i8")  # NaN payloads and all, bit for bit
-    t_bits = np.ascontiguousarray(t, dtype="<f8").view("<i8")
-    with np.errstate(over="ignore"):
-        t_dd = np.diff(t_bits, n=2, prepend=np.zeros(2, dtype="<i8")) if rows else t_bits
+        f8 = modes == _MODE_F8
+        if f8.all():
+            return _encode_samples_v1(layout, t, values)  # nothing to gain: white noise
+        if f8.any():
+            ints[:, f8] = values[:, f8].view("<i8")  # NaN payloads and all, bit for bit
+        t_bits = np.ascontiguousarray(t, dtype="<f8").view("<i8")
+        t_dd = np.diff(t_bits, n=2, prepend=np.zeros(2, dtype="<i8"))
         v_d = np.diff(ints, axis=0, prepend=np.zeros((1, n_ch), dtype="<i8"))
     flags = _FLAG_NAN if any_nan else 0
     t_blob, packed = _pack(_zigzag(t_dd))
@@ -197,6 +196,40 @@ def encode_samples(
     if any_nan:
         parts.append(np.packbits(nan).tobytes())
     return b"".join(parts)
+
+
+def _encode_samples_v1(layout: int, t: FloatArray, values: FloatArray) -> bytes:
+    """The first format: float64 sections, shuffled and deflated when that pays."""
+    flags = 0
+    t_bytes, packed = _pack(np.ascontiguousarray(t, dtype="<f8"))
+    flags |= _FLAG_T_PACKED if packed else 0
+    v_bytes, packed = _pack(values)
+    flags |= _FLAG_V_PACKED if packed else 0
+    return b"".join((_SAMPLE_HEADER.pack(1, flags, layout, t.shape[0]),
+                     _SECTION.pack(len(t_bytes)), t_bytes, v_bytes))
+
+
+def _binary_places(x: FloatArray) -> npt.NDArray[np.int64]:
+    """Per column, the fractional binary digits its values need (0 for whole numbers):
+    a value is ``odd * 2**(e + tz)`` with ``tz`` the trailing zeros of its mantissa."""
+    bits = x.view("<i8")
+    biased = (bits >> 52) & 0x7FF
+    mant = bits & _MANTISSA
+    full = np.where(biased > 0, mant | _HIDDEN_BIT, mant)
+    low = full & -full  # lowest set bit (0 for zero)
+    tz = np.log2(np.maximum(low, 1).astype(np.float64)).astype(np.int64)
+    need = -(np.maximum(biased, 1) - 1075 + tz)
+    need = np.where(full == 0, 0, np.maximum(need, 0))
+    out: npt.NDArray[np.int64] = need.max(axis=0)
+    return out
+
+
+def _exact_k(recon: FloatArray, want: FloatArray, n: FloatArray) -> npt.NDArray[np.bool_]:
+    """:func:`_exact` for a stack of candidates ``(k, rows, cols)`` -> ``(k, cols)``."""
+    small = (np.abs(n) < _MAX_EXACT_INT).all(axis=1)
+    same = (np.ascontiguousarray(recon).view("<i8") == want.view("<i8")[None]).all(axis=1)
+    out: npt.NDArray[np.bool_] = small & same
+    return out
 
 
 def decode_samples(data: bytes, n_channels_of: list[int]) -> tuple[int, FloatArray, FloatArray]:
@@ -226,21 +259,23 @@ def decode_samples(data: bytes, n_channels_of: list[int]) -> tuple[int, FloatArr
             t = np.cumsum(np.cumsum(t_dd, dtype="<i8"), dtype="<i8").view("<f8")
             ints = np.cumsum(v_d.reshape(rows, n_ch), axis=0, dtype="<i8")
         values = np.empty((rows, n_ch), dtype=np.float64)
-        for c in range(n_ch):
-            mode = int(modes[c])
-            col = ints[:, c]
+        if (modes > _MODE_BINARY).any():
+            bad = int(modes[modes > _MODE_BINARY][0])
+            raise Undecodable(f"sample chunk channel {int(np.argmax(modes > _MODE_BINARY))}: "
+                              f"unknown mode {bad}")
+        for mode in np.unique(modes):  # all columns of one form at once
+            cols = modes == mode
+            col = ints[:, cols]
             if mode == _MODE_AFFINE:
-                values[:, c] = col.astype(np.float64) * params[c, 0] + params[c, 1]
+                values[:, cols] = col.astype(np.float64) * params[cols, 0] + params[cols, 1]
             elif mode == _MODE_DECIMAL:
-                values[:, c] = col.astype(np.float64) / _POW10[int(params[c, 0])]
+                values[:, cols] = col.astype(np.float64) / np.power(10.0, params[cols, 0])
             elif mode == _MODE_BINARY:
-                values[:, c] = col.astype(np.float64) * 2.0 ** -int(params[c, 0])
+                values[:, cols] = col.astype(np.float64) * np.exp2(-params[cols, 0])
             elif mode == _MODE_F4:
-                values[:, c] = col.astype("<i4").view("<f4")
-            elif mode == _MODE_F8:
-                values[:, c] = col.view("<f8")
+                values[:, cols] = col.astype("<i4").view("<f4")
             else:
-                raise Undecodable(f"sample chunk channel {c}: unknown mode {mode}")
+                values[:, cols] = col.view("<f8")
         if flags & _FLAG_NAN:
             bits = np.frombuffer(data, dtype=np.uint8, offset=pos)
             nan = np.unpackbits(bits, count=rows * n_ch).astype(bool).reshape(rows, n_ch)

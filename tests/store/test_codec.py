@@ -125,7 +125,8 @@ def test_version_1_chunks_still_decode() -> None:
 
 
 def test_damaged_plaintext_is_undecodable_not_a_crash() -> None:
-    blob = codec.encode_samples(0, _times(50), np.arange(100.0).reshape(50, 2))
+    blob = codec.encode_samples(0, _times(300), np.arange(600.0).reshape(300, 2))
+    assert blob[0] == 2  # big enough for the analysed form
     for cut in (3, 12, len(blob) // 2, len(blob) - 1):
         with pytest.raises(codec.Undecodable):
             codec.decode_samples(blob[:cut], [2])
