@@ -154,18 +154,19 @@ def build_daemon(
         },
     )
     if publisher is not None:
-        _PUBLISHERS[daemon] = (publisher, daemon.hub.subscribe("lsl"))
+        _PUBLISHERS[daemon] = publisher
     return daemon
 
 
 async def run_daemon(daemon: Daemon, duration: float | None = None) -> None:
     """``daemon.run`` with what :func:`build_daemon` attached beside it (the LSL outlets:
     a hub consumer task, ended when the daemon closes its hub)."""
-    attached = _PUBLISHERS.pop(daemon, None)
-    if attached is None:
+    publisher = _PUBLISHERS.pop(daemon, None)
+    if publisher is None:
         await daemon.run(duration)
         return
-    publisher, queue = attached
+    # subscribed here, not in build_daemon: a daemon run without this never fills the queue
+    queue = daemon.hub.subscribe("lsl")
     publisher.start()
     consumer = asyncio.create_task(publisher.consume(queue), name="consumer:lsl")
     try:
@@ -180,10 +181,8 @@ async def run_daemon(daemon: Daemon, duration: float | None = None) -> None:
         await asyncio.to_thread(publisher.close)
 
 
-# daemon -> its LSL publisher and hub queue, until run_daemon starts them
-_PUBLISHERS: weakref.WeakKeyDictionary[Daemon, tuple[LslPublisher, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+# daemon -> its LSL publisher, until run_daemon starts it
+_PUBLISHERS: weakref.WeakKeyDictionary[Daemon, LslPublisher] = weakref.WeakKeyDictionary()
 
 
 def _lsl_publisher(config: Config) -> LslPublisher:

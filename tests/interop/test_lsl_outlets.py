@@ -108,7 +108,9 @@ def test_raw_outlet_carries_labels_rate_and_the_twins_sample_times(
     env: dict[str, str], prefix: str, daemon: subprocess.Popen[str]
 ) -> None:
     info = resolve_one(f"{prefix}.simulator.eeg")
-    inlet = pylsl.StreamInlet(info, processing_flags=pylsl.proc_clocksync)
+    # one host, one local_clock: the raw timestamps are what is compared (LSL's own offset
+    # estimate would only add its noise; LslSource's clocksync is tested in test_lsl_inlet)
+    inlet = pylsl.StreamInlet(info)
     full = inlet.info(10.0)
     assert full.type() == "EEG"
     assert full.channel_count() == 4
@@ -125,7 +127,7 @@ def test_raw_outlet_carries_labels_rate_and_the_twins_sample_times(
     while len(got_t) < 512 and time.monotonic() < deadline:
         values, stamps = inlet.pull_chunk(timeout=0.5, max_samples=1024, as_numpy=True)
         if len(stamps):
-            # the inlet's clock (clocksync; same host) back to epoch seconds, offset read now
+            # the inlet's clock (same host) back to epoch seconds, offset read now
             got_t.extend((np.asarray(stamps) - pylsl.local_clock() + time.time()).tolist())
             got_v.append(np.asarray(values))
     assert len(got_t) >= 512, f"only {len(got_t)} samples arrived"
@@ -137,11 +139,14 @@ def test_raw_outlet_carries_labels_rate_and_the_twins_sample_times(
     received = np.concatenate(got_v)
     # every received sample is a stored one (same values, bit for bit) at the same time
     index = {tuple(row): t for row, t in zip(v_store.tolist(), t_store.tolist(), strict=True)}
-    errors = []
-    for row, t in zip(received.tolist(), got_t, strict=True):
-        assert tuple(row) in index, "a sample the twin did not store came out of the outlet"
-        errors.append(abs(t - index[tuple(row)]))
-    assert max(errors) < 0.005, f"timestamps differ by up to {max(errors) * 1e3:.2f} ms"
+    missing = [row for row in received.tolist() if tuple(row) not in index]
+    assert not missing, (f"{len(missing)} of {len(received)} samples out of the outlet are not "
+                         f"in the store ({len(t_store)} stored)")
+    errors = np.array([abs(t - index[tuple(row)])
+                       for row, t in zip(received.tolist(), got_t, strict=True)])
+    assert np.median(errors) < 0.001 and errors.max() < 0.005, (
+        f"timestamps differ by median {np.median(errors) * 1e3:.3f} ms, "
+        f"max {errors.max() * 1e3:.3f} ms")
     inlet.close_stream()
 
 
