@@ -251,3 +251,22 @@ async def test_markers_the_daemon_stores_are_published(
         assert store.read_markers()[0].text == "stimulus on"
     finally:
         store.close()
+
+
+def test_edgetwin_mark_reaches_the_markers_outlet_of_the_running_daemon(
+    env: dict[str, str], prefix: str, daemon: subprocess.Popen[str]
+) -> None:
+    inlet = pylsl.StreamInlet(resolve_one(f"{prefix}.markers"))
+    inlet.open_stream(10.0)
+    time.sleep(0.5)
+    at = time.time() - 2.0
+    cli(env, "mark", "eyes closed", "--at", repr(at))
+    sample, stamp = inlet.pull_sample(timeout=20.0)
+    assert sample == ["eyes closed"]
+    assert abs(stamp - pylsl.local_clock() + time.time() - at) < 0.005
+    refused = cli(env, "mark", "bad\x1b[31m", check=False)
+    assert refused.returncode != 0
+    more, _ = inlet.pull_sample(timeout=1.0)
+    assert more is None
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0
