@@ -97,6 +97,12 @@ def resolve_one(name: str, timeout: float = 30.0) -> object:
     return found[0]
 
 
+def drain_until_lost(inlet: object, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        inlet.pull_chunk(timeout=0.5)  # type: ignore[attr-defined]
+
+
 def stored(env: dict[str, str], stream: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     with TwinStore.open(Path(env["EDGETWIN_HOME"]), Secret.passphrase(PASS)) as store:
         parts = list(store.read_samples(stream))
@@ -270,3 +276,29 @@ def test_edgetwin_mark_reaches_the_markers_outlet_of_the_running_daemon(
     assert more is None
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == 0
+
+
+def test_daemon_run_lsl_flag_publishes_without_the_config_switch(
+    env: dict[str, str], prefix: str
+) -> None:
+    cli(env, "init")
+    cli(env, "pair", "add", "simulator", "--seed", "5")
+    home = Path(env["EDGETWIN_HOME"])
+    (home / "config.toml").write_text(f'[inference]\nenabled = false\n[lsl]\nprefix = "{prefix}"\n')
+    proc = subprocess.Popen([*EXE, "daemon", "run", "--lsl", "--duration", "30"], env=env,
+                            stderr=subprocess.DEVNULL)
+    try:
+        inlet = pylsl.StreamInlet(resolve_one(f"{prefix}.simulator.accel"), recover=False)
+        assert inlet.info(10.0).get_channel_labels() == ["accel_x", "accel_y", "accel_z"]
+        inlet.open_stream(10.0)
+        sample, _ = inlet.pull_sample(timeout=10.0)
+        assert sample is not None and len(sample) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        # the daemon's end destroys its outlets: the inlet sees the stream lost
+        with pytest.raises(pylsl.util.LostError):
+            drain_until_lost(inlet, 20.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
