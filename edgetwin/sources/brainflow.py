@@ -420,7 +420,7 @@ class BrainFlowSource(Source):
         poll_hz: float = 15.0,
         watchdog_s: float = 10.0,
         queue_batches: int = 64,
-        buffer_size: int | None = None,
+        buffer_size: int = 450_000,
         fnirs_distance_cm: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(name)
@@ -536,7 +536,7 @@ class BrainFlowSource(Source):
             raise translate_error(exc, what) from exc
         try:
             board.prepare_session()
-            board.start_stream(self.buffer_size or ring_samples(layouts.values()))
+            board.start_stream(self.buffer_size)
         except bf.BrainFlowError as exc:
             _release_quietly(board)
             raise translate_error(exc, what) from exc
@@ -639,19 +639,6 @@ class BrainFlowSource(Source):
         if board is not None:
             _release_quietly(board)
             _LOGGER.info("BrainFlow session of %s released", self.name)
-
-
-RING_SECONDS = 120.0  # how long BrainFlow may hold data while the daemon is busy
-
-
-def ring_samples(layouts: Iterable[PresetLayout]) -> int:
-    """BrainFlow's ring buffer length (per preset, in samples) for ``RING_SECONDS`` of the
-    fastest preset. BrainFlow's default (450,000) is 30 min at 250 Hz: the ring's pages are
-    touched as it fills, so the daemon's memory grew by ~8 bytes x rows x 450,000 per
-    preset (180 MB for the synthetic board) over its first half hour, for slack it never
-    needs (the poller drains at 15 Hz)."""
-    fastest = max((layout.sampling_rate for layout in layouts), default=0.0)
-    return int(min(450_000, max(1_000, math.ceil(fastest * RING_SECONDS))))
 
 
 def check_playback_file(path: Path, layout: PresetLayout) -> None:

@@ -490,14 +490,3 @@ def test_arm_build_script_targets_the_installed_version_and_package(tmp_path: Pa
     lib_dir = Path(brainflow.__file__).parent / "lib"
     assert f"{lib_dir}/\n" in out or f"{lib_dir}/" in out.split("cp -f", 1)[1]
     assert not (Path(brainflow.__file__).parent / "lib.orig-x86_64").exists()  # dry: no change
-
-
-def test_ring_buffer_holds_two_minutes_of_the_fastest_preset_not_brainflows_half_hour() -> None:
-    from edgetwin.sources.brainflow import RING_SECONDS, board_presets, ring_samples
-
-    synthetic = resolve_board("SYNTHETIC_BOARD")
-    layouts = [preset_layout(synthetic, p) for p in board_presets(synthetic)]
-    assert ring_samples(layouts) == round(250 * RING_SECONDS) == 30_000
-    athena = resolve_board(ATHENA)
-    assert ring_samples([preset_layout(athena, p) for p in board_presets(athena)]) == 30_720
-    assert ring_samples([]) == 1_000  # never below BrainFlow's useful minimum
