@@ -13,7 +13,11 @@ Channel names follow the twin's CSV contract (``edgetwin.types``): an EEG
 label ``Fp1`` becomes ``eeg_fp1`` as BrainFlow's ``eeg_names`` do, ECG/EMG/EOG
 become ``ecg_<label>``..., accelerometer axes ``accel_x|y|z``; values in a
 convertible unit (volts, millivolts, m/s², seconds for RR) are scaled to the
-twin's unit. A channel of a type the twin does not know, or in a unit it cannot
+twin's unit. A numeric stream of type ``Markers`` (event codes) becomes a
+``marker`` channel: the daemon stores each nonzero code as a marker too (a code
+0 is "no event", as on BrainFlow's marker channel). String-valued marker streams
+are refused at pairing with a precise error (they cannot travel as samples).
+A channel of a type the twin does not know, or in a unit it cannot
 convert, is kept as a raw channel ``<type>_<label>`` (``raw_<...>`` when the
 type would read as a twin kind), stored but ignored by the features.
 
@@ -112,6 +116,9 @@ _LSL_TYPE_TO_KIND: dict[str, str] = {
     "rr": "rr", "ibi": "rr", "spo2": "spo2", "temp": "temp", "temperature": "temp",
     "acc": "accel", "accel": "accel", "accelerometer": "accel", "gyro": "gyro",
     "gyroscope": "gyro", "resp": "resp", "respiration": "resp",
+    # a numeric marker stream (event codes): a ``marker`` channel, which the daemon also
+    # stores as markers (``edgetwin.types.channel_markers``: every nonzero code)
+    "markers": "marker", "marker": "marker",
 }
 _VOLT = {"": 1.0, "uv": 1.0, "µv": 1.0, "microvolt": 1.0, "microvolts": 1.0,
          "mv": 1e3, "millivolt": 1e3, "millivolts": 1e3, "v": 1e6, "volt": 1e6, "volts": 1e6}
@@ -128,7 +135,7 @@ _UNIT_SCALE: dict[str, dict[str, float]] = {
     "eda": {"": 1.0, "us": 1.0, "µs": 1.0, "microsiemens": 1.0},
     "rr": {"": 1.0, "ms": 1.0, "milliseconds": 1.0, "s": 1e3, "seconds": 1e3},
 }
-_SINGLE = ("hr", "rr", "spo2", "temp", "eda", "ppg", "resp")  # one-channel kinds: no suffix
+_SINGLE = ("hr", "rr", "spo2", "temp", "eda", "ppg", "resp", "marker")  # no suffix when one
 _SANE = re.compile(r"[^a-z0-9]+")
 _CONFIGURED = False
 

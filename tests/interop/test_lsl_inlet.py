@@ -282,3 +282,45 @@ async def test_a_stream_running_off_its_nominal_rate_is_stored_and_named() -> No
     finally:
         await source.close()
         del outlet
+
+
+def test_a_numeric_marker_stream_becomes_markers_and_a_string_one_is_refused(
+    env: dict[str, str]
+) -> None:
+    name = f"codes-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "Markers", 1, pylsl.IRREGULAR_RATE, "int32", f"sid-{name}")
+    outlet = pylsl.StreamOutlet(info)
+    text_info = pylsl.StreamInfo(f"{name}-text", "Markers", 1, pylsl.IRREGULAR_RATE, "string",
+                                 f"sid-{name}-text")
+    text_outlet = pylsl.StreamOutlet(text_info)
+    refused = cli(env, "pair", "add", "lsl", "--name", f"{name}-text")
+    assert refused.returncode == 2
+    assert "carries strings (a marker stream)" in refused.stderr
+    paired = cli(env, "pair", "add", "lsl", "--name", name, "--as", "stim", "--json")
+    assert paired.returncode == 0, paired.stderr
+    assert json.loads(paired.stdout)["channels"] == ["marker"]
+    daemon = subprocess.Popen([*EXE, "daemon", "run"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_source(env, "stim", lambda s: s["state"] == "streaming")
+        assert outlet.wait_for_consumers(10.0)
+        time.sleep(0.5)
+        sent = []
+        for code in (11, 0, 12, 13):
+            stamp = pylsl.local_clock()
+            outlet.push_sample([code], stamp)
+            sent.append((code, stamp + time.time() - pylsl.local_clock()))
+            time.sleep(0.1)
+        wait_source(env, "stim", lambda s: s["samples"] >= 4)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=30)
+        del outlet, text_outlet
+    marks = json.loads(cli(env, "markers", "--json").stdout)
+    assert [m["text"] for m in marks] == ["11", "12", "13"]  # code 0 is "no event"
+    expected = {str(code): t for code, t in sent}
+    for m in marks:
+        assert abs(m["t"] - expected[m["text"]]) < 0.005
+        assert m["source"] == "stim.marker"
