@@ -236,7 +236,8 @@ def keys_info_cmd(app: AppContext) -> None:
 
 
 @click.command("forget")
-@click.option("--stream", "stream", metavar="NAME", help="Forget one stream entirely.")
+@click.option("--stream", "stream", metavar="NAME",
+              help="Forget one stream entirely, or a marker source (cli, xdf:<name>, lsl:<name>).")
 @click.option(
     "--before",
     "before",
