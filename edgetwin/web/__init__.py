@@ -1,0 +1,1 @@
+"""The owner's views of the twin: the local dashboard and the offline report."""
