@@ -25,14 +25,11 @@ def build_lsl_record(prop: str, value: str, meta: dict[str, Any]) -> dict[str, A
     """The pairing record for a resolved stream; ``UsageError`` if it cannot be ingested."""
     from edgetwin.sources.lsl import describe_stream, map_channels
 
-    if meta.get("channel_format") == "string":
-        raise UsageError(
-            f"LSL stream {describe_stream(meta)} carries strings (a marker stream)",
-            hint="only numeric streams are ingested as a source; markers come in through "
-            "XDF files or 'edgetwin mark'",
-        )
     if int(meta.get("channel_count") or 0) < 1:
         raise UsageError(f"LSL stream {describe_stream(meta)} has no channels")
+    if meta.get("channel_format") == "string":  # events: stored as markers, no channels
+        return {"kind": "lsl", "query": {"prop": prop, "value": value}, "stream": meta,
+                "channels": [], "units": [], "markers": True}
     cmap = map_channels(meta)
     return {
         "kind": "lsl",
@@ -110,11 +107,16 @@ def lsl_add(
     pair.save_pairing(app, source_name, record, quiet=True)
     from edgetwin.sources.lsl import map_channels
 
-    stream = f"{source_name}.{map_channels(meta).stream_suffix}"
+    markers = bool(record.get("markers"))
+    stream = (f"markers from lsl:{meta.get('name')}" if markers
+              else f"{source_name}.{map_channels(meta).stream_suffix}")
     if app.as_json:
         emit_json({"name": source_name, "kind": "lsl", "stream": stream,
                    "channels": record["channels"], "lsl": meta})
         return
     click.echo(f"paired {source_name} (lsl): {describe_stream(meta)}")
+    if markers:
+        click.echo(f"{stream}: each sample is stored as a marker ('edgetwin markers')")
+        return
     click.echo(f"stream: {stream} ({', '.join(record['channels'][:8])}"
                f"{', ...' if len(record['channels']) > 8 else ''})")

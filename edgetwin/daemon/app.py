@@ -140,11 +140,13 @@ def build_daemon(
         on_prediction = _tap_predictions(on_prediction, publisher)
         _tap_markers(store, publisher)
         lsl_status = lambda: {"lsl": publisher.stats()}  # noqa: E731 - one-line status part
+    chosen = list(sources) if sources is not None else sources_from_pairings(store)
+    _give_markers_a_home(chosen, store)
     daemon = Daemon(
         home,
         config,
         store,
-        list(sources) if sources is not None else sources_from_pairings(store),
+        chosen,
         pipeline=pipe,
         engine=served,
         on_prediction=on_prediction,
@@ -215,14 +217,28 @@ class _TappedPipeline:
         return getattr(self._inner, name)
 
 
+def _give_markers_a_home(sources: Sequence[Source], store: TwinStore) -> None:
+    """Sources of events (an LSL string stream) hand their markers to the store directly: the
+    store is thread-safe and buffers them until the flusher's next commit."""
+    from edgetwin.sources.lsl import LslSource
+
+    for source in sources:
+        if isinstance(source, LslSource) and source.is_markers:
+            # called after _tap_markers: LSL events reach the markers outlet as well
+            source.marker_sink = store.append_markers
+
+
 def _tap_markers(store: TwinStore, publisher: LslPublisher) -> None:
     """Every marker this store accepts from now on (the daemon's control socket, sources) is
-    published on the LSL markers outlet too; a refused one raises as before, unpublished."""
+    published on the LSL markers outlet too; a refused one raises as before, unpublished.
+    Markers read back from our own markers outlet (paired by mistake) are not re-published:
+    that would echo them forever."""
     inner = store.append_markers
+    own = f"lsl:{publisher.config.prefix}.markers"
 
     def append_markers(markers: Sequence[Marker]) -> None:
         inner(markers)
-        publisher.offer_markers([(m.t, m.text) for m in markers])
+        publisher.offer_markers([(m.t, m.text) for m in markers if m.source != own])
 
     store.append_markers = append_markers  # type: ignore[method-assign]
 

@@ -15,8 +15,10 @@ become ``ecg_<label>``..., accelerometer axes ``accel_x|y|z``; values in a
 convertible unit (volts, millivolts, m/s², seconds for RR) are scaled to the
 twin's unit. A numeric stream of type ``Markers`` (event codes) becomes a
 ``marker`` channel: the daemon stores each nonzero code as a marker too (a code
-0 is "no event", as on BrainFlow's marker channel). String-valued marker streams
-are refused at pairing with a precise error (they cannot travel as samples).
+0 is "no event", as on BrainFlow's marker channel). A string stream (the usual
+LSL marker stream) is read as events: each sample becomes a ``Marker`` from
+``lsl:<stream name>`` (text escaped by ``escape_marker_text``, channels joined by
+`` | ``), handed to ``marker_sink``, which the daemon points at its store.
 A channel of a type the twin does not know, or in a unit it cannot
 convert, is kept as a raw channel ``<type>_<label>`` (``raw_<...>`` when the
 type would read as a twin kind), stored but ignored by the features.
@@ -64,7 +66,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,14 @@ from edgetwin.errors import (
     UsageError,
 )
 from edgetwin.sources.base import Source
-from edgetwin.types import CHANNEL_UNITS, SampleBatch, channel_kind
+from edgetwin.types import (
+    CHANNEL_UNITS,
+    MARKER_SOURCE_MAX,
+    Marker,
+    SampleBatch,
+    channel_kind,
+    escape_marker_text,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -349,10 +358,14 @@ class LslSource(Source):
         if self.prop not in QUERY_PROPS:
             raise ValueError(f"query prop {self.prop!r} is not one of {QUERY_PROPS}")
         self.paired = dict(stream)
-        if self.paired.get("channel_format") == "string":
-            raise ValueError("string-valued (marker) LSL streams are not ingested as samples")
+        # a string stream carries events: they become markers, handed to ``marker_sink``
+        self.is_markers = self.paired.get("channel_format") == "string"
+        self.marker_sink: Callable[[list[Marker]], None] | None = None
+        self.marker_source = escape_marker_text(f"lsl:{self.paired.get('name')}",
+                                                limit=MARKER_SOURCE_MAX)
         self.channel_map = map_channels(self.paired)
-        self.stream_name = f"{name}.{self.channel_map.stream_suffix}"
+        self.stream_name = (f"{name}.markers" if self.is_markers
+                            else f"{name}.{self.channel_map.stream_suffix}")
         self.nominal_srate = float(self.paired["nominal_srate"])
         self.resolve_timeout_s = resolve_timeout_s
         self.poll_hz = poll_hz
@@ -379,7 +392,7 @@ class LslSource(Source):
             "nominal_rate_hz": self.nominal_srate,
             "streams": [self.stream_name],
             **{k: v for k, v in self.counters.extra.items()
-               if k in ("effective_rate_hz", "rate_warning")},
+               if k in ("effective_rate_hz", "rate_warning", "markers")},
         }
 
     async def connect(self) -> None:
@@ -473,6 +486,9 @@ class LslSource(Source):
         queue: asyncio.Queue[SampleBatch | SourceError],
         stop: threading.Event,
     ) -> None:
+        if self.is_markers:
+            self._pull_markers(loop, queue, stop)
+            return
         pylsl = pylsl_module()
         period = 1.0 / self.poll_hz
         offset = time.time() - pylsl.local_clock()
@@ -512,6 +528,58 @@ class LslSource(Source):
                                       units=self.channel_map.units, meta=meta)
             if not self._deliver(loop, queue, stop, batch):
                 return
+
+    def _pull_markers(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[SampleBatch | SourceError],
+        stop: threading.Event,
+    ) -> None:
+        """A string stream: each sample is a marker (channels joined by `` | ``), its text
+        escaped (``escape_marker_text``), from ``lsl:<stream name>``, handed to the sink."""
+        pylsl = pylsl_module()
+        period = 1.0 / self.poll_hz
+        while not stop.wait(period):
+            with self._lock:
+                inlet = self._inlet
+                if inlet is None:
+                    return
+                try:
+                    values, stamps = inlet.pull_chunk(0.0, 1024)
+                except pylsl.util.LostError as exc:
+                    self._deliver(loop, queue, stop, TransientSourceError(
+                        f"LSL stream {self.paired.get('name')!r} of source {self.name!r} was "
+                        f"lost: {exc}", hint="its outlet went away; re-resolving"))
+                    return
+            if not stamps:
+                continue
+            offset = time.time() - pylsl.local_clock()
+            markers = []
+            for sample, stamp in zip(values, stamps, strict=True):
+                text = escape_marker_text(" | ".join(str(v) for v in sample if str(v).strip()))
+                if not text:
+                    self.counters.bad_packets += 1  # an empty event: nothing to keep
+                    continue
+                markers.append(Marker(float(stamp) + offset, text, self.marker_source))
+            self._hand_over(markers)
+
+    def _hand_over(self, markers: list[Marker]) -> None:
+        if not markers:
+            return
+        sink = self.marker_sink
+        if sink is None:
+            self.counters.drops += len(markers)
+            _LOGGER.warning("source %s has nowhere to put %d markers", self.name, len(markers))
+            return
+        try:
+            sink(markers)
+        except Exception as exc:  # noqa: BLE001 - a refused marker is counted, the stream goes on
+            self.counters.bad_packets += len(markers)
+            _LOGGER.warning("markers of source %s refused: %s", self.name, exc)
+            return
+        self.counters.samples += len(markers)
+        self.counters.extra["markers"] = self.counters.extra.get("markers", 0) + len(markers)
+        self.counters.last_sample_t = markers[-1].t
 
     def _check_rate(self, t: np.ndarray[Any, Any]) -> None:
         """Compare the stream's sample times with its nominal rate over ``_RATE_WINDOW_S``.

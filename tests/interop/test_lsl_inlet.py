@@ -284,33 +284,37 @@ async def test_a_stream_running_off_its_nominal_rate_is_stored_and_named() -> No
         del outlet
 
 
-def test_a_numeric_marker_stream_becomes_markers_and_a_string_one_is_refused(
-    env: dict[str, str]
-) -> None:
+def test_marker_streams_numeric_codes_and_strings_become_markers(env: dict[str, str]) -> None:
     name = f"codes-{uuid.uuid4().hex[:8]}"
     info = pylsl.StreamInfo(name, "Markers", 1, pylsl.IRREGULAR_RATE, "int32", f"sid-{name}")
     outlet = pylsl.StreamOutlet(info)
-    text_info = pylsl.StreamInfo(f"{name}-text", "Markers", 1, pylsl.IRREGULAR_RATE, "string",
-                                 f"sid-{name}-text")
+    text_name = f"{name}-text"
+    text_info = pylsl.StreamInfo(text_name, "Markers", 1, pylsl.IRREGULAR_RATE, "string",
+                                 f"sid-{text_name}")
     text_outlet = pylsl.StreamOutlet(text_info)
-    refused = cli(env, "pair", "add", "lsl", "--name", f"{name}-text")
-    assert refused.returncode == 2
-    assert "carries strings (a marker stream)" in refused.stderr
     paired = cli(env, "pair", "add", "lsl", "--name", name, "--as", "stim", "--json")
     assert paired.returncode == 0, paired.stderr
     assert json.loads(paired.stdout)["channels"] == ["marker"]
+    paired_text = cli(env, "pair", "add", "lsl", "--name", text_name, "--as", "events")
+    assert paired_text.returncode == 0, paired_text.stderr
+    assert f"markers from lsl:{text_name}" in paired_text.stdout
     daemon = subprocess.Popen([*EXE, "daemon", "run"], env=env, stderr=subprocess.DEVNULL)
+    sent: dict[str, float] = {}
     try:
         wait_source(env, "stim", lambda s: s["state"] == "streaming")
-        assert outlet.wait_for_consumers(10.0)
+        wait_source(env, "events", lambda s: s["state"] == "streaming")
+        assert outlet.wait_for_consumers(10.0) and text_outlet.wait_for_consumers(10.0)
         time.sleep(0.5)
-        sent = []
-        for code in (11, 0, 12, 13):
+        for code, text in ((11, "trial 1 start"), (0, ""), (12, "bad\x1b[31mred"), (13, "end")):
             stamp = pylsl.local_clock()
             outlet.push_sample([code], stamp)
-            sent.append((code, stamp + time.time() - pylsl.local_clock()))
+            sent[str(code)] = stamp + time.time() - pylsl.local_clock()
+            if text:
+                text_outlet.push_sample([text], stamp + 0.001)
+                sent[text] = sent[str(code)] + 0.001
             time.sleep(0.1)
         wait_source(env, "stim", lambda s: s["samples"] >= 4)
+        wait_source(env, "events", lambda s: s.get("markers", 0) >= 3)  # type: ignore[operator]
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
     finally:
@@ -319,8 +323,12 @@ def test_a_numeric_marker_stream_becomes_markers_and_a_string_one_is_refused(
             daemon.wait(timeout=30)
         del outlet, text_outlet
     marks = json.loads(cli(env, "markers", "--json").stdout)
-    assert [m["text"] for m in marks] == ["11", "12", "13"]  # code 0 is "no event"
-    expected = {str(code): t for code, t in sent}
-    for m in marks:
-        assert abs(m["t"] - expected[m["text"]]) < 0.005
-        assert m["source"] == "stim.marker"
+    codes = [m for m in marks if m["source"] == "stim.marker"]
+    assert [m["text"] for m in codes] == ["11", "12", "13"]  # code 0 is "no event"
+    texts = [m for m in marks if m["source"] == f"lsl:{text_name}"]
+    # the escape character is stored escaped, never raw
+    assert [m["text"] for m in texts] == ["trial 1 start", "bad\\x1b[31mred", "end"]
+    for m in codes:
+        assert abs(m["t"] - sent[m["text"]]) < 0.005
+    for m, raw in zip(texts, ("trial 1 start", "bad\x1b[31mred", "end"), strict=True):
+        assert abs(m["t"] - sent[raw]) < 0.005
