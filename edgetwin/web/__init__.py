@@ -1,1 +1,1 @@
-"""The owner's views of the twin: the local dashboard and the offline report."""
+"""The local dashboard (served by the daemon or `edgetwin dashboard`) and the offline report."""
