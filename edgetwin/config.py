@@ -184,6 +184,39 @@ class LslConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The local web dashboard the daemon serves (``edgetwin dashboard`` without a daemon)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback only unless allow_remote and TLS are both set
+    port: int = 8765
+    tls_cert: str = ""  # PEM certificate chain file; with tls_key, the dashboard speaks HTTPS
+    tls_key: str = ""  # its private key (PEM)
+    allow_remote: bool = False  # listening beyond loopback also needs tls_cert and tls_key
+
+    def validate(self) -> None:
+        import ipaddress
+
+        if not 0 < self.port < 65536:
+            raise _bad("dashboard.port", f"is {self.port}; use 1..65535")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise _bad("dashboard.tls_cert", "and dashboard.tls_key must be given together")
+        if self.host in ("localhost", ""):
+            loopback = self.host == "localhost"
+        else:
+            try:
+                loopback = ipaddress.ip_address(self.host).is_loopback
+            except ValueError:
+                loopback = False  # a name other than localhost may resolve anywhere
+        if not loopback and not (self.allow_remote and self.tls_cert):
+            raise _bad(
+                "dashboard.host",
+                f"is {self.host!r}, beyond loopback: the dashboard shows health data, so "
+                "set allow_remote = true and tls_cert / tls_key too, or use 127.0.0.1",
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one twin."""
 
@@ -194,6 +227,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     lsl: LslConfig = field(default_factory=LslConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     def validate(self) -> None:
         for f in fields(self):
