@@ -16,6 +16,7 @@ from edgetwin.daemon.backoff import Backoff, SourceState, describe_error, is_per
 from edgetwin.daemon.hub import Hub
 from edgetwin.errors import TransientSourceError
 from edgetwin.sources.base import Source
+from edgetwin.types import EARLIEST_T, LATEST_T, SampleBatch
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class SourceRunner:
         self.failures = 0
         self.last_sample_t: float | None = None
         self.last_error: str | None = None
+        self.refused_batches = 0  # batches with times the twin cannot hold, never published
         self.next_attempt_t: float | None = None
         self._rate_window: list[tuple[float, int]] = []
 
@@ -87,6 +89,7 @@ class SourceRunner:
             "batches": self.batches,
             "drops": counters.drops + self.hub.drops_by_source(self.source.name),
             "bad_packets": counters.bad_packets,
+            "refused_batches": self.refused_batches,
             "gaps": counters.gaps,
             "last_sample_t": self.last_sample_t,
             "rate_hz": self.rate_hz(),
@@ -132,6 +135,15 @@ class SourceRunner:
                         f"source {self.source.name} sent nothing for {watchdog_s:g} s",
                         hint="reconnecting",
                     )
+                if _times_out_of_range(batch):
+                    # a broken clock or a hostile packet: 1e300 s would poison the feature
+                    # bins and the store; refuse the batch, keep the link
+                    self.refused_batches += 1
+                    self.last_error = (f"refused a batch of {batch.stream} with a time outside "
+                                       "1900..3000 UTC (the device's clock or data is broken)")
+                    if self.refused_batches == 1:
+                        _LOGGER.warning("source %s: %s", self.source.name, self.last_error)
+                    continue
                 self._count(batch)
                 self.hub.publish(batch)
                 if self.backoff.attempt and self._clock() - started > _HEALTHY_AFTER_S:
@@ -166,3 +178,8 @@ class SourceRunner:
             await self.source.close()
         except Exception:  # best effort; the next connect starts clean
             _LOGGER.debug("closing %s failed", self.source.name, exc_info=True)
+
+
+def _times_out_of_range(batch: SampleBatch) -> bool:
+    t = batch.t
+    return bool(len(t)) and not bool(((t >= EARLIEST_T) & (t <= LATEST_T)).all())

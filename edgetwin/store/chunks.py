@@ -36,7 +36,15 @@ from edgetwin.store.series import (
     SeriesRows,
     day_of,
 )
-from edgetwin.types import FeatureFrame, FloatArray, Prediction, SampleBatch
+from edgetwin.types import (
+    EARLIEST_T,
+    LATEST_T,
+    FeatureFrame,
+    FloatArray,
+    Prediction,
+    SampleBatch,
+    time_out_of_range,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -63,22 +71,32 @@ class Chunks(SeriesRows):
                 f"stream {batch.stream!r}: a batch holds non-finite timestamps",
                 hint="fix the source or the recording",
             )
+        if not ((batch.t >= EARLIEST_T) & (batch.t <= LATEST_T)).all():
+            bad = float(batch.t[(batch.t < EARLIEST_T) | (batch.t > LATEST_T)][0])
+            raise MalformedInput(
+                f"stream {batch.stream!r}: a batch holds a time outside 1900..3000 UTC "
+                f"({bad!r} s); none of it was stored",
+                hint="the source's clock or the recording's time column is broken",
+            )
         with self._lock:
             self._pending.setdefault(batch.stream, []).append(batch)
 
     def append_frames(self, frames: Sequence[FeatureFrame]) -> None:
         """Buffer feature frames; durable after the next :meth:`commit`."""
         for f in frames:
-            if not math.isfinite(f.t):
-                raise MalformedInput("a feature frame has a non-finite time")
+            if time_out_of_range(f.t):
+                raise MalformedInput(f"a feature frame's time {f.t!r} is not finite or not "
+                                     "within 1900..3000 UTC; no frame of this call was stored")
         with self._lock:
             self._pending_frames.extend(frames)
 
     def append_predictions(self, preds: Sequence[Prediction]) -> None:
         """Buffer predictions; durable after the next :meth:`commit`."""
         for p in preds:
-            if not math.isfinite(p.t):
-                raise MalformedInput("a prediction has a non-finite time")
+            if time_out_of_range(p.t):
+                raise MalformedInput(f"a prediction's time {p.t!r} is not finite or not "
+                                     "within 1900..3000 UTC; no prediction of this call was "
+                                     "stored")
         with self._lock:
             self._pending_preds.extend(preds)
 

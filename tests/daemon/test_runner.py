@@ -104,3 +104,27 @@ async def test_a_source_that_is_quiet_by_nature_is_not_reconnected_early() -> No
     assert runner.connects == 1
     assert runner.failures == 0
     assert runner.samples == 30
+
+
+async def test_a_batch_with_an_impossible_time_is_refused_and_the_link_kept() -> None:
+    """A broken device clock (t = 1e300) never reaches the hub: the feature bins and the
+    store would choke on it. The batches before and after it do."""
+    hub = Hub(64)
+    q = hub.subscribe("c")
+    src = ScriptedSource("strap", batches_per_session=3, end_with=None, rows=2)
+    src.t = 1e300  # the first batch's times
+    real_stream = src.stream
+
+    async def stream():  # type: ignore[no-untyped-def]
+        async for batch in real_stream():
+            yield batch
+            src.t = 1_700_000_000.0  # the device's clock recovers after one batch
+
+    src.stream = stream  # type: ignore[method-assign]
+    runner = _runner(src, hub)
+    await asyncio.wait_for(runner.run(), 30)
+    assert runner.refused_batches == 1
+    assert runner.batches == 2 and len(q) == 2
+    assert all(float(b.t.max()) < 2e9 for b in q.drain())
+    assert runner.connects == 1 and "1900..3000" in (runner.last_error or "")
+    assert runner.status()["refused_batches"] == 1
