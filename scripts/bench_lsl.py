@@ -235,7 +235,8 @@ def _proc_cpu(pid: int) -> float:
 
 
 def _inlet_runs(total: int) -> dict[str, Any]:
-    from edgetwin.sources.lsl import LslSource, full_metadata, resolve
+    from edgetwin.sources.lsl import LslSource
+    from edgetwin.sources.lsl_meta import full_metadata, resolve
 
     flags = pylsl.proc_clocksync | pylsl.proc_dejitter | pylsl.proc_monotonize
 

@@ -23,7 +23,7 @@ __all__ = ["build_lsl_record", "default_lsl_name", "lsl_add"]
 
 def build_lsl_record(prop: str, value: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The pairing record for a resolved stream; ``UsageError`` if it cannot be ingested."""
-    from edgetwin.sources.lsl import describe_stream, map_channels
+    from edgetwin.sources.lsl_meta import describe_stream, map_channels
 
     if int(meta.get("channel_count") or 0) < 1:
         raise UsageError(f"LSL stream {describe_stream(meta)} has no channels")
@@ -42,7 +42,7 @@ def build_lsl_record(prop: str, value: str, meta: dict[str, Any]) -> dict[str, A
 
 def default_lsl_name(meta: dict[str, Any], existing: set[str]) -> str:
     """A source name from the stream's name (``OpenBCI EEG`` -> ``openbci_eeg``), made unique."""
-    from edgetwin.sources.lsl import sanitize
+    from edgetwin.sources.lsl_meta import sanitize
 
     base = sanitize(str(meta.get("name") or ""))[:28].strip("_") or "lsl"
     name, i = base, 2
@@ -81,7 +81,7 @@ def lsl_add(
         raise UsageError(f"--{prop.replace('_', '-')} is empty")
     if not timeout > 0:
         raise UsageError(f"--timeout {timeout:g} must be greater than 0")
-    from edgetwin.sources.lsl import describe_stream, full_metadata, resolve, stream_metadata
+    from edgetwin.sources.lsl_meta import describe_stream, full_metadata, resolve, stream_metadata
 
     found = resolve(prop, value, timeout)
     flag = f"--{prop.replace('_', '-')} {value}"
@@ -105,7 +105,7 @@ def lsl_add(
     if source_name is None:
         source_name = default_lsl_name(meta, set(pair.paired_names(app)))
     pair.save_pairing(app, source_name, record, quiet=True)
-    from edgetwin.sources.lsl import map_channels
+    from edgetwin.sources.lsl_meta import map_channels
 
     markers = bool(record.get("markers"))
     stream = (f"markers from lsl:{meta.get('name')}" if markers

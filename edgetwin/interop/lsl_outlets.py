@@ -49,7 +49,7 @@ import numpy as np
 
 from edgetwin.config import LslConfig
 from edgetwin.features.schema import FEATURES, SCHEMA_VERSION
-from edgetwin.sources.lsl import KIND_TO_LSL_TYPE, UNIT_TO_LSL, pylsl_module
+from edgetwin.sources.lsl_meta import KIND_TO_LSL_TYPE, UNIT_TO_LSL, pylsl_module
 from edgetwin.types import CHANNEL_UNITS, FeatureFrame, Prediction, SampleBatch, channel_kind
 
 _LOGGER = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetwin.sources.lsl import layout_problem, map_channels
+from edgetwin.sources.lsl_meta import layout_problem, map_channels
 from edgetwin.store import Secret, TwinStore
 
 EXE = [sys.executable, "-m", "edgetwin"]
@@ -254,7 +254,8 @@ def test_channel_mapping_of_lsl_metadata() -> None:
 
 async def test_a_stream_running_off_its_nominal_rate_is_stored_and_named() -> None:
     """Nominal 100 Hz, samples 50 Hz apart: kept with their own times, and status says so."""
-    from edgetwin.sources.lsl import LslSource, full_metadata, resolve
+    from edgetwin.sources.lsl import LslSource
+    from edgetwin.sources.lsl_meta import full_metadata, resolve
 
     name = f"slow-{uuid.uuid4().hex[:8]}"
     info = pylsl.StreamInfo(name, "EEG", 2, 100.0, "float32", f"sid-{name}")
