@@ -302,3 +302,45 @@ def test_daemon_run_lsl_flag_publishes_without_the_config_switch(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+async def test_a_stuck_lsl_worker_never_blocks_the_hub_or_the_other_consumers(
+    prefix: str,
+) -> None:
+    """Backpressure: while liblsl's worker is stuck, the hub keeps publishing, the LSL queue
+    drops its oldest batches (counted), the store's queue gets every batch."""
+    import asyncio
+    import threading
+
+    from edgetwin.config import LslConfig
+    from edgetwin.daemon.hub import Hub
+    from edgetwin.interop.lsl_outlets import LslPublisher
+    from edgetwin.types import SampleBatch
+
+    publisher = LslPublisher(LslConfig(enabled=True, prefix=prefix, features=False,
+                                       markers=False, forecasts=False), step_s=5.0)
+    hub = Hub(8)
+    lsl_queue = hub.subscribe("lsl")
+    store_queue = hub.subscribe("store")
+    stuck = threading.Event()
+    publisher._executor.submit(stuck.wait, 30.0)  # the worker is busy elsewhere
+    consumer = asyncio.create_task(publisher.consume(lsl_queue))
+    stored = 0
+    for i in range(200):
+        t = time.time() + np.arange(10) / 100.0
+        hub.publish(SampleBatch.build("x.eeg", ["eeg_fz"], t, np.full((10, 1), float(i)),
+                                      meta={"sampling_rate_hz": 100.0}))
+        await asyncio.sleep(0)
+        stored += sum(len(b) for b in store_queue.drain())
+    assert stored == 2000  # the store's consumer saw everything
+    stats = hub.stats()["consumers"]["lsl"]
+    assert stats["dropped_batches"] >= 190 - 8  # the stuck consumer's oldest were dropped
+    stuck.set()
+    # once unstuck, the newest batches are pushed; then the hub closes and the consumer ends
+    inlet_name = f"{prefix}.x.eeg"
+    hub.close()
+    await asyncio.wait_for(consumer, 30.0)
+    await asyncio.to_thread(publisher._executor.submit(lambda: None).result, 30.0)
+    assert any(o["name"] == inlet_name and o["samples"] > 0
+               for o in publisher.stats()["outlets"])
+    publisher.close()
