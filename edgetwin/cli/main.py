@@ -40,6 +40,7 @@ _COMMANDS: dict[str, str] = {
     "sync": "edgetwin.cli.sync:sync_group",
     "collector": "edgetwin.cli.collector:collector_cmd",
     "consent": "edgetwin.cli.sync:consent_group",
+    "report": "edgetwin.cli.report:report_cmd",
 }
 
 

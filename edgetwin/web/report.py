@@ -1,0 +1,516 @@
+"""The offline report: one self-contained HTML file of a time range of the twin.
+
+:func:`collect` reads what the report shows from an unlocked store (feature traces with
+their quality masks and imputed spans, markers, recent forecasts with their explanation,
+the twin's own score, the sources, the privacy ledger, per-UTC-day statistics) into one
+JSON-ready document; :func:`render_html` puts it into ``report_template.html`` with the
+vendored uPlot inlined, so the file opens offline and asks nothing of any server;
+:func:`write_private` writes a file atomically with mode 0600 (it holds health data).
+
+Long ranges are downsampled on the server (:mod:`edgetwin.web.downsample`, MinMaxLTTB),
+so a chart holds at most about ``max_points`` rows whatever the range; the per-day
+statistics are computed from every frame, never from the downsampled traces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import html
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetwin.errors import HomeError, UsageError
+from edgetwin.features.schema import FEATURES, INDEX, NAMES, QUALITY_THRESHOLD
+from edgetwin.types import FeatureFrame, Prediction
+from edgetwin.web.report_tables import (
+    days_html,
+    forecasts_html,
+    markers_html,
+    privacy_html,
+    score_html,
+    sources_html,
+    summary_html,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+DAY_S = 86_400.0
+MAX_POINTS = 2000  # rows per chart after downsampling (all its traces share them)
+RECENT_S = 3600.0  # forecasts read for the report: the last hour of the range
+RECENT_PER_TARGET = 8  # forecasts listed per target
+FORECAST_CONTEXT_S = 1800.0  # observed trace shown before a forecast
+MAX_MARKERS = 2000  # markers inlined (the table says how many were left out)
+MAX_SPANS = 400  # shaded spans per chart and kind
+_HERE = Path(__file__).resolve().parent
+TEMPLATE = _HERE / "report_template.html"
+VENDOR = _HERE / "static" / "vendor"
+
+# chart id -> (title, features); a chart is drawn only when one of its features has data
+CHARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("hr", "Heart rate", ("hr",)),
+    ("rmssd", "Heart rate variability (RMSSD)", ("rmssd",)),
+    ("spo2", "Oxygen saturation (SpO2)", ("spo2",)),
+    ("skin_temp", "Skin temperature", ("skin_temp",)),
+    ("eda_tonic", "Skin conductance (tonic EDA)", ("eda_tonic",)),
+    ("motion", "Motion (activity)", ("motion",)),
+    ("eeg", "EEG band power (relative)",
+     ("eeg_delta", "eeg_theta", "eeg_alpha", "eeg_beta", "eeg_gamma")),
+    ("fnirs", "fNIRS haemoglobin change", ("fnirs_hbo", "fnirs_hbr")),
+)
+_UNITS = {f.name: f.unit for f in FEATURES}
+_LABELS = {
+    "hr": "heart rate", "rmssd": "RMSSD", "spo2": "SpO2", "skin_temp": "skin temperature",
+    "eda_tonic": "tonic EDA", "motion": "motion", "eeg_delta": "delta", "eeg_theta": "theta",
+    "eeg_alpha": "alpha", "eeg_beta": "beta", "eeg_gamma": "gamma", "fnirs_hbo": "HbO",
+    "fnirs_hbr": "HbR",
+}
+UNIT_LABELS = {"bpm": "bpm", "ms": "ms", "%": "%", "degC": "°C", "uS": "µS", "g": "g",
+               "1": "fraction", "uM": "µM"}
+
+
+@dataclass
+class Columns:
+    """Feature frames as columns: ``values`` NaN where not usable (missing or below the
+    quality threshold), ``masked`` where a value was present but of too low quality."""
+
+    t: npt.NDArray[np.float64]
+    values: npt.NDArray[np.float32]  # (n, features)
+    masked: npt.NDArray[np.bool_]
+    imputed: npt.NDArray[np.bool_]
+
+    @classmethod
+    def from_frames(cls, frames: Iterable[FeatureFrame], block: int = 65_536) -> Columns:
+        """Read frames into columns block by block (flat memory per frame)."""
+        width = len(NAMES)
+        ts: list[npt.NDArray[np.float64]] = []
+        vs: list[npt.NDArray[np.float32]] = []
+        ms: list[npt.NDArray[np.bool_]] = []
+        ims: list[npt.NDArray[np.bool_]] = []
+        t = np.empty(block)
+        v = np.empty((block, width))
+        q = np.empty((block, width))
+        im = np.empty((block, width), dtype=bool)
+        i = 0
+
+        def flush(k: int) -> None:
+            vals, qual = v[:k], q[:k]
+            present = np.isfinite(vals)
+            good = present & (qual >= QUALITY_THRESHOLD)
+            ts.append(t[:k].copy())
+            vs.append(np.where(good, vals, np.nan).astype(np.float32))
+            ms.append(present & ~good)
+            ims.append(im[:k] & good)
+
+        for f in frames:
+            if f.values.shape[0] != width:
+                continue  # another schema version: not drawable on this schema's charts
+            t[i] = f.t
+            v[i] = f.values
+            q[i] = f.quality
+            im[i] = f.imputed
+            i += 1
+            if i == block:
+                flush(i)
+                i = 0
+        if i:
+            flush(i)
+        if not ts:
+            return cls(np.empty(0), np.empty((0, width), np.float32),
+                       np.empty((0, width), bool), np.empty((0, width), bool))
+        cols = cls(np.concatenate(ts), np.concatenate(vs), np.concatenate(ms),
+                   np.concatenate(ims))
+        if cols.t.size > 1 and np.any(np.diff(cols.t) < 0):
+            order = np.argsort(cols.t, kind="stable")
+            cols = cls(cols.t[order], cols.values[order], cols.masked[order],
+                       cols.imputed[order])
+        return cols
+
+    def step_s(self, default: float) -> float:
+        """The frames' own step: the median spacing (the configured step if too few)."""
+        if self.t.size < 3:
+            return default
+        d = np.diff(self.t)
+        d = d[d > 0]
+        return float(np.median(d)) if d.size else default
+
+
+def check_range(t0: float | None, t1: float | None, now: float) -> None:
+    """A range that cannot hold data: UsageError saying what and what to do."""
+    if t0 is not None and t1 is not None and t0 >= t1:
+        raise UsageError(
+            f"--from ({_utc(t0)}) is not before --to ({_utc(t1)})",
+            hint="swap them, or give a --from earlier than --to",
+        )
+    if t0 is not None and t0 > now:
+        raise UsageError(
+            f"--from ({_utc(t0)}) is in the future (this machine's clock says {_utc(now)})",
+            hint="give a start in the past, e.g. --from -7d",
+        )
+
+
+def default_range(
+    t0: float | None, t1: float | None, streams: Sequence[Any], now: float, days: float = 7.0
+) -> tuple[float, float]:
+    """Missing ends: ``--to`` defaults to the newest stored sample (else now), ``--from``
+    to ``days`` before ``--to``."""
+    if t1 is None:
+        lasts = [s.last_t for s in streams if s.last_t is not None]
+        t1 = min(now, max(lasts)) if lasts else now
+        if t0 is not None and t1 <= t0:
+            t1 = now
+    if t0 is None:
+        t0 = t1 - days * DAY_S
+    return t0, t1
+
+
+def collect(
+    store: Any,
+    t0: float,
+    t1: float,
+    *,
+    privacy: Any,
+    now: float | None = None,
+    max_points: int = MAX_POINTS,
+    default_step_s: float = 5.0,
+) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-ready document.
+
+    UsageError when the range holds no feature frame (naming the span the twin holds).
+    """
+    now = time.time() if now is None else now
+    streams = store.streams(on_corrupt="skip")
+    cols = Columns.from_frames(store.read_frames(t0, t1, on_corrupt="skip"))
+    if cols.t.size == 0:
+        raise UsageError(f"the twin holds no feature frames from {_utc(t0)} to {_utc(t1)}",
+                         hint=_held_hint(streams))
+    step = cols.step_s(default_step_s)
+    markers = store.read_markers(t0, t1, on_corrupt="skip")
+    recent = list(store.iter_predictions(max(t0, t1 - RECENT_S), t1, on_corrupt="skip"))
+    doc: dict[str, Any] = {
+        "version": 1,
+        "generated": now,
+        "range": [t0, t1],
+        "step_s": step,
+        "frames": int(cols.t.size),
+        "first_frame": float(cols.t[0]),
+        "last_frame": float(cols.t[-1]),
+        "quality_threshold": QUALITY_THRESHOLD,
+        "units": {n: UNIT_LABELS.get(u, u) for n, u in _UNITS.items()},
+        "labels": _LABELS,
+        "charts": [],
+        "empty_features": [n for i, n in enumerate(NAMES)
+                           if not np.isfinite(cols.values[:, i]).any()],
+        "markers": [m.to_json() for m in markers[:MAX_MARKERS]],
+        "markers_total": len(markers),
+        "days": day_stats(cols, t0, t1, step),
+        "sources": [_source_json(s, t0, t1) for s in streams],
+        "forecasts": _forecasts_json(recent),
+        "forecast_charts": _forecast_charts(recent, cols, step),
+        "score": _score(store, recent),
+        "privacy": _privacy(store, privacy, now, t0, t1),
+    }
+    for cid, title, names in CHARTS:
+        chart = _chart(cid, title, names, cols, step, max_points)
+        if chart is not None:
+            doc["charts"].append(chart)
+    return doc
+
+
+def day_stats(cols: Columns, t0: float, t1: float, step: float) -> list[dict[str, Any]]:
+    """Per UTC day in the range and feature: mean, min, max and count of the *observed*
+    values (usable and not imputed), coverage (observed steps over the day's steps within
+    the range, in %) and the imputed share (%)."""
+    if cols.t.size == 0:
+        return []
+    day = np.floor(cols.t / DAY_S).astype(np.int64)
+    out = []
+    first, last = math.floor(t0 / DAY_S), math.floor(min(t1, float(cols.t[-1])) / DAY_S)
+    bounds = np.searchsorted(day, np.arange(first, last + 2))
+    for k, d in enumerate(range(first, last + 1)):
+        a, b = int(bounds[k]), int(bounds[k + 1])
+        lo, hi = max(t0, d * DAY_S), min(t1, (d + 1) * DAY_S)
+        steps = max(1.0, (hi - lo) / step)
+        feats: dict[str, Any] = {}
+        for i, name in enumerate(NAMES):
+            v = cols.values[a:b, i].astype(np.float64)
+            imp = cols.imputed[a:b, i]
+            obs = v[np.isfinite(v) & ~imp]
+            n_imp = int(imp.sum())
+            if obs.size == 0 and n_imp == 0:
+                continue
+            feats[name] = {
+                "n": int(obs.size),
+                "mean": _r(float(obs.mean())) if obs.size else None,
+                "min": _r(float(obs.min())) if obs.size else None,
+                "max": _r(float(obs.max())) if obs.size else None,
+                "coverage": round(min(100.0, 100.0 * obs.size / steps), 1),
+                "imputed": round(min(100.0, 100.0 * n_imp / steps), 1),
+            }
+        out.append({"day": _day(d * DAY_S), "start": d * DAY_S, "frames": b - a,
+                    "features": feats})
+    return out
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The report page: template, inlined uPlot (JS and CSS), the data, the tables."""
+    template = TEMPLATE.read_text(encoding="utf-8")
+    js = (VENDOR / "uPlot.iife.min.js").read_text(encoding="utf-8")
+    css = (VENDOR / "uPlot.min.css").read_text(encoding="utf-8")
+    licence = (VENDOR / "uPlot.LICENSE").read_text(encoding="utf-8")
+    t0, t1 = doc["range"]
+    parts = {
+        "TITLE": html.escape(f"edgetwin report {_day(t0)} – {_day(t1)}"),
+        "RANGE": html.escape(f"{_utc(t0)} to {_utc(t1)}"),
+        "GENERATED": html.escape(_utc(doc["generated"])),
+        "SUMMARY": summary_html(doc),
+        "DAYS": days_html(doc),
+        "SOURCES": sources_html(doc),
+        "FORECASTS": forecasts_html(doc),
+        "SCORE": score_html(doc),
+        "PRIVACY": privacy_html(doc),
+        "MARKERS": markers_html(doc),
+        "UPLOT_LICENSE": html.escape(licence),
+        "UPLOT_CSS": css.replace("</", "<\\/"),
+        "UPLOT_JS": _script_safe(js),
+        "DATA": _script_safe(json.dumps(doc, separators=(",", ":"), allow_nan=False)),
+    }
+    out = template
+    for key, value in parts.items():
+        out = out.replace("{{" + key + "}}", value)
+    return out
+
+
+def write_private(path: Path, data: bytes, *, force: bool) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600: a temporary file beside it,
+    fsynced, then linked into place (refused if ``path`` exists unless ``force``, then
+    renamed over it). Nothing half-written is ever left at ``path``."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: the directory {parent} does not exist",
+                         hint="create it first, or give another -o path")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists",
+                         hint="pass --force to replace it, or give another path")
+    tmp = parent / f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise HomeError(f"cannot write in {parent}: {exc.strerror}",
+                        hint="choose a directory you can write to") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.chmod(0o600)
+        if force:
+            tmp.replace(path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if something appeared there meanwhile
+            except FileExistsError:
+                raise UsageError(f"{path} already exists",
+                                 hint="pass --force to replace it, or give another path") from None
+            tmp.unlink()
+        with contextlib.suppress(OSError):
+            dfd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except OSError as exc:
+        raise HomeError(f"writing {path} failed: {exc.strerror or exc}",
+                        hint="check the free space and permissions there; nothing was left "
+                             "half-written") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+# -- private helpers --------------------------------------------------------------------------
+
+
+def _chart(
+    cid: str, title: str, names: tuple[str, ...], cols: Columns, step: float, max_points: int
+) -> dict[str, Any] | None:
+    from edgetwin.web.downsample import downsample_columns, mask_spans
+
+    names = tuple(n for n in names if np.isfinite(cols.values[:, INDEX[n]]).any())
+    if not names:
+        return None
+    idx = [INDEX[n] for n in names]
+    data = {n: cols.values[:, INDEX[n]].astype(np.float64) for n in names}
+    n_out = max(50, max_points // (len(names) + 1))
+    ds = downsample_columns(cols.t, data, n_out=n_out, gap_s=3.0 * step)
+    masked = np.any(cols.masked[:, idx], axis=1)
+    imputed = np.any(cols.imputed[:, idx], axis=1)
+    units = {_UNITS[n] for n in names}
+    unit = UNIT_LABELS.get(units.pop(), "") if len(units) == 1 else ""
+    return {
+        "id": cid,
+        "title": title,
+        "unit": unit,
+        "series": [{"name": n, "label": _LABELS[n]} for n in names],
+        "t": [round(float(x), 3) for x in ds.t],
+        "y": [_rounded(ds.columns[n]) for n in names],
+        "source_rows": ds.source_rows,
+        "masked": _spans(mask_spans(cols.t, masked, max_spans=MAX_SPANS, step_s=step)),
+        "imputed": _spans(mask_spans(cols.t, imputed, max_spans=MAX_SPANS, step_s=step)),
+    }
+
+
+def _forecasts_json(preds: list[Prediction]) -> list[dict[str, Any]]:
+    """The newest forecasts per target (at most RECENT_PER_TARGET), newest first."""
+    from edgetwin.inference.render import explain
+
+    by: dict[str, list[Prediction]] = {}
+    for p in preds:
+        by.setdefault(p.target, []).append(p)
+    out = []
+    for target in sorted(by):
+        for p in sorted(by[target], key=lambda p: p.t)[-RECENT_PER_TARGET:][::-1]:
+            out.append({
+                "t": p.t, "target": p.target, "step_s": p.step_s,
+                "horizon": [_r(v) for v in p.horizon],
+                "band": [[_r(lo), _r(hi)] for lo, hi in p.band],
+                "model": p.model, "anomaly": p.anomaly,
+                "imputed": [list(s) for s in p.imputed],
+                "explanation": explain(p),
+            })
+    return out
+
+
+def _forecast_charts(preds: list[Prediction], cols: Columns, step: float) -> list[dict[str, Any]]:
+    """Per target, the newest forecast: the observed trace before it, horizon and band."""
+    latest: dict[str, Prediction] = {}
+    for p in preds:
+        if p.target in INDEX and (p.target not in latest or p.t >= latest[p.target].t):
+            latest[p.target] = p
+    out = []
+    for target in sorted(latest):
+        p = latest[target]
+        a = int(np.searchsorted(cols.t, p.t - FORECAST_CONTEXT_S, side="left"))
+        b = int(np.searchsorted(cols.t, p.t, side="right"))
+        obs_t = cols.t[a:b]
+        obs_v = cols.values[a:b, INDEX[target]].astype(np.float64)
+        fut_t = np.array([p.t + (k + 1) * p.step_s for k in range(len(p.horizon))])
+        n_obs, n_fut = obs_t.size, fut_t.size
+        nan_obs, nan_fut = [None] * n_obs, [None] * n_fut
+        out.append({
+            "id": f"forecast_{target}",
+            "title": f"Forecast of {_LABELS.get(target, target)} made at {_utc(p.t)}",
+            "target": target,
+            "unit": UNIT_LABELS.get(_UNITS.get(target, ""), ""),
+            "t_forecast": p.t,
+            "t": [round(float(x), 3) for x in np.concatenate([obs_t, fut_t])],
+            "observed": _rounded(obs_v) + nan_fut,
+            "horizon": nan_obs + [_r(v) for v in p.horizon],
+            "lo": nan_obs + [_r(lo) for lo, _ in p.band],
+            "hi": nan_obs + [_r(hi) for _, hi in p.band],
+            "imputed": [list(s) for s in p.imputed],
+            "masked": [],
+            "explanation": _explain(p),
+        })
+    return out
+
+
+def _explain(p: Prediction) -> str:
+    from edgetwin.inference.render import explain
+
+    return explain(p)
+
+
+def _score(store: Any, recent: list[Prediction]) -> dict[str, Any]:
+    """``predictions --score`` as of the newest forecast in the range, or why there is none."""
+    if not recent:
+        return {"available": False, "reason": "no forecasts were stored in this range"}
+    try:
+        from edgetwin.inference.registry import load_manifest
+        from edgetwin.inference.serving import score_twin
+
+        manifest = load_manifest()
+        doc = score_twin(store, manifest, now=max(p.t for p in recent))
+    except (ImportError, UsageError, OSError, ValueError) as exc:
+        _LOGGER.warning("report: no score (%s)", exc)
+        return {"available": False, "reason": f"the score could not be computed: {exc}"}
+    return {"available": True, **doc}
+
+
+def _privacy(store: Any, privacy: Any, now: float, t0: float, t1: float) -> dict[str, Any]:
+    from edgetwin.privacy.accountant import ledger, status
+    from edgetwin.privacy.consent import list_consents
+
+    consents = [c.to_json() for c in list_consents(store, privacy.period)]
+    st = status(store, privacy, now)
+    charged: list[dict[str, Any]] = [
+        {"period": str(r["period"]), "start": float(r["start"]), "spent": float(r["spent"])}
+        for r in ledger(store).values()
+        if "period" in r and "start" in r and t0 - DAY_S < float(r["start"]) <= t1
+    ]
+    charged.sort(key=lambda c: float(c["start"]))
+    return {"consents": consents, "budget": st.to_json(), "charged_in_range": charged}
+
+
+def _source_json(s: Any, t0: float, t1: float) -> dict[str, Any]:
+    first, last = s.first_t, s.last_t
+    lo = max(t0, first) if first is not None else None
+    hi = min(t1, last) if last is not None else None
+    overlap = (hi - lo) if lo is not None and hi is not None and hi > lo else 0.0
+    return {
+        "name": s.name, "channels": list(s.channels), "units": list(s.units),
+        "samples": s.samples, "first_t": first, "last_t": last,
+        "in_range": [lo, hi] if overlap > 0 else None,
+        "range_share": round(100.0 * overlap / max(1e-9, t1 - t0), 1),
+    }
+
+
+def _held_hint(streams: Sequence[Any]) -> str:
+    firsts = [s.first_t for s in streams if s.first_t is not None]
+    lasts = [s.last_t for s in streams if s.last_t is not None]
+    if not firsts:
+        return "the twin holds no data yet: run the daemon or 'edgetwin ingest' first"
+    return (f"the twin holds samples from {_utc(min(firsts))} to {_utc(max(lasts))}; pick a "
+            "--from/--to within that ('edgetwin status' lists each stream's span)")
+
+
+def _spans(spans: list[list[float]]) -> list[list[float]]:
+    return [[round(a, 3), round(b, 3)] for a, b in spans]
+
+
+def _rounded(col: npt.NDArray[np.float64]) -> list[float | None]:
+    finite = np.isfinite(col)
+    vals = np.round(np.where(finite, col, 0.0), 4).tolist()
+    return [v if ok else None for v, ok in zip(vals, finite.tolist(), strict=True)]
+
+
+def _r(v: float) -> float | None:
+    return round(float(v), 4) if math.isfinite(v) else None
+
+
+def _utc(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _day(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d")
+
+
+def _script_safe(text: str) -> str:
+    """Text safe inside a ``<script>`` element: no ``</script``, no ``<!--``."""
+    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+__all__ = ["Columns", "check_range", "collect", "day_stats", "default_range", "render_html",
+           "write_private"]
