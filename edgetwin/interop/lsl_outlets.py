@@ -4,7 +4,7 @@ What is published (names start with ``[lsl] prefix``, default ``edgetwin``):
 
 - ``<prefix>.<stream>``: each raw source stream (``<prefix>.muse.default``), created
   on its first batch, ``double64``, the stream's nominal rate (``meta
-  ["sampling_rate_hz"]``) or ``IRREGULAR_RATE``; the desc follows the XDF/LSL
+  ["sampling_rate_hz"]`` or ``["rate_hz"]``) or ``IRREGULAR_RATE``; the desc follows the XDF/LSL
   metadata conventions: ``desc/channels/channel/{label,unit,type}`` (label = the
   twin's channel name, unit e.g. ``microvolts``, type e.g. ``EEG``). A stream
   whose channels change gets a new outlet.
@@ -261,7 +261,7 @@ class LslPublisher:
             out.stats.consumers = bool(out.outlet.have_consumers())
 
     def _raw_outlet(self, batch: SampleBatch) -> _Outlet:
-        rate = float(batch.meta.get("sampling_rate_hz") or 0.0)
+        rate = _nominal_rate(batch.meta)
         layout = (batch.channels, batch.units, rate)
         out = self._raw.get(batch.stream)
         if out is not None and out.layout == layout:
@@ -334,3 +334,13 @@ class LslPublisher:
         self._raw.clear()
         self._forecasts.clear()
         self._features = self._markers = None
+
+
+def _nominal_rate(meta: dict[str, Any]) -> float:
+    """A stream's nominal rate from its batches' meta (BrainFlow and the simulator say
+    ``sampling_rate_hz``, the serial bridge ``rate_hz``); 0 (irregular) when none is said."""
+    for key in ("sampling_rate_hz", "rate_hz"):
+        value = meta.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return 0.0

@@ -344,3 +344,35 @@ async def test_a_stuck_lsl_worker_never_blocks_the_hub_or_the_other_consumers(
     assert any(o["name"] == inlet_name and o["samples"] > 0
                for o in publisher.stats()["outlets"])
     publisher.close()
+
+
+async def test_raw_outlet_rate_from_either_meta_key_and_irregular_without_one(
+    prefix: str,
+) -> None:
+    import asyncio
+
+    from edgetwin.config import LslConfig
+    from edgetwin.daemon.hub import Hub
+    from edgetwin.interop.lsl_outlets import LslPublisher
+    from edgetwin.types import SampleBatch
+
+    publisher = LslPublisher(LslConfig(enabled=True, prefix=prefix, features=False,
+                                       markers=False), step_s=5.0)
+    hub = Hub(8)
+    consumer = asyncio.create_task(publisher.consume(hub.subscribe("lsl")))
+    t = np.array([time.time()])
+    for stream, meta in (("bridge.fnirs", {"rate_hz": 100}), ("strap.hr", {}),
+                         ("muse.default", {"sampling_rate_hz": 256.0})):
+        hub.publish(SampleBatch.build(stream, ["fnirs_1_1_760"], t, [[1.0]], meta=meta))
+    hub.close()
+    await asyncio.wait_for(consumer, 30.0)
+    try:
+        rates = {}
+        for stream in ("bridge.fnirs", "strap.hr", "muse.default"):
+            info = await asyncio.to_thread(resolve_one, f"{prefix}.{stream}", 10.0)
+            rates[stream] = info.nominal_srate()
+        assert rates == {"bridge.fnirs": 100.0, "strap.hr": pylsl.IRREGULAR_RATE,
+                         "muse.default": 256.0}
+        assert info.type() == "NIRS"
+    finally:
+        publisher.close()
