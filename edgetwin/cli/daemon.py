@@ -187,6 +187,17 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
             f"{pred['horizon'][0]:.1f} -> {pred['horizon'][-1]:.1f} over "
             f"{len(pred['horizon']) * pred['step_s']:.0f} s"
         )
+    lsl = status.get("lsl") or {}
+    if lsl.get("outlets"):
+        outlets = lsl["outlets"]
+        watched = sum(1 for o in outlets if o.get("consumers"))
+        lines.append("")
+        lines.append(
+            f"lsl      {len(outlets)} outlets ({watched} with inlets), "
+            f"{sum(o['samples'] for o in outlets)} samples pushed"
+            + (f", {lsl['dropped_jobs']} jobs dropped" if lsl.get("dropped_jobs") else "")
+            + (f", {lsl['errors']} errors" if lsl.get("errors") else "")
+        )
     score = status.get("score") or {}
     if score.get("summary"):
         lines.append(score["summary"])

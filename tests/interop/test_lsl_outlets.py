@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,9 @@ def test_features_outlet_and_markers_outlet_exist_with_their_metadata(
     status = json.loads(cli(env, "status", "--json").stdout)
     names = {o["name"] for o in status["lsl"]["outlets"]}
     assert {f"{prefix}.features", f"{prefix}.markers", f"{prefix}.simulator.eeg"} <= names
+    human = cli(env, "status").stdout
+    assert re.search(r"^lsl +\d+ outlets \([1-9]\d* with inlets\), \d+ samples pushed", human,
+                     re.MULTILINE), human
     assert abs(frame_t - time.time()) < 60
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == 0
