@@ -100,6 +100,8 @@ def test_the_walker_sees_imports_at_all() -> None:
         # the shared value types and the error tree are the base: they import no edgetwin layer
         ("edgetwin.types", ()),
         ("edgetwin.errors", ()),
+        # parsing JSON from outside is a base too: bundles, the control socket, the collector
+        ("edgetwin.untrusted_json", ()),
         # transports know samples, not where they are kept
         ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors")),
         ("edgetwin.features", ("edgetwin.types", "edgetwin.errors")),

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from edgetwin import untrusted_json
 from edgetwin.errors import DataCorrupt
 
 MAX_DEPTH = 64  # edgetwin writes at most ~6 levels; deeper is hostile, not a twin
@@ -27,19 +28,9 @@ def load_json(text: str | bytes, where: str, *, finite: bool = False) -> Any:
     ``finite`` also refuses NaN and ±Infinity (and numbers that overflow to it).
     """
     try:
-        if finite:
-            doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
-        else:
-            doc = json.loads(text)
-    except RecursionError:
-        raise DataCorrupt(f"{where}: JSON nested deeper than {MAX_DEPTH} levels") from None
-    except UnicodeDecodeError as exc:
-        raise DataCorrupt(f"{where}: not UTF-8 text (byte {exc.start})") from None
-    except ValueError as exc:  # JSONDecodeError, an integer of thousands of digits, NaN
-        raise DataCorrupt(f"{where}: not valid JSON ({exc})") from None
-    if depth(doc) > MAX_DEPTH:
-        raise DataCorrupt(f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
-    return doc
+        return untrusted_json.loads(text, finite=finite, max_depth=MAX_DEPTH)
+    except untrusted_json.UntrustedJsonError as exc:
+        raise DataCorrupt(f"{where}: {exc}") from None
 
 
 def depth(doc: Any) -> int:
@@ -59,17 +50,6 @@ def depth(doc: Any) -> int:
             return deepest
         stack.extend((c, d + 1) for c in children)
     return deepest
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number edgetwin writes")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:24]} overflows a float")
-    return value
 
 
 # -- field checks ---------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def _record_member(world: dict[str, Any], kind: str, records: dict[str, Any]) ->
          lambda w: w["members"]["predictions.jsonl"].replace(b'"horizon":[',
                                                              b'"horizon":[' + b"9" * 5000 + b",",
                                                              1),
-         "predictions.jsonl, line 1: not valid JSON"),
+         "predictions.jsonl, line 1: JSON number of 5000 characters"),
         ("predictions.jsonl",
          lambda w: w["members"]["predictions.jsonl"].replace(b'"target":"', b'"target":7,"x":"',
                                                              1),
@@ -284,7 +284,7 @@ def test_infinite_time_in_the_manifest_exits_4(world: dict[str, Any]) -> None:
     bundle = _pack(world["members"], world["identity"], world["root"] / "inf.age",
                    manifest_raw=text.encode())
     line = _refused_everywhere(world, bundle)
-    assert "manifest.json: not valid JSON" in line and "overflows" in line
+    assert "manifest.json: number 1e999 overflows a float" in line
 
 
 # -- settings travel with a merge only when the person says so ----------------------------------

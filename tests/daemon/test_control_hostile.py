@@ -84,8 +84,8 @@ async def _ask(home: Path, data: bytes) -> dict[str, Any]:
     [
         (b'{"cmd": "status", "pad": "' + b"x" * 5000 + b'"}\n', f"longer than {MAX_REQUEST}"),
         (b'{"cmd": "status", "pad": "' + b"x" * 200_000 + b'"}\n', f"longer than {MAX_REQUEST}"),
-        (b'{"cmd": "forget", "before": 1e999}\n', "out of range"),
-        (b'{"cmd": "predictions", "last": ' + b"9" * 4000 + b"}\n", "out of range"),
+        (b'{"cmd": "forget", "before": 1e999}\n', "number 1e999 overflows a float"),
+        (b'{"cmd": "predictions", "last": ' + b"9" * 4000 + b"}\n", "number of 4000 characters"),
         (b'{"cmd": "forget", "before": NaN}\n', "NaN is not a number"),
         (b'{"cmd": "forget", "before": -Infinity}\n', "-Infinity is not a number"),
         (b"\xff\xfe not json\n", "bad request"),

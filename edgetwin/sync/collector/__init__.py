@@ -9,7 +9,7 @@ what a collector must check.
 
 Modules: this one verifies and decides (shared by both front ends); ``store``
 keeps; ``server`` is the HTTP(S) front end (aiohttp, imported only when serving);
-``mqtt`` subscribes to a broker; ``jsonlimits`` refuses hostile JSON before parsing.
+``mqtt`` subscribes to a broker; ``edgetwin.untrusted_json`` refuses hostile JSON before parsing.
 
 HTTP answers: 200 ``{"status": "stored"|"duplicate", "id"}``; 400 malformed;
 401 bad signature (or a missing/wrong bearer token on ``/v1/aggregates``); 403
@@ -30,15 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from edgetwin.errors import MalformedInput, UsageError
-from edgetwin.sync.collector.jsonlimits import JsonLimitExceeded, check_json_limits
 from edgetwin.sync.collector.mqtt import CollectorMqtt
 from edgetwin.sync.collector.store import Store, open_store
 from edgetwin.sync.payload import MAX_ENVELOPE_BYTES, decode_envelope
 from edgetwin.sync.signing import b64decode, key_id, public_key_from_b64
+from edgetwin.untrusted_json import UntrustedJsonError, check_limits
 
 __all__ = ["Collector", "CollectorMqtt", "CollectorRefusal", "Receipt"]
 
 _LOGGER = logging.getLogger(__name__)
+_MAX_DEPTH = 32  # a release nests 3 levels; an envelope 2
 
 
 class CollectorRefusal(MalformedInput):
@@ -158,7 +159,7 @@ class Collector:
         try:
             _check_limits(body)
             env = decode_envelope(body)
-        except (JsonLimitExceeded, MalformedInput) as exc:
+        except (UntrustedJsonError, MalformedInput) as exc:
             raise CollectorRefusal(400, str(exc)) from None
         except (ValueError, RecursionError) as exc:
             # Not expected past the limits above; still a bad upload, never a crash.
@@ -191,11 +192,11 @@ class Collector:
 
 def _check_limits(body: bytes) -> None:
     """Depth and number limits on the envelope and on the release JSON inside it."""
-    check_json_limits(body)
+    check_limits(body, max_depth=_MAX_DEPTH)
     try:
         doc = json.loads(body)
     except ValueError:
         return  # decode_envelope names what is wrong
     payload = doc.get("payload") if isinstance(doc, dict) else None
     if isinstance(payload, str):
-        check_json_limits(payload.encode("utf-8", "replace"))
+        check_limits(payload.encode("utf-8", "replace"), max_depth=_MAX_DEPTH)

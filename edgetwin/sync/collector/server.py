@@ -14,7 +14,7 @@ Limits (:class:`HttpLimits`), each answered rather than dropped where HTTP allow
 * at ``max_connections`` a new connection closes the longest-idle one (408) so
   clients with a request keep being served; if every connection is busy the
   new one gets 503 (a device retries a 5xx later);
-* JSON nested too deep or with oversized numbers gets 400 (see ``jsonlimits``);
+* JSON nested too deep or with oversized numbers gets 400 (see ``edgetwin.untrusted_json``);
 * ``GET /v1/aggregates`` needs ``Authorization: Bearer <token>`` with the token
   given at start (401 otherwise; 403 when no token was configured).
 
