@@ -64,5 +64,5 @@ def test_sync_interval_is_configurable_within_bounds() -> None:
     assert parse_config("[sync]\ninterval_s = 60\n").sync.interval_s == 60.0
     assert Config().sync.interval_s == 900.0
     for bad in ("1", "100000"):
-        with pytest.raises(ConfigError, match="sync.interval_s"):
+        with pytest.raises(ConfigError, match=r"sync\.interval_s"):
             parse_config(f"[sync]\ninterval_s = {bad}\n")
