@@ -162,7 +162,15 @@ def build_daemon(
 
 async def run_daemon(daemon: Daemon, duration: float | None = None) -> None:
     """``daemon.run`` with what :func:`build_daemon` attached beside it (the LSL outlets:
-    a hub consumer task, ended when the daemon closes its hub)."""
+    a hub consumer task, ended when the daemon closes its hub) and, when ``[dashboard]
+    enabled``, the dashboard served in this loop."""
+    from edgetwin.daemon.dashboard import dashboard_for
+
+    async with dashboard_for(daemon):
+        await _run_with_outlets(daemon, duration)
+
+
+async def _run_with_outlets(daemon: Daemon, duration: float | None) -> None:
     publisher = _PUBLISHERS.pop(daemon, None)
     if publisher is None:
         await daemon.run(duration)
