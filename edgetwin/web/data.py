@@ -1,0 +1,243 @@
+"""What the dashboard's pages show, read from the twin store (blocking: call off the loop).
+
+Each function takes an open store and returns plain JSON-ready data; the daemon and
+``edgetwin dashboard`` both call them (the daemon in a worker thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgetwin.features.schema import NAMES, QUALITY_THRESHOLD
+from edgetwin.web.downsample import downsample_columns, mask_spans
+
+if TYPE_CHECKING:
+    from edgetwin.config import Config
+    from edgetwin.store.twin import TwinStore
+
+_LOGGER = logging.getLogger(__name__)
+
+PAIRING = "pairing"  # the record kind of paired sensors (edgetwin.cli.pair writes them)
+MIN_RANGE_S = 300.0  # 5 minutes
+MAX_RANGE_S = 30 * 86400.0  # 30 days
+DEFAULT_POINTS = 1200  # about one point per pixel of a wide chart
+MAX_MARKERS = 2000
+
+
+def timeline(
+    store: TwinStore,
+    t0: float | None,
+    t1: float | None,
+    *,
+    features: list[str] | None = None,
+    points: int = DEFAULT_POINTS,
+) -> dict[str, Any]:
+    """The feature timeline over ``[t0, t1]`` (default: the last 24 h of the record),
+    downsampled on the server: per feature a series with its low-quality and imputed spans,
+    plus the markers of the range."""
+    if features:
+        unknown = [f for f in features if f not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(NAMES)}")
+    if t1 is None:
+        newest = _newest_frame_t(store)
+        t1 = newest if newest is not None else time.time()
+    if t0 is None:
+        t0 = t1 - 86400.0
+    if not t1 > t0:
+        raise ValueError(f"the range must end after it starts (from {t0}, to {t1})")
+    span = t1 - t0
+    if span < MIN_RANGE_S:
+        t0 = t1 - MIN_RANGE_S
+    elif span > MAX_RANGE_S:
+        raise ValueError("the timeline shows at most 30 days at once; choose a shorter range")
+    points = max(50, min(int(points), 5000))
+    t, values, quality, imputed = _frame_arrays(store, t0, t1)
+    chosen = [n for n in (features or NAMES)]
+    idx = [NAMES.index(n) for n in chosen]
+    present = [i for i in idx if np.isfinite(values[:, i]).any()] if t.size else []
+    names = [NAMES[i] for i in present]
+    cols = {NAMES[i]: values[:, i] for i in present}
+    down = downsample_columns(t, cols, n_out=points)
+    step = float(np.median(np.diff(t))) if t.size > 1 else None
+    shading: dict[str, dict[str, list[list[float]]]] = {}
+    for i in present:
+        finite = np.isfinite(values[:, i])
+        shading[NAMES[i]] = {
+            "imputed": mask_spans(t, imputed[:, i] & finite, step_s=step),
+            "low_quality": mask_spans(t, finite & (quality[:, i] < QUALITY_THRESHOLD), step_s=step),
+        }
+    try:
+        marks = store.read_markers(t0, t1, on_corrupt="skip")
+    except AttributeError:  # a store without markers
+        marks = []
+    return {
+        "from": t0,
+        "to": t1,
+        "features": names,
+        "frames": int(t.size),
+        "step_s": step,
+        "points": down.to_json(),
+        "shading": shading,
+        "markers": [m.to_json() for m in marks[:MAX_MARKERS]],
+        "markers_total": len(marks),
+    }
+
+
+def forecasts(store: TwinStore, *, last: int = 24, context_s: float = 900.0) -> dict[str, Any]:
+    """The newest forecast per target with the observed trace before it and after it."""
+    preds = store.read_predictions(last=max(last, 1) * 16, on_corrupt="skip")
+    newest: dict[str, Any] = {}
+    for p in preds:
+        newest[p.target] = p
+    if not newest:
+        return {"targets": [], "forecasts": {}, "anomalies": []}
+    t_last = max(p.t for p in newest.values())
+    horizon_s = max(p.step_s * len(p.horizon) for p in newest.values())
+    t, values, _q, imputed = _frame_arrays(store, t_last - context_s, t_last + horizon_s)
+    out: dict[str, Any] = {}
+    for target, p in newest.items():
+        i = NAMES.index(target) if target in NAMES else None
+        observed_t = t.tolist()
+        observed = _json_col(values[:, i]) if i is not None else []
+        out[target] = {
+            "prediction": p.to_json(),
+            "observed_t": observed_t,
+            "observed": observed,
+            "observed_imputed": (
+                mask_spans(t, imputed[:, i] & np.isfinite(values[:, i])) if i is not None else []
+            ),
+        }
+    anomalies = [
+        {"t": p.t, "target": p.target} for p in preds if p.anomaly and p.t >= t_last - context_s
+    ]
+    order = sorted(out, key=lambda n: (n != "hr", n))
+    return {"targets": order, "forecasts": out, "anomalies": anomalies}
+
+
+def score(store: TwinStore) -> dict[str, Any] | None:
+    """The twin's own score (as ``predictions --score``), or None without models/forecasts."""
+    try:
+        from edgetwin.inference.registry import load_manifest
+        from edgetwin.inference.serving import score_twin
+
+        doc: dict[str, Any] = score_twin(store, load_manifest())
+    except Exception as exc:  # noqa: BLE001 - the page says why instead of failing
+        _LOGGER.debug("score unavailable: %s", exc)
+        return None
+    return doc
+
+
+def privacy(store: TwinStore, config: Config) -> dict[str, Any]:
+    """Consent per metric, the budget per period and lifetime, the outbox, the audit log."""
+    from edgetwin.privacy import accountant
+    from edgetwin.privacy.consent import list_consents
+    from edgetwin.privacy.metrics import METRICS
+    from edgetwin.sync import outbox
+
+    now = time.time()
+    consents = []
+    for c in list_consents(store, config.privacy.period):
+        m = METRICS[c.metric]
+        consents.append({**c.to_json(), "feature": m.feature, "unit": m.unit,
+                         "statistic": m.statistic, "why": m.why})
+    st = accountant.status(store, config.privacy, now)
+    charged = sorted(
+        ({"period": str(r["period"]), "period_start": float(r["start"]),
+          "spent": float(r["spent"]),
+          "remaining": max(0.0, st.epsilon_per_period - float(r["spent"]))}
+         for r in accountant.ledger(store).values() if "period" in r and "start" in r),
+        key=lambda c: (c["period_start"], c["period"]),
+    )
+    box = outbox.status(store)
+    entries = store.audit_entries(on_corrupt="skip")
+    problems = store.verify_audit()
+    return {
+        "consents": consents,
+        "budget": {**st.to_json(), "charged": charged[-60:]},
+        "outbox": {**box.to_json(), "unsent": [e.to_json() for e in box.unsent][:200]},
+        "audit": {
+            "entries": entries[-500:],
+            "total": len(entries),
+            "verified": not problems,
+            "problems": [str(p) for p in problems],
+        },
+    }
+
+
+def devices(store: TwinStore) -> list[dict[str, Any]]:
+    """The paired sensors, as ``pair list --json``."""
+    return [{"name": name, **rec} for name, rec in sorted(store.list_records(PAIRING).items())]
+
+
+def offline_status(store: TwinStore, config: Config) -> dict[str, Any]:
+    """A ``status``-shaped document from the store alone (no daemon running)."""
+    from edgetwin.privacy.accountant import status
+
+    last = store.read_predictions(last=1, on_corrupt="skip")
+    return {
+        "daemon": {"running": False},
+        "sources": [
+            {"name": d["name"], "kind": d.get("kind"), "state": "not running"}
+            for d in devices(store)
+        ],
+        "store": {"streams": [
+            {"name": s.name, "samples": s.samples, "first_t": s.first_t, "last_t": s.last_t}
+            for s in store.streams(on_corrupt="skip")
+        ]},
+        "budget": status(store, config.privacy, time.time()).to_json(),
+        "last_prediction": last[-1].to_json() if last else None,
+    }
+
+
+def frame_json(frame: Any) -> dict[str, Any]:
+    """One feature frame for a live update: its time and the finite features."""
+    vals = {NAMES[i]: float(v) for i, v in enumerate(frame.values) if np.isfinite(v)}
+    return {"t": frame.t, "features": vals}
+
+
+# -- private helpers ---------------------------------------------------------
+
+
+def _newest_frame_t(store: TwinStore) -> float | None:
+    lasts = [float(s.last_t) for s in store.streams(on_corrupt="skip") if s.last_t is not None]
+    newest = max(lasts, default=None)
+    if newest is None:
+        return None
+    last = None
+    for f in store.read_frames(newest - 3600.0, None, on_corrupt="skip"):
+        last = f.t
+    return last if last is not None else float(newest)
+
+
+def _frame_arrays(
+    store: TwinStore, t0: float, t1: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ts: list[float] = []
+    vals: list[np.ndarray] = []
+    qs: list[np.ndarray] = []
+    imps: list[np.ndarray] = []
+    width = len(NAMES)
+    for f in store.read_frames(t0, t1, on_corrupt="skip"):
+        if f.values.shape[0] != width:  # another schema version: not drawn
+            continue
+        ts.append(f.t)
+        vals.append(f.values)
+        qs.append(f.quality)
+        imps.append(f.imputed)
+    if not ts:
+        empty = np.empty((0, width))
+        return np.empty(0), empty, empty, empty.astype(bool)
+    t = np.asarray(ts, dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    return (t[order], np.vstack(vals)[order], np.vstack(qs)[order],
+            np.vstack(imps).astype(bool)[order])
+
+
+def _json_col(col: np.ndarray) -> list[float | None]:
+    finite = np.isfinite(col).tolist()
+    return [v if ok else None for v, ok in zip(col.tolist(), finite, strict=True)]
