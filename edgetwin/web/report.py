@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -283,12 +284,10 @@ def render_html(doc: dict[str, Any]) -> str:
         "UPLOT_LICENSE": html.escape(licence),
         "UPLOT_CSS": css.replace("</", "<\\/"),
         "UPLOT_JS": _script_safe(js),
-        "DATA": _script_safe(json.dumps(doc, separators=(",", ":"), allow_nan=False)),
+        "DATA": _json_safe(json.dumps(doc, separators=(",", ":"), allow_nan=False)),
     }
-    out = template
-    for key, value in parts.items():
-        out = out.replace("{{" + key + "}}", value)
-    return out
+    # one pass over the template only: a ``{{NAME}}`` inside the inserted text stays text
+    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: parts[m.group(1)], template)
 
 
 def write_private(path: Path, data: bytes, *, force: bool) -> None:
@@ -505,6 +504,12 @@ def _utc(t: float) -> str:
 
 def _day(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d")
+
+
+def _json_safe(text: str) -> str:
+    """JSON that stays JSON and cannot end its ``<script>`` element (``<``, ``>`` and ``&``
+    occur only inside strings, where their ``\\u`` escapes mean the same)."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _script_safe(text: str) -> str:
