@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.web.test_report import T0, DAY, build_twin, parse
+from tests.web.test_report import DAY, T0, build_twin, parse
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
