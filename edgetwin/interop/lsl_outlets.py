@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import socket
 import threading
 import time
@@ -81,6 +82,7 @@ class _Outlet:
     outlet: Any
     layout: tuple[Any, ...]
     stats: OutletStats
+    checked: float = -math.inf  # when have_consumers() was last asked (monotonic)
 
 
 @dataclass
@@ -257,7 +259,9 @@ class LslPublisher:
         out.stats.samples += n
         out.stats.pushes += 1
         out.stats.push_s += took
-        if out.stats.pushes % 64 == 1:  # a cheap call, but not every push
+        now = time.monotonic()
+        if now - out.checked >= 2.0:  # a cheap call, but not at every push
+            out.checked = now
             out.stats.consumers = bool(out.outlet.have_consumers())
 
     def _raw_outlet(self, batch: SampleBatch) -> _Outlet:
