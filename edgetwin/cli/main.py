@@ -41,6 +41,7 @@ _COMMANDS: dict[str, str] = {
     "collector": "edgetwin.cli.collector:collector_cmd",
     "consent": "edgetwin.cli.sync:consent_group",
     "report": "edgetwin.cli.report:report_cmd",
+    "dashboard": "edgetwin.cli.dashboard:dashboard_cmd",
 }
 
 

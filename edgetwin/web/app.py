@@ -42,7 +42,6 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 STATIC = Path(__file__).resolve().parent / "static"
 SSE_KEEPALIVE_S = 15.0
-_SESSION = "edgetwin.session"  # request storage key of the session id
 
 
 class Backend(Protocol):
@@ -189,7 +188,8 @@ class _Handlers:
 
     def _page(self, request: web.Request, name: str, body: str, doc: Any,
               charts: bool = False) -> web.Response:
-        sid = request[_SESSION]
+        sid = self.dash.guard.session_id(request.cookies.get(COOKIE))
+        assert sid is not None  # the guard let the request through
         html = pages.page(name, csrf=self.dash.guard.csrf_token(sid), live=self.backend.live,
                           body=body, data=doc, charts=charts)
         return web.Response(text=html, content_type="text/html")
@@ -387,7 +387,7 @@ def _guard_middleware(dash: Dashboard) -> Any:
                                    "prints")
             rest = {k: v for k, v in request.query.items() if k != "token"}
             target = request.path + (f"?{urlencode(rest)}" if rest else "")
-            resp = web.HTTPSeeOther(target)
+            resp = web.Response(status=303, headers={"Location": target})
             resp.set_cookie(COOKIE, g.new_session_cookie(), **g.cookie_attributes())  # type: ignore[arg-type]
             return resp
         sid = g.session_id(request.cookies.get(COOKIE))
@@ -401,7 +401,6 @@ def _guard_middleware(dash: Dashboard) -> Any:
                 "same-origin", None
             ):
                 return _plain(403, "requests from other sites are refused")
-        request[_SESSION] = sid
         try:
             return await handler(request)
         except web.HTTPException:
