@@ -94,8 +94,6 @@ _IRREGULAR_SILENCE_S = 24 * 3600.0
 _RATE_WINDOW_S = 10.0
 _RATE_TOLERANCE = 0.2
 
-# twin channel kind -> the LSL/XDF channel type written by the outlets
-
 
 class LslSource(Source):
     """A stream from the Lab Streaming Layer, pulled off the event loop."""
@@ -193,8 +191,9 @@ class LslSource(Source):
 
     def _open(self) -> None:
         pylsl = pylsl_module()
-        found = resolve(self.prop, self.value, self.resolve_timeout_s, want_all=False)
         source_id = str(self.paired.get("source_id") or "")
+        # without a source id to tell them apart, look for a second match (the whole timeout)
+        found = resolve(self.prop, self.value, self.resolve_timeout_s, want_all=not source_id)
         if source_id and self.prop != "source_id":
             found = [f for f in found if f.source_id() == source_id] or found
         if not found:
