@@ -116,9 +116,11 @@ def _hook_publish(daemon: Daemon, dash: Dashboard) -> Callable[[], None]:
     def publish(frames: list[FeatureFrame], preds: list[Prediction]) -> None:
         inner(frames, preds)
         if dash.hub.clients and frames:
-            dash.hub.publish("frames", [frame_json(f) for f in frames])
+            sent_at = time.time()  # pages measure the delivery latency against it
+            dash.hub.publish("frames", {"sent_at": sent_at,
+                                        "frames": [frame_json(f) for f in frames]})
             for pred in preds:
-                dash.hub.publish("prediction", pred.to_json())
+                dash.hub.publish("prediction", {**pred.to_json(), "sent_at": sent_at})
 
     daemon._publish = publish  # type: ignore[method-assign]
 

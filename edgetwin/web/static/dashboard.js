@@ -226,9 +226,22 @@
     if (!resp.ok) { toast("timeline: " + (await resp.text())); return; }
     drawTimeline(await resp.json());
   }
-  function appendFrames(frames) {
+  let reloading = null;
+  function appendFrames(msg) {
+    const frames = msg.frames;
+    state.latencies = (state.latencies || []).concat([Date.now() / 1000 - msg.sent_at]).slice(-100);
     const tl = state.charts.timeline;
-    if (!tl || !tl.following) return;
+    if (!tl || !tl.following || !frames.length) return;
+    const missing = frames.some(function (f) {
+      return Object.keys(f.features).some(function (n) { return !(n in tl.plots); });
+    });
+    if (missing) {  // a feature appeared that has no chart yet: fetch the range again
+      if (!reloading) reloading = setTimeout(function () {
+        reloading = null;
+        loadTimeline({ range: String(tl.doc.to - tl.doc.from) });
+      }, 1000);
+      return;
+    }
     for (const [name, u] of Object.entries(tl.plots)) {
       const t = u.data[0].slice(), y = u.data[1].slice();
       for (const f of frames) {
