@@ -156,7 +156,8 @@ def test_paired_stream_is_ingested_survives_loss_and_refuses_a_new_layout(
         wait_source(env, "lab", lambda s: s["state"] != "streaming" or s["failures"] >= 1)
         outlets.append(Outlet(name, sid, base=1_000_000.0))
         back = wait_source(env, "lab", lambda s: s["connects"] >= 2 and s["state"] == "streaming")
-        assert "lost" in (back["last_error"] or "")
+        # the loss, or (when a reconnect attempt ran before the outlet came back) its absence
+        assert re.search(r"was lost|no LSL stream with name=", str(back["last_error"]))
         n_before = back["samples"]
         wait_source(env, "lab", lambda s: s["samples"] >= n_before + 200)  # type: ignore[operator]
         outlets[1].destroy()
