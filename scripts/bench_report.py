@@ -5,7 +5,8 @@ span each hour, a marker every 6 h, forecasts in the last hour).
 
 Each size gets a fresh twin (``EDGETWIN_KDF_PROFILE=test``); then ``edgetwin report`` runs
 ``--runs`` times as a child process (the real CLI: start-up, unlock, read, downsample, render,
-atomic write) and the wall time of each run, the file size and the chart rows are recorded.
+atomic write) and the wall time of each run, the file size, the chart rows and the child's peak
+RSS are recorded.
 Prints one JSON document: per size, median and p99 of the seconds, the bytes, the rows.
 
 Run: ``.venv/bin/python scripts/bench_report.py [--days 1 30] [--runs 5] [--png]``
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -135,6 +137,8 @@ def bench(days: int, runs: int, png: bool) -> dict[str, Any]:
             "chart_rows_max": max(len(c["t"]) for c in doc["charts"]),
             "charts": len(doc["charts"]) + len(doc["forecast_charts"]),
             "png": png,
+            # the largest child so far (sizes run smallest first, so this is this size's peak)
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             "setup_seconds": round(setup, 1),
         }
 

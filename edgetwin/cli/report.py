@@ -57,7 +57,7 @@ def report_cmd(
     app.require_home()
     config = app.config()
     with open_twin_from_app(app) as store:
-        streams = store.streams(on_corrupt="skip")
+        streams = store.streams()
         t0, t1 = report.default_range(t0, t1, streams, now)
         report.check_range(t0, t1, now)
         doc = report.collect(store, t0, t1, privacy=config.privacy, now=now,

@@ -190,14 +190,16 @@ def collect(
     UsageError when the range holds no feature frame (naming the span the twin holds).
     """
     now = time.time() if now is None else now
-    streams = store.streams(on_corrupt="skip")
-    cols = Columns.from_frames(store.read_frames(t0, t1, on_corrupt="skip"))
+    streams = store.streams()
+    # a damaged chunk stops the report (DataCorrupt, exit 4): a report silently missing
+    # hours would mislead whoever reads it; 'edgetwin verify' lists the damage
+    cols = Columns.from_frames(store.read_frames(t0, t1))
     if cols.t.size == 0:
         raise UsageError(f"the twin holds no feature frames from {_utc(t0)} to {_utc(t1)}",
                          hint=_held_hint(streams))
     step = cols.step_s(default_step_s)
     markers = store.read_markers(t0, t1, on_corrupt="skip")
-    recent = list(store.iter_predictions(max(t0, t1 - RECENT_S), t1, on_corrupt="skip"))
+    recent = list(store.iter_predictions(max(t0, t1 - RECENT_S), t1))
     doc: dict[str, Any] = {
         "version": 1,
         "generated": now,

@@ -443,3 +443,30 @@ def test_a_day_at_1hz_stays_small(run_cli, home: Path, outdir: Path) -> None:  #
     i = hr["y"][0].index(180.0)  # the one spike survives, at its own time
     assert hr["t"][i] == spike_t
     assert out.stat().st_size < 1_500_000
+
+
+def test_without_a_range_it_reports_the_week_up_to_the_newest_sample(run_cli, twin: Path,  # type: ignore[no-untyped-def]
+                                                                     outdir: Path) -> None:
+    out = outdir / "r.html"
+    result = run_cli("report", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    newest = T0 + STEP * (N - 1)
+    assert summary["to"] == newest
+    assert summary["from"] == newest - 7 * DAY
+    assert summary["frames"] == N - (HOLE[1] - HOLE[0])
+    assert summary["charts"] == ["hr", "spo2", "eeg", "forecast_hr"]
+
+
+def test_a_damaged_chunk_is_exit_4_not_a_report_with_a_hole(run_cli, twin: Path,  # type: ignore[no-untyped-def]
+                                                           outdir: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(twin / "twin.db") as db:
+        # every chunk of every series damaged: the frames cannot be read
+        db.execute("UPDATE chunk SET sealed = zeroblob(64)")
+    out = outdir / "r.html"
+    result = _report(run_cli, out)
+    assert result.exit_code == 4, result.output
+    assert "edgetwin: error:" in result.output
+    assert not out.exists()
