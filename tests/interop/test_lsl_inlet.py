@@ -69,11 +69,15 @@ class Outlet:
         self._thread.start()
 
     def _run(self) -> None:
+        # an exact grid of sample times (as a device's clock gives), whatever this thread's
+        # scheduling: LslSource's dejitter then has nothing to smooth away
         width = self.outlet.channel_count
+        t0 = pylsl.local_clock()
         while not self._stop.wait(0.05):
-            now = pylsl.local_clock()
-            k = 5
-            stamps = now - (np.arange(k)[::-1] / self.rate)
+            k = int((pylsl.local_clock() - t0) * self.rate) - self.n
+            if k <= 0:
+                continue
+            stamps = t0 + (self.n + np.arange(k)) / self.rate
             first = self.base + self.n + np.arange(k)
             values = first[:, None] + np.arange(width)[None, :] * 0.125
             self.outlet.push_chunk(values.astype(np.float32), stamps.tolist())
