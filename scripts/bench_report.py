@@ -9,7 +9,7 @@ atomic write) and the wall time of each run, the file size, the chart rows and t
 RSS are recorded.
 Prints one JSON document: per size, median and p99 of the seconds, the bytes, the rows.
 
-Run: ``.venv/bin/python scripts/bench_report.py [--days 1 30] [--runs 5] [--png]``
+Run: ``.venv/bin/python scripts/bench_report.py [--days 1 30] [--runs 5] [--png] [--hz 1]``
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _run_report(home: Path, pw: Path, days: int, out: Path, png: Path | None) ->
     return elapsed
 
 
-def bench(days: int, runs: int, png: bool) -> dict[str, Any]:
+def bench(days: int, runs: int, png: bool, hz: float = 1.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         root = Path(tmp)
         home = root / "home"
@@ -118,7 +118,7 @@ def bench(days: int, runs: int, png: bool) -> dict[str, Any]:
         pw.chmod(0o600)
         os.environ["EDGETWIN_KDF_PROFILE"] = "test"
         started = time.perf_counter()
-        write_frames(home, PASS, days=days)
+        write_frames(home, PASS, days=days, hz=hz)
         setup = time.perf_counter() - started
         out = root / "report.html"
         secs = [_run_report(home, pw, days, out, root / "png" if png else None)
@@ -126,8 +126,17 @@ def bench(days: int, runs: int, png: bool) -> dict[str, Any]:
         text = out.read_text(encoding="utf-8")
         start = text.index('id="report-data" type="application/json">') + 41
         doc = json.loads(text[start:text.index("</script>", start)])
+        png_secs: list[float] = []
+        if png:  # the PNGs alone, in this process (matplotlib imported once, as in one run)
+            from edgetwin.web.report_png import write_pngs
+
+            for _ in range(runs):
+                t = time.perf_counter()
+                write_pngs(doc, root / "png-only", force=True)
+                png_secs.append(time.perf_counter() - t)
         return {
             "days": days,
+            "hz": hz,
             "frames": doc["frames"],
             "runs": runs,
             "seconds_median": round(float(np.median(secs)), 3),
@@ -137,6 +146,9 @@ def bench(days: int, runs: int, png: bool) -> dict[str, Any]:
             "chart_rows_max": max(len(c["t"]) for c in doc["charts"]),
             "charts": len(doc["charts"]) + len(doc["forecast_charts"]),
             "png": png,
+            **({"png_seconds_median": round(float(np.median(png_secs)), 3),
+                "png_seconds_p99": round(float(np.percentile(png_secs, 99)), 3)}
+               if png_secs else {}),
             # the largest child so far (sizes run smallest first, so this is this size's peak)
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             "setup_seconds": round(setup, 1),
@@ -148,8 +160,10 @@ def main() -> None:
     ap.add_argument("--days", type=int, nargs="+", default=[1, 30])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--png", action="store_true", help="also draw the PNGs (--png DIR)")
+    ap.add_argument("--hz", type=float, default=1.0,
+                    help="frames per second (the default 5 s step: 0.2)")
     args = ap.parse_args()
-    results = [bench(d, args.runs, args.png) for d in args.days]
+    results = [bench(d, args.runs, args.png, args.hz) for d in args.days]
     print(json.dumps({"benchmark": "report", "host_cpus": os.cpu_count(),
                       "results": results}, indent=2))
 

@@ -284,7 +284,7 @@ def render_html(doc: dict[str, Any]) -> str:
         "PRIVACY": privacy_html(doc),
         "MARKERS": markers_html(doc),
         "UPLOT_LICENSE": html.escape(licence),
-        "UPLOT_CSS": css.replace("</", "<\\/"),
+        "UPLOT_CSS": re.sub(r"</(style)", r"<\\/\1", css, flags=re.IGNORECASE),
         "UPLOT_JS": _script_safe(js),
         "DATA": _json_safe(json.dumps(doc, separators=(",", ":"), allow_nan=False)),
     }
@@ -515,8 +515,9 @@ def _json_safe(text: str) -> str:
 
 
 def _script_safe(text: str) -> str:
-    """Text safe inside a ``<script>`` element: no ``</script``, no ``<!--``."""
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    """Script text that cannot end its ``<script>`` element early: ``</script`` (possible only
+    inside a string or regex literal, where ``<\\/`` means the same) is escaped."""
+    return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE)
 
 
 __all__ = ["Columns", "check_range", "collect", "day_stats", "default_range", "render_html",
