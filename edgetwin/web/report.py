@@ -129,8 +129,7 @@ class Columns:
         if not ts:
             return cls(np.empty(0), np.empty((0, width), np.float32),
                        np.empty((0, width), bool), np.empty((0, width), bool))
-        cols = cls(np.concatenate(ts), np.concatenate(vs), np.concatenate(ms),
-                   np.concatenate(ims))
+        cols = cls(_join(ts), _join(vs), _join(ms), _join(ims))
         if cols.t.size > 1 and np.any(np.diff(cols.t) < 0):
             order = np.argsort(cols.t, kind="stable")
             cols = cls(cols.t[order], cols.values[order], cols.masked[order],
@@ -193,13 +192,14 @@ def collect(
     streams = store.streams()
     # a damaged chunk stops the report (DataCorrupt, exit 4): a report silently missing
     # hours would mislead whoever reads it; 'edgetwin verify' lists the damage
+    recent = list(store.iter_predictions(max(t0, t1 - RECENT_S), t1))
+    score = _score(store, recent)  # before the range's frames are held: it reads a day's own
     cols = Columns.from_frames(store.read_frames(t0, t1))
     if cols.t.size == 0:
         raise UsageError(f"the twin holds no feature frames from {_utc(t0)} to {_utc(t1)}",
                          hint=_held_hint(streams))
     step = cols.step_s(default_step_s)
     markers = store.read_markers(t0, t1, on_corrupt="skip")
-    recent = list(store.iter_predictions(max(t0, t1 - RECENT_S), t1))
     doc: dict[str, Any] = {
         "version": 1,
         "generated": now,
@@ -220,7 +220,7 @@ def collect(
         "sources": [_source_json(s, t0, t1) for s in streams],
         "forecasts": _forecasts_json(recent),
         "forecast_charts": _forecast_charts(recent, cols, step),
-        "score": _score(store, recent),
+        "score": score,
         "privacy": _privacy(store, privacy, now, t0, t1),
     }
     for cid, title, names in CHARTS:
@@ -341,6 +341,20 @@ def write_private(path: Path, data: bytes, *, force: bool) -> None:
 
 
 # -- private helpers --------------------------------------------------------------------------
+
+
+def _join(blocks: list[Any]) -> Any:
+    """Concatenate ``blocks`` into one array, freeing each block once copied (a month of
+    1 Hz frames is ~200 MB of columns: np.concatenate would hold it twice)."""
+    n = sum(len(b) for b in blocks)
+    out = np.empty((n, *blocks[0].shape[1:]), dtype=blocks[0].dtype)
+    i = 0
+    blocks.reverse()
+    while blocks:
+        b = blocks.pop()
+        out[i : i + len(b)] = b
+        i += len(b)
+    return out
 
 
 def _chart(
