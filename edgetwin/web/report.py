@@ -450,7 +450,8 @@ def _explain(p: Prediction) -> str:
 def _score(store: Any, recent: list[Prediction]) -> dict[str, Any]:
     """``predictions --score`` as of the newest forecast in the range, or why there is none."""
     if not recent:
-        return {"available": False, "reason": "no forecasts were stored in this range"}
+        return {"available": False,
+                "reason": "no forecasts were stored in the last hour of this range"}
     try:
         from edgetwin.inference.registry import load_manifest
         from edgetwin.inference.serving import score_twin

@@ -470,3 +470,17 @@ def test_a_damaged_chunk_is_exit_4_not_a_report_with_a_hole(run_cli, twin: Path,
     assert result.exit_code == 4, result.output
     assert "edgetwin: error:" in result.output
     assert not out.exists()
+
+
+def test_a_range_without_forecasts_says_so(run_cli, twin: Path, outdir: Path) -> None:  # type: ignore[no-untyped-def]
+    out = outdir / "day1.html"
+    result = run_cli("report", "--from", str(T0), "--to", str(T0 + DAY - 1), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    _, doc = parse(out)
+    assert doc["forecasts"] == []
+    assert doc["forecast_charts"] == []
+    assert doc["score"] == {"available": False,
+                            "reason": "no forecasts were stored in the last hour of this range"}
+    text = out.read_text(encoding="utf-8")
+    assert "No forecasts were stored in the last hour of this range." in text
+    assert [d["day"] for d in doc["days"]] == ["2025-06-16"]
