@@ -45,15 +45,16 @@ def channel_kind(name: str) -> str:
 
 
 
-# Times the twin stores (samples, frames, predictions, markers): 1900-01-01 .. 3000-01-01 UTC.
-# A broken or hostile clock (t = 1e300) is refused where it enters, not at a later commit
-# that it would fail for every stream.
-EARLIEST_T = -2_208_988_800.0
-LATEST_T = 32_503_680_000.0
+# Times the twin stores (samples, frames, predictions, markers): within ±1e11 s of 1970 (about
+# the years -1200..5138; past 1e11 a timestamp is milliseconds, see sources.recording). A
+# broken or hostile clock (t = 1e300) is refused where it enters, not at a later commit that
+# it would fail for every stream.
+EARLIEST_T = -1e11
+LATEST_T = 1e11
 
 
 def time_out_of_range(t: float) -> bool:
-    """True for a time the store refuses (not finite, or outside 1900..3000 UTC)."""
+    """True for a time the store refuses: not finite, or beyond ±1e11 s (years -1200..5138)."""
     return not (math.isfinite(t) and EARLIEST_T <= t <= LATEST_T)
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +294,7 @@ class Marker:
         if not isinstance(self.t, int | float) or not math.isfinite(self.t):
             return f"marker time {self.t!r} is not a finite number of seconds"
         if time_out_of_range(self.t):
-            return f"marker time {self.t!r} is outside 1900..3000 UTC"
+            return f"marker time {self.t!r} is outside the years -1200..5138 (±1e11 s)"
         return marker_problem(self.text) or marker_problem(
             self.source, what="marker source", limit=MARKER_SOURCE_MAX
         )

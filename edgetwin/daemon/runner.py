@@ -140,7 +140,8 @@ class SourceRunner:
                     # bins and the store; refuse the batch, keep the link
                     self.refused_batches += 1
                     self.last_error = (f"refused a batch of {batch.stream} with a time outside "
-                                       "1900..3000 UTC (the device's clock or data is broken)")
+                                       "the years -1200..5138 (±1e11 s): the device's clock "
+                                       "or data is broken")
                     if self.refused_batches == 1:
                         _LOGGER.warning("source %s: %s", self.source.name, self.last_error)
                     continue

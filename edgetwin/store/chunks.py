@@ -74,8 +74,8 @@ class Chunks(SeriesRows):
         if not ((batch.t >= EARLIEST_T) & (batch.t <= LATEST_T)).all():
             bad = float(batch.t[(batch.t < EARLIEST_T) | (batch.t > LATEST_T)][0])
             raise MalformedInput(
-                f"stream {batch.stream!r}: a batch holds a time outside 1900..3000 UTC "
-                f"({bad!r} s); none of it was stored",
+                f"stream {batch.stream!r}: a batch holds a time outside the years -1200..5138 "
+                f"(±1e11 s): {bad!r} s; none of it was stored",
                 hint="the source's clock or the recording's time column is broken",
             )
         with self._lock:
@@ -86,7 +86,8 @@ class Chunks(SeriesRows):
         for f in frames:
             if time_out_of_range(f.t):
                 raise MalformedInput(f"a feature frame's time {f.t!r} is not finite or not "
-                                     "within 1900..3000 UTC; no frame of this call was stored")
+                                     "within the years -1200..5138 (±1e11 s); no frame of "
+                                     "this call was stored")
         with self._lock:
             self._pending_frames.extend(frames)
 
@@ -95,8 +96,8 @@ class Chunks(SeriesRows):
         for p in preds:
             if time_out_of_range(p.t):
                 raise MalformedInput(f"a prediction's time {p.t!r} is not finite or not "
-                                     "within 1900..3000 UTC; no prediction of this call was "
-                                     "stored")
+                                     "within the years -1200..5138 (±1e11 s); no prediction "
+                                     "of this call was stored")
         with self._lock:
             self._pending_preds.extend(preds)
 

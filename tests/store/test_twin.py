@@ -300,14 +300,14 @@ def test_a_time_outside_1900_to_3000_is_refused_at_append_and_never_blocks_later
 ) -> None:
     """A hostile clock (t = 1e300) once passed append and then failed every commit with an
     OverflowError, so nothing of any stream was ever stored again."""
-    for t in (1e300, -1e300, 4e10, -3e9):
-        with pytest.raises(MalformedInput, match=r"outside 1900\.\.3000"):
+    for t in (1e300, -1e300, 2e11, -2e11):
+        with pytest.raises(MalformedInput, match=r"outside the years -1200\.\.5138"):
             store.append_samples(SampleBatch.build("evil", ["hr"], [T0, t], [[60.0], [61.0]]))
     frame = FeatureFrame(1e300, np.zeros(3), np.ones(3), np.zeros(3, bool), 1)
-    with pytest.raises(MalformedInput, match=r"1900\.\.3000"):
+    with pytest.raises(MalformedInput, match=r"-1200\.\.5138"):
         store.append_frames([frame])
     pred = Prediction(1e300, "hr", 5.0, (60.0,), ((55.0, 65.0),), (1.0,), (), "test")
-    with pytest.raises(MalformedInput, match=r"1900\.\.3000"):
+    with pytest.raises(MalformedInput, match=r"-1200\.\.5138"):
         store.append_predictions([pred])
     assert store.pending_rows() == 0
     store.append_samples(SampleBatch.build("good", ["hr"], [T0], [[60.0]]))
