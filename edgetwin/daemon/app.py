@@ -176,7 +176,7 @@ async def _run_with_outlets(daemon: Daemon, duration: float | None) -> None:
         await daemon.run(duration)
         return
     # subscribed here, not in build_daemon: a daemon run without this never fills the queue
-    queue = daemon.hub.subscribe("lsl")
+    queue = daemon.hub.subscribe("lsl", outlet=True)
     publisher.start()
     consumer = asyncio.create_task(publisher.consume(queue), name="consumer:lsl")
     try:

@@ -72,12 +72,21 @@ class Hub:
     def __init__(self, queue_batches: int) -> None:
         self._queue_batches = queue_batches
         self._queues: dict[str, ConsumerQueue] = {}
+        self._outlets: set[str] = set()  # consumers whose drops lose no twin data
         self.published_batches = 0
         self.published_samples = 0
 
-    def subscribe(self, name: str) -> ConsumerQueue:
+    def subscribe(self, name: str, *, outlet: bool = False) -> ConsumerQueue:
+        """A bounded queue of every batch published from now on.
+
+        ``outlet``: the consumer only passes data on (LSL, a web page); what it drops is
+        counted in :meth:`stats` but is not a loss of the twin's data, so a slow LSL
+        inlet never shows as sensor drops in ``status``.
+        """
         queue = ConsumerQueue(name, self._queue_batches)
         self._queues[name] = queue
+        if outlet:
+            self._outlets.add(name)
         return queue
 
     def publish(self, batch: SampleBatch) -> None:
@@ -92,9 +101,11 @@ class Hub:
             queue.close()
 
     def drops_by_stream(self) -> dict[str, int]:
-        """Samples dropped per stream, summed over consumers."""
+        """Samples the twin lost per stream: dropped by the store or features consumers."""
         out: dict[str, int] = {}
         for queue in self._queues.values():
+            if queue.name in self._outlets:
+                continue
             for stream, n in queue.dropped_by_stream.items():
                 out[stream] = out.get(stream, 0) + n
         return out

@@ -56,3 +56,15 @@ def test_memory_is_bounded_under_a_flood() -> None:
     assert len(q) == 16
     assert hub.published_samples == 10_000
     assert q.dropped_samples == 10_000 - 16
+
+
+def test_an_outlets_drops_are_not_the_twins_losses() -> None:
+    hub = Hub(queue_batches=2)
+    store = hub.subscribe("store")
+    lsl = hub.subscribe("lsl", outlet=True)
+    for i in range(5):
+        hub.publish(_batch("dev.eeg", 10, t0=i * 10))
+        list(store.drain())  # the store keeps up; the outlet does not
+    assert lsl.dropped_samples == 30
+    assert hub.stats()["consumers"]["lsl"]["dropped_samples"] == 30  # counted, shown
+    assert hub.drops_by_source("dev") == 0  # but no sample of the twin was lost
