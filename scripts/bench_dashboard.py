@@ -33,7 +33,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("EDGETWIN_KDF_PROFILE", "test")
 
 from edgetwin.config import Config, DashboardConfig  # noqa: E402
 from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION  # noqa: E402
@@ -242,6 +241,42 @@ async def bench_daemon(seconds: float) -> dict[str, Any]:
     return out
 
 
+def run(quick: bool = False) -> dict[str, Any]:
+    """``scripts/bench``'s entry: the figures (quick: 2 days, 3 runs, 10 s per daemon run)."""
+    return measure(days=2 if quick else 30, runs=3 if quick else 10,
+                   seconds=10.0 if quick else 60.0)
+
+
+def measure(*, days: int, runs: int, seconds: float, timeline: bool = True,
+            daemon: bool = True) -> dict[str, Any]:
+    result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                              "command": f"scripts/bench_dashboard.py --days {days} --runs {runs}"
+                                         f" --seconds {seconds:g}"}
+    # cheap key derivation for the throw-away twins (restored after: scripts/bench runs other
+    # areas in this process)
+    saved = os.environ.get("EDGETWIN_KDF_PROFILE")
+    os.environ["EDGETWIN_KDF_PROFILE"] = "test"
+    try:
+        _measure(result, days, runs, seconds, timeline, daemon)
+    finally:
+        if saved is None:
+            os.environ.pop("EDGETWIN_KDF_PROFILE", None)
+        else:
+            os.environ["EDGETWIN_KDF_PROFILE"] = saved
+    return result
+
+
+def _measure(result: dict[str, Any], days: int, runs: int, seconds: float, timeline: bool,
+             daemon: bool) -> None:
+    if timeline:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp) / "home"
+            result["twin_build_s"] = round(build_twin(home, days), 1)
+            result["timeline"] = asyncio.run(bench_timeline(home, days, runs))
+    if daemon:
+        result["daemon"] = asyncio.run(bench_daemon(seconds))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--days", type=int, default=30)
@@ -250,14 +285,8 @@ def main() -> None:
     p.add_argument("--skip-daemon", action="store_true")
     p.add_argument("--skip-timeline", action="store_true")
     args = p.parse_args()
-    result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
-    if not args.skip_timeline:
-        with tempfile.TemporaryDirectory() as tmp:
-            home = Path(tmp) / "home"
-            result["twin_build_s"] = round(build_twin(home, args.days), 1)
-            result["timeline"] = asyncio.run(bench_timeline(home, args.days, args.runs))
-    if not args.skip_daemon:
-        result["daemon"] = asyncio.run(bench_daemon(args.seconds))
+    result = measure(days=args.days, runs=args.runs, seconds=args.seconds,
+                     timeline=not args.skip_timeline, daemon=not args.skip_daemon)
     print(json.dumps(result, indent=2))
 
 
