@@ -29,6 +29,7 @@
   function ago(t) {
     if (!t) return "–";
     const s = Date.now() / 1000 - t;
+    if (s < 0) return "ahead of this clock";  // a replay or a fast simulator stamps ahead
     if (s < 90) return Math.round(s) + " s ago";
     if (s < 5400) return Math.round(s / 60) + " min ago";
     if (s < 172800) return Math.round(s / 3600) + " h ago";
