@@ -237,6 +237,30 @@ def test_a_live_update_arrives_from_the_running_daemon(
         assert lat and all(x < 30 for x in lat)  # sanity only; the bench measures it
         assert _errors(browser) == []
         browser.save_screenshot(str(artefacts / "live-timeline.png"))
+        # actions through the daemon: a consent on its writer thread, a forget by its control
+        # path, each after the in-page confirmation
+        browser.get(base + "/privacy")
+        _ready(browser)
+        browser.find_element(
+            "css selector", 'button[data-action="consent/grant"][data-metric="hr_mean"]').click()
+        browser.find_element("id", "confirm-yes").click()
+        _wait(browser, "return !!document.querySelector("
+              "'button[data-action=\"consent/revoke\"][data-metric=\"hr_mean\"]')", 30)
+        consents = json.loads(_cli_out(env, "consent", "list", "--json"))
+        assert {c["metric"]: c["granted"] for c in consents}["hr_mean"] is True
+        browser.find_element("id", "forget-stream").send_keys("simulator.eeg")
+        browser.find_element(
+            "css selector", 'button[data-action="forget"][data-field="stream"]').click()
+        browser.find_element("id", "confirm-yes").click()
+        _wait(browser, "const t = document.getElementById('toast'); return t && t.textContent"
+              " === 'done'", 60)
+        status = json.loads(_cli_out(env, "status", "--json"))
+        assert status["daemon"]["forgets"] == 1
+        audit = json.loads(_cli_out(env, "audit", "--json"))
+        events = [e["event"] for e in audit["entries"]]
+        assert "consent.grant" in events
+        assert any("forget" in e for e in events)
+        assert _errors(browser) == []
     finally:
         proc.terminate()
         try:
@@ -273,6 +297,13 @@ def _cli(env: dict[str, str], *args: str) -> None:
     r = subprocess.run([*EXE, *args], env=env, capture_output=True, text=True, timeout=120,
                        check=False)
     assert r.returncode == 0, r.stderr
+
+
+def _cli_out(env: dict[str, str], *args: str) -> str:
+    r = subprocess.run([*EXE, *args], env=env, capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 
 
 def _free_port() -> int:

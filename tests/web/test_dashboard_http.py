@@ -266,3 +266,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+
+
+def test_aiohttp_is_imported_only_when_the_dashboard_is_enabled() -> None:
+    code = (
+        "import asyncio, sys, types\n"
+        "import edgetwin.daemon.app, edgetwin.cli.daemon\n"
+        "from edgetwin.config import parse_config\n"
+        "from edgetwin.daemon.dashboard import dashboard_for\n"
+        "d = types.SimpleNamespace(config=parse_config('[dashboard]\\nenabled = false\\n'))\n"
+        "async def main():\n"
+        "    async with dashboard_for(d) as dash:\n"
+        "        assert dash is None\n"
+        "asyncio.run(main())\n"
+        "print('aiohttp' in sys.modules, 'edgetwin.web.app' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["False", "False"]
