@@ -91,46 +91,48 @@ class Columns:
     imputed: npt.NDArray[np.bool_]
 
     @classmethod
-    def from_frames(cls, frames: Iterable[FeatureFrame], block: int = 65_536) -> Columns:
-        """Read frames into columns block by block (flat memory per frame)."""
+    def from_frames(
+        cls, frames: Iterable[FeatureFrame], capacity: int = 0, block: int = 16_384
+    ) -> Columns:
+        """Read frames into columns. ``capacity``: an upper bound of their number (the twin's
+        frame count): the columns are allocated once at that size and only the rows written
+        take memory, so a month of 1 Hz frames is never held twice; more rows than that
+        (a daemon appending meanwhile) grow the arrays."""
         width = len(NAMES)
-        ts: list[npt.NDArray[np.float64]] = []
-        vs: list[npt.NDArray[np.float32]] = []
-        ms: list[npt.NDArray[np.bool_]] = []
-        ims: list[npt.NDArray[np.bool_]] = []
-        t = np.empty(block)
-        v = np.empty((block, width))
-        q = np.empty((block, width))
-        im = np.empty((block, width), dtype=bool)
-        i = 0
+        cap = max(capacity, block)
+        t = np.empty(cap)
+        values = np.empty((cap, width), dtype=np.float32)
+        masked = np.empty((cap, width), dtype=bool)
+        imputed = np.empty((cap, width), dtype=bool)
+        q = np.empty((block, width))  # the quality of the rows not yet masked
+        start = i = 0
 
-        def flush(k: int) -> None:
-            vals, qual = v[:k], q[:k]
+        def mask(a: int, b: int) -> None:
+            vals = values[a:b]
             present = np.isfinite(vals)
-            good = present & (qual >= QUALITY_THRESHOLD)
-            ts.append(t[:k].copy())
-            vs.append(np.where(good, vals, np.nan).astype(np.float32))
-            ms.append(present & ~good)
-            ims.append(im[:k] & good)
+            good = present & (q[: b - a] >= QUALITY_THRESHOLD)
+            vals[~good] = np.nan
+            masked[a:b] = present & ~good
+            imputed[a:b] &= good
 
         for f in frames:
             if f.values.shape[0] != width:
                 continue  # another schema version: not drawable on this schema's charts
+            if i == cap:
+                cap = cap + cap // 2
+                t, values, masked, imputed = (np.resize(x, (cap, *x.shape[1:]))
+                                              for x in (t, values, masked, imputed))
             t[i] = f.t
-            v[i] = f.values
-            q[i] = f.quality
-            im[i] = f.imputed
+            values[i] = f.values
+            q[i - start] = f.quality
+            imputed[i] = f.imputed
             i += 1
-            if i == block:
-                flush(i)
-                i = 0
-        if i:
-            flush(i)
-        if not ts:
-            return cls(np.empty(0), np.empty((0, width), np.float32),
-                       np.empty((0, width), bool), np.empty((0, width), bool))
-        cols = cls(_join(ts), _join(vs), _join(ms), _join(ims))
-        if cols.t.size > 1 and np.any(np.diff(cols.t) < 0):
+            if i - start == block:
+                mask(start, i)
+                start = i
+        mask(start, i)
+        cols = cls(t[:i], values[:i], masked[:i], imputed[:i])
+        if i > 1 and np.any(np.diff(cols.t) < 0):
             order = np.argsort(cols.t, kind="stable")
             cols = cls(cols.t[order], cols.values[order], cols.masked[order],
                        cols.imputed[order])
@@ -194,7 +196,8 @@ def collect(
     # hours would mislead whoever reads it; 'edgetwin verify' lists the damage
     recent = list(store.iter_predictions(max(t0, t1 - RECENT_S), t1))
     score = _score(store, recent)  # before the range's frames are held: it reads a day's own
-    cols = Columns.from_frames(store.read_frames(t0, t1))
+    capacity = int(store.series_counts().get("frames", 0))
+    cols = Columns.from_frames(store.read_frames(t0, t1), capacity=capacity)
     if cols.t.size == 0:
         raise UsageError(f"the twin holds no feature frames from {_utc(t0)} to {_utc(t1)}",
                          hint=_held_hint(streams))
@@ -341,20 +344,6 @@ def write_private(path: Path, data: bytes, *, force: bool) -> None:
 
 
 # -- private helpers --------------------------------------------------------------------------
-
-
-def _join(blocks: list[Any]) -> Any:
-    """Concatenate ``blocks`` into one array, freeing each block once copied (a month of
-    1 Hz frames is ~200 MB of columns: np.concatenate would hold it twice)."""
-    n = sum(len(b) for b in blocks)
-    out = np.empty((n, *blocks[0].shape[1:]), dtype=blocks[0].dtype)
-    i = 0
-    blocks.reverse()
-    while blocks:
-        b = blocks.pop()
-        out[i : i + len(b)] = b
-        i += len(b)
-    return out
 
 
 def _chart(

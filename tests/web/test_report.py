@@ -484,3 +484,36 @@ def test_a_range_without_forecasts_says_so(run_cli, twin: Path, outdir: Path) ->
     text = out.read_text(encoding="utf-8")
     assert "No forecasts were stored in the last hour of this range." in text
     assert [d["day"] for d in doc["days"]] == ["2025-06-16"]
+
+
+@pytest.mark.parametrize(("capacity", "block"), [(0, 4), (10, 4), (50, 16), (1000, 7)])
+def test_columns_hold_every_frame_whatever_the_capacity(capacity: int, block: int) -> None:
+    """Rows past the capacity (a daemon appending meanwhile) grow the columns; frames out of
+    order come back sorted; low quality is masked, imputed kept only where usable."""
+    from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION
+    from edgetwin.types import FeatureFrame
+    from edgetwin.web.report import Columns
+
+    rng = np.random.default_rng(3)
+    n = 50
+    ts = T0 + STEP * rng.permutation(n)
+    frames = []
+    for t in ts:
+        values = np.full(len(NAMES), np.nan)
+        values[INDEX["hr"]] = 60 + (t - T0) / STEP
+        quality = np.ones(len(NAMES))
+        quality[INDEX["hr"]] = 0.1 if (t - T0) / STEP % 10 == 3 else 0.9
+        imputed = np.zeros(len(NAMES), dtype=bool)
+        imputed[INDEX["hr"]] = (t - T0) / STEP % 5 == 3
+        frames.append(FeatureFrame(t=float(t), values=values, quality=quality, imputed=imputed,
+                                   schema_version=SCHEMA_VERSION))
+    cols = Columns.from_frames(iter(frames), capacity=capacity, block=block)
+    k = np.arange(n)
+    assert cols.t.tolist() == (T0 + STEP * k).tolist()
+    low = k % 10 == 3
+    hr = cols.values[:, INDEX["hr"]]
+    assert np.array_equal(np.isnan(hr), low)
+    assert hr[~low].tolist() == (60.0 + k[~low]).tolist()
+    assert cols.masked[:, INDEX["hr"]].tolist() == low.tolist()
+    assert not cols.masked[:, INDEX["spo2"]].any()  # absent is not masked
+    assert cols.imputed[:, INDEX["hr"]].tolist() == ((k % 5 == 3) & ~low).tolist()
