@@ -50,6 +50,12 @@ def dashboard_cmd(app: AppContext, port: int | None, duration: float | None) -> 
         host = config.dashboard.host if is_loopback(config.dashboard.host) else "127.0.0.1"
         scheme = "https" if config.dashboard.tls_cert else "http"
         url = f"{scheme}://{host}:{config.dashboard.port}/?token={token}"
+        if not _listening(host, config.dashboard.port):
+            raise UsageError(
+                f"the daemon runs, but nothing listens on {host}:{config.dashboard.port}",
+                hint="its log says why (another program on the port?); set [dashboard] port "
+                     "and restart the daemon",
+            )
         _say(app, url, served_by="daemon")
         return
     from edgetwin.cli.unlock import open_twin_from_app
@@ -86,3 +92,13 @@ def _say(app: AppContext, url: str, *, served_by: str) -> None:
         click.echo(f"dashboard of the stored twin (no daemon running): open {url}")
         click.echo("Ctrl-C to stop", err=True)
     sys.stdout.flush()
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
