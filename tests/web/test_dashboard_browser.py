@@ -171,6 +171,18 @@ def test_timeline_chart_holds_the_servers_points_and_the_known_values(
     assert spans == [[frame_t(IMPUTED[0]), frame_t(IMPUTED[1])]]
     assert browser.execute_script("return window.edgetwin.charts.timeline.doc.markers.length") == 1
     browser.save_screenshot(str(artefacts / "timeline-known-twin.png"))
+    # zoom: a drag selection over the chart fetches that range again, downsampled afresh
+    browser.execute_script(
+        "const u = window.edgetwin.charts.timeline.plots.hr;"
+        "const l = u.valToPos(arguments[0], 'x'), r = u.valToPos(arguments[1], 'x');"
+        "u.setSelect({left: l, width: r - l, top: 0, height: u.bbox.height});",
+        frame_t(100), frame_t(160))
+    _wait(browser, f"return window.edgetwin.charts.timeline.doc.to < {frame_t(200)}")
+    zx, zy = browser.execute_script(
+        "const u = window.edgetwin.charts.timeline.plots.hr; return [u.data[0], u.data[1]];")
+    zoomed = [(t, v) for t, v in zip(zx, zy, strict=True) if frame_t(101) <= t <= frame_t(159)]
+    assert len(zoomed) == 59  # every frame inside the zoomed span, none skipped
+    assert all(v == hr_at(round((t - frame_t(0)) / 5.0)) for t, v in zoomed)
 
 
 def test_an_action_needs_the_confirmation_in_the_page(

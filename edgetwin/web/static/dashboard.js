@@ -209,7 +209,8 @@
         title: name, width: chartWidth(box), height: 150,
         scales: { x: { time: true, range: [doc.from, doc.to] } },
         series: [{}, { label: name, stroke: COLORS[i % COLORS.length], width: 1, spanGaps: false }],
-        hooks: { drawClear: [shadeHook(doc.shading[name] || {}, doc.markers)] },
+        hooks: { drawClear: [shadeHook(doc.shading[name] || {}, doc.markers)], setSelect: [zoomTo] },
+        cursor: { drag: { x: true, y: false, setScale: false } },  // the server re-downsamples
         legend: { live: false },
       };
       plots[name] = new uPlot(opts, [pts.t.slice(), pts.columns[name].slice()], div);
@@ -221,6 +222,16 @@
     state.charts.timeline = { doc: doc, plots: plots, following: !timelineRange.to };
   }
   const timelineRange = {};
+  // a drag over a chart asks the server for that range at full resolution (5 min at least)
+  function zoomTo(u) {
+    if (u.select.width < 5) return;
+    const from = u.posToVal(u.select.left, "x");
+    const to = u.posToVal(u.select.left + u.select.width, "x");
+    u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+    timelineRange.to = to;
+    for (const x of document.querySelectorAll("#ranges button")) x.classList.remove("active");
+    loadTimeline({ from: String(from), to: String(to) });
+  }
   async function loadTimeline(params) {
     const q = new URLSearchParams(params);
     const resp = await fetch("/api/timeline?" + q.toString(), { credentials: "same-origin" });
