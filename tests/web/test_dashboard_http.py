@@ -284,3 +284,48 @@ def test_aiohttp_is_imported_only_when_the_dashboard_is_enabled() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+async def test_tls_serves_https_with_a_secure_cookie(tmp_path: Path) -> None:
+    import datetime as dt
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    home = tmp_path / "h"
+    build_twin(home, frames=10)
+    settings = DashboardConfig(port=0, tls_cert=str(cert_file), tls_key=str(key_file))
+    with TwinStore.open(home, Secret.passphrase(PASS)) as store:
+        dash = Dashboard(home, StoreBackend(store, Config()), settings)
+        await dash.start()
+        try:
+            assert dash.url.startswith("https://127.0.0.1:")
+            client_ctx = ssl.create_default_context(cafile=str(cert_file))
+            client_ctx.check_hostname = False  # the certificate names an IP in its CN only
+            async with aiohttp.ClientSession(cookie_jar=_jar()) as s:
+                async with s.get(dash.url, allow_redirects=False, ssl=client_ctx) as r:
+                    assert r.status == 303
+                    assert "Secure" in r.headers["Set-Cookie"]
+                async with s.get(dash.base_url + "/api/status", ssl=client_ctx) as r:
+                    assert r.status == 200
+                http_url = dash.base_url.replace("https://", "http://") + "/api/status"
+                with pytest.raises(aiohttp.ClientError):
+                    async with s.get(http_url) as r:
+                        await r.read()
+        finally:
+            await dash.stop()
