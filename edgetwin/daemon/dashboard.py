@@ -39,14 +39,32 @@ class DaemonBackend:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.config = daemon.config
+        self._since: dict[str, tuple[str, float]] = {}  # source -> (state, since when)
 
     async def status(self) -> dict[str, Any]:
-        return await self.daemon.status_async()
+        return self._with_since(await self.daemon.status_async())
 
     def status_from_memory(self) -> dict[str, Any]:
         """``status`` with the store's part as last read (no store access)."""
         d = self.daemon
-        return d._status_doc(d._store_status_cache)
+        return self._with_since(d._status_doc(d._store_status_cache))
+
+    def watch_states(self) -> None:
+        """Note when each source entered its state (called about once a second)."""
+        now = time.time()
+        for runner in self.daemon.runners:
+            state = str(runner.state)
+            seen = self._since.get(runner.source.name)
+            if seen is None or seen[0] != state:
+                self._since[runner.source.name] = (state, now)
+
+    def _with_since(self, doc: dict[str, Any]) -> dict[str, Any]:
+        self.watch_states()
+        for src in doc.get("sources", []):
+            seen = self._since.get(src.get("name"))
+            if seen is not None:
+                src["state_since"] = seen[1]
+        return doc
 
     async def read(self, fn: Callable[[TwinStore], T]) -> T:
         # TwinStore serialises calls with its lock: a read waits at most for one writer step
@@ -135,6 +153,7 @@ async def _status_ticker(daemon: Daemon, dash: Dashboard) -> None:
     last_store = 0.0
     while True:
         await asyncio.sleep(STATUS_EVERY_S)
+        backend.watch_states()
         if not dash.hub.clients:
             continue
         try:

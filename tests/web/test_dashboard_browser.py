@@ -234,6 +234,7 @@ def test_a_live_update_arrives_from_the_running_daemon(
         status = _wait(browser, "const e = window.edgetwin.status; return e && e.daemon.running "
                        "&& e.sources.length && e.sources[0].samples > 0 ? e : null", 60)
         assert status["sources"][0]["name"] == "simulator"
+        assert status["sources"][0]["state_since"] <= time.time()  # the daemon noted it
         browser.save_screenshot(str(artefacts / "live-now.png"))
         # Timeline: new frames arrive as events and extend the chart
         browser.get(base + "/timeline?range=300")

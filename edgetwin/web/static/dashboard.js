@@ -132,6 +132,7 @@
     const now = Date.now() / 1000;
     const rows = (st.sources || []).map(function (s) {
       if (!since[s.name] || since[s.name].state !== s.state) since[s.name] = { state: s.state, t: now };
+      if (s.state_since) since[s.name].t = s.state_since;  // the daemon's own note
       const stateCell = el("span", s.state, "state-" + s.state);
       return row([s.name, s.kind, stateCell, ago(since[s.name].t), s.rate_hz === undefined ? "–" : fmtNum(s.rate_hz) + " Hz",
         s.battery === undefined || s.battery === null ? "–" : s.battery + " %", s.samples, s.drops, s.gaps,
