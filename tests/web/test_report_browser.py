@@ -97,6 +97,26 @@ def test_the_report_renders_offline_without_errors_or_requests(run_cli, home: Pa
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or ()) > 200
 
 
+def test_the_report_prints(run_cli, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What a person hands on may be paper: chromium prints it (print CSS, charts resized for
+    the page) to a PDF of a few A4 pages, without a console message or a request."""
+    from tests.sync.helpers import PASSPHRASE
+
+    build_twin(home, PASSPHRASE)
+    out = tmp_path / "report.html"
+    assert run_cli("report", "--from", str(T0), "--to", str(T0 + 2 * DAY - 1),
+                   "-o", str(out)).exit_code == 0
+    pdf = tmp_path / "report.pdf"
+    _, stderr, requests = _chromium(out, tmp_path, f"--print-to-pdf={pdf}",
+                                    "--no-pdf-header-footer")
+    assert requests == []
+    assert _console(stderr) == []
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page[^s]", data))
+    assert 2 <= pages <= 12, pages
+
+
 def test_the_checks_would_see_a_request_and_a_console_error(tmp_path: Path) -> None:
     """Guards the guard: a page with external references and a failing script shows both."""
     page = tmp_path / "control.html"
