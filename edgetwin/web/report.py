@@ -196,8 +196,17 @@ def collect(
     # hours would mislead whoever reads it; 'edgetwin verify' lists the damage
     recent = list(store.iter_predictions(max(t0, t1 - RECENT_S), t1))
     score = _score(store, recent)  # before the range's frames are held: it reads a day's own
-    capacity = int(store.series_counts().get("frames", 0))
-    cols = Columns.from_frames(store.read_frames(t0, t1), capacity=capacity)
+    # at most the twin's frames, and at most one a second over the range (a shorter step
+    # only grows the columns): untouched rows cost no memory, but the allocation must fit
+    capacity = min(int(store.series_counts().get("frames", 0)),
+                   int((t1 - t0) / min(1.0, default_step_s)) + 1024)
+    try:
+        cols = Columns.from_frames(store.read_frames(t0, t1), capacity=capacity)
+    except MemoryError:
+        raise UsageError(
+            f"the range {_utc(t0)} to {_utc(t1)} holds more frames than this machine's memory "
+            "can chart at once",
+            hint="make a report per month (--from/--to) instead") from None
     if cols.t.size == 0:
         raise UsageError(f"the twin holds no feature frames from {_utc(t0)} to {_utc(t1)}",
                          hint=_held_hint(streams))

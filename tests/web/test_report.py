@@ -517,3 +517,19 @@ def test_columns_hold_every_frame_whatever_the_capacity(capacity: int, block: in
     assert cols.masked[:, INDEX["hr"]].tolist() == low.tolist()
     assert not cols.masked[:, INDEX["spo2"]].any()  # absent is not masked
     assert cols.imputed[:, INDEX["hr"]].tolist() == ((k % 5 == 3) & ~low).tolist()
+
+
+def test_a_range_too_large_for_memory_is_a_precise_error(run_cli, twin: Path, outdir: Path,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetwin.web import report
+
+    def no_memory(*_a: Any, **_k: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(report.Columns, "from_frames", no_memory)
+    out = outdir / "r.html"
+    result = _report(run_cli, out)
+    assert result.exit_code == 2
+    assert "holds more frames than this machine's memory can chart at once" in result.output
+    assert "make a report per month" in result.output
+    assert not out.exists()
