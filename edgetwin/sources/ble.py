@@ -19,6 +19,10 @@ stream             channels        from
 ``<name>.temp``    ``temp``        Temperature Measurement (°C; °F converted)
 ``<name>.battery`` ``battery``     Battery Level (%), read at connect and then
                                    notified or polled
+``<name>.climate`` ``temp``,       Environmental Sensing (0x181A): °C, %, hPa;
+                   ``humidity``,   notified where the characteristic can, else
+                   ``pressure``    read every ``read_interval_s`` (NaN in the
+                                   channels a row does not carry)
 =================  ==============  =============================================
 
 Bad input never ends the stream: a notification that breaks its format counts
@@ -113,7 +117,17 @@ PROFILES: dict[str, Profile] = {
         "thermometer", gatt.HEALTH_THERMOMETER_SERVICE, (gatt.TEMPERATURE_MEASUREMENT,),
         (gatt.TEMPERATURE_TYPE,),
     ),
+    # Room climate over GATT (BTHome adverts are edgetwin.sources.bthome's job).
+    "environmental": Profile(
+        "environmental", gatt.ENVIRONMENTAL_SENSING_SERVICE,
+        (gatt.ESS_TEMPERATURE, gatt.ESS_HUMIDITY, gatt.ESS_PRESSURE),
+    ),
 }
+# ESS characteristic -> channel of ``<name>.climate``
+ESS_CHANNELS: dict[str, str] = {
+    gatt.ESS_TEMPERATURE: "temp", gatt.ESS_HUMIDITY: "humidity", gatt.ESS_PRESSURE: "pressure",
+}
+CLIMATE_CHANNELS = ("temp", "humidity", "pressure")
 SERVICE_PROFILES: dict[str, str] = {p.service: p.name for p in PROFILES.values()}
 
 
@@ -139,6 +153,7 @@ class BleSource(Source):
         connect_timeout_s: float = 45.0,
         scan_timeout_s: float = 10.0,
         battery_interval_s: float = 600.0,
+        read_interval_s: float = 30.0,
         max_attempts: int = 3,
         queue_size: int = 4096,
         clock: Callable[[], float] = time.time,
@@ -153,9 +168,10 @@ class BleSource(Source):
             raise ValueError(f"notify mode {notify_mode!r} must be 'start' or 'acquire'")
         self.address = norm
         self.profile = PROFILES[profile]
-        if self.profile.name == "thermometer":
-            # Health thermometers indicate a reading now and then, not a stream.
-            self.silence_tolerance_s = 900.0
+        if self.profile.name in ("thermometer", "environmental"):
+            # Thermometers indicate now and then; ESS sensors notify on change or are polled.
+            self.silence_tolerance_s = max(900.0, 3 * read_interval_s)
+        self.read_interval_s = read_interval_s
         self.device_name = device_name
         self.notify_mode = notify_mode
         self.connect_timeout_s = connect_timeout_s
@@ -190,7 +206,8 @@ class BleSource(Source):
         ``device`` is the advertised device name (older records call it ``name``).
         """
         options = {k: record[k] for k in ("connect_timeout_s", "scan_timeout_s",
-                                          "battery_interval_s", "notify_mode") if k in record}
+                                          "battery_interval_s", "read_interval_s", "notify_mode")
+                   if k in record}
         return cls(
             name,
             str(record["address"]),
@@ -357,11 +374,21 @@ class BleSource(Source):
             battery = chars.get(gatt.BATTERY_LEVEL)
             if battery is not None and "read" in battery.properties:
                 self._push(gatt.BATTERY_LEVEL, await client.read_gatt_char(battery))
+            polled: list[tuple[str, BleakGATTCharacteristic]] = []
             for uuid in present:
+                props = chars[uuid].properties
+                if "notify" not in props and "indicate" not in props and "read" in props:
+                    # ESS characteristics may be read-only: read now, then every interval.
+                    self._push(uuid, await client.read_gatt_char(chars[uuid]))
+                    polled.append((uuid, chars[uuid]))
+                    continue
                 await client.start_notify(
                     chars[uuid], functools.partial(self._on_notify, uuid),
                     bluez={"use_start_notify": use_start_notify},
                 )
+            if polled:
+                self.counters.extra["polled"] = [gatt.CHARACTERISTIC_NAMES[u] for u, _ in polled]
+                self._spawn(self._poll_reads(client, polled), "reads")
             if battery is not None:
                 if "notify" in battery.properties:
                     await client.start_notify(
@@ -394,6 +421,23 @@ class BleSource(Source):
             except (BleakError, TimeoutError, OSError, EOFError) as exc:
                 # the disconnect callback reports a dead link; a failed read alone is noise
                 _LOGGER.debug("%s: battery read failed: %s", self.name, exc)
+
+    async def _poll_reads(
+        self, client: BleakClient, chars: list[tuple[str, BleakGATTCharacteristic]]
+    ) -> None:
+        """Read characteristics that cannot notify, every ``read_interval_s``."""
+        from bleak.exc import BleakError
+
+        while True:
+            await asyncio.sleep(self.read_interval_s)
+            for uuid, char in chars:
+                try:
+                    async with asyncio.timeout(10):
+                        self._push(uuid, await client.read_gatt_char(char))
+                except (BleakError, TimeoutError, OSError, EOFError) as exc:
+                    # a dead link is reported by the disconnect callback
+                    _LOGGER.debug("%s: read of %s failed: %s", self.name,
+                                  gatt.CHARACTERISTIC_NAMES[uuid], exc)
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"ble {self.name} {what}")
@@ -453,6 +497,8 @@ class BleSource(Source):
                 elif uuid == gatt.BATTERY_LEVEL:
                     self._battery = gatt.decode_battery_level(data)
                     add("battery", t, [float(self._battery)])
+                elif uuid in ESS_CHANNELS:
+                    self._climate(t, uuid, data, add)
             except gatt.GattMalformed as exc:
                 self._bad(uuid, exc)
         return [self._batch(kind, ts, vs) for kind, (ts, vs) in rows.items()]
@@ -501,6 +547,23 @@ class BleSource(Source):
             return
         add("spo2", t, [spo2, pulse])
 
+    def _climate(
+        self, t: float, uuid: str, data: bytes, add: Callable[[str, float, list[float]], None],
+    ) -> None:
+        value: float | None
+        if uuid == gatt.ESS_TEMPERATURE:
+            value = gatt.decode_ess_temperature(data)
+        elif uuid == gatt.ESS_HUMIDITY:
+            value = gatt.decode_ess_humidity(data)
+        else:
+            value = gatt.decode_ess_pressure(data)
+        if value is None:
+            self._drop("ess_unknown_value")
+            return
+        row = [math.nan] * len(CLIMATE_CHANNELS)
+        row[CLIMATE_CHANNELS.index(ESS_CHANNELS[uuid])] = value
+        add("climate", t, row)
+
     def _batch(self, kind: str, ts: list[float], vs: list[list[float]]) -> SampleBatch:
         # Streams stay time-ordered across batches even when counted-back RR stamps or host
         # clock jitter would step back a little.
@@ -509,7 +572,7 @@ class BleSource(Source):
         t_sorted = [max(ts[i], last) for i in order]
         v_sorted = [vs[i] for i in order]
         self._last_t[kind] = t_sorted[-1]
-        channels = ("spo2", "hr") if kind == "spo2" else (kind,)
+        channels = {"spo2": ("spo2", "hr"), "climate": CLIMATE_CHANNELS}.get(kind, (kind,))
         return SampleBatch.build(f"{self.name}.{kind}", channels, t_sorted, v_sorted,
                                  meta=dict(self._meta))
 

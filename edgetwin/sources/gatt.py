@@ -48,6 +48,7 @@ PULSE_OXIMETER_SERVICE = uuid16(0x1822)
 HEALTH_THERMOMETER_SERVICE = uuid16(0x1809)
 BATTERY_SERVICE = uuid16(0x180F)
 DEVICE_INFORMATION_SERVICE = uuid16(0x180A)
+ENVIRONMENTAL_SENSING_SERVICE = uuid16(0x181A)
 
 # Characteristics
 HEART_RATE_MEASUREMENT = uuid16(0x2A37)
@@ -58,6 +59,9 @@ TEMPERATURE_MEASUREMENT = uuid16(0x2A1C)
 TEMPERATURE_TYPE = uuid16(0x2A1D)
 BATTERY_LEVEL = uuid16(0x2A19)
 CCCD = uuid16(0x2902)
+ESS_PRESSURE = uuid16(0x2A6D)
+ESS_TEMPERATURE = uuid16(0x2A6E)
+ESS_HUMIDITY = uuid16(0x2A6F)
 
 DEVICE_INFORMATION_STRINGS: dict[str, str] = {
     uuid16(0x2A29): "manufacturer",
@@ -76,6 +80,9 @@ CHARACTERISTIC_NAMES: dict[str, str] = {
     TEMPERATURE_MEASUREMENT: "Temperature Measurement (0x2A1C)",
     TEMPERATURE_TYPE: "Temperature Type (0x2A1D)",
     BATTERY_LEVEL: "Battery Level (0x2A19)",
+    ESS_PRESSURE: "Pressure (0x2A6D)",
+    ESS_TEMPERATURE: "Temperature (0x2A6E)",
+    ESS_HUMIDITY: "Humidity (0x2A6F)",
 }
 
 
@@ -644,6 +651,51 @@ def encode_string(text: str) -> bytes:
     return text.encode("utf-8")
 
 
+# -- Environmental Sensing (0x181A) ----------------------------------------------
+# Temperature sint16 in 0.01 °C, Humidity uint16 in 0.01 %, Pressure uint32 in 0.1 Pa.
+# 0x8000 / 0xFFFF mean "value is not known" (GSS); they decode to None.
+
+
+def decode_ess_temperature(data: Buffer) -> float | None:
+    """Parse ESS Temperature (0x2A6E): °C, None when the sensor says unknown."""
+    r = _Reader(CHARACTERISTIC_NAMES[ESS_TEMPERATURE], data)
+    raw = int.from_bytes(r.take(2, "temperature"), "little", signed=True)
+    r.done()
+    return None if raw == -0x8000 else raw / 100.0
+
+
+def encode_ess_temperature(celsius: float) -> bytes:
+    return round(celsius * 100).to_bytes(2, "little", signed=True)
+
+
+def decode_ess_humidity(data: Buffer) -> float | None:
+    """Parse ESS Humidity (0x2A6F): %, None when unknown; above 100 % is malformed."""
+    r = _Reader(CHARACTERISTIC_NAMES[ESS_HUMIDITY], data)
+    raw = r.u16("humidity")
+    r.done()
+    if raw == 0xFFFF:
+        return None
+    if raw > 10000:
+        r.fail("humidity", 0, f"{raw / 100:g} % is above 100 %")
+    return raw / 100.0
+
+
+def encode_ess_humidity(percent: float) -> bytes:
+    return round(percent * 100).to_bytes(2, "little")
+
+
+def decode_ess_pressure(data: Buffer) -> float:
+    """Parse ESS Pressure (0x2A6D): returned in hPa (the unit the twin stores)."""
+    r = _Reader(CHARACTERISTIC_NAMES[ESS_PRESSURE], data)
+    raw = int.from_bytes(r.take(4, "pressure"), "little")
+    r.done()
+    return raw / 1000.0  # 0.1 Pa units -> hPa
+
+
+def encode_ess_pressure(hpa: float) -> bytes:
+    return round(hpa * 1000).to_bytes(4, "little")
+
+
 # -- dispatch ---------------------------------------------------------------------
 
 DECODERS: dict[str, Callable[[Buffer], object]] = {
@@ -654,6 +706,9 @@ DECODERS: dict[str, Callable[[Buffer], object]] = {
     TEMPERATURE_MEASUREMENT: decode_temperature,
     TEMPERATURE_TYPE: decode_temperature_type,
     BATTERY_LEVEL: decode_battery_level,
+    ESS_TEMPERATURE: decode_ess_temperature,
+    ESS_HUMIDITY: decode_ess_humidity,
+    ESS_PRESSURE: decode_ess_pressure,
     **{
         uuid: functools.partial(decode_string, characteristic=f"Device Information {name}")
         for uuid, name in DEVICE_INFORMATION_STRINGS.items()

@@ -84,7 +84,9 @@ PROFILE_SERVICE = {
     "heart_rate": g.HEART_RATE_SERVICE,
     "pulse_oximeter": g.PULSE_OXIMETER_SERVICE,
     "thermometer": g.HEALTH_THERMOMETER_SERVICE,
+    "environmental": g.ENVIRONMENTAL_SENSING_SERVICE,
 }
+BTHOME_V2_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 
 
 def device_path(address: str) -> str:
@@ -282,6 +284,14 @@ class Peripheral:
     def advertised_uuids(self) -> list[str]:
         return [PROFILE_SERVICE[self.profile]] if self.profile else []
 
+    def service_data(self) -> dict[str, bytes]:
+        """Device1 ``ServiceData`` as BlueZ presents it (none for GATT health sensors)."""
+        return {}
+
+    def manufacturer_data(self) -> dict[int, bytes]:
+        """Device1 ``ManufacturerData``."""
+        return {0xFFFF: b"edgetwin"}
+
     def _battery(self) -> bytes:
         return g.encode_battery_level(self.battery)
 
@@ -432,11 +442,140 @@ class Tag(Peripheral):
         return [g.BATTERY_SERVICE]
 
 
+class EnvironmentalSensor(Peripheral):
+    """An Environmental Sensing (0x181A) room sensor over GATT.
+
+    Temperature and humidity can notify; pressure is read-only (clients must poll it).
+    """
+
+    profile = "environmental"
+    model_name = "ESS-EMU"
+
+    def __init__(self, address: str, name: str = "EMU Climate", *, celsius: float = 21.5,
+                 humidity: float = 45.0, hpa: float = 1013.2, **kwargs: Any) -> None:
+        super().__init__(address, name, **kwargs)
+        self.celsius, self.humidity, self.hpa = celsius, humidity, hpa
+
+    def measurement_uuids(self) -> list[str]:
+        return [g.ESS_TEMPERATURE, g.ESS_HUMIDITY]
+
+    def services(self) -> list[tuple[str, list[CharSpec]]]:
+        ess = [
+            CharSpec(g.ESS_TEMPERATURE, ["read", "notify"],
+                     lambda: g.encode_ess_temperature(self.celsius)),
+            CharSpec(g.ESS_HUMIDITY, ["read", "notify"],
+                     lambda: g.encode_ess_humidity(self.humidity)),
+            CharSpec(g.ESS_PRESSURE, ["read"], lambda: g.encode_ess_pressure(self.hpa)),
+        ]
+        return [(g.ENVIRONMENTAL_SENSING_SERVICE, ess), *super().services()]
+
+    def next_payload(self, uuid: str, dt_s: float) -> bytes | None:
+        if uuid == g.ESS_TEMPERATURE:
+            return g.encode_ess_temperature(self.celsius)
+        if uuid == g.ESS_HUMIDITY:
+            return g.encode_ess_humidity(self.humidity)
+        return None
+
+
+def encode_bthome_v2(objects: bytes, *, bind_key: bytes | None = None, mac: str = "",
+                     counter: int = 0) -> bytes:
+    """BTHome v2 service data (UUID 0xFCD2) for a payload of objects, AES-CCM per the spec.
+
+    Encrypted: nonce = MAC (6) + UUID16 (d2 fc) + device info byte + counter (4, LE);
+    service data = device info, ciphertext, counter, 4-byte MIC.
+    """
+    if bind_key is None:
+        return bytes([0x40]) + objects
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+    info = 0x41
+    count = counter.to_bytes(4, "little")
+    nonce = bytes.fromhex(mac.replace(":", "")) + b"\xd2\xfc" + bytes([info]) + count
+    sealed = AESCCM(bind_key, tag_length=4).encrypt(nonce, objects, None)
+    return bytes([info]) + sealed[:-4] + count + sealed[-4:]
+
+
+def bthome_objects(*, packet_id: int | None = None, battery: int | None = None,
+                   celsius: float | None = None, humidity: float | None = None,
+                   hpa: float | None = None, co2: int | None = None) -> bytes:
+    """BTHome v2 objects in ascending id order (0x00 packet id, 0x01 battery, 0x02 °C x0.01,
+    0x03 % x0.01, 0x04 hPa x0.01 uint24, 0x12 CO2 ppm)."""
+    out = b""
+    if packet_id is not None:
+        out += bytes([0x00, packet_id & 0xFF])
+    if battery is not None:
+        out += bytes([0x01, battery])
+    if celsius is not None:
+        out += b"\x02" + round(celsius * 100).to_bytes(2, "little", signed=True)
+    if humidity is not None:
+        out += b"\x03" + round(humidity * 100).to_bytes(2, "little")
+    if hpa is not None:
+        out += b"\x04" + round(hpa * 100).to_bytes(3, "little")
+    if co2 is not None:
+        out += b"\x12" + co2.to_bytes(2, "little")
+    return out
+
+
+class BTHomeSensor(Peripheral):
+    """A BTHome v2 thermometer: readings in the service data of its adverts, no GATT.
+
+    Each new advert (every ``1 / rate_hz`` s) bumps the packet id and, when encrypted, the
+    counter; between them BlueZ reports the same service data again on every RSSI change
+    (the duplicates a receiver must drop).
+    """
+
+    model_name = "BTHOME-EMU"
+
+    def __init__(self, address: str, name: str = "EMU BTHome", *, celsius: float = 21.5,
+                 humidity: float = 45.0, hpa: float | None = None, co2: int | None = None,
+                 bind_key: bytes | None = None, packet_id: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(address, name, **kwargs)
+        self.celsius, self.humidity, self.hpa, self.co2 = celsius, humidity, hpa, co2
+        self.bind_key = bind_key
+        self.use_packet_id = packet_id
+        self.packet_id = 0
+        self.counter = 0
+        self.current = b""
+        self.adverts: list[bytes] = []  # every service data sent, in order
+        self.next_advert_t = 0.0
+
+    def measurement_uuids(self) -> list[str]:
+        return []
+
+    def advertised_uuids(self) -> list[str]:
+        return []
+
+    def service_data(self) -> dict[str, bytes]:
+        if not self.current:
+            self.new_advert()
+        return {BTHOME_V2_UUID: self.current}
+
+    def manufacturer_data(self) -> dict[int, bytes]:
+        return {}
+
+    def new_advert(self) -> bytes:
+        """The next advert's service data: new packet id / counter, current readings."""
+        self.packet_id = (self.packet_id + 1) % 256
+        self.counter += 1
+        objects = bthome_objects(
+            packet_id=self.packet_id if self.use_packet_id else None, battery=self.battery,
+            celsius=self.celsius, humidity=self.humidity, hpa=self.hpa, co2=self.co2,
+        )
+        self.current = encode_bthome_v2(objects, bind_key=self.bind_key, mac=self.address,
+                                        counter=self.counter)
+        self.adverts.append(self.current)
+        self.stats["adverts"] += 1
+        return self.current
+
+
 KINDS: dict[str, type[Peripheral]] = {
     "heart_rate": HeartRateStrap,
     "pulse_oximeter": PulseOximeter,
     "thermometer": Thermometer,
     "tag": Tag,
+    "environmental": EnvironmentalSensor,
+    "bthome": BTHomeSensor,
 }
 
 
@@ -710,11 +849,11 @@ class Device1(ServiceInterface):
 
     @dbus_property(access=READ)
     def ManufacturerData(self) -> MfrData:
-        return {0xFFFF: Variant("ay", b"edgetwin")}
+        return {k: Variant("ay", v) for k, v in self.p.manufacturer_data().items()}
 
     @dbus_property(access=READ)
     def ServiceData(self) -> DBusDict:
-        return {}
+        return {k: Variant("ay", v) for k, v in self.p.service_data().items()}
 
 
 class GattService1(ServiceInterface):
@@ -1060,6 +1199,26 @@ class BlueZEmulator:
         if isinstance(char, NotifyCharacteristic1) and char.active:
             self._deliver(dev, char, g.encode_battery_level(level))
 
+    def vanish(self, address: str) -> None:
+        """The device stops advertising and bluetoothd drops its object (InterfacesRemoved)."""
+        dev = self.devices[address.upper()]
+        dev.p.faults.present = False
+        self.remove_device_object(dev.path)
+
+    def appear(self, address: str) -> None:
+        """The device advertises again; it is exported on the next advert while discovering."""
+        self.devices[address.upper()].p.faults.present = True
+
+    def set_service_data(self, address: str, data: dict[str, bytes]) -> None:
+        """Make a device advertise this service data now (e.g. a replayed old packet)."""
+        dev = self.devices[address.upper()]
+        if isinstance(dev.p, BTHomeSensor):
+            dev.p.current = data.get(BTHOME_V2_UUID, dev.p.current)
+        if dev.path in self.exported:
+            dev.emit_properties_changed(
+                {"ServiceData": {k: Variant("ay", v) for k, v in data.items()},
+                 "RSSI": dev.p.rssi})
+
     # -- called by the interfaces ------------------------------------------------------
 
     def spawn(self, coro: Any, name: str) -> None:
@@ -1173,6 +1332,17 @@ class BlueZEmulator:
                     if dev.path not in self.exported:
                         self._export_device(dev)
                     dev.p.rssi = max(-95, min(-35, dev.p.rssi + dev.p.rng.choice((-1, 1))))
+                    p = dev.p
+                    now = time.monotonic()
+                    if isinstance(p, BTHomeSensor) and now >= p.next_advert_t:
+                        late = p.next_advert_t < now - 1.0  # first advert, or a stalled loop
+                        p.next_advert_t = (now if late else p.next_advert_t) + 1.0 / p.rate_hz
+                        fresh = p.new_advert()
+                        dev.emit_properties_changed({
+                            "ServiceData": {BTHOME_V2_UUID: Variant("ay", fresh)},
+                            "RSSI": p.rssi,
+                        })
+                        continue
                     dev.emit_properties_changed({"RSSI": dev.p.rssi})
 
     async def _notify_loop(self, dev: Device1, link: _Link) -> None:

@@ -1,0 +1,192 @@
+"""BTHomeSource through bleak's real BlueZ backend, against the emulated BlueZ's adverts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import pytest
+
+from edgetwin.errors import PairingRefused
+from edgetwin.sources.bthome import BTHomeSource, parse_bind_key, shared_scanner
+from edgetwin.types import SampleBatch
+from tests.sources import ble_harness
+from tests.sources.ble_harness import collect
+from tests.sources.bluez_emulator import (
+    BTHOME_V2_UUID,
+    BlueZEmulator,
+    BTHomeSensor,
+    bthome_objects,
+    encode_bthome_v2,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+private_bus = ble_harness.private_bus
+bluez = ble_harness.bluez
+
+KEY_HEX = "231d39c1d7cc1ab1aee224cd096db932"
+KEY = bytes.fromhex(KEY_HEX)
+PLAIN = "A4:C1:38:00:00:01"
+SEALED = "A4:C1:38:00:00:02"
+
+
+def values(batches: list[SampleBatch]) -> list[dict[str, float]]:
+    return [dict(zip(b.channels, (float(v) for v in b.values[i]), strict=True))
+            for b in batches for i in range(len(b))]
+
+
+def n_rows(batches: list[SampleBatch]) -> int:
+    return sum(len(b) for b in batches)
+
+
+async def test_plain_bthome_decoded_with_battery_and_rssi(bluez: BlueZEmulator) -> None:
+    bluez.add(BTHomeSensor(PLAIN, "ATC_0001", celsius=22.37, humidity=51.2, hpa=1008.4,
+                           co2=640, rate_hz=2))
+    src = BTHomeSource("bedroom", PLAIN)
+    await src.connect()
+    try:
+        got = await collect(src, lambda b: n_rows(b) >= 3)
+    finally:
+        await src.close()
+    assert {b.stream for b in got} == {"bedroom.climate"}
+    assert got[0].channels == ("temp", "humidity", "pressure", "co2", "battery", "rssi")
+    for row in values(got):
+        assert row["temp"] == pytest.approx(22.37)
+        assert row["humidity"] == pytest.approx(51.2)
+        assert row["pressure"] == pytest.approx(1008.4)
+        assert row["co2"] == 640
+        assert row["battery"] == 87
+        assert -95 <= row["rssi"] <= -35
+    d = src.describe()
+    assert d["scan_mode"] in ("passive", "active") and d["battery"] == 87
+    # BlueZ re-reports the same advert on every RSSI change: those repeats were dropped
+    assert d["dropped"].get("duplicate", 0) > 0
+    assert d["device"] == "ATC_0001"
+
+
+async def test_encrypted_bthome_decoded_with_the_bind_key(bluez: BlueZEmulator) -> None:
+    bluez.add(BTHomeSensor(SEALED, celsius=-4.5, humidity=80.0, bind_key=KEY, rate_hz=5))
+    src = BTHomeSource.from_record("porch", {"kind": "bthome", "address": SEALED,
+                                            "bind_key": KEY_HEX})
+    await src.connect()
+    try:
+        got = await collect(src, lambda b: n_rows(b) >= 2)
+    finally:
+        await src.close()
+    assert got[0].channels == ("temp", "humidity", "battery", "rssi")
+    assert all(r["temp"] == pytest.approx(-4.5) and r["humidity"] == 80.0 for r in values(got))
+    assert KEY_HEX not in repr(src) and KEY_HEX not in str(src.describe())
+
+
+async def test_wrong_bind_key_is_refused_naming_the_device(
+    bluez: BlueZEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bluez.add(BTHomeSensor(SEALED, bind_key=KEY, rate_hz=5))
+    wrong = "00" * 16
+    src = BTHomeSource.from_record("porch", {"kind": "bthome", "address": SEALED,
+                                            "bind_key": wrong})
+    await src.connect()
+    got: list[SampleBatch] = []
+    try:
+        with pytest.raises(PairingRefused, match=f"{SEALED} \\(porch\\).*cannot decrypt"):
+            await collect(src, lambda b: got.extend(b) or False, within=15)
+    finally:
+        await src.close()
+    assert got == []  # no garbage values
+    assert SEALED in (src.describe()["error"] or "")
+    # neither key reaches the logs
+    assert KEY_HEX not in caplog.text and wrong not in caplog.text
+
+
+async def test_encrypted_adverts_without_a_key_are_refused(bluez: BlueZEmulator) -> None:
+    bluez.add(BTHomeSensor(SEALED, bind_key=KEY, rate_hz=5))
+    src = BTHomeSource("porch", SEALED)
+    await src.connect()
+    try:
+        with pytest.raises(PairingRefused, match="without a bind key"):
+            await collect(src, lambda b: False, within=15)
+    finally:
+        await src.close()
+
+
+async def test_replayed_packet_ids_and_counters_are_dropped(bluez: BlueZEmulator) -> None:
+    plain = bluez.add(BTHomeSensor(PLAIN, celsius=20.0, rate_hz=2))
+    sealed = bluez.add(BTHomeSensor(SEALED, celsius=30.0, bind_key=KEY, rate_hz=2))
+    assert isinstance(plain, BTHomeSensor) and isinstance(sealed, BTHomeSensor)
+    a = BTHomeSource("a", PLAIN)
+    b = BTHomeSource("b", SEALED, bind_key=KEY)
+    await a.connect()
+    await b.connect()
+    try:
+        await collect(a, lambda got: n_rows(got) >= 2)
+        await collect(b, lambda got: n_rows(got) >= 2)
+        # an attacker (or a proxy) replays an old packet, with different values, same id
+        old_pid = plain.packet_id
+        replay = encode_bthome_v2(bthome_objects(packet_id=old_pid, celsius=99.0))
+        bluez.set_service_data(PLAIN, {BTHOME_V2_UUID: replay})
+        older = encode_bthome_v2(bthome_objects(packet_id=(old_pid - 3) % 256, celsius=98.0))
+        bluez.set_service_data(PLAIN, {BTHOME_V2_UUID: older})
+        bluez.set_service_data(SEALED, {BTHOME_V2_UUID: sealed.adverts[0]})
+        got_a = await collect(a, lambda got: n_rows(got) >= 2)
+        got_b = await collect(b, lambda got: n_rows(got) >= 2)
+    finally:
+        await a.close()
+        await b.close()
+    assert all(r["temp"] == 20.0 for r in values(got_a))
+    assert all(r["temp"] == 30.0 for r in values(got_b))
+    assert a.describe()["dropped"]["replayed_packet_id"] >= 2
+    assert b.describe()["dropped"]["replayed_counter"] >= 1
+
+
+async def test_twenty_devices_through_one_scanner(bluez: BlueZEmulator) -> None:
+    addresses = [f"A4:C1:38:00:01:{i:02X}" for i in range(20)]
+    for i, addr in enumerate(addresses):
+        bluez.add(BTHomeSensor(addr, f"T{i}", celsius=15.0 + i, rate_hz=2,
+                               bind_key=KEY if i % 2 else None, seed=i))
+    sources = [BTHomeSource(f"room{i}", addr, bind_key=KEY if i % 2 else None)
+               for i, addr in enumerate(addresses)]
+    for src in sources:
+        await src.connect()
+    try:
+        assert bluez.stats["start_discovery"] == 1  # one discovery session for all 20
+        results = await asyncio.gather(*(collect(s, lambda b: n_rows(b) >= 2, within=40)
+                                         for s in sources))
+    finally:
+        for src in sources:
+            await src.close()
+    for i, got in enumerate(results):
+        assert {r["temp"] for r in values(got)} == {15.0 + i}
+        assert {b.stream for b in got} == {f"room{i}.climate"}
+    assert not bluez.adapter.discovering  # the last source out stopped the scanner
+
+
+async def test_device_vanishing_and_reappearing(bluez: BlueZEmulator) -> None:
+    sensor = bluez.add(BTHomeSensor(PLAIN, celsius=19.0, rate_hz=5))
+    src = BTHomeSource("hall", PLAIN)
+    await src.connect()
+    try:
+        await collect(src, lambda b: n_rows(b) >= 2)
+        bluez.vanish(PLAIN)
+        quiet: list[SampleBatch] = []
+        with contextlib.suppress(TimeoutError):
+            await collect(src, lambda b: quiet.extend(b) or False, within=1.5)
+        assert quiet == []
+        assert isinstance(sensor, BTHomeSensor)
+        sensor.celsius = 24.0
+        bluez.appear(PLAIN)
+        back = await collect(src, lambda b: any(r["temp"] == 24.0 for r in values(b)))
+    finally:
+        await src.close()
+    assert values(back)[-1]["temp"] == 24.0
+    assert shared_scanner().mode is None or not bluez.adapter.discovering
+
+
+def test_bind_key_validation_is_precise() -> None:
+    with pytest.raises(ValueError, match=r"32 hex characters.*has 30"):
+        parse_bind_key(KEY_HEX[:30])
+    with pytest.raises(ValueError, match="character 5 is not"):
+        parse_bind_key(KEY_HEX[:4] + "zz" + KEY_HEX[6:])
+    assert parse_bind_key(KEY_HEX.upper()) == KEY
