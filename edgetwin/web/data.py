@@ -10,6 +10,7 @@ import logging
 import struct
 import time
 import zlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,21 +59,18 @@ def timeline(
     elif span > MAX_RANGE_S:
         raise ValueError("the timeline shows at most 30 days at once; choose a shorter range")
     points = max(50, min(int(points), 5000))
-    t, values, quality, imputed = _frame_arrays(store, t0, t1)
     chosen = [n for n in (features or NAMES)]
-    idx = [NAMES.index(n) for n in chosen]
-    present = [i for i in idx if np.isfinite(values[:, i]).any()] if t.size else []
-    names = [NAMES[i] for i in present]
-    cols = {NAMES[i]: values[:, i] for i in present}
-    down = downsample_columns(t, cols, n_out=points)
-    step = float(np.median(np.diff(t))) if t.size > 1 else None
-    shading: dict[str, dict[str, list[list[float]]]] = {}
-    for i in present:
-        finite = np.isfinite(values[:, i])
-        shading[NAMES[i]] = {
-            "imputed": mask_spans(t, imputed[:, i] & finite, step_s=step),
-            "low_quality": mask_spans(t, finite & (quality[:, i] < QUALITY_THRESHOLD), step_s=step),
-        }
+    red = _reduce_frames(store, t0, t1, [NAMES.index(n) for n in chosen], points)
+    names = [n for n, ok in zip(chosen, red.present, strict=True) if ok]
+    cols = {n: red.values[:, j] for j, n in enumerate(chosen) if red.present[j]}
+    down = downsample_columns(red.t, cols, n_out=points, gap_s=red.gap_s)
+    span_cap = 500
+    shading = {
+        n: {"imputed": _merge_spans(red.imputed[j], span_cap, t1 - t0),
+            "low_quality": _merge_spans(red.low_quality[j], span_cap, t1 - t0)}
+        for j, n in enumerate(chosen) if red.present[j]
+    }
+    step = red.step
     try:
         marks = store.read_markers(t0, t1, on_corrupt="skip")
     except AttributeError:  # a store without markers
@@ -81,7 +79,7 @@ def timeline(
         "from": t0,
         "to": t1,
         "features": names,
-        "frames": int(t.size),
+        "frames": red.frames,
         "step_s": step,
         "points": down.to_json(),
         "shading": shading,
@@ -214,6 +212,115 @@ def _newest_frame_t(store: TwinStore) -> float | None:
     for f in store.read_frames(newest - 3600.0, None, on_corrupt="skip"):
         last = f.t
     return last if last is not None else float(newest)
+
+
+@dataclass
+class _Reduced:
+    """Candidate rows of a range (extremes per time bucket, gap edges) and its spans."""
+
+    t: np.ndarray
+    values: np.ndarray  # rows x chosen features
+    present: list[bool]
+    frames: int
+    step: float | None
+    gap_s: float
+    imputed: list[list[list[float]]]
+    low_quality: list[list[list[float]]]
+
+
+def _reduce_frames(store: TwinStore, t0: float, t1: float, idx: list[int],
+                   points: int) -> _Reduced:
+    """Read ``[t0, t1]`` chunk by chunk, keeping per chunk only the rows that can matter at
+    ``points`` across the range: each feature's min and max per bucket of ``(t1-t0)/(4*points)``
+    and the first missing value per bucket, plus the shaded spans. Memory stays at one chunk
+    plus about ``8 * points`` rows per feature, whatever the range (30 days at 1 Hz would be
+    ~600 MB as whole arrays)."""
+    n_buckets = 4 * points
+    width = (t1 - t0) / n_buckets
+    edges = t0 + width * np.arange(n_buckets + 1)
+    k = len(idx)
+    cand_t: list[np.ndarray] = []
+    cand_v: list[np.ndarray] = []
+    present = np.zeros(k, dtype=bool)
+    frames = 0
+    step: float | None = None
+    imp_spans: list[list[list[float]]] = [[] for _ in idx]
+    lq_spans: list[list[list[float]]] = [[] for _ in idx]
+    for bt, bvalues, bquality, bimputed in _frame_blocks(store, t0, t1):
+        keep = (bt >= t0) & (bt <= t1)
+        if not keep.any():
+            continue
+        order = np.argsort(bt[keep], kind="stable")
+        t = bt[keep][order]
+        v = bvalues[keep][order][:, idx]
+        q = bquality[keep][order][:, idx]
+        imp = bimputed[keep][order][:, idx]
+        frames += t.size
+        if step is None and t.size > 1:
+            step = float(np.median(np.diff(t)))
+        finite = np.isfinite(v)
+        present |= finite.any(axis=0)
+        rows = [np.array([0, t.size - 1])]
+        for j in range(k):
+            if not finite[:, j].any():
+                continue
+            rows.append(_minmax_rows(t, v[:, j], finite[:, j], width))
+            rows.append(_first_nan_rows(t, v[:, j], edges))
+            imp_spans[j].extend(mask_spans(t, imp[:, j] & finite[:, j], max_spans=1 << 30,
+                                           step_s=step))
+            low = finite[:, j] & (q[:, j] < QUALITY_THRESHOLD)
+            lq_spans[j].extend(mask_spans(t, low, max_spans=1 << 30, step_s=step))
+        chosen_rows = np.unique(np.concatenate(rows))
+        cand_t.append(t[chosen_rows])
+        cand_v.append(v[chosen_rows])
+    if cand_t:
+        t_all = np.concatenate(cand_t)
+        v_all = np.concatenate(cand_v)
+        order = np.argsort(t_all, kind="stable")
+        t_all, v_all = t_all[order], v_all[order]
+    else:
+        t_all, v_all = np.empty(0), np.empty((0, k))
+    gap = max(3.0 * (step or 0.0), 2.5 * width)
+    return _Reduced(t_all, v_all, present.tolist(), frames, step, gap, imp_spans, lq_spans)
+
+
+def _minmax_rows(t: np.ndarray, col: np.ndarray, finite: np.ndarray, width: float) -> Any:
+    """Rows holding each bucket's min and max of ``col`` (finite rows only; tsdownsample)."""
+    rows = np.flatnonzero(finite)
+    n_out = 2 * max(2, int(np.ceil((t[rows[-1]] - t[rows[0]]) / width)) + 1)
+    if rows.size <= n_out:
+        return rows
+    from tsdownsample import MinMaxDownsampler
+
+    sampler = MinMaxDownsampler()  # type: ignore[no-untyped-call]  # tsdownsample is untyped
+    xs = np.ascontiguousarray(t[rows], dtype=np.float64)
+    ys = np.ascontiguousarray(col[rows], dtype=np.float64)
+    return rows[np.asarray(sampler.downsample(xs, ys, n_out=n_out), dtype=np.int64)]
+
+
+def _first_nan_rows(t: np.ndarray, col: np.ndarray, edges: np.ndarray) -> Any:
+    nan_rows = np.flatnonzero(np.isnan(col))
+    if nan_rows.size == 0:
+        return nan_rows
+    bucket = np.searchsorted(edges, t[nan_rows], side="right")
+    _, first = np.unique(bucket, return_index=True)
+    return nan_rows[first]
+
+
+def _merge_spans(spans: list[list[float]], max_spans: int, extent: float) -> list[list[float]]:
+    """Spans from several chunks, sorted, touching ones joined, at most about ``max_spans``
+    (closer than ``extent / max_spans`` merge: invisible at the chart's width anyway)."""
+    if not spans:
+        return []
+    ordered = sorted(spans)
+    min_gap = extent / max_spans if len(ordered) > max_spans else 0.0
+    out = [list(ordered[0])]
+    for lo, hi in ordered[1:]:
+        if lo - out[-1][1] <= min_gap:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
 
 
 def _frame_arrays(

@@ -74,3 +74,46 @@ def test_mask_spans_merge_runs_and_stay_bounded() -> None:
     spans = mask_spans(big, mm, max_spans=50)
     assert len(spans) <= 50
     assert spans[0][0] == 0.0
+
+
+def test_a_long_range_is_reduced_chunk_by_chunk_keeping_spikes_holes_and_spans(
+    tmp_path, monkeypatch
+) -> None:
+    """Two days of 1 Hz frames (several stored chunks): the timeline keeps a one-frame spike,
+    draws a hole in the record as a gap, and an imputed span crossing chunks is one span."""
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
+    from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION
+    from edgetwin.store import Secret, TwinStore
+    from edgetwin.types import FeatureFrame
+    from edgetwin.web import data
+
+    t0 = 1_700_000_000.0
+    n = 2 * 86400
+    hole = (100_000, 110_000)  # no frames at all: the daemon was off
+    spike = 50_000
+    imputed = (20_000, 70_000)  # long enough to cross a chunk boundary
+    width = len(NAMES)
+    with TwinStore.create(tmp_path / "h", Secret.passphrase("x")) as store:
+        for day in range(2):
+            frames = []
+            for k in range(day * 86400, (day + 1) * 86400):
+                if hole[0] <= k < hole[1]:
+                    continue
+                v = np.full(width, np.nan)
+                v[INDEX["hr"]] = 200.0 if k == spike else 60.0 + (k % 7)
+                imp = np.zeros(width, dtype=bool)
+                imp[INDEX["hr"]] = imputed[0] <= k < imputed[1]
+                frames.append(FeatureFrame(t0 + k, v, np.ones(width), imp, SCHEMA_VERSION))
+            store.append_frames(frames)
+            store.commit()
+        doc = data.timeline(store, t0, t0 + n - 1, points=500)
+    assert doc["frames"] == n - (hole[1] - hole[0])
+    pts = doc["points"]
+    t = np.asarray(pts["t"])
+    hr = pts["columns"]["hr"]
+    assert len(t) <= 4 * 500
+    assert 200.0 in hr
+    assert t[hr.index(200.0)] == t0 + spike
+    inside = [v for x, v in zip(t, hr, strict=True) if t0 + hole[0] <= x < t0 + hole[1]]
+    assert inside and all(v is None for v in inside)
+    assert doc["shading"]["hr"]["imputed"] == [[t0 + imputed[0], t0 + imputed[1]]]
