@@ -175,12 +175,15 @@ def remove_cmd(app: AppContext, name: str) -> None:
 @json_option
 @pass_app
 def scan_cmd(app: AppContext, timeout: float, no_ble: bool) -> None:
-    """List nearby BLE health devices, serial bridges and BrainFlow dongles."""
+    """List nearby BLE health devices, serial bridges, particulate sensors, BrainFlow dongles."""
     found: list[dict[str, Any]] = []
     notes: list[str] = []
     if not no_ble:
         found += _scan("ble", "edgetwin.sources.ble", "scan_ble", notes, timeout=timeout)
-    found += _scan("serial", "edgetwin.sources.serial", "scan_ports", notes)
+    serial_found = _scan("serial", "edgetwin.sources.serial", "scan_ports", notes)
+    # particulate sensors on USB-UART cables: probed only where no bridge answered
+    _scan_air(serial_found, notes)
+    found += serial_found
     found += _scan("brainflow", "edgetwin.sources.brainflow", "scan_dongles", notes)
     if app.as_json:
         emit_json({"devices": found, "notes": notes})
@@ -222,6 +225,11 @@ def _scan_row(dev: dict[str, Any]) -> tuple[str, str, str, str, str]:
         cmd = (f"edgetwin pair add brainflow --board {boards[0]} --serial-port {port}"
                if boards else "-")
         return transport, port, name, what, cmd
+    air = dev.get("air")
+    if isinstance(air, dict):
+        sensor = str(air.get("sensor"))
+        what = f"{sensor.upper()} particulate sensor"
+        return transport, port, name, what, f"edgetwin pair add serial {port} --sensor {sensor}"
     bridge = dev.get("bridge")
     if isinstance(bridge, dict):
         what = (f"edgetwin bridge {bridge.get('model', '?')}, {bridge.get('channels', '?')} "
@@ -230,6 +238,20 @@ def _scan_row(dev: dict[str, Any]) -> tuple[str, str, str, str, str]:
     what = (f"USB {dev['vid_pid']}, no bridge answered" if dev.get("vid_pid")
             else "built-in serial port (not probed)")
     return transport, port, name, what, "-"
+
+
+def _scan_air(serial_found: list[dict[str, Any]], notes: list[str]) -> None:
+    from edgetwin.errors import EdgetwinError
+
+    try:
+        from edgetwin.sources.particulate import detect_air_sensors
+    except ImportError:
+        notes.append("particulate sensors: detection is not available in this build")
+        return
+    try:
+        detect_air_sensors(serial_found)
+    except EdgetwinError as exc:
+        notes.append(f"particulate sensors: {exc}")
 
 
 def _scan(

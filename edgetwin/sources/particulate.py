@@ -394,20 +394,26 @@ class ParticulateSource(Source):
 # -- discovery ---------------------------------------------------------------------------------
 
 
-def probe_air_sensor(port: str, listen_s: float = 3.0) -> dict[str, Any] | None:
+def probe_air_sensor(
+    port: str, listen_s: float = 3.0, sensors: tuple[str, ...] = SENSORS
+) -> dict[str, Any] | None:
     """Which particulate sensor answers on ``port``: ``{"sensor": ..., ...}`` or None.
 
     At 9600 baud: one SDS011 firmware query, then listen up to ``listen_s`` for
     an SDS011 reply or data frame or a PMS5003 frame (it streams by itself).
     Then at 115200 baud: one SHDLC device-information request (SPS30).
+    ``sensors`` limits the probe to those sensors.
     """
+    if not {"pms5003", "sds011"} & set(sensors):
+        return _probe_sps30(port) if "sps30" in sensors else None
     try:
         ser = _open_port(port, 9600)
     except SourceError:
         return None
     try:
-        scanners = {s: pp.FrameScanner(s) for s in ("pms5003", "sds011")}
-        _write(ser, pp.sds_command(pp.SDS_FIRMWARE))
+        scanners = {s: pp.FrameScanner(s) for s in ("pms5003", "sds011") if s in sensors}
+        if "sds011" in sensors:
+            _write(ser, pp.sds_command(pp.SDS_FIRMWARE))
         deadline = time.monotonic() + listen_s
         while time.monotonic() < deadline:
             data = _read(ser, port)
@@ -423,7 +429,7 @@ def probe_air_sensor(port: str, listen_s: float = 3.0) -> dict[str, Any] | None:
         return None
     finally:
         _close_port(ser)
-    return _probe_sps30(port)
+    return _probe_sps30(port) if "sps30" in sensors else None
 
 
 def detect_air_sensors(entries: list[dict[str, Any]], listen_s: float = 3.0) -> None:

@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "simulator": "edgetwin.sources.simulator:SimulatorSource",
     "brainflow": "edgetwin.sources.brainflow:BrainFlowSource",
     "serial": "edgetwin.sources.serial:SerialSource",
+    "particulate": "edgetwin.sources.particulate:ParticulateSource",
     "ble": "edgetwin.sources.ble:BleSource",
     "replay": "edgetwin.sources.recording:ReplaySource",
     "lsl": "edgetwin.sources.lsl:LslSource",
