@@ -200,11 +200,16 @@ class BleSource(Source):
         self._last_gap: tuple[float, float] | None = None
 
     @classmethod
-    def from_record(cls, name: str, record: dict[str, Any]) -> BleSource:
+    def from_record(cls, name: str, record: dict[str, Any]) -> Source:
         """Build from a pairing record ``{"kind": "ble", "address", "profile", "device"}``.
 
-        ``device`` is the advertised device name (older records call it ``name``).
+        ``device`` is the advertised device name (older records call it ``name``). Profile
+        ``bthome`` needs no connection: it is read from adverts by ``bthome.BTHomeSource``.
         """
+        if record.get("profile") == "bthome":
+            from edgetwin.sources.bthome import BTHomeSource
+
+            return BTHomeSource.from_record(name, record)
         options = {k: record[k] for k in ("connect_timeout_s", "scan_timeout_s",
                                           "battery_interval_s", "read_interval_s", "notify_mode")
                    if k in record}
@@ -599,18 +604,24 @@ async def scan_ble(timeout: float = 5.0) -> list[dict[str, Any]]:  # noqa: ASYNC
             found = await BleakScanner.discover(timeout=timeout, return_adv=True)
     except (BleakError, OSError, EOFError) as exc:
         raise _translate(exc, "scanning") from exc
+    from edgetwin.sources.bthome import decode_for_scan
+
     rows: list[dict[str, Any]] = []
     for device, adv in found.values():
         uuids = [u.lower() for u in adv.service_uuids]
-        rows.append(
-            {
-                "name": adv.local_name or device.name or "",
-                "address": device.address,
-                "rssi": adv.rssi,
-                "profiles": [SERVICE_PROFILES[u] for u in uuids if u in SERVICE_PROFILES],
-                "service_uuids": uuids,
-            }
-        )
+        row: dict[str, Any] = {
+            "name": adv.local_name or device.name or "",
+            "address": device.address,
+            "rssi": adv.rssi,
+            "profiles": [SERVICE_PROFILES[u] for u in uuids if u in SERVICE_PROFILES],
+            "service_uuids": uuids,
+        }
+        bthome = decode_for_scan(dict(adv.service_data))
+        if bthome is not None:
+            # what it measures, from one decoded advert (encrypted ones need the bind key)
+            row["profiles"].append("bthome")
+            row.update(bthome)
+        rows.append(row)
     rows.sort(key=lambda r: (not r["profiles"], -r["rssi"], r["address"]))
     return rows
 

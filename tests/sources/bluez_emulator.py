@@ -1399,7 +1399,8 @@ class EmulatorProcess:
 
     def __init__(self, bus_address: str, devices: list[str], *, rate_hz: float = 1.0,
                  model_seconds: float | None = None, seed: int = 0,
-                 bpm: float | None = None) -> None:
+                 bpm: float | None = None, bthome_keys: dict[str, str] | None = None,
+                 advert_interval: float | None = None) -> None:
         self.bus_address = bus_address
         self.args = [sys.executable, "-m", "tests.sources.bluez_emulator", "--bus", bus_address,
                      "--rate", str(rate_hz), "--seed", str(seed)]
@@ -1409,6 +1410,10 @@ class EmulatorProcess:
             self.args += ["--model-seconds", str(model_seconds)]
         for spec in devices:
             self.args += ["--device", spec]
+        for address, key_hex in (bthome_keys or {}).items():
+            self.args += ["--bthome-key", f"{address}={key_hex}"]
+        if advert_interval is not None:
+            self.args += ["--advert-interval", str(advert_interval)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> EmulatorProcess:
@@ -1467,7 +1472,7 @@ async def control(bus_address: str, method: str, *args: Any) -> Any:
 
 def parse_device(
     spec: str, *, rate_hz: float, seed: int, model_seconds: float | None,
-    bpm: float | None = None,
+    bpm: float | None = None, bthome_keys: dict[str, bytes] | None = None,
 ) -> Peripheral:
     """``KIND:AA:BB:CC:DD:EE:FF[:NAME]`` -> a peripheral."""
     kind, _, rest = spec.partition(":")
@@ -1477,6 +1482,8 @@ def parse_device(
     kwargs: dict[str, Any] = {"rate_hz": rate_hz, "seed": seed, "model_seconds": model_seconds}
     if bpm is not None and cls is HeartRateStrap:
         kwargs["bpm"] = bpm
+    if cls is BTHomeSensor and bthome_keys and address.upper() in bthome_keys:
+        kwargs["bind_key"] = bthome_keys[address.upper()]
     return cls(address, name, **kwargs) if name else cls(address, **kwargs)
 
 
@@ -1487,10 +1494,13 @@ async def _main(args: argparse.Namespace) -> None:
         bus = PrivateBus()
         address = bus.start()
     try:
-        emu = await BlueZEmulator(address).start()
+        emu = await BlueZEmulator(address, advert_interval=args.advert_interval).start()
+        keys = {a.upper(): bytes.fromhex(k) for a, _, k in
+                (item.partition("=") for item in args.bthome_key)}
         for i, spec in enumerate(args.device):
             emu.add(parse_device(spec, rate_hz=args.rate, seed=args.seed + i,
-                                 model_seconds=args.model_seconds, bpm=args.bpm),
+                                 model_seconds=args.model_seconds, bpm=args.bpm,
+                                 bthome_keys=keys),
                     known=args.known)
         print(f"READY {address}", flush=True)
         stop = asyncio.Event()
@@ -1514,6 +1524,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="model time per notification (default: real time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bpm", type=float, default=None, help="heart rate of the straps")
+    parser.add_argument("--bthome-key", action="append", default=[], metavar="ADDRESS=HEX",
+                        help="encrypt this bthome device's adverts with this bind key")
+    parser.add_argument("--advert-interval", type=float, default=0.2,
+                        help="seconds between adverts (RSSI updates) of each device")
     parser.add_argument("--known", action="store_true",
                         help="export devices at once, as bluetoothd does for bonded devices")
     args = parser.parse_args(argv)

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +27,7 @@ from tests.sources.bluez_emulator import (
     BTHOME_V2_UUID,
     BlueZEmulator,
     BTHomeSensor,
+    EmulatorProcess,
     bthome_objects,
     encode_bthome_v2,
 )
@@ -190,3 +201,125 @@ def test_bind_key_validation_is_precise() -> None:
     with pytest.raises(ValueError, match="character 5 is not"):
         parse_bind_key(KEY_HEX[:4] + "zz" + KEY_HEX[6:])
     assert parse_bind_key(KEY_HEX.upper()) == KEY
+
+
+# -- end to end: the real CLI and daemon as processes, the emulator in its own process --------
+
+EXE = [sys.executable, "-m", "edgetwin"]
+WRONG_KEY_HEX = "0f" * 16
+OTHER = "A4:C1:38:00:00:03"
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EXE, *args], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def ok(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    result = run(env, *args)
+    assert result.returncode == 0, f"edgetwin {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def key_forms(key_hex: str) -> list[bytes]:
+    raw = bytes.fromhex(key_hex)
+    return [key_hex.encode(), key_hex.upper().encode(), raw, base64.b64encode(raw)]
+
+
+def test_pair_bthome_cli_daemon_and_the_key_never_in_clear(private_bus, tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("bthome e2e passphrase\n")
+    pw.chmod(0o600)
+    home = tmp_path / "home"
+    env = {**os.environ, "EDGETWIN_HOME": str(home), "EDGETWIN_PASSPHRASE_FILE": str(pw),
+           "EDGETWIN_KDF_PROFILE": "test", "DBUS_SYSTEM_BUS_ADDRESS": private_bus.address}
+    devices = [f"bthome:{PLAIN}:ATC_PLAIN", f"bthome:{SEALED}:ATC_SEALED",
+               f"bthome:{OTHER}:ATC_OTHER"]
+    keys = {SEALED: KEY_HEX, OTHER: KEY_HEX}
+    with EmulatorProcess(private_bus.address, devices, rate_hz=2.0, bthome_keys=keys):
+        ok(env, "init")
+        scan = json.loads(ok(env, "pair", "scan", "--timeout", "1", "--no-ble", "--json").stdout)
+        assert not [d for d in scan["devices"] if d["transport"] == "ble"]
+        scan = json.loads(ok(env, "pair", "scan", "--timeout", "1.5", "--json").stdout)
+        found = {d["address"]: d for d in scan["devices"] if d["transport"] == "ble"}
+        assert found[PLAIN]["profiles"] == ["bthome"]
+        assert found[PLAIN]["measures"] == ["temp", "humidity", "battery"]
+        assert found[SEALED]["encrypted"] is True and found[SEALED]["measures"] == []
+
+        # validation through the real CLI: exit 2, what is wrong, nothing stored
+        short = run(env, "pair", "add", "ble", SEALED, "--profile", "bthome",
+                    "--bind-key", KEY_HEX[:31])
+        assert short.returncode == 2
+        assert "--bind-key: a BTHome bind key is 32 hex characters" in short.stderr
+        assert "has 31" in short.stderr and KEY_HEX[:31] not in short.stderr
+        nonhex = run(env, "pair", "add", "ble", SEALED, "--profile", "bthome",
+                     "--bind-key", "g" + KEY_HEX[1:])
+        assert nonhex.returncode == 2 and "character 1 is not" in nonhex.stderr
+        wrong_profile = run(env, "pair", "add", "ble", SEALED, "--profile", "heart_rate",
+                            "--bind-key", KEY_HEX)
+        assert wrong_profile.returncode == 2
+        assert "--bind-key is for --profile bthome" in wrong_profile.stderr
+        assert json.loads(ok(env, "pair", "list", "--json").stdout) == []
+
+        added = ok(env, "pair", "add", "ble", SEALED, "--profile", "bthome",
+                   "--bind-key", KEY_HEX, "--name", "porch")
+        assert "porch.climate" in added.stdout and KEY_HEX not in added.stdout
+        ok(env, "pair", "add", "ble", PLAIN, "--profile", "bthome", "--name", "bedroom")
+        listed = {r["name"]: r for r in json.loads(ok(env, "pair", "list", "--json").stdout)}
+        assert listed["porch"]["profile"] == "bthome"
+        assert listed["porch"]["bind_key"] == "(hidden)" and "bind_key" not in listed["bedroom"]
+        listings = ok(env, "pair", "list").stdout + json.dumps(listed)
+        ok(env, "pair", "add", "ble", OTHER, "--profile", "bthome", "--bind-key",
+           WRONG_KEY_HEX, "--name", "attic")
+
+        (home / "config.toml").write_text(
+            "[twin]\nstep_s = 2.0\n[daemon]\nflush_interval_s = 0.2\n"
+            "backoff_initial_s = 0.5\nbackoff_max_s = 1.0\n")
+        log = tmp_path / "daemon.log"
+        with log.open("w") as err:
+            daemon = subprocess.Popen([*EXE, "-v", "daemon", "run", "--duration", "60"],
+                                      env=env, stderr=err, stdout=err)
+        try:
+            status = wait_sources(env, lambda s: s["porch"]["samples"] >= 3
+                                  and s["bedroom"]["samples"] >= 3
+                                  and bool(s["attic"]["last_error"]))
+            status_text = json.dumps(status)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=30)
+
+    by_name = {s["name"]: s for s in status["sources"]}
+    assert by_name["porch"]["encrypted"] is True and by_name["porch"]["battery"] == 87
+    assert by_name["attic"]["samples"] == 0
+    assert OTHER in by_name["attic"]["last_error"]
+    assert "cannot decrypt" in by_name["attic"]["last_error"]
+    streams = {s["name"] for s in status["store"]["streams"]}
+    assert {"porch.climate", "bedroom.climate"} <= streams and "attic.climate" not in streams
+    logs = log.read_text()
+    assert "attic" in logs  # the daemon did log, with the devices' names
+    for key_hex in (KEY_HEX, WRONG_KEY_HEX):
+        for form in key_forms(key_hex):
+            assert form.decode("latin-1") not in status_text
+            assert form.decode("latin-1") not in logs
+            assert form.decode("latin-1") not in listings
+            for path in home.rglob("*"):
+                if path.is_file():
+                    assert form not in path.read_bytes(), f"{path} holds the bind key"
+
+
+def wait_sources(env: dict[str, str], until: Callable[[dict[str, Any]], bool],
+                 within: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        result = run(env, "status", "--json")
+        if result.returncode == 0:
+            last = json.loads(result.stdout)
+            by_name = {s["name"]: s for s in last.get("sources", [])}
+            if len(by_name) == 3 and until(by_name):
+                return last
+        time.sleep(0.3)
+    raise AssertionError(f"status never got there; last: {last}")
