@@ -44,6 +44,7 @@ _LOGGER = logging.getLogger(__name__)
 SENSORS = pp.SENSORS
 _PM_UNIT = "µg/m³"
 _SPS_ADDRESS = 0
+_READ_TIMEOUT_S = 0.25
 # USB-UART bridge chips these sensors ship with or are wired through (CH340, CP210x, FTDI,
 # PL2303). Only such ports are probed by ``detect_air_sensors``: a microcontroller's own USB
 # (an edgetwin bridge, a phone, a printer) never receives a particulate sensor's command.
@@ -183,6 +184,10 @@ class ParticulateSource(Source):
     async def close(self) -> None:
         """Stop the worker and release the port; safe to call twice."""
         self._stop.set()
+        ser = self._serial
+        if ser is not None:
+            with contextlib.suppress(Exception):
+                ser.cancel_read()
         thread = self._thread
         if thread is not None:
             await asyncio.to_thread(thread.join, 3.0)
@@ -208,6 +213,9 @@ class ParticulateSource(Source):
         self._serial = _open_port(self.port, self.baud)
         with contextlib.suppress(Exception):  # stale frames buffered before we opened it
             self._serial.reset_input_buffer()
+        # Frames come at most once a second: waking 4 times a second (not 20, as a bridge
+        # needs) keeps the source's CPU low on a Pi; close() cancels a pending read.
+        self._serial.timeout = _READ_TIMEOUT_S
         self._bad_before = self.counters.bad_packets
         self.scanner = pp.FrameScanner(self.sensor)
         deadline = time.monotonic() + self.handshake_timeout_s
