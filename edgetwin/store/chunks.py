@@ -153,6 +153,27 @@ class Chunks(SeriesRows):
             series, t0, t1, on_corrupt, codec.decode_frames, lambda f: f.t
         )
 
+    def iter_frame_columns(
+        self, t0: float | None = None, t1: float | None = None, *, on_corrupt: OnCorrupt = "raise"
+    ) -> Iterator[codec.FrameColumns]:
+        """Committed feature frames with ``t0 <= t <= t1`` as arrays, one block per stored
+        chunk, oldest hour first: :meth:`read_frames` without an object per frame (a month
+        at 1 Hz is 2.6 M frames), for charts and reports."""
+        series = self._read_series(KIND_FRAMES, "")
+        if series is None:
+            return
+        for row in self._chunk_rows(series.sn, t0, t1):
+            cols = self._decode_row(series, row, on_corrupt, codec.decode_frame_columns)
+            if cols is None:
+                continue
+            keep = np.ones(cols.t.shape[0], dtype=bool)
+            if t0 is not None:
+                keep &= cols.t >= t0
+            if t1 is not None:
+                keep &= cols.t <= t1
+            if keep.any():
+                yield cols if keep.all() else cols.rows(keep)
+
     def read_predictions(
         self, last: int | None = None, t0: float | None = None, *, on_corrupt: OnCorrupt = "raise"
     ) -> list[Prediction]:

@@ -19,6 +19,7 @@ import json
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -355,8 +356,23 @@ def encode_frames(frames: list[FeatureFrame]) -> bytes:
     return header + b"".join(parts)
 
 
-def decode_frames(data: bytes) -> list[FeatureFrame]:
-    """The frames of a chunk written by :func:`encode_frames`."""
+@dataclass(frozen=True)
+class FrameColumns:
+    """The frames of one chunk as arrays: ``values[i]`` is the frame at ``t[i]``."""
+
+    t: FloatArray
+    values: FloatArray
+    quality: FloatArray
+    imputed: npt.NDArray[np.bool_]
+    schema_version: int
+
+    def rows(self, keep: npt.NDArray[np.bool_]) -> FrameColumns:
+        return FrameColumns(self.t[keep], self.values[keep], self.quality[keep],
+                            self.imputed[keep], self.schema_version)
+
+
+def decode_frame_columns(data: bytes) -> FrameColumns:
+    """The frames of a chunk written by :func:`encode_frames`, as columns (no objects)."""
     try:
         version, flags, width, n, schema = _FRAME_HEADER.unpack_from(data, 0)
         if version != 1:
@@ -374,17 +390,22 @@ def decode_frames(data: bytes) -> list[FeatureFrame]:
     except (struct.error, ValueError, zlib.error) as exc:
         raise Undecodable(str(exc)) from exc
     t, values, quality = arrays
-    values = values.reshape(n, width)
-    quality = quality.reshape(n, width)
+    return FrameColumns(t, values.reshape(n, width), quality.reshape(n, width), imputed,
+                        int(schema))
+
+
+def decode_frames(data: bytes) -> list[FeatureFrame]:
+    """The frames of a chunk written by :func:`encode_frames`."""
+    cols = decode_frame_columns(data)
     return [
         FeatureFrame(
-            t=float(t[i]),
-            values=values[i].copy(),
-            quality=quality[i].copy(),
-            imputed=imputed[i].copy(),
-            schema_version=int(schema),
+            t=float(cols.t[i]),
+            values=cols.values[i].copy(),
+            quality=cols.quality[i].copy(),
+            imputed=cols.imputed[i].copy(),
+            schema_version=cols.schema_version,
         )
-        for i in range(n)
+        for i in range(cols.t.shape[0])
     ]
 
 

@@ -33,7 +33,8 @@ import numpy.typing as npt
 
 from edgetwin.errors import HomeError, UsageError
 from edgetwin.features.schema import FEATURES, INDEX, NAMES, QUALITY_THRESHOLD
-from edgetwin.types import FeatureFrame, Prediction
+from edgetwin.store.codec import FrameColumns
+from edgetwin.types import Prediction
 from edgetwin.web.report_tables import (
     days_html,
     forecasts_html,
@@ -91,46 +92,34 @@ class Columns:
     imputed: npt.NDArray[np.bool_]
 
     @classmethod
-    def from_frames(
-        cls, frames: Iterable[FeatureFrame], capacity: int = 0, block: int = 16_384
-    ) -> Columns:
-        """Read frames into columns. ``capacity``: an upper bound of their number (the twin's
-        frame count): the columns are allocated once at that size and only the rows written
-        take memory, so a month of 1 Hz frames is never held twice; more rows than that
-        (a daemon appending meanwhile) grow the arrays."""
+    def from_blocks(cls, blocks: Iterable[FrameColumns], capacity: int = 0) -> Columns:
+        """Read the store's frame blocks (``iter_frame_columns``) into columns, a block at a
+        time with no object per frame. ``capacity``: an upper bound of their number (the
+        twin's frame count): the columns are allocated once at that size and only the rows
+        written take memory, so a month of 1 Hz frames is never held twice; more rows than
+        that (a daemon appending meanwhile) grow the arrays."""
         width = len(NAMES)
-        cap = max(capacity, block)
+        cap = max(capacity, 1024)
         t = np.empty(cap)
         values = np.empty((cap, width), dtype=np.float32)
         masked = np.empty((cap, width), dtype=bool)
         imputed = np.empty((cap, width), dtype=bool)
-        q = np.empty((block, width))  # the quality of the rows not yet masked
-        start = i = 0
-
-        def mask(a: int, b: int) -> None:
-            vals = values[a:b]
-            present = np.isfinite(vals)
-            good = present & (q[: b - a] >= QUALITY_THRESHOLD)
-            vals[~good] = np.nan
-            masked[a:b] = present & ~good
-            imputed[a:b] &= good
-
-        for f in frames:
-            if f.values.shape[0] != width:
+        i = 0
+        for b in blocks:
+            if b.values.shape[1] != width:
                 continue  # another schema version: not drawable on this schema's charts
-            if i == cap:
-                cap = cap + cap // 2
+            n = b.t.shape[0]
+            if i + n > cap:
+                cap = max(i + n, cap + cap // 2)
                 t, values, masked, imputed = (np.resize(x, (cap, *x.shape[1:]))
                                               for x in (t, values, masked, imputed))
-            t[i] = f.t
-            values[i] = f.values
-            q[i - start] = f.quality
-            imputed[i] = f.imputed
-            i += 1
-            if i - start == block:
-                mask(start, i)
-                start = i
-        mask(start, i)
+            present = np.isfinite(b.values)
+            good = present & (b.quality >= QUALITY_THRESHOLD)
+            t[i : i + n] = b.t
+            values[i : i + n] = np.where(good, b.values, np.nan)
+            masked[i : i + n] = present & ~good
+            imputed[i : i + n] = b.imputed & good
+            i += n
         cols = cls(t[:i], values[:i], masked[:i], imputed[:i])
         if i > 1 and np.any(np.diff(cols.t) < 0):
             order = np.argsort(cols.t, kind="stable")
@@ -201,7 +190,7 @@ def collect(
     capacity = min(int(store.series_counts().get("frames", 0)),
                    int((t1 - t0) / min(1.0, default_step_s)) + 1024)
     try:
-        cols = Columns.from_frames(store.read_frames(t0, t1), capacity=capacity)
+        cols = Columns.from_blocks(store.iter_frame_columns(t0, t1), capacity=capacity)
     except MemoryError:
         raise UsageError(
             f"the range {_utc(t0)} to {_utc(t1)} holds more frames than this machine's memory "

@@ -261,6 +261,8 @@ PUBLIC_API = {
     "get_record": "(self, kind: 'str', key: 'str') -> 'dict[str, Any] | None'",
     "iter_predictions": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
     " on_corrupt: 'OnCorrupt' = 'raise') -> 'Iterator[Prediction]'",
+    "iter_frame_columns": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
+    " on_corrupt: 'OnCorrupt' = 'raise') -> 'Iterator[codec.FrameColumns]'",
     "kdf_params": "(self) -> 'KdfParams | None'",
     "list_records": "(self, kind: 'str') -> 'dict[str, dict[str, Any]]'",
     "open": "(home: 'Path', secret: 'Secret', *, strict: 'bool' = True) -> 'TwinStore'",

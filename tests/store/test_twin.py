@@ -133,6 +133,15 @@ def test_frames_round_trip_and_range(store: TwinStore) -> None:
     mid = list(store.read_frames(T0 + 100, T0 + 200))
     assert [f.t for f in mid] == [T0 + 5 * i for i in range(20, 41)]
     assert store.series_counts() == {"frames": 100, "predictions": 0}
+    # the same frames as columns, a block per stored chunk, the range cut inside a chunk
+    blocks = list(store.iter_frame_columns(T0 + 100, T0 + 300))
+    assert len(blocks) == 2  # the two commits' chunks
+    t = np.concatenate([b.t for b in blocks])
+    assert t.tolist() == [T0 + 5 * i for i in range(20, 61)]
+    values = np.concatenate([b.values for b in blocks])
+    np.testing.assert_array_equal(values, np.stack([f.values for f in frames[20:61]]))
+    assert all(b.schema_version == frames[0].schema_version for b in blocks)
+    assert list(store.iter_frame_columns(T0 + 1000, T0 + 2000)) == []
 
 
 def _pred(t: float, target: str = "hr") -> Prediction:

@@ -488,7 +488,7 @@ def test_a_range_without_forecasts_says_so(run_cli, twin: Path, outdir: Path) ->
 
 @pytest.mark.parametrize(("capacity", "block"), [(0, 4), (10, 4), (50, 16), (1000, 7)])
 def test_columns_hold_every_frame_whatever_the_capacity(capacity: int, block: int) -> None:
-    """Rows past the capacity (a daemon appending meanwhile) grow the columns; frames out of
+    """Rows past the capacity (a daemon appending meanwhile) grow the columns; blocks out of
     order come back sorted; low quality is masked, imputed kept only where usable."""
     from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION
     from edgetwin.types import FeatureFrame
@@ -507,7 +507,15 @@ def test_columns_hold_every_frame_whatever_the_capacity(capacity: int, block: in
         imputed[INDEX["hr"]] = (t - T0) / STEP % 5 == 3
         frames.append(FeatureFrame(t=float(t), values=values, quality=quality, imputed=imputed,
                                    schema_version=SCHEMA_VERSION))
-    cols = Columns.from_frames(iter(frames), capacity=capacity, block=block)
+    from edgetwin.store.codec import FrameColumns
+
+    blocks = [  # as the store hands them over: a block per chunk of `block` frames
+        FrameColumns(np.array([f.t for f in part]), np.stack([f.values for f in part]),
+                     np.stack([f.quality for f in part]), np.stack([f.imputed for f in part]),
+                     SCHEMA_VERSION)
+        for part in (frames[i : i + block] for i in range(0, n, block))
+    ]
+    cols = Columns.from_blocks(iter(blocks), capacity=capacity)
     k = np.arange(n)
     assert cols.t.tolist() == (T0 + STEP * k).tolist()
     low = k % 10 == 3
@@ -526,7 +534,7 @@ def test_a_range_too_large_for_memory_is_a_precise_error(run_cli, twin: Path, ou
     def no_memory(*_a: Any, **_k: Any) -> Any:
         raise MemoryError
 
-    monkeypatch.setattr(report.Columns, "from_frames", no_memory)
+    monkeypatch.setattr(report.Columns, "from_blocks", no_memory)
     out = outdir / "r.html"
     result = _report(run_cli, out)
     assert result.exit_code == 2
