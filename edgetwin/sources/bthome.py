@@ -227,8 +227,10 @@ class AdvertScanner:
             from bleak.args.bluez import OrPattern, OrPatternLike
             from bleak.assigned_numbers import AdvertisementDataType
 
+            # service data of UUID16 0xFCD2 (v2), 0x181C and 0x181E (v1), little-endian
             patterns: list[OrPatternLike] = [
-                OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc")
+                OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, uuid16)
+                for uuid16 in (b"\xd2\xfc", b"\x1c\x18", b"\x1e\x18")
             ]
             scanner = BleakScanner(self._on_advert, scanning_mode="passive",
                                    bluez={"or_patterns": patterns})

@@ -1047,6 +1047,52 @@ class GattDescriptor1(ServiceInterface):
         return ["read", "write"]
 
 
+class AdvertisementMonitorManager1(ServiceInterface):
+    """``org.bluez.AdvertisementMonitorManager1`` of hci0 (BlueZ >= 5.56, --experimental).
+
+    Exported only when the emulator is built with ``advertisement_monitor=True``; without
+    it a RegisterMonitor call gets UnknownMethod, as from a BlueZ that cannot scan passively.
+    A registered monitor makes the adapter listen without scan requests (``Discovering``
+    stays false) and devices' adverts flow as they do during discovery.
+    """
+
+    def __init__(self, emulator: BlueZEmulator) -> None:
+        super().__init__("org.bluez.AdvertisementMonitorManager1")
+        self._emu = emulator
+        self.monitors: set[tuple[str | None, str]] = set()
+
+    @dbus_method()
+    def RegisterMonitor(self, application: DBusObjectPath):
+        key = (self._emu.current_sender, application)
+        if key in self.monitors:
+            raise DBusError("org.bluez.Error.AlreadyExists", "Already Exists")
+        self.monitors.add(key)
+        self._emu.stats["register_monitor"] += 1
+        self._emu.listening_changed()
+
+    @dbus_method()
+    def UnregisterMonitor(self, application: DBusObjectPath):
+        key = (self._emu.current_sender, application)
+        if key not in self.monitors:
+            raise DBusError("org.bluez.Error.DoesNotExist", "Does Not Exist")
+        self.monitors.discard(key)
+        self._emu.listening_changed()
+
+    def client_gone(self, sender: str) -> None:
+        before = len(self.monitors)
+        self.monitors = {m for m in self.monitors if m[0] != sender}
+        if len(self.monitors) != before:
+            self._emu.listening_changed()
+
+    @dbus_property(access=READ)
+    def SupportedMonitorTypes(self) -> StrList:
+        return ["or_patterns"]
+
+    @dbus_property(access=READ)
+    def SupportedFeatures(self) -> StrList:
+        return []
+
+
 class Control1(ServiceInterface):
     """``org.edgetwin.Emulator1``: fault knobs for tests in another process."""
 
@@ -1103,13 +1149,15 @@ class BlueZEmulator:
     """Owns ``org.bluez`` on a bus and emulates hci0 with a set of peripherals."""
 
     def __init__(self, bus_address: str, *, adapter_address: str = "00:1A:7D:DA:71:13",
-                 mtu: int = 247, advert_interval: float = 0.2) -> None:
+                 mtu: int = 247, advert_interval: float = 0.2,
+                 advertisement_monitor: bool = False) -> None:
         self.bus_address = bus_address
         self.adapter_address = adapter_address
         self.mtu = mtu
         self.advert_interval = advert_interval
         self.bus: MessageBus | None = None
         self.adapter = Adapter1(self)
+        self.monitor_manager = AdvertisementMonitorManager1(self) if advertisement_monitor else None
         self.devices: dict[str, Device1] = {}
         self.exported: set[str] = set()
         self.stats = collections.Counter[str]()
@@ -1130,6 +1178,8 @@ class BlueZEmulator:
             body=["type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"],
         ))
         self.bus.export(ADAPTER_PATH, self.adapter)
+        if self.monitor_manager is not None:
+            self.bus.export(ADAPTER_PATH, self.monitor_manager)
         self.bus.export(CONTROL_PATH, Control1(self))
         await self.bus.request_name("org.bluez")
         return self
@@ -1164,7 +1214,7 @@ class BlueZEmulator:
         """Register a peripheral; ``known`` exports it at once (as a bonded device would be)."""
         dev = Device1(self, peripheral)
         self.devices[peripheral.address] = dev
-        if known or self.adapter.discovering:
+        if known or self.listening:
             self._export_device(dev)
         return peripheral
 
@@ -1235,7 +1285,22 @@ class BlueZEmulator:
                 self._advertise(), name="bluez-emu adverts"
             )
 
+    @property
+    def listening(self) -> bool:
+        """Adverts are being received: a discovery session or a passive monitor is active."""
+        return self.adapter.discovering or bool(
+            self.monitor_manager is not None and self.monitor_manager.monitors)
+
+    def listening_changed(self) -> None:
+        """A passive monitor came or went: start or stop adverts unless discovery runs."""
+        if self.listening:
+            self.discovery_started()
+        else:
+            self.discovery_stopped()
+
     def discovery_stopped(self) -> None:
+        if self.listening:  # a passive monitor still listens
+            return
         if self._advert_task is not None:
             self._advert_task.cancel()
             self._advert_task = None
@@ -1312,6 +1377,8 @@ class BlueZEmulator:
             self.current_sender = msg.sender
         elif msg.member == "NameOwnerChanged" and msg.body and not msg.body[2]:
             self.adapter.client_gone(msg.body[0])
+            if self.monitor_manager is not None:
+                self.monitor_manager.client_gone(msg.body[0])
 
     def _export_device(self, dev: Device1) -> None:
         if dev.path not in self.exported:

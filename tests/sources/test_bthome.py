@@ -323,3 +323,38 @@ def wait_sources(env: dict[str, str], until: Callable[[dict[str, Any]], bool],
                 return last
         time.sleep(0.3)
     raise AssertionError(f"status never got there; last: {last}")
+
+
+async def test_passive_scan_where_bluez_has_advertisement_monitors(
+    private_bus: ble_harness.PrivateBus,
+) -> None:
+    emu = await BlueZEmulator(private_bus.address, advertisement_monitor=True).start()
+    try:
+        emu.add(BTHomeSensor(PLAIN, celsius=18.25, rate_hz=5))
+        src = BTHomeSource("cellar", PLAIN)
+        await src.connect()
+        try:
+            got = await collect(src, lambda b: n_rows(b) >= 2)
+            assert emu.stats["register_monitor"] == 1
+            assert emu.stats["start_discovery"] == 0 and not emu.adapter.discovering
+        finally:
+            await src.close()
+        assert all(r["temp"] == 18.25 for r in values(got))
+        assert src.describe()["scan_mode"] == "passive" and src.describe()["scan_note"] == ""
+        assert emu.monitor_manager is not None and not emu.monitor_manager.monitors
+    finally:
+        await ble_harness.release_bleak()
+        await emu.stop()
+
+
+def test_bthome_v1_adverts_decode() -> None:
+    from edgetwin.sources.bthome import Advert, BTHomeDecoder
+
+    # v1 (UUID 0x181C): control byte (length | format << 5), object id, value
+    raw = bytes([0x23, 0x02]) + (2150).to_bytes(2, "little", signed=True) + bytes(
+        [0x03, 0x03]) + (5000).to_bytes(2, "little")
+    decoder = BTHomeDecoder(PLAIN, None)
+    reading = decoder.decode(Advert(0.0, PLAIN, "v1", -50,
+                                    {"0000181c-0000-1000-8000-00805f9b34fb": raw}))
+    assert reading is not None
+    assert reading.values == {"temp": 21.5, "humidity": 50.0}
