@@ -46,8 +46,7 @@ class DaemonBackend:
 
     def status_from_memory(self) -> dict[str, Any]:
         """``status`` with the store's part as last read (no store access)."""
-        d = self.daemon
-        return self._with_since(d._status_doc(d._store_status_cache))
+        return self._with_since(self.daemon.status_from_memory())
 
     def watch_states(self) -> None:
         """Note when each source entered its state (called about once a second)."""
@@ -75,18 +74,17 @@ class DaemonBackend:
 
         def job() -> T:
             result = fn(cast("TwinStore", d.store))
-            d._commit()  # durable before the reply, as "mark" is
+            d.commit_now()  # durable before the reply, as "mark" is
             return result
 
-        return await d._writer.run(job, what=f"dashboard {what}")
+        return await d.on_writer(job, what=f"dashboard {what}")
 
     async def forget(
         self, *, stream: str | None, before: float | None, everything: bool
     ) -> dict[str, Any]:
         # exactly the control socket's forget (writer thread, in-memory state dropped too)
-        reply = await self.daemon._handle_request(
-            {"cmd": "forget", "stream": stream, "before": before, "all": everything},
-            cast("asyncio.StreamWriter", None),
+        reply = await self.daemon.request(
+            {"cmd": "forget", "stream": stream, "before": before, "all": everything}
         )
         if reply is None or "forget" not in reply:
             raise EdgetwinError(f"the daemon refused the forget: {reply}")
@@ -129,10 +127,7 @@ def _hook_publish(daemon: Daemon, dash: Dashboard) -> Callable[[], None]:
     """Forward what the daemon publishes on the loop (new frames, forecasts) to the pages."""
     from edgetwin.web.data import frame_json
 
-    inner = daemon._publish
-
     def publish(frames: list[FeatureFrame], preds: list[Prediction]) -> None:
-        inner(frames, preds)
         if dash.hub.clients and frames:
             sent_at = time.time()  # pages measure the delivery latency against it
             dash.hub.publish("frames", {"sent_at": sent_at,
@@ -140,12 +135,8 @@ def _hook_publish(daemon: Daemon, dash: Dashboard) -> Callable[[], None]:
             for pred in preds:
                 dash.hub.publish("prediction", {**pred.to_json(), "sent_at": sent_at})
 
-    daemon._publish = publish  # type: ignore[method-assign]
-
-    def unhook() -> None:
-        daemon._publish = inner  # type: ignore[method-assign]
-
-    return unhook
+    daemon.publish_listeners.append(publish)
+    return lambda: daemon.publish_listeners.remove(publish)
 
 
 async def _status_ticker(daemon: Daemon, dash: Dashboard) -> None:

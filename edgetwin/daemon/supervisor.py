@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from edgetwin.config import Config
 from edgetwin.daemon.backoff import Backoff
@@ -47,6 +47,9 @@ ENGINE_STATE_RECORD = ("inference", "state")
 _SHUTDOWN_WAIT_S = 10.0
 # How long ``status`` waits for the store's part (a forget holds the store); then the last one.
 _STATUS_STORE_WAIT_S = 2.0
+
+
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -123,6 +126,8 @@ class Daemon:
         self.pipeline = pipeline
         self.engine = engine
         self.on_prediction = on_prediction
+        # called on the loop with each batch of new frames and forecasts (the dashboard)
+        self.publish_listeners: list[Callable[[list[FeatureFrame], list[Prediction]], None]] = []
         self.hub = Hub(config.daemon.hub_queue_batches)
         rng = random.Random(seed)
         self.runners = [
@@ -398,6 +403,26 @@ class Daemon:
                     follower.put_nowait(pred.to_json())
             if self.on_prediction is not None:
                 self.on_prediction(pred)
+        for listener in self.publish_listeners:
+            listener(frames, preds)
+
+    # -- for in-process front ends (the dashboard) ------------------------------
+
+    def status_from_memory(self) -> dict[str, Any]:
+        """``status`` with the store's part as last read: no store access, never waits."""
+        return self._status_doc(self._store_status_cache)
+
+    async def on_writer(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` on the writer thread, in order with appends and commits."""
+        return await self._writer.run(fn, what=what)
+
+    def commit_now(self) -> None:
+        """Commit what is buffered (call on the writer thread, e.g. from :meth:`on_writer`)."""
+        self._commit()
+
+    async def request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """A control-socket request handled in process, exactly as over the socket."""
+        return await self._handle_request(request, cast("asyncio.StreamWriter", None))
 
     def _commit(self) -> None:
         try:
