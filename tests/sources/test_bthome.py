@@ -293,6 +293,9 @@ def test_pair_bthome_cli_daemon_and_the_key_never_in_clear(private_bus, tmp_path
 
     by_name = {s["name"]: s for s in status["sources"]}
     assert by_name["porch"]["encrypted"] is True and by_name["porch"]["battery"] == 87
+    # this emulated BlueZ has no advertisement monitors: active, and status says why
+    assert by_name["porch"]["scan_mode"] == "active"
+    assert "passive scanning unavailable" in by_name["porch"]["scan_note"]
     assert by_name["attic"]["samples"] == 0
     assert OTHER in by_name["attic"]["last_error"]
     assert "cannot decrypt" in by_name["attic"]["last_error"]
