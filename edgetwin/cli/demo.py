@@ -33,6 +33,7 @@ from edgetwin.sources.base import Source
 from edgetwin.types import Prediction
 
 if TYPE_CHECKING:
+    from edgetwin.daemon.supervisor import Daemon
     from edgetwin.features.pipeline import FeaturePipeline
     from edgetwin.inference.serving import ServingEngine
     from edgetwin.store import TwinStore
@@ -100,14 +101,28 @@ def run_demo(
         )
         if engine is None:
             say("no models available: the timeline fills but no forecasts are printed")
-        asyncio.run(daemon.run(duration))
-        if as_json:  # one forecast per line, then the final status as {"status": {...}}
-            emit_json({"status": daemon.status()})
+        dashboard_url = asyncio.run(_run_with_dashboard(daemon, duration, say))
+        if as_json:  # one forecast per line, then {"status": {...}, "dashboard": URL or null}
+            emit_json({"status": daemon.status(), "dashboard": dashboard_url})
         else:
             from edgetwin.cli.daemon import render_status
 
             click.echo("")
             click.echo(render_status(daemon.status(), home, daemon_line=False))
+
+
+async def _run_with_dashboard(
+    daemon: Daemon, duration: float | None, say: Callable[[str], None]
+) -> str | None:
+    """The daemon as 'daemon run' runs it: with the dashboard when ``[dashboard] enabled``
+    (the default), whose URL with its access token is said once it listens; that URL."""
+    from edgetwin.daemon.dashboard import dashboard_for
+
+    async with dashboard_for(daemon) as dash:
+        if dash is not None:
+            say(f"dashboard (open it while the demo runs): {dash.url}")
+        await daemon.run(duration)
+        return dash.url if dash is not None else None
 
 
 class _Printer:

@@ -20,7 +20,8 @@ def test_demo_prints_forecasts_with_the_design_keys(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    status = lines.pop()["status"]
+    last = lines.pop()
+    status = last["status"]
     preds = lines
     assert preds, "the demo printed no forecast"
     hr = [p for p in preds if p["target"] == "hr"]
@@ -36,6 +37,8 @@ def test_demo_prints_forecasts_with_the_design_keys(tmp_path: Path) -> None:
     assert set(samples) == {"simulator", "brainflow", "serial"}
     assert all(n > 0 for n in samples.values()), samples
     assert status["daemon"]["predictions"] == len(preds)
+    # the dashboard ran beside it, and the demo said where (with the one-time token)
+    assert last["dashboard"].startswith("http://127.0.0.1:") and "/?token=" in last["dashboard"]
 
 
 def test_demo_takes_home_after_the_subcommand_as_scripts_demo_passes_it(tmp_path: Path) -> None:
