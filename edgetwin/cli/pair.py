@@ -36,6 +36,9 @@ _ADD_COMMANDS = {
 }
 
 
+SECRET_FIELDS = frozenset({"bind_key"})  # pairing-record fields never printed
+
+
 def check_name(name: str) -> str:
     """A source name: lower-case letters, digits, '-' and '_' (it prefixes stream names)."""
     if not _NAME.match(name):
@@ -142,7 +145,10 @@ def list_cmd(app: AppContext) -> None:
 
     with open_twin_from_app(app) as store:
         records = store.list_records(PAIRING)
-    rows = [{"name": name, **record} for name, record in sorted(records.items())]
+    # secrets in a record (a BTHome bind key) are shown as present, never spelled out
+    rows = [{"name": name, **{k: "(hidden)" if k in SECRET_FIELDS else v
+                              for k, v in record.items()}}
+            for name, record in sorted(records.items())]
     if app.as_json:
         emit_json(rows)
         return
@@ -212,6 +218,9 @@ def _scan_row(dev: dict[str, Any]) -> tuple[str, str, str, str, str]:
     if transport == "ble":
         profiles = list(dev.get("profiles") or [])
         what = ", ".join(profiles) or "no health profile"
+        if "bthome" in profiles:  # what one decoded advert carried
+            what += (" (encrypted: needs --bind-key)" if dev.get("encrypted")
+                     else f": {', '.join(dev.get('measures') or []) or 'no readings'}")
         if dev.get("rssi") is not None:
             what += f" ({dev['rssi']} dBm)"
         cmd = (f"edgetwin pair add ble {dev['address']} --profile {profiles[0]}"

@@ -247,6 +247,12 @@ def test_pair_bthome_cli_daemon_and_the_key_never_in_clear(private_bus, tmp_path
         assert found[PLAIN]["profiles"] == ["bthome"]
         assert found[PLAIN]["measures"] == ["temp", "humidity", "battery"]
         assert found[SEALED]["encrypted"] is True and found[SEALED]["measures"] == []
+        table = ok(env, "pair", "scan", "--timeout", "1.5").stdout
+        (plain_row,) = [line for line in table.splitlines() if PLAIN in line]
+        assert "bthome: temp, humidity, battery" in plain_row
+        assert f"edgetwin pair add ble {PLAIN} --profile bthome" in plain_row
+        (sealed_row,) = [line for line in table.splitlines() if SEALED in line]
+        assert "encrypted: needs --bind-key" in sealed_row
 
         # validation through the real CLI: exit 2, what is wrong, nothing stored
         short = run(env, "pair", "add", "ble", SEALED, "--profile", "bthome",
