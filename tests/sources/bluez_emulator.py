@@ -17,6 +17,14 @@ never answer connections, go out of range, send malformed payloads or RR
 outliers. A small control interface (``org.edgetwin.Emulator1`` at
 ``/org/edgetwin/emulator``) offers the same knobs to other processes.
 
+Room climate: an Environmental Sensing (0x181A) sensor over GATT (temperature and
+humidity notify, pressure is read-only) and BTHome v2 advertisers (``BTHomeSensor``:
+readings in Device1 ``ServiceData``, plain or AES-CCM encrypted with a bind key, a new
+packet every ``1 / rate_hz`` s and BlueZ's repeated reports in between via
+``PropertiesChanged``). ``vanish``/``appear`` remove and restore a device object,
+``set_service_data`` injects any advert (a replay). With ``advertisement_monitor=True``
+hci0 also offers ``AdvertisementMonitorManager1`` so bleak can scan passively.
+
 Run it in the test's event loop (``BlueZEmulator``) or as its own process::
 
     python -m tests.sources.bluez_emulator --bus unix:path=/tmp/x/bus \\
