@@ -7,7 +7,6 @@ stores one.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import re
 from typing import Any
@@ -23,6 +22,7 @@ from edgetwin.cli.common import (
     pass_app,
 )
 from edgetwin.errors import UsageError
+from edgetwin.sources.registry import redacted
 
 PAIRING = "pairing"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -34,9 +34,6 @@ _ADD_COMMANDS = {
     "serial": "edgetwin.cli.pair_serial:serial_add",
     "lsl": "edgetwin.cli.pair_lsl:lsl_add",
 }
-
-
-SECRET_FIELDS = frozenset({"bind_key"})  # pairing-record fields never printed
 
 
 def check_name(name: str) -> str:
@@ -146,9 +143,7 @@ def list_cmd(app: AppContext) -> None:
     with open_twin_from_app(app) as store:
         records = store.list_records(PAIRING)
     # secrets in a record (a BTHome bind key) are shown as present, never spelled out
-    rows = [{"name": name, **{k: "(hidden)" if k in SECRET_FIELDS else v
-                              for k, v in record.items()}}
-            for name, record in sorted(records.items())]
+    rows = [{"name": name, **redacted(record)} for name, record in sorted(records.items())]
     if app.as_json:
         emit_json(rows)
         return
@@ -182,15 +177,9 @@ def remove_cmd(app: AppContext, name: str) -> None:
 @pass_app
 def scan_cmd(app: AppContext, timeout: float, no_ble: bool) -> None:
     """List nearby BLE health devices, serial bridges, particulate sensors, BrainFlow dongles."""
-    found: list[dict[str, Any]] = []
-    notes: list[str] = []
-    if not no_ble:
-        found += _scan("ble", "edgetwin.sources.ble", "scan_ble", notes, timeout=timeout)
-    serial_found = _scan("serial", "edgetwin.sources.serial", "scan_ports", notes)
-    # particulate sensors on USB-UART cables: probed only where no bridge answered
-    _scan_air(serial_found, notes)
-    found += serial_found
-    found += _scan("brainflow", "edgetwin.sources.brainflow", "scan_dongles", notes)
+    from edgetwin.sources.scan import scan_all, scan_table
+
+    found, notes = scan_all(timeout, ble=not no_ble)
     if app.as_json:
         emit_json({"devices": found, "notes": notes})
         return
@@ -200,84 +189,3 @@ def scan_cmd(app: AppContext, timeout: float, no_ble: bool) -> None:
         click.echo(f"note: {note}", err=True)
 
 
-def scan_table(found: list[dict[str, Any]]) -> list[str]:
-    """``pair scan`` for people: one aligned row per device and the command that pairs it."""
-    if not found:
-        return ["nothing found"]
-    rows = [_scan_row(dev) for dev in found]
-    heads = ("transport", "address", "name", "what", "pair with")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:-1])]
-    return [
-        "  ".join(f"{cell:<{w}}" for cell, w in zip(row, [*widths, 0], strict=True)).rstrip()
-        for row in [heads, *rows]
-    ]
-
-
-def _scan_row(dev: dict[str, Any]) -> tuple[str, str, str, str, str]:
-    transport = str(dev.get("transport", ""))
-    if transport == "ble":
-        profiles = list(dev.get("profiles") or [])
-        what = ", ".join(profiles) or "no health profile"
-        if "bthome" in profiles:  # what one decoded advert carried
-            what += (" (encrypted: needs --bind-key)" if dev.get("encrypted")
-                     else f": {', '.join(dev.get('measures') or []) or 'no readings'}")
-        if dev.get("rssi") is not None:
-            what += f" ({dev['rssi']} dBm)"
-        cmd = (f"edgetwin pair add ble {dev['address']} --profile {profiles[0]}"
-               if profiles else "-")
-        return transport, str(dev["address"]), str(dev.get("name") or "-"), what, cmd
-    port = str(dev.get("port", ""))
-    name = str(dev.get("description") or dev.get("manufacturer") or "-")
-    if transport == "brainflow":
-        boards = list(dev.get("boards") or [])
-        what = f"BrainFlow dongle for {', '.join(boards)}" if boards else "BrainFlow dongle"
-        cmd = (f"edgetwin pair add brainflow --board {boards[0]} --serial-port {port}"
-               if boards else "-")
-        return transport, port, name, what, cmd
-    air = dev.get("air")
-    if isinstance(air, dict):
-        sensor = str(air.get("sensor"))
-        what = f"{sensor.upper()} particulate sensor"
-        return transport, port, name, what, f"edgetwin pair add serial {port} --sensor {sensor}"
-    bridge = dev.get("bridge")
-    if isinstance(bridge, dict):
-        what = (f"edgetwin bridge {bridge.get('model', '?')}, {bridge.get('channels', '?')} "
-                f"channels at {bridge.get('rate_hz', 0):g} Hz")
-        return transport, port, name, what, f"edgetwin pair add serial {port}"
-    what = (f"USB {dev['vid_pid']}, no bridge answered" if dev.get("vid_pid")
-            else "built-in serial port (not probed)")
-    return transport, port, name, what, "-"
-
-
-def _scan_air(serial_found: list[dict[str, Any]], notes: list[str]) -> None:
-    from edgetwin.errors import EdgetwinError
-
-    try:
-        from edgetwin.sources.particulate import detect_air_sensors
-    except ImportError:
-        notes.append("particulate sensors: detection is not available in this build")
-        return
-    try:
-        detect_air_sensors(serial_found)
-    except EdgetwinError as exc:
-        notes.append(f"particulate sensors: {exc}")
-
-
-def _scan(
-    transport: str, module: str, func: str, notes: list[str], **kwargs: Any
-) -> list[dict[str, Any]]:
-    from edgetwin.errors import EdgetwinError
-
-    try:
-        scan = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError):
-        notes.append(f"{transport}: scanning is not available in this build")
-        return []
-    try:
-        result = scan(**kwargs)
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
-    except EdgetwinError as exc:
-        notes.append(f"{transport}: {exc}")
-        return []
-    return [{"transport": transport, **dev} for dev in result]

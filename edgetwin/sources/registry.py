@@ -24,6 +24,13 @@ KINDS: dict[str, str] = {
     "lsl": "edgetwin.sources.lsl:LslSource",
 }
 
+SECRET_FIELDS = frozenset({"bind_key"})  # pairing-record fields never shown (a BTHome key)
+
+
+def redacted(record: dict[str, Any]) -> dict[str, Any]:
+    """A pairing record to show: secrets say they are there, never what they are."""
+    return {k: "(hidden)" if k in SECRET_FIELDS else v for k, v in record.items()}
+
 
 def build_source(name: str, record: dict[str, Any]) -> Source:
     """The source described by a pairing record; ConfigError if the record is unusable."""

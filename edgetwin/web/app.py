@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from edgetwin.store.twin import TwinStore
 
 _LOGGER = logging.getLogger(__name__)
+SCAN_SECONDS = 5.0  # a BLE scan, as `pair scan` does by default
 T = TypeVar("T")
 STATIC = Path(__file__).resolve().parent / "static"
 SSE_KEEPALIVE_S = 15.0
@@ -174,6 +175,7 @@ def make_app(dash: Dashboard) -> web.Application:
     app.router.add_post("/api/consent/revoke", h.consent_revoke)
     app.router.add_post("/api/forget", h.forget)
     app.router.add_post("/api/pair/remove", h.pair_remove)
+    app.router.add_post("/api/scan", h.scan)
     app.router.add_static("/static", STATIC, follow_symlinks=False, append_version=False)
     return app
 
@@ -185,6 +187,7 @@ class _Handlers:
     def __init__(self, dash: Dashboard) -> None:
         self.dash = dash
         self.backend = dash.backend
+        self._scanning = asyncio.Lock()  # one scan at a time: the radio is shared
 
     def _page(self, request: web.Request, name: str, body: str, doc: Any,
               charts: bool = False) -> web.Response:
@@ -313,6 +316,24 @@ class _Handlers:
             return {**c.to_json(), "cancelled": cancelled}
 
         return _json(await self._act(run, "consent revoke"))
+
+    async def scan(self, request: web.Request) -> web.Response:
+        """Sensors nearby, as ``pair scan --json`` gives them, each with the command that pairs
+        it; the serial ports of paired sensors (the daemon may hold them) are not probed."""
+        from edgetwin.sources.scan import HEADINGS, describe, scan_all
+
+        body = await _body(request)
+        seconds = body.get("seconds", SCAN_SECONDS)
+        if not isinstance(seconds, int | float) or not 1 <= seconds <= 30:
+            raise _bad_request("'seconds' must be a number from 1 to 30")
+        if self._scanning.locked():
+            raise _bad_request("a scan is already running; wait for it")
+        paired = await self.backend.read(data.devices)
+        ports = {str(d["port"]) for d in paired if d.get("port")}
+        async with self._scanning:
+            found, notes = await asyncio.to_thread(scan_all, float(seconds), skip_ports=ports)
+        rows = [dict(zip(HEADINGS, describe(dev), strict=True)) for dev in found]
+        return _json({"devices": rows, "notes": notes})
 
     async def pair_remove(self, request: web.Request) -> web.Response:
         body = await _body(request)

@@ -168,8 +168,11 @@ def privacy(store: TwinStore, config: Config) -> dict[str, Any]:
 
 
 def devices(store: TwinStore) -> list[dict[str, Any]]:
-    """The paired sensors, as ``pair list --json``."""
-    return [{"name": name, **rec} for name, rec in sorted(store.list_records(PAIRING).items())]
+    """The paired sensors, as ``pair list --json``: secrets (a BTHome bind key) hidden."""
+    from edgetwin.sources.registry import redacted
+
+    return [{"name": name, **redacted(rec)}
+            for name, rec in sorted(store.list_records(PAIRING).items())]
 
 
 def offline_status(store: TwinStore, config: Config) -> dict[str, Any]:

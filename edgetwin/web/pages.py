@@ -175,10 +175,16 @@ def devices_body(devices: list[dict[str, Any]], live: bool) -> str:
         '<section><h2>Paired sensors</h2><table id="devices"><thead><tr><th>name</th>'
         "<th>kind</th><th>profile</th><th>address</th><th>details</th><th></th></tr></thead>"
         f"<tbody>{rows}</tbody></table><p class=note>{escape(restart)}</p></section>"
-        "<section><h2>Scan and pair</h2><p class=note>Scanning needs the radio, which the "
-        "daemon holds while it runs, and pairing a BLE device may ask for a PIN on the device "
-        "itself: use <code>edgetwin pair scan</code> and <code>edgetwin pair add ...</code> "
-        "in a terminal. The dashboard shows and removes pairings.</p></section>"
+        "<section><h2>Scan and pair</h2><p><button type=button id=scan data-action=scan>"
+        "scan for sensors</button> <span class=note>about 5 s: Bluetooth LE health and "
+        "room-climate devices, serial bridges and particulate sensors (not the ports of "
+        "paired sensors), BrainFlow dongles</span></p>"
+        '<table id="scan-results" hidden><thead><tr><th>transport</th><th>address</th>'
+        "<th>name</th><th>what</th><th>pair with</th></tr></thead><tbody></tbody></table>"
+        '<ul id="scan-notes" class=note></ul>'
+        "<p class=note>Pairing may ask for a PIN on the device itself, and BTHome sensors need "
+        "their bind key: run the <em>pair with</em> command in a terminal (it checks the "
+        "device before saving it).</p></section>"
     )
 
 

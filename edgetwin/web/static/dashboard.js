@@ -99,6 +99,7 @@
     const b = ev.target.closest("button[data-action]");
     if (!b) return;
     const action = b.dataset.action;
+    if (action === "scan") { scan(b); return; }  // reads only: nothing to confirm
     let payload = {};
     let text = b.dataset.confirm;
     if (action === "forget") {
@@ -124,6 +125,31 @@
       }
     });
   });
+
+  async function scan(button) {
+    const table = document.getElementById("scan-results");
+    const notes = document.getElementById("scan-notes");
+    button.disabled = true;
+    button.textContent = "scanning...";
+    try {
+      const doc = await post("scan", {});
+      const tbody = table.querySelector("tbody");
+      tbody.replaceChildren();
+      for (const d of doc.devices) {
+        const cmd = el("code", d["pair with"]);
+        tbody.appendChild(row([d.transport, d.address, d.name, d.what, cmd]));
+      }
+      if (!doc.devices.length) tbody.appendChild(row(["nothing found", "", "", "", ""]));
+      table.hidden = false;
+      notes.replaceChildren(...doc.notes.map(function (n) { return el("li", n); }));
+      state.scan = doc;
+    } catch (e) {
+      toast("scan failed: " + e.message);
+    } finally {
+      button.disabled = false;
+      button.textContent = "scan for sensors";
+    }
+  }
 
   // -- Now -------------------------------------------------------------------------------
   const since = {};
