@@ -116,7 +116,8 @@ def test_the_walker_sees_imports_at_all() -> None:
          ("edgetwin.types", "edgetwin.errors", "edgetwin.features.schema")),
         # emulated hardware may use the wire protocol, nothing of the runtime above it
         ("edgetwin.emulators",
-         ("edgetwin.errors", "edgetwin.types", "edgetwin.sources.bridge_protocol")),
+         ("edgetwin.errors", "edgetwin.types", "edgetwin.sources.bridge_protocol",
+          "edgetwin.sources.particulate_protocol")),
     ],
 )
 def test_layer_imports_only_what_lies_below_it(layer: str, allowed: tuple[str, ...]) -> None:

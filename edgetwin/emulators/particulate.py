@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgetwin.sources import particulate_protocol as pp
+import edgetwin.sources.particulate_protocol as pp
 
 
 @dataclass(frozen=True)
