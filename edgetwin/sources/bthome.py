@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgetwin.errors import PairingRefused, SourceError, TransientSourceError
+from edgetwin.errors import DriverMissing, PairingRefused, SourceError, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.types import SampleBatch
 
@@ -102,7 +102,13 @@ class BTHomeDecoder:
     def __init__(
         self, address: str, bind_key: bytes | None, *, fresh_after_s: float = 60.0
     ) -> None:
-        from bthome_ble import BTHomeBluetoothDeviceData
+        try:
+            from bthome_ble import BTHomeBluetoothDeviceData
+        except ImportError as exc:
+            raise DriverMissing(
+                f"BTHome decoding needs the bthome-ble package ({exc})",
+                hint="pip install 'edgetwin[bthome]'",
+            ) from exc
 
         self.address = address
         self._has_key = bind_key is not None
@@ -426,7 +432,11 @@ def decode_for_scan(service_data: dict[str, bytes]) -> dict[str, Any] | None:
     encrypted = bool(raw[0] & 0x01) if uuid == BTHOME_V2_UUID else uuid == BTHOME_V1_UUIDS[1]
     if encrypted:
         return {"bthome": 2 if uuid == BTHOME_V2_UUID else 1, "encrypted": True, "measures": []}
-    decoder = BTHomeDecoder("00:00:00:00:00:00", None)
+    try:
+        decoder = BTHomeDecoder("00:00:00:00:00:00", None)
+    except DriverMissing:  # a build without the bthome extra: say what it is, not what it reads
+        return {"bthome": 2 if uuid == BTHOME_V2_UUID else 1, "encrypted": False,
+                "measures": [], "note": "pip install 'edgetwin[bthome]' to read it"}
     try:
         reading = decoder.decode(Advert(time.time(), "00:00:00:00:00:00", "", 0,
                                         {uuid: raw} if uuid else {}))

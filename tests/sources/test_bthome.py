@@ -369,3 +369,19 @@ def test_bthome_v1_adverts_decode() -> None:
                                     {"0000181c-0000-1000-8000-00805f9b34fb": raw}))
     assert reading is not None
     assert reading.values == {"temp": 21.5, "humidity": 50.0}
+
+
+def test_without_the_bthome_extra_a_pairing_says_which_extra_and_a_scan_still_lists_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from edgetwin.errors import DriverMissing
+    from edgetwin.sources.bthome import BTHOME_V2_UUID, BTHomeDecoder, decode_for_scan
+
+    monkeypatch.setitem(sys.modules, "bthome_ble", None)  # as if not installed
+    with pytest.raises(DriverMissing) as err:
+        BTHomeDecoder("A4:C1:38:00:00:01", None)
+    assert err.value.hint == "pip install 'edgetwin[bthome]'"
+    found = decode_for_scan({BTHOME_V2_UUID: bytes([0x40, 0x02, 0xCA, 0x09])})
+    assert found is not None and found["measures"] == [] and "edgetwin[bthome]" in found["note"]
