@@ -1,6 +1,7 @@
 """The sample codec is exact: every stored value comes back bit for bit, whatever form
-(ADC integers, decimal integers, float32, float64) the codec chose; version-1 chunks written
-by earlier releases stay readable; quantised data takes far less room than float64."""
+(v1 float64, or v2's ADC integers, binary or decimal integers, float32, float64) the codec
+chose; version-1 chunks written by earlier releases stay readable; quantised data takes far
+less room than float64. v2 is used for chunks whose source declares its ADC scale."""
 
 from __future__ import annotations
 
@@ -51,10 +52,16 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
         elements=st.floats(allow_nan=True, allow_infinity=True, width=64),
     ),
     jitter=st.sampled_from([0.0, 1e-6, 0.3]),
+    hinted=st.booleans(),
 )
-def test_any_float64_matrix_comes_back_bit_for_bit(values: np.ndarray, jitter: float) -> None:
+def test_any_float64_matrix_comes_back_bit_for_bit(
+    values: np.ndarray, jitter: float, hinted: bool
+) -> None:
+    # an ADC hint that fits nothing sends every channel through v2's other forms
+    n_ch = values.shape[1]
+    hint = (np.full(n_ch, 0.37), np.full(n_ch, 0.11)) if hinted else None
     t = np.sort(_times(values.shape[0], jitter))
-    t2, v2 = _roundtrip(t, values)
+    t2, v2 = _roundtrip(t, values, hint)
     assert np.array_equal(t.view("<i8"), t2.view("<i8"))
     assert _same_bits(values, v2)
 
@@ -125,8 +132,9 @@ def test_version_1_chunks_still_decode() -> None:
 
 
 def test_damaged_plaintext_is_undecodable_not_a_crash() -> None:
-    blob = codec.encode_samples(0, _times(300), np.arange(600.0).reshape(300, 2))
-    assert blob[0] == 2  # big enough for the analysed form
+    hint = (np.full(2, 0.5), np.zeros(2))
+    blob = codec.encode_samples(0, _times(300), np.arange(600.0).reshape(300, 2), hint)
+    assert blob[0] == 2  # hinted and big enough: the analysed form
     for cut in (3, 12, len(blob) // 2, len(blob) - 1):
         with pytest.raises(codec.Undecodable):
             codec.decode_samples(blob[:cut], [2])
@@ -176,7 +184,9 @@ def test_power_of_two_steps_are_stored_as_integers() -> None:
     rows = 1000
     n = np.cumsum(rng.integers(-40, 40, (rows, 4)), axis=0)
     values = n * (1000 / 2048)  # a Muse-like EEG step in uV
-    blob = codec.encode_samples(0, _times(rows), values)
+    wrong = (np.full(4, 0.3), np.zeros(4))  # a hinted chunk whose hint fits no channel
+    blob = codec.encode_samples(0, _times(rows), values, wrong)
+    assert blob[0] == 2 and blob[8:12] == bytes([4, 4, 4, 4])  # every channel: binary integers
     assert len(blob) < 0.3 * 8 * rows * 5
-    _, v2 = _roundtrip(_times(rows), values)
+    _, v2 = _roundtrip(_times(rows), values, wrong)
     assert np.array_equal(values.view("<i8"), v2.view("<i8"))
