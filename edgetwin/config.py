@@ -166,6 +166,45 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation with distributed discrete noise (docs/secagg.md); off by default.
+
+    ``modes`` maps a metric to ``"local"`` (its own Laplace release, the default) or
+    ``"secagg"`` (a discrete Gaussian share that only enters a Flower SecAgg+ round).
+    The central epsilon is ``privacy.epsilon_per_release``.
+    """
+
+    modes: dict[str, str] = field(default_factory=dict)
+    delta: float = 1e-6  # the (epsilon, delta) of the aggregate
+    min_cohort: int = 20  # honest survivors the guarantee assumes; fewer: nothing published
+    levels: int = 1024  # integer grid points across a metric's bounds
+    charge: str = "central"  # what the ledger is charged: "central" or "own_share" epsilon
+
+    def validate(self) -> None:
+        from edgetwin.privacy.metrics import METRICS
+
+        for metric, mode in self.modes.items():
+            if metric not in METRICS:
+                close = difflib.get_close_matches(metric, METRICS, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "see 'edgetwin consent list'"
+                raise ConfigError(f"unknown metric in 'secagg.modes.{metric}'", hint=hint)
+            if mode not in ("local", "secagg"):
+                raise _bad(f"secagg.modes.{metric}", f"is {mode!r}; use 'local' or 'secagg'")
+        if not 0 < self.delta < 1e-3:
+            raise _bad("secagg.delta", f"is {self.delta}; use a value in (0, 0.001)")
+        if self.min_cohort < 2:
+            raise _bad("secagg.min_cohort", f"is {self.min_cohort}; must be 2 or more")
+        if not 2 <= self.levels <= 1 << 20:
+            raise _bad("secagg.levels", f"is {self.levels}; use 2..1048576")
+        if self.charge not in ("central", "own_share"):
+            raise _bad("secagg.charge", f"is {self.charge!r}; use 'central' or 'own_share'")
+
+    def mode(self, metric: str) -> str:
+        """``"secagg"`` or ``"local"`` for ``metric``."""
+        return self.modes.get(metric, "local")
+
+
+@dataclass(frozen=True)
 class LslConfig:
     """Lab Streaming Layer outlets published by the daemon (``daemon run --lsl`` too)."""
 
@@ -228,6 +267,7 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     lsl: LslConfig = field(default_factory=LslConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def validate(self) -> None:
         for f in fields(self):

@@ -165,6 +165,7 @@ def sync_device_key(app: AppContext) -> None:
 @pass_app
 def sync_run(app: AppContext, retry_now: bool, retry_failed: bool, no_upload: bool) -> None:
     """Release what is due for consented metrics within budget, then drain the outbox."""
+    from edgetwin.privacy.secagg import prepare_due
     from edgetwin.sync import outbox
     from edgetwin.sync.service import OutboxReport, drain_outbox, release_due
     from edgetwin.sync.target import load_target
@@ -172,6 +173,8 @@ def sync_run(app: AppContext, retry_now: bool, retry_failed: bool, no_upload: bo
     now = time.time()
     with _twin(app) as (store, config):
         released = release_due(store, config, now)
+        # metrics in secagg mode: a sealed share per period, charged now, sent in a Flower round
+        shares = prepare_due(store, config, now)
         requeued = outbox.requeue_failed(store, now) if retry_failed else 0
         drained = OutboxReport()
         target = load_target(store)
@@ -180,8 +183,12 @@ def sync_run(app: AppContext, retry_now: bool, retry_failed: bool, no_upload: bo
         pending = outbox.status(store).counts["pending"]
     if app.as_json:
         emit_json({**released.to_json(), "requeued": requeued, "upload": drained.to_json(),
-                   "pending": pending, "target": target.describe() if target else None})
+                   "pending": pending, "target": target.describe() if target else None,
+                   "secagg": shares.to_json()})
     else:
+        if shares.prepared or shares.refused:
+            click.echo(f"secure-aggregation shares prepared {len(shares.prepared)}, "
+                       f"refused {len(shares.refused)}")
         click.echo(f"released {len(released.released)}, refused {len(released.refused)}, "
                    f"periods without enough data {released.no_data}")
         for line in _why_lines(released):
@@ -194,6 +201,9 @@ def sync_run(app: AppContext, retry_now: bool, retry_failed: bool, no_upload: bo
     if released.refused:
         first = released.refused[0]
         raise BudgetExhausted(f"{len(released.refused)} due release(s) refused: {first.reason}")
+    if shares.refused:
+        raise BudgetExhausted(f"{len(shares.refused)} secure-aggregation share(s) refused: "
+                              f"{shares.refused[0]}")
     if drained.errors:
         raise UplinkError(f"upload incomplete: {drained.first_error}",
                           hint="releases stay in the outbox; see 'edgetwin sync status'")

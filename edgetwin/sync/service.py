@@ -145,6 +145,8 @@ def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseRepo
     privacy = config.privacy
     cache: dict[tuple[str, float], dict[str, npt.NDArray[np.float64]]] = {}
     for c in consent.granted(store):
+        if config.secagg.mode(c.metric) == "secagg":
+            continue  # released only through a secure-aggregation share (privacy.secagg)
         metric = get_metric(c.metric)
         size = PERIOD_SECONDS[c.period]
         cursor_key = f"{metric.name}/{c.period}"
