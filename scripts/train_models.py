@@ -552,8 +552,6 @@ def io_spec(path: Path) -> dict:
 
 
 def write_manifest(out, files, prior, metrics, args, split, elapsed) -> None:  # type: ignore[no-untyped-def]
-    from edgetwin.features.schema import SCHEMA_VERSION
-
     models = {}
     for name, paths in files.items():
         entry: dict = {"files": {}}
@@ -597,7 +595,7 @@ def write_manifest(out, files, prior, metrics, args, split, elapsed) -> None:  #
     data_dir = Path(args.data)
     manifest = {
         "format": 1,
-        "feature_schema_version": SCHEMA_VERSION,
+        "feature_schema_version": spec.FEATURE_SCHEMA_VERSION,
         "features": list(spec.FEATURES),
         "step_s": spec.STEP_S,
         "z_clip": spec.Z_CLIP,

@@ -418,18 +418,21 @@ def stream_batches(root: Path, doc: dict[str, Any]) -> Iterator[SampleBatch]:
 
 
 def _read_timeline(root: Path, doc: dict[str, Any]) -> Iterator[FeatureFrame]:
-    from edgetwin.features.schema import NAMES
+    from edgetwin.features.schema import LAYOUTS, upgrade_frame
 
     path = root / str(doc["member"])
     features = doc.get("features")
-    if not isinstance(features, list) or tuple(features) != NAMES:
+    # a bundle of an older feature schema (v1) reads as the current one (upgrade_frame)
+    layout = next((names for names in LAYOUTS.values()
+                   if isinstance(features, list) and tuple(features) == names), None)
+    if layout is None:
         raise DataCorrupt(
             f"{path.name}: the bundle's features are of schema v{doc.get('schema_version')}, "
-            "not this edgetwin's",
+            "not one this edgetwin reads",
             hint="import it with the edgetwin version that exported it",
         )
-    want = ["timestamp", *NAMES, *(f"{n}_quality" for n in NAMES), "imputed", "schema_version"]
-    n = len(NAMES)
+    want = ["timestamp", *layout, *(f"{n}_quality" for n in layout), "imputed", "schema_version"]
+    n = len(layout)
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         try:
@@ -449,12 +452,15 @@ def _read_timeline(root: Path, doc: dict[str, Any]) -> Iterator[FeatureFrame]:
             except ValueError as exc:
                 raise DataCorrupt(f"{path.name}, line {line_no}: {exc}") from exc
             names = set(row[-2].split(";")) - {""}
-            if not names <= set(NAMES):
+            if not names <= set(layout):
                 raise DataCorrupt(f"{path.name}, line {line_no}: unknown imputed feature")
             if not math.isfinite(t):
                 raise DataCorrupt(f"{path.name}, line {line_no}: a non-finite time")
-            imputed = np.array([nm in names for nm in NAMES], dtype=bool)
-            yield FeatureFrame(t, values, quality, imputed, version)
+            imputed = np.array([nm in names for nm in layout], dtype=bool)
+            try:
+                yield upgrade_frame(FeatureFrame(t, values, quality, imputed, version))
+            except ValueError as exc:
+                raise DataCorrupt(f"{path.name}, line {line_no}: {exc}") from exc
 
 
 def _csv_rows(reader: Any, name: str) -> Iterator[tuple[int, list[str]]]:

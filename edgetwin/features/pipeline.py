@@ -24,6 +24,18 @@ last ``beat_window_s`` (10 s) for filter settling; EEG the last
 ``eeg_window_s`` (4 s, >= 2 s of finite samples required); EDA tonic the last
 10 s; SCI the last 10 s; everything else the step.
 
+Surroundings (schema v2). Room sensors report every few seconds to minutes,
+so ``ambient_temp``, ``humidity``, ``pressure``, ``co2``, ``pm2_5``, ``pm10``
+and ``home_distance`` are the mean of the step's readings, else the last
+reading of the previous ``schema.ENV_HOLD_S`` (600 s); ``place`` is the
+step's most frequent value (ties: the latest), else the last one. Quality is
+the freshness of the newest reading: 1 up to ``ENV_FRESH_S`` (120 s) old,
+fading linearly to 0 at ``ENV_HOLD_S``. A stream feeding them keeps that much
+history (a few hundred rows at the rates of room sensors). Which channel
+feeds what is ``schema.input_kind``: a ``temp`` channel of a room stream
+(``<name>.climate``) is the room's temperature, never ``skin_temp``; ``lat``
+and ``lon`` feed nothing.
+
 Bad input. NaN and inf samples, and finite values outside the physically
 plausible range of their channel type (``units.PLAUSIBLE``), are masked
 (``counters["masked_values"]``) and never reach a feature; channels the
@@ -47,7 +59,15 @@ import numpy.typing as npt
 
 from edgetwin.errors import MalformedInput
 from edgetwin.features import cardiac, eeg, fnirs, vitals
-from edgetwin.features.schema import INDEX, NAMES, QUALITY_THRESHOLD, SCHEMA_VERSION
+from edgetwin.features.schema import (
+    ENV_FRESH_S,
+    ENV_HOLD_S,
+    INDEX,
+    NAMES,
+    QUALITY_THRESHOLD,
+    SCHEMA_VERSION,
+    input_kind,
+)
 from edgetwin.features.units import PLAUSIBLE, conversion, known_kind
 from edgetwin.features.windows import (
     estimate_rate,
@@ -56,11 +76,23 @@ from edgetwin.features.windows import (
     step_bounds,
     step_index,
 )
-from edgetwin.types import FeatureFrame, FloatArray, SampleBatch, channel_kind
+from edgetwin.types import FeatureFrame, FloatArray, SampleBatch
 
 _LOGGER = logging.getLogger(__name__)
 
 HR_RANGE = (25.0, 250.0)
+# input kind -> the surroundings feature it feeds (schema v2)
+_ENV_FEATURES: dict[str, str] = {
+    "ambient": "ambient_temp",
+    "humidity": "humidity",
+    "pressure": "pressure",
+    "co2": "co2",
+    "pm2": "pm2_5",  # channel_kind("pm2_5") is "pm2" (of pm1_0 "pm1", read by nothing)
+    "pm10": "pm10",
+    "place": "place",
+    "homedist": "home_distance",
+}
+_PLACES = (0.0, 1.0, 2.0)  # home, a regular place, elsewhere
 _RR_CONTEXT_S = 6.0  # beats before the RMSSD window that inform artefact rejection
 
 
@@ -217,7 +249,7 @@ class FeaturePipeline:
             return
         cutoff = self._next * self.step_s - self.keep_s
         for key, st in list(self._streams.items()):
-            st.trim(cutoff)
+            st.trim(cutoff - st.hold_s)
             if "\x00" in key and st.times().size == 0:
                 del self._streams[key]  # a retired layout whose samples all aged out
 
@@ -241,6 +273,7 @@ class FeaturePipeline:
         self._vitals(start, end, put)
         self._eeg(end, put)
         self._fnirs(start, end, put)
+        self._environment(start, end, put)
         return FeatureFrame(
             t=end,
             values=values,
@@ -339,6 +372,39 @@ class FeaturePipeline:
                 col = g["eda"][0]
                 _, ve = st.window(end - eda_span, end)
                 offer("eda_tonic", *vitals.eda_tonic(ve[:, col], st.column_rate(col), eda_span))
+        for name, (value, q) in picks.items():
+            put(name, value, q)
+
+    def _environment(self, start: float, end: float, put: _Put) -> None:
+        """Room climate, particulate matter and place: the step's readings, else the last
+        one held; of several streams, the freshest."""
+        picks: dict[str, tuple[float, float]] = {}
+        for st in self._streams.values():
+            kinds = [k for k in _ENV_FEATURES if k in st.groups]
+            if not kinds:
+                continue
+            t, v = st.window(end - ENV_HOLD_S, end)
+            if t.size == 0:
+                continue
+            for kind in kinds:
+                x = v[:, st.groups[kind][0]]
+                ok = np.isfinite(x)
+                if kind == "place":
+                    ok &= np.isin(x, _PLACES)
+                if not ok.any():
+                    continue
+                tk, xk = t[ok], x[ok]
+                q = _freshness(end - float(tk[-1]))
+                now = xk[tk >= start]
+                if now.size == 0:
+                    value = float(xk[-1])
+                elif kind == "place":
+                    value = _mode_latest(now)
+                else:
+                    value = float(np.mean(now))
+                name = _ENV_FEATURES[kind]
+                if name not in picks or q > picks[name][1]:
+                    picks[name] = (value, q)
         for name, (value, q) in picks.items():
             put(name, value, q)
 
@@ -441,7 +507,7 @@ class FeaturePipeline:
         scale: list[float] = []
         offset: list[float] = []
         for j, (name, unit) in enumerate(zip(batch.channels, batch.units, strict=True)):
-            kind = channel_kind(name)
+            kind = input_kind(batch.stream, name)
             if not known_kind(kind) or (kind == "fnirs" and fnirs.parse_channel(name) is None):
                 if name not in self.ignored_channels:
                     self.ignored_channels.add(name)
@@ -466,6 +532,8 @@ class FeaturePipeline:
         )
         for i, kind in enumerate(kinds):
             st.groups.setdefault(kind, []).append(i)
+        if _ENV_FEATURES.keys() & st.groups.keys():
+            st.hold_s = ENV_HOLD_S
         if "accel" in st.groups:
             order = {"accel_x": 0, "accel_y": 1, "accel_z": 2}
             st.groups["accel"] = sorted(
@@ -549,6 +617,7 @@ class _Stream:
     beat_kind: str = ""
     beat_cols: list[int] = field(default_factory=list)
     beats: FloatArray = field(default_factory=lambda: np.zeros(0))
+    hold_s: float = 0.0  # history kept beyond the pipeline's (room readings are held)
     last_t: float | None = None
     _t: FloatArray = field(default_factory=lambda: np.zeros(0))
     _v: FloatArray | None = None
@@ -614,6 +683,23 @@ class _Stream:
                     self._fs = est
                 return est
         return self._fs
+
+
+def _freshness(age_s: float) -> float:
+    """Quality of a room reading ``age_s`` old: 1 until ENV_FRESH_S, 0 at ENV_HOLD_S."""
+    if age_s <= ENV_FRESH_S:
+        return 1.0
+    return max(0.0, 1.0 - (age_s - ENV_FRESH_S) / (ENV_HOLD_S - ENV_FRESH_S))
+
+
+def _mode_latest(x: FloatArray) -> float:
+    """The most frequent value of ``x``; of tied ones, the one seen last."""
+    values, counts = np.unique(x, return_counts=True)
+    tied = set(values[counts == counts.max()].tolist())
+    for value in x[::-1]:
+        if float(value) in tied:
+            return float(value)
+    return float(x[-1])  # unreachable: x holds a tied value
 
 
 def _break_gaps(t: FloatArray, x: FloatArray, fs: float) -> FloatArray:

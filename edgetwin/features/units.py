@@ -49,7 +49,24 @@ _ACCEPTED: dict[str, dict[str, tuple[float, float]]] = {
     },
     "ppg": {"a.u.": (1.0, 0.0), "au": (1.0, 0.0), "": (1.0, 0.0)},
     "fnirs": {"a.u.": (1.0, 0.0), "au": (1.0, 0.0), "": (1.0, 0.0)},
+    # The surroundings (schema v2). An empty unit is the canonical one: the BLE sources
+    # build their room batches with edgetwin.types' units, which name none for these.
+    "humidity": {"%": (1.0, 0.0), "%RH": (1.0, 0.0), "percent": (1.0, 0.0), "": (1.0, 0.0)},
+    "pressure": {
+        "hPa": (1.0, 0.0),
+        "mbar": (1.0, 0.0),
+        "Pa": (0.01, 0.0),
+        "kPa": (10.0, 0.0),
+        "": (1.0, 0.0),
+    },
+    "co2": {"ppm": (1.0, 0.0), "": (1.0, 0.0)},
+    "pm2": {"µg/m³": (1.0, 0.0), "μg/m³": (1.0, 0.0), "ug/m3": (1.0, 0.0), "": (1.0, 0.0)},
+    "place": {"": (1.0, 0.0), "1": (1.0, 0.0), "code": (1.0, 0.0), "category": (1.0, 0.0)},
+    "homedist": {"km": (1.0, 0.0), "m": (1e-3, 0.0), "": (1.0, 0.0)},
 }
+_ACCEPTED["ambient"] = _ACCEPTED["temp"]  # a room stream's temp (schema.input_kind)
+_ACCEPTED["pm10"] = _ACCEPTED["pm2"]  # channel_kind("pm10") is "pm10", of "pm2_5" "pm2"
+# ``lat`` and ``lon`` are deliberately absent: a coordinate never feeds a feature.
 
 
 # Canonical-unit magnitudes no body or sensor produces. A finite value beyond them (1e308 from a
@@ -66,6 +83,15 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
     "ecg": (-1e6, 1e6),
     "ppg": (-1e12, 1e12),  # raw counts of any ADC
     "fnirs": (-1e12, 1e12),
+    # rooms: past the records of inhabited places, or of the sensors' ranges
+    "ambient": (-40.0, 60.0),
+    "humidity": (0.0, 100.0),
+    "pressure": (300.0, 1100.0),  # the summit of Everest to below the Dead Sea
+    "co2": (0.0, 40_000.0),  # NDIR sensors top out at 10,000-40,000 ppm
+    "pm2": (0.0, 1000.0),  # PMS5003/SDS011/SPS30 effective range (µg/m³)
+    "pm10": (0.0, 2000.0),
+    "place": (0.0, 2.0),
+    "homedist": (0.0, 20_100.0),  # half the Earth's circumference (km)
 }
 
 

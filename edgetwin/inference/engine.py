@@ -11,6 +11,11 @@ forecaster predicts each target that was observed recently, with a band, its
 attention over the context, and an anomaly flag when the value observed now
 fell outside the band forecast for it one step ago.
 
+The models see only the features their manifest names, in that order
+(``Manifest.columns``): frames come in as the current feature schema (older
+ones upgraded), the engine works on those columns, and its output frames are
+the incoming ones with the model's columns filled where it imputed.
+
 The engine imports onnxruntime and numpy only — never torch.
 """
 
@@ -27,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetwin.errors import DataCorrupt, MalformedInput, UsageError
-from edgetwin.features.schema import QUALITY_THRESHOLD
+from edgetwin.features.schema import NAMES, QUALITY_THRESHOLD, SCHEMA_VERSION, upgrade_frame
 from edgetwin.inference.baseline import RunningBaseline
 from edgetwin.inference.fill import center, impute
 from edgetwin.inference.registry import PRECISIONS, Manifest, load_manifest
@@ -71,6 +76,7 @@ class InferenceEngine:
         self.targets = m.targets
         self._target_idx = np.array([m.features.index(t) for t in m.targets])
         self._n_features = len(m.features)
+        self._cols = np.asarray(m.columns, dtype=np.int64)  # schema columns the models read
         self._q_lo, self._q_mid, self._q_hi = 0, m.quantiles.index(0.5), len(m.quantiles) - 1
         sha = m.file("forecaster", precision).sha256[:8]
         self.model_id = f"lstm-attn/{precision}/{sha}"
@@ -212,13 +218,15 @@ class InferenceEngine:
         steps: list[_Step] = []
         last = self._last_t
         nf = self._n_features
-        for frame in frames:
-            if frame.schema_version != self.manifest.schema_version or frame.values.shape != (nf,):
+        cols = self._cols
+        for given in frames:
+            try:
+                frame = upgrade_frame(given)
+            except ValueError as exc:
                 raise MalformedInput(
-                    f"feature frame at t={frame.t} is schema v{frame.schema_version} with "
-                    f"{frame.values.shape[0]} values; the models expect "
-                    f"v{self.manifest.schema_version} with {nf}"
-                )
+                    f"feature frame at t={given.t} is schema v{given.schema_version} with "
+                    f"{given.values.shape[0]} values: {exc}"
+                ) from exc
             if last is not None:
                 k = round((frame.t - last) / self.step_s)
                 if k <= 0:
@@ -231,8 +239,10 @@ class InferenceEngine:
                     steps.append(
                         _Step(last + j * self.step_s, np.full(nf, np.nan), np.zeros(nf, bool), None)
                     )
-            mask = np.isfinite(frame.values) & (frame.quality >= QUALITY_THRESHOLD) & ~frame.imputed
-            steps.append(_Step(frame.t, np.where(mask, frame.values, np.nan), mask, frame))
+            values = frame.values[cols]
+            mask = np.isfinite(values) & (frame.quality[cols] >= QUALITY_THRESHOLD)
+            mask &= ~frame.imputed[cols]
+            steps.append(_Step(frame.t, np.where(mask, values, np.nan), mask, frame))
             last = frame.t
         return steps
 
@@ -367,19 +377,18 @@ class InferenceEngine:
 
     def _output_frame(self, s: _Step) -> FeatureFrame:
         """The step's frame with imputed cells filled in and flagged."""
+        cols, filled, filled_by_model = self._cols, self._filled[-1], self._imputed[-1]
         if s.frame is None:
-            return FeatureFrame(
-                s.t,
-                self._filled[-1].copy(),
-                np.zeros(self._n_features),
-                self._imputed[-1].copy(),
-                self.manifest.schema_version,
-            )
-        imputed = self._imputed[-1].copy()
-        values = np.where(imputed, self._filled[-1], s.frame.values)
-        return FeatureFrame(
-            s.frame.t, values, s.frame.quality, imputed | s.frame.imputed, s.frame.schema_version
-        )
+            values = np.full(len(NAMES), np.nan)
+            values[cols] = filled
+            imputed = np.zeros(len(NAMES), dtype=bool)
+            imputed[cols] = filled_by_model
+            return FeatureFrame(s.t, values, np.zeros(len(NAMES)), imputed, SCHEMA_VERSION)
+        values = s.frame.values.copy()
+        values[cols] = np.where(filled_by_model, filled, values[cols])
+        imputed = s.frame.imputed.copy()
+        imputed[cols] |= filled_by_model
+        return FeatureFrame(s.frame.t, values, s.frame.quality, imputed, s.frame.schema_version)
 
     def _forecastable(self, s: _Step) -> BoolArray:
         """Targets observed in the imputer window and in a quarter of the context so far."""

@@ -1,9 +1,15 @@
 """The model registry: ``models/manifest.json`` is checked before any model byte is used.
 
-A model is loaded only if its file's sha256 and size match the manifest, the
-manifest was made for this feature schema version and step, and the ONNX
-session's inputs and outputs are the ones the manifest promises. Anything else
-is :class:`~edgetwin.errors.DataCorrupt` with a message that names the file.
+A model is loaded only if its file's sha256 and size match the manifest, every
+feature the manifest names (``features``: what the models consume, in their
+order) is a feature of this edgetwin's schema, the manifest's schema version is
+one this code knows, the step matches, and the ONNX session's inputs and outputs
+are the ones the manifest promises. Anything else is
+:class:`~edgetwin.errors.DataCorrupt` with a message that names the file.
+
+A model trained on an older schema keeps working when the schema grows: the
+runtime selects the columns it names (``Manifest.columns``), so the shipped
+schema-v1 models read the first 13 features of schema v2 and never the others.
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ class Manifest:
     root: Path
     schema_version: int
     features: tuple[str, ...]
+    # the columns of the current feature schema holding ``features``, in that order
+    columns: tuple[int, ...]
     step_s: float
     prior: Prior
     imputer_window: int
@@ -129,13 +137,19 @@ def _parse(root: Path, raw: dict[str, Any]) -> Manifest:
             f"{MANIFEST_FORMAT}"
         )
     version = int(raw["feature_schema_version"])
-    if version != schema.SCHEMA_VERSION or tuple(raw["features"]) != schema.NAMES:
+    if version not in schema.LAYOUTS:
         raise DataCorrupt(
             f"models in {root} were trained on feature schema v{version} but this edgetwin "
-            f"uses v{schema.SCHEMA_VERSION}",
+            f"knows v{min(schema.LAYOUTS)}..v{schema.SCHEMA_VERSION}",
             hint="install models built for this version (scripts/train rebuilds them)",
         )
     features = tuple(str(f) for f in raw["features"])
+    try:
+        columns = schema.columns_of(features, where=f"model manifest {root / MANIFEST}")
+    except ValueError as exc:
+        raise DataCorrupt(
+            str(exc), hint="install models built for this edgetwin (scripts/train rebuilds them)"
+        ) from None
     prior = Prior.from_json(raw["baseline_prior"], len(features))
     models = raw["models"]
     files: dict[tuple[str, str], ModelFile] = {}
@@ -174,6 +188,7 @@ def _parse(root: Path, raw: dict[str, Any]) -> Manifest:
         root=root,
         schema_version=version,
         features=features,
+        columns=columns,
         step_s=float(raw["step_s"]),
         prior=prior,
         imputer_window=int(models["imputer"]["window"]),

@@ -15,8 +15,15 @@ Streams (channel names follow the CSV contract in ``edgetwin.types``)::
     <name>.eeg     256 Hz                      eeg_af7, eeg_af8, eeg_tp9, eeg_tp10
     <name>.fnirs   10 Hz                       fnirs_<s>_<d>_<760|850> (4 pairs)
     <name>.ppg     64 Hz (opt-in)              ppg
+    <name>.climate every 10 s                  temp (°C), humidity (%), pressure (hPa), co2 (ppm)
+    <name>.air     1 Hz                        pm1_0, pm2_5, pm10 (µg/m³)
 
-Dropouts: vitals, accel, rr and ppg lose their rows (missing batches or
+``climate`` and ``air`` are the person's bedroom (``sim.environment``): the
+channels of a BTHome/ESS room sensor and a PMS5003, with a home/away schedule
+that changes them (CO2, humidity and warmth build up overnight in the closed
+bedroom, cooking raises PM2.5 only when someone is home, the empty room cools).
+
+Dropouts: vitals, accel, rr, ppg, climate and air lose their rows (missing batches or
 holes); eeg and fnirs keep their rows with NaN values, as a headset whose
 electrode lifts still streams frames.
 
@@ -38,6 +45,15 @@ import numpy as np
 
 from edgetwin.errors import UsageError
 from edgetwin.sources.base import Source
+from edgetwin.sources.sim.environment import (
+    AIR_CHANNELS,
+    AIR_RATE_HZ,
+    AIR_UNITS,
+    CLIMATE_CHANNELS,
+    CLIMATE_PERIOD_S,
+    CLIMATE_UNITS,
+    Room,
+)
 from edgetwin.sources.sim.heart import Heart
 from edgetwin.sources.sim.modalities import (
     FNIRS_WAVELENGTHS,
@@ -63,7 +79,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MODALITIES: tuple[str, ...] = ("rr", "vitals", "accel", "eeg", "fnirs")
+DEFAULT_MODALITIES: tuple[str, ...] = ("rr", "vitals", "accel", "eeg", "fnirs", "climate", "air")
 ALL_MODALITIES: tuple[str, ...] = (*DEFAULT_MODALITIES, "ppg")
 RATES_HZ: dict[str, float] = {
     "vitals": 4.0,
@@ -71,7 +87,10 @@ RATES_HZ: dict[str, float] = {
     "eeg": 256.0,
     "fnirs": 10.0,
     "ppg": 64.0,
+    "climate": 1.0 / CLIMATE_PERIOD_S,
+    "air": AIR_RATE_HZ,
 }
+_ROOM = {"climate": (CLIMATE_CHANNELS, CLIMATE_UNITS), "air": (AIR_CHANNELS, AIR_UNITS)}
 _NAN_DROPOUT = frozenset({"eeg", "fnirs"})  # these keep their rows and go NaN
 _STATE_GRID_HZ = 4.0  # latent states are smooth: evaluate coarsely, interpolate
 
@@ -309,6 +328,8 @@ class _Body:
         self.eeg = Eeg(person, RATES_HZ["eeg"])
         self.fnirs = Fnirs(person, RATES_HZ["fnirs"])
         self.ppg = Ppg(person, RATES_HZ["ppg"])
+        self.room = Room(person, self.schedule, self.start_t) if (
+            {"climate", "air"} & set(self.modalities)) else None
         self._meta = {
             "fnirs": {
                 "distance_cm": dict(self.fnirs.distance_cm),
@@ -341,6 +362,19 @@ class _Body:
             if i1 <= i0:
                 continue
             t = self.start_t + np.arange(i0, i1) / fs
+            if modality in _ROOM:
+                assert self.room is not None
+                off = self.schedule.dropout_mask(modality, t)
+                self._count_gaps(modality, off)
+                t = t[~off]
+                if t.size:
+                    room = self.room.climate(t) if modality == "climate" else self.room.air(t)
+                    room_channels, room_units = _ROOM[modality]
+                    out.append(SampleBatch.build(
+                        f"{self.name}.{modality}", room_channels, t, room, units=room_units,
+                        meta={"sampling_rate_hz": fs, "simulated": "room"},
+                    ))
+                continue
             if grid is None:
                 grid = np.arange(t0, t1 + 0.5 / _STATE_GRID_HZ, 1.0 / _STATE_GRID_HZ)
                 grid_states = self.schedule.states(grid)

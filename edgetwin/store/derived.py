@@ -23,20 +23,39 @@ computed from (:func:`stale_record`).
 
 A frame does not record which stream fed a feature when several could, so a
 stream's forget shreds every feature it *could* feed over its spans.
+
+Frames stored at an older feature schema (v1: 13 features) stay as they were
+written; ``TwinStore.read_frames`` and ``iter_frame_columns`` read them as the
+current schema (:func:`upgraded_frames`) (the features v1 lacks missing, quality 0), and
+a forget shreds them by their own layout (``schema.LAYOUTS``).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from edgetwin.features.schema import INDEX, MEMORY_S, NAMES, SCHEMA_VERSION, fed_by
+from edgetwin.errors import DataCorrupt
+from edgetwin.features.schema import (
+    LAYOUTS,
+    MEMORY_S,
+    NAMES,
+    SCHEMA_VERSION,
+    fed_by,
+    fed_by_stream,
+    upgrade_columns,
+    upgrade_frame,
+)
+from edgetwin.store import codec
 from edgetwin.types import FeatureFrame, FloatArray, Prediction, channel_kind
+
+_LOGGER = logging.getLogger(__name__)
 
 # A frame reads samples up to one step (and its lateness) beyond its own step: enough
 # for steps up to a minute.
@@ -86,10 +105,15 @@ class Taint:
         return cls(feats, tuple((a, b) for a, b in merged), frames_gone=frames_gone)
 
     @classmethod
-    def of_stream(cls, channels: Iterable[str] | None, spans: Iterable[Span]) -> Taint:
-        """A stream's taint from its channel names (None: unknown, so every feature)."""
+    def of_stream(
+        cls, channels: Iterable[str] | None, spans: Iterable[Span], stream: str | None = None
+    ) -> Taint:
+        """A stream's taint from its channel names (None: unknown, so every feature); with
+        the stream's name, a room's ``temp`` taints the room's temperature only, not skin's."""
         if channels is None:
             return cls.of(None, spans)
+        if stream is not None:
+            return cls.of(fed_by_stream(stream, set(channels)), spans)
         return cls.of(fed_by({channel_kind(c) for c in channels}), spans)
 
     def with_hits(self, hits: Iterable[float]) -> Taint:
@@ -195,10 +219,14 @@ class Taint:
         drop = np.zeros(values.shape, dtype=bool)
         if self.empty:
             return drop
-        if values.shape[1] == len(NAMES) and all(f.schema_version == SCHEMA_VERSION
-                                                 for f in frames):
+        versions = {f.schema_version for f in frames}
+        layout = LAYOUTS.get(versions.pop()) if len(versions) == 1 else None
+        if layout is not None and values.shape[1] == len(layout):
+            # frames of this or an older schema: each feature in its own column
+            column = {name: j for j, name in enumerate(layout)}
             for name in self.names():
-                drop[:, INDEX[name]] = self._near(t, t, MEMORY_S[name])
+                if name in column:
+                    drop[:, column[name]] = self._near(t, t, MEMORY_S[name])
         else:  # a layout this code does not know: cannot tell the features apart
             drop[:] = self._near(t, t, self.memory())[:, None]
         quality = np.stack([f.quality for f in frames])
@@ -261,6 +289,39 @@ class Taint:
         if not names:
             return False
         return self.overlaps(lo, hi, after=max(MEMORY_S.get(n, _MAX_MEMORY_S) for n in names))
+
+
+def upgraded_frames(frames: Iterable[FeatureFrame], on_corrupt: str) -> Iterator[FeatureFrame]:
+    """Stored frames as the current feature schema, whatever schema each was written at
+    (:func:`edgetwin.features.schema.upgrade_frame`). One this code cannot map (a newer
+    schema) raises DataCorrupt saying so, or is skipped (logged) with ``on_corrupt="skip"``."""
+    for frame in frames:
+        try:
+            yield upgrade_frame(frame)
+        except ValueError as exc:
+            _unmappable(f"the feature frame at t={frame.t}", exc, on_corrupt)
+
+
+def upgraded_columns(
+    blocks: Iterable[codec.FrameColumns], on_corrupt: str
+) -> Iterator[codec.FrameColumns]:
+    """:func:`upgraded_frames` over blocks of columns (``TwinStore.iter_frame_columns``)."""
+    for cols in blocks:
+        try:
+            v, q, m = upgrade_columns(cols.schema_version, cols.values, cols.quality,
+                                      cols.imputed)
+        except ValueError as exc:
+            _unmappable(f"{cols.t.shape[0]} feature frames from t={cols.t[:1]}", exc, on_corrupt)
+            continue
+        yield cols if v is cols.values else codec.FrameColumns(cols.t, v, q, m, SCHEMA_VERSION)
+
+
+def _unmappable(what: str, exc: ValueError, on_corrupt: str) -> None:
+    err = DataCorrupt(f"{what} cannot be read: {exc}",
+                      hint="open this twin with the edgetwin that wrote it")
+    if on_corrupt == "raise":
+        raise err from exc
+    _LOGGER.warning("%s; skipped", err.message)
 
 
 def whole_timeline(value: dict[str, Any]) -> RecordSource:

@@ -194,7 +194,7 @@ class Forgetting(MarkerRows):
         if series is None:  # unreadable description: every feature, hour precision
             return Taint.of_stream(None, stream_spans(hours, None))
         channels = {c for layout, _ in series.layouts for c in layout}
-        return Taint.of_stream(channels, stream_spans(hours, series.periods))
+        return Taint.of_stream(channels, stream_spans(hours, series.periods), series.name)
 
     def _forget_derived(self, taint: Taint) -> ForgetReport:
         """Shred what ``taint`` fed from the frames, drop the forecasts and derived records

@@ -36,6 +36,7 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgetwin.errors import DataCorrupt, HomeError, SchemaTooNew, WrongKey
@@ -43,6 +44,7 @@ from edgetwin.store import codec
 from edgetwin.store.audit import PENDING_FAILURES_FILE, record_failed_unlock
 from edgetwin.store.core import OnCorrupt
 from edgetwin.store.db import DB_FILE, connect, make_home, translate_error
+from edgetwin.store.derived import upgraded_columns, upgraded_frames
 from edgetwin.store.forget import Forgetting
 from edgetwin.store.keys import KEYSTORE_FILE, KdfParams, Keystore, MasterKeys, Secret
 from edgetwin.store.reports import VerifyReport
@@ -57,6 +59,7 @@ from edgetwin.store.series import (
     PERIOD_S,
 )
 from edgetwin.store.verify import Verification
+from edgetwin.types import FeatureFrame
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -198,6 +201,24 @@ class TwinStore(Forgetting, Verification):
 
     def __repr__(self) -> str:
         return f"TwinStore({str(self.home)!r}, twin={self.twin_id[:8]})"
+
+    # -- feature frames, as the current feature schema -----------------------------
+
+    def read_frames(
+        self, t0: float | None = None, t1: float | None = None, *, on_corrupt: OnCorrupt = "raise"
+    ) -> Iterator[FeatureFrame]:
+        """Committed feature frames with ``t0 <= t <= t1``, oldest hour first, as the current
+        feature schema: frames stored at an older one (v1) come back with the features it
+        lacks missing (quality 0); stored chunks stay as written."""
+        return upgraded_frames(super().read_frames(t0, t1, on_corrupt=on_corrupt), on_corrupt)
+
+    def iter_frame_columns(
+        self, t0: float | None = None, t1: float | None = None, *, on_corrupt: OnCorrupt = "raise"
+    ) -> Iterator[codec.FrameColumns]:
+        """:meth:`read_frames` as arrays, one block per stored chunk (current schema too)."""
+        return upgraded_columns(
+            super().iter_frame_columns(t0, t1, on_corrupt=on_corrupt), on_corrupt
+        )
 
     def verify(self) -> VerifyReport:
         """Walk the whole twin, decrypting everything (markers too); list all damage found."""

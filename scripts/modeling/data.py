@@ -104,11 +104,13 @@ def _code_digest(*modules: str) -> str:
 
 def frames_to_recording(name: str, kind: str, frames: list) -> Recording:  # type: ignore[type-arg]
     """FeatureFrames -> Recording, masking values below the schema's quality threshold."""
-    from edgetwin.features.schema import QUALITY_THRESHOLD
+    from edgetwin.features.schema import QUALITY_THRESHOLD, columns_of, upgrade_frame
 
+    frames = [upgrade_frame(f) for f in frames]
+    cols = list(columns_of(FEATURES, where="scripts/modeling/spec.py"))  # the models' inputs
     t = np.array([f.t for f in frames], dtype=np.float64)
-    v = np.stack([np.asarray(f.values, dtype=np.float64) for f in frames])
-    q = np.stack([np.asarray(f.quality, dtype=np.float64) for f in frames])
+    v = np.stack([np.asarray(f.values, dtype=np.float64)[cols] for f in frames])
+    q = np.stack([np.asarray(f.quality, dtype=np.float64)[cols] for f in frames])
     m = np.isfinite(v) & (q >= QUALITY_THRESHOLD)
     v = np.where(m, v, np.nan)
     return Recording(name, kind, t, v, m)

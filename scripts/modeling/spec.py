@@ -13,11 +13,16 @@ CONTEXT = 60
 HORIZON = 12
 # The imputer looks at the last 2 minutes: gaps longer than that are not filled.
 IMPUTE_WINDOW = 24
-FEATURES = schema.NAMES
+# The features the models consume, by name (the runtime selects these columns of the
+# current schema). The 13 body features of schema v1: the training data (the real RR
+# dataset, the simulator's body) has no room climate, air or location, so the v2
+# surroundings are not model inputs (models/MODEL_CARD.md).
+FEATURE_SCHEMA_VERSION = 1
+FEATURES = schema.LAYOUTS[FEATURE_SCHEMA_VERSION]
 N_FEATURES = len(FEATURES)
 # Cardiac/autonomic features a wearable provides; EEG and fNIRS are inputs only.
 TARGETS: tuple[str, ...] = ("hr", "rmssd", "spo2", "skin_temp", "eda_tonic")
-TARGET_INDEX = tuple(schema.INDEX[t] for t in TARGETS)
+TARGET_INDEX = tuple(FEATURES.index(t) for t in TARGETS)
 # 2.5 %, median, 97.5 %: a 95 % band; the median minimises MAE.
 QUANTILES: tuple[float, ...] = (0.025, 0.5, 0.975)
 # Model inputs are clipped to +-Z_CLIP baseline std: a person far from the

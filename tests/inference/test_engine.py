@@ -150,8 +150,10 @@ def test_restore_rejects_foreign_state(engine_factory) -> None:
 def test_bad_frames_and_settings(engine_factory, sim_frames, models_copy) -> None:
     eng = engine_factory()
     frames = sim_frames(minutes=3)
-    with pytest.raises(MalformedInput, match="schema v2"):
-        eng.observe(replace(frames[0], schema_version=2))
+    with pytest.raises(MalformedInput, match="schema v9 is newer"):
+        eng.observe(replace(frames[0], schema_version=9))
+    with pytest.raises(MalformedInput, match="schema v1 has 13 features, not 21"):
+        eng.observe(replace(frames[0], schema_version=1))
     eng.observe(frames[5])
     frame, preds = eng.observe(frames[3])  # older than the last: passed through, no forecast
     assert frame is frames[3] and preds == []

@@ -58,10 +58,29 @@ def test_schema_version_mismatch_is_refused(models_copy) -> None:
         InferenceEngine.load(models_copy)
 
 
-def test_renamed_features_are_refused(models_copy) -> None:
-    _edit(models_copy, lambda m: m["features"].reverse())
-    with pytest.raises(DataCorrupt, match="feature schema"):
+def test_a_feature_the_schema_lacks_is_refused_by_name(models_copy) -> None:
+    def rename(m) -> None:  # type: ignore[no-untyped-def]
+        m["features"][4] = "eda_phasic"
+    _edit(models_copy, rename)
+    with pytest.raises(DataCorrupt, match=r"names feature\(s\) 'eda_phasic' that feature "
+                       f"schema v{schema.SCHEMA_VERSION} does not have") as info:
         load_manifest(models_copy)
+    assert "manifest.json" in str(info.value) and info.value.exit_code == 4
+
+
+def test_a_feature_named_twice_is_refused(models_copy) -> None:
+    def twice(m) -> None:  # type: ignore[no-untyped-def]
+        m["features"][1] = "hr"
+    _edit(models_copy, twice)
+    with pytest.raises(DataCorrupt, match="'hr' twice"):
+        load_manifest(models_copy)
+
+
+def test_the_shipped_manifest_maps_its_features_onto_the_schema(models_copy) -> None:
+    m = load_manifest(models_copy)
+    assert m.schema_version == 1 < schema.SCHEMA_VERSION
+    assert [schema.NAMES[c] for c in m.columns] == list(m.features)
+    assert not set(m.features) & set(schema.ENVIRONMENT)  # not inputs of the shipped models
 
 
 def test_manifest_damage_is_reported(models_copy) -> None:

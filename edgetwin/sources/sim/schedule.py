@@ -35,7 +35,8 @@ _DAY = 86400.0
 _KINDS = {"activity": 1, "stress": 2, "rest": 3, "task": 4, "night": 5, "dropout": 6}
 # (rise_s, fall_s) of each kind's envelope: heart rate recovers slower than it rises.
 _ENVELOPES = {"activity": (45.0, 120.0), "stress": (60.0, 180.0), "rest": (30.0, 30.0)}
-_MODALITY_KEYS = {"rr": 1, "vitals": 2, "accel": 3, "eeg": 4, "fnirs": 5, "ppg": 6}
+_MODALITY_KEYS = {"rr": 1, "vitals": 2, "accel": 3, "eeg": 4, "fnirs": 5, "ppg": 6, "climate": 7,
+                  "air": 8}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class Schedule:
             rest=self._level(t, "rest") * awake,
             task=self._level(t, "task") * awake,
         )
+
+    def sleep_level(self, t: FloatArray) -> FloatArray:
+        """``states(t).sleep`` alone (0 awake .. 1 asleep), without the other states' cost."""
+        return self._sleep(t + self.person.utc_offset_h * _HOUR)[0]
 
     def dropout_mask(self, modality: str, t: FloatArray) -> np.ndarray:
         """True where ``modality``'s sensor is off at ``t``."""
