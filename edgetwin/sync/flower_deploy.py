@@ -1,0 +1,142 @@
+"""Flower deployment plumbing: the app bundle, SuperLink/SuperNode command lines, node keys.
+
+Flower's deployment engine runs the ServerApp and ClientApps in processes of its
+own, loaded from a Flower App Bundle (FAB). :func:`write_app` writes a minimal app
+directory whose components are edgetwin's (``flower_server.make_server_app`` and
+``flower_client.make_client_app``); ``flwr run`` bundles it and the SuperLink
+hands it to the SuperNodes. Runtime dependency installation is switched off on
+both sides: the app needs nothing beyond an installed ``edgetwin[secagg]``.
+
+SuperNode authentication is Flower's own: a NIST P-384 key pair per device, the
+public half registered with ``flwr supernode register`` before the node may
+connect (the SuperLink runs with ``--enable-supernode-auth``); every link is TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+# The run config keys the server app reads, with defaults (declared in the app's pyproject).
+RUN_CONFIG_DEFAULTS: dict[str, Any] = {
+    "metric": "hr_mean", "period": "day", "period-start": 0.0, "round-id": "",
+    "db": "", "expected": 2, "lower": 50.0, "upper": 110.0, "levels": 1024,
+    "epsilon": 1.0, "delta": 1e-6, "min-cohort": 20, "num-shares": 1.0,
+    "threshold": 0.5, "timeout": 60.0,
+}
+
+_APP_MODULE = '''"""edgetwin's secure-aggregation Flower app (generated; edit edgetwin instead)."""
+from edgetwin.sync.collector.flower_server import make_server_app
+from edgetwin.sync.flower_client import make_client_app
+
+server_app = make_server_app()
+client_app = make_client_app()
+'''
+
+
+def write_app(directory: Path, module_source: str | None = None) -> Path:
+    """Write the Flower app directory (pyproject + one module) and return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = "\n".join(f"{k} = {_toml(v)}" for k, v in RUN_CONFIG_DEFAULTS.items())
+    (directory / "pyproject.toml").write_text(f'''[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "edgetwin-secagg"
+version = "1.0.0"
+description = "edgetwin population statistics by SecAgg+ with distributed discrete noise"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "edgetwin"
+
+[tool.flwr.app.components]
+serverapp = "edgetwin_secagg_app:server_app"
+clientapp = "edgetwin_secagg_app:client_app"
+
+[tool.flwr.app.config]
+{config}
+''', encoding="utf-8")
+    (directory / "edgetwin_secagg_app.py").write_text(module_source or _APP_MODULE,
+                                                     encoding="utf-8")
+    return directory
+
+
+def write_cli_config(flwr_home: Path, name: str, address: str, ca_file: Path) -> Path:
+    """The flwr CLI's connection file (``$FLWR_HOME/config.toml``) naming one SuperLink."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+                    f'address = "{address}"\nroot-certificates = "{ca_file}"\n',
+                    encoding="utf-8")
+    return path
+
+
+def generate_node_key(directory: Path, name: str) -> tuple[Path, Path]:
+    """A P-384 key pair for Flower's SuperNode authentication (private key 0600, OpenSSH)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = directory / f"{name}.key"
+    public = directory / f"{name}.pub"
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.OpenSSH,
+                                  serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH))
+    return private, public
+
+
+def tool(name: str) -> str:
+    """A Flower console script next to this interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: pip install 'edgetwin[secagg]'")
+    return found
+
+
+def superlink_command(*, host: str, port: int, cert: Path, key: Path, ca: Path,
+                      database: Path) -> list[str]:
+    """flower-superlink with TLS, SuperNode authentication and no runtime installs."""
+    return [tool("flower-superlink"), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+            "--ssl-ca-certfile", str(ca), "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation", "--database", str(database),
+            "--host", host, "--port", str(port)]
+
+
+def supernode_command(*, superlink: str, ca: Path, node_key: Path, runtime_port: int,
+                      node_config: dict[str, str]) -> list[str]:
+    """flower-supernode over TLS, authenticated with its P-384 key."""
+    cfg = " ".join(f'{k}="{v}"' for k, v in node_config.items())
+    return [tool("flower-supernode"), "--superlink", superlink, "--root-certificates", str(ca),
+            "--auth-supernode-private-key", str(node_key), "--node-config", cfg,
+            "--host", "127.0.0.1", "--port", str(runtime_port)]
+
+
+def run_config_arg(values: dict[str, Any]) -> str:
+    """``flwr run --run-config`` text for ``values`` (keys of RUN_CONFIG_DEFAULTS)."""
+    unknown = set(values) - set(RUN_CONFIG_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown run config keys {sorted(unknown)}")
+    return " ".join(f"{k}={_toml(v)}" for k, v in values.items())
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
