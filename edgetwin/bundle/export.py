@@ -284,6 +284,8 @@ class _Builder:
     # -- streams ------------------------------------------------------------------------
 
     def write_streams(self, only: list[str] | None) -> None:
+        from edgetwin.features.schema import surroundings_of
+
         infos = self.store.streams()
         by_name = {s.name: s for s in infos}
         if only is not None:
@@ -304,6 +306,9 @@ class _Builder:
             plan = plan_stream(info.name, stem, self._samples(info.name), rate_hint(info.meta))
             if plan.samples == 0:
                 continue
+            if surroundings_of(info.name) is not None and plan.format == "edf":
+                # slow room/air readings: CSV keeps each one's time and value exactly
+                plan.format, plan.reason = "csv", "room climate, air quality or location readings"
             self.say(f"writing {info.name} as {plan.format.upper()}")
             doc = self._write_stream(plan)
             self._span(plan.first_t, plan.last_t)
@@ -324,6 +329,11 @@ class _Builder:
             "last_t": plan.last_t,
             "meta": json_meta(plan.meta),
         }
+        from edgetwin.features.schema import surroundings_of
+
+        what = surroundings_of(plan.name)
+        if what is not None:
+            doc["surroundings"] = what
         try:
             if plan.format == "edf":
                 # markers become EDF+ annotations of the recordings they fall in
@@ -486,7 +496,8 @@ class _Builder:
             "                   spans with none annotated BAD_ACQ_SKIP)",
             "signals/*.times.npy  the exact Unix time of each EDF sample (NaN: no sample)",
             "signals/*.snirf    fNIRS raw intensities, SNIRF 1.1 (HDF5); markers as stim",
-            "signals/*.csv      irregular streams (RR, heart rate, ...): timestamp, then channels",
+            "signals/*.csv      irregular streams (RR, heart rate, ...) and the surroundings (room",
+            "                   climate, air quality): timestamp, then channels",
             "records/*.json     consent, privacy-budget ledger, releases, outbox, pairings, ...",
             "audit.jsonl        the twin's audit log, oldest first",
             "config.toml        the twin's behaviour settings",

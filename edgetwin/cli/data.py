@@ -516,7 +516,8 @@ def _timeline_table(
 
 
 # Decimals shown per unit: enough to see a change, no more than the sensor resolves.
-_DECIMALS = {"bpm": 1, "ms": 1, "%": 1, "degC": 2, "uS": 2, "g": 3, "1": 3, "uM": 2}
+_DECIMALS = {"bpm": 1, "ms": 1, "%": 1, "degC": 2, "uS": 2, "g": 3, "1": 3, "uM": 2,
+             "hPa": 1, "ppm": 0, "ug/m3": 0, "code": 0, "km": 2}
 
 
 def _unit_label(unit: str) -> str:

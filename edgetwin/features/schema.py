@@ -65,7 +65,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("co2", "ppm", "room CO2: mean over the step, else the last reading"),
     Feature("pm2_5", "ug/m3", "PM2.5 mass concentration: mean over the step, else the last"),
     Feature("pm10", "ug/m3", "PM10 mass concentration: mean over the step, else the last"),
-    Feature("place", "1", "where the person is: 0 home, 1 a regular place, 2 elsewhere "
+    Feature("place", "code", "where the person is: 0 home, 1 a regular place, 2 elsewhere "
             "(the step's most frequent value, ties to the latest; else the last)"),
     Feature("home_distance", "km", "distance from home: mean over the step, else the last"),
 )
@@ -134,6 +134,24 @@ MEMORY_S: dict[str, float] = {
 def fed_by(channel_kinds: set[str] | frozenset[str]) -> tuple[str, ...]:
     """The features that channels of these kinds can feed, in schema order."""
     return tuple(name for name in NAMES if SOURCES[name] & channel_kinds)
+
+
+# What a stream of the surroundings holds, by the suffix its source gives it, and the
+# canonical unit of each channel (the BLE sources leave humidity, pressure and CO2 unnamed).
+SURROUNDINGS: dict[str, str] = {
+    ".climate": "room climate: temp degC, humidity %, pressure hPa, co2 ppm",
+    ".air": "air quality: particulate matter pm1_0, pm2_5, pm10 ug/m3 (and particle counts)",
+    ".location": "location: lat, lon (coarsened), place code (0 home, 1 regular, 2 elsewhere), "
+                 "homedist km",
+}
+
+
+def surroundings_of(stream: str) -> str | None:
+    """What a room, air or location stream holds (None: not one of the surroundings)."""
+    for suffix, what in SURROUNDINGS.items():
+        if stream.endswith(suffix):
+            return what
+    return None
 
 
 def is_room_stream(stream: str) -> bool:

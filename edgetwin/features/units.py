@@ -64,7 +64,8 @@ _ACCEPTED: dict[str, dict[str, tuple[float, float]]] = {
     "place": {"": (1.0, 0.0), "1": (1.0, 0.0), "code": (1.0, 0.0), "category": (1.0, 0.0)},
     "homedist": {"km": (1.0, 0.0), "m": (1e-3, 0.0), "": (1.0, 0.0)},
 }
-_ACCEPTED["ambient"] = _ACCEPTED["temp"]  # a room stream's temp (schema.input_kind)
+# a room stream's temp, or an ``ambient_temp`` column (schema.input_kind); unnamed: °C
+_ACCEPTED["ambient"] = {**_ACCEPTED["temp"], "": (1.0, 0.0)}
 _ACCEPTED["pm10"] = _ACCEPTED["pm2"]  # channel_kind("pm10") is "pm10", of "pm2_5" "pm2"
 # ``lat`` and ``lon`` are deliberately absent: a coordinate never feeds a feature.
 

@@ -11,6 +11,7 @@ import datetime as dt
 from html import escape
 from typing import Any
 
+from edgetwin.features.schema import ENVIRONMENT, LAYOUTS
 from edgetwin.web.live import json_text
 
 PAGES = (("now", "/", "Now"), ("timeline", "/timeline", "Timeline"),
@@ -67,9 +68,16 @@ def timeline_body() -> str:
               ("7 days", 7 * 86400), ("30 days", 30 * 86400))
     buttons = "".join(f'<button type=button data-range="{s}">{escape(t)}</button>'
                       for t, s in ranges)
+    # which features to chart: all, the body's (schema v1) or the surroundings (v2)
+    groups = (("all features", ""), ("body", ",".join(LAYOUTS[1])),
+              ("surroundings", ",".join(ENVIRONMENT)))
+    group_buttons = "".join(
+        f'<button type=button data-features="{escape(v)}"'
+        f'{" class=active" if not v else ""}>{escape(t)}</button>' for t, v in groups)
     return (
         f'<section><div class="toolbar" id="ranges">{buttons}'
         '<span id="range-label"></span><span id="live-label"></span></div>'
+        f'<div class="toolbar" id="groups">{group_buttons}</div>'
         '<p class="legend"><span class="swatch imputed"></span>imputed '
         '<span class="swatch lowq"></span>low quality <span class="swatch marker"></span>marker'
         '</p><div id="charts"></div><p id="timeline-note" class="note"></p></section>'

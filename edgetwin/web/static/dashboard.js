@@ -259,8 +259,13 @@
     for (const x of document.querySelectorAll("#ranges button")) x.classList.remove("active");
     loadTimeline({ from: String(from), to: String(to) });
   }
+  const timelineGroup = { features: "" };  // "" charts every feature; else a comma list
+  function inGroup(name) {
+    return !timelineGroup.features || timelineGroup.features.split(",").includes(name);
+  }
   async function loadTimeline(params) {
     const q = new URLSearchParams(params);
+    if (timelineGroup.features) q.set("features", timelineGroup.features);
     const resp = await fetch("/api/timeline?" + q.toString(), { credentials: "same-origin" });
     if (!resp.ok) { toast("timeline: " + (await resp.text())); return; }
     drawTimeline(await resp.json());
@@ -272,7 +277,7 @@
     const tl = state.charts.timeline;
     if (!tl || !tl.following || !frames.length) return;
     const missing = frames.some(function (f) {
-      return Object.keys(f.features).some(function (n) { return !(n in tl.plots); });
+      return Object.keys(f.features).some(function (n) { return !(n in tl.plots) && inGroup(n); });
     });
     if (missing) {  // a feature appeared that has no chart yet: fetch the range again
       if (!reloading) reloading = setTimeout(function () {
@@ -379,6 +384,15 @@
         if (!b) return;
         for (const x of document.querySelectorAll("#ranges button")) x.classList.toggle("active", x === b);
         loadTimeline({ range: b.dataset.range });
+      });
+      document.getElementById("groups").addEventListener("click", function (ev) {
+        const b = ev.target.closest("button[data-features]");
+        if (!b) return;
+        for (const x of document.querySelectorAll("#groups button")) x.classList.toggle("active", x === b);
+        timelineGroup.features = b.dataset.features;
+        const tl = state.charts.timeline;
+        loadTimeline(tl && !tl.following ? { from: String(tl.doc.from), to: String(tl.doc.to) }
+          : { range: String(tl ? tl.doc.to - tl.doc.from : 86400) });
       });
       subscribe({ frames: appendFrames });
     } else if (page === "forecasts") {

@@ -1,0 +1,63 @@
+"""The simulated bedroom's climate and air streams in a bundle: CSV (exact times and values,
+though their rate is regular), described in the manifest, and back after import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetwin.bundle import export_bundle, import_bundle, unpack_bundle
+from edgetwin.bundle.age import load_identities
+from edgetwin.features.pipeline import FeaturePipeline
+from edgetwin.features.schema import ENVIRONMENT, INDEX
+from edgetwin.sources.simulator import SimulatedPerson, simulate
+from edgetwin.store import Secret, TwinStore
+from tests.bundle.conftest import AgeKey
+
+T0 = 1_767_225_600.0
+
+
+def test_room_streams_travel_as_described_csv(key: AgeKey, tmp_path: Path) -> None:
+    batches = list(simulate(SimulatedPerson.from_seed(8), T0, 300.0, 10.0,
+                            modalities=("vitals", "climate", "air"), dropouts=False))
+    pipe = FeaturePipeline()
+    frames = [f for b in batches for f in pipe.push(b)] + pipe.flush()
+    secret = Secret.passphrase("room")
+    out = tmp_path / "room.age"
+    with TwinStore.create(tmp_path / "src", secret) as src:
+        for b in batches:
+            src.append_samples(b)
+        src.append_frames(frames)
+        src.commit()
+        export_bundle(src, out, recipients=[key.public])
+    dest = tmp_path / "unpacked"
+    dest.mkdir()
+    manifest = unpack_bundle(out, dest, identities=load_identities(key.path))
+    docs = {s["name"]: s for s in manifest["streams"]}
+    for name, unit in (("sim.climate", "ppm"), ("sim.air", "µg/m³")):
+        doc = docs[name]
+        assert doc["format"] == "csv", doc["why"]
+        assert doc["why"] == "room climate, air quality or location readings"
+        assert unit in doc["units"] and doc["surroundings"].startswith(
+            "room climate" if name.endswith("climate") else "air quality")
+    assert docs["sim.vitals"]["format"] == "edf"  # the body's regular streams are unchanged
+    assert set(ENVIRONMENT) <= set(manifest["timeline"]["features"])
+    header = (dest / "timeline.csv").read_text().splitlines()[0].split(",")
+    assert "co2" in header and "pm2_5_quality" in header
+    readme = (dest / "README.txt").read_text()
+    assert "sim.climate: CSV (room climate, air quality or location readings)" in readme
+
+    import_bundle(out, tmp_path / "dst", identities=load_identities(key.path), secret=secret)
+    with TwinStore.open(tmp_path / "dst", secret) as dst:
+        for name in ("sim.climate", "sim.air"):
+            got = list(dst.read_samples(name))
+            want = [b for b in batches if b.stream == name]
+            np.testing.assert_array_equal(np.concatenate([b.t for b in got]),
+                                          np.concatenate([b.t for b in want]))
+            np.testing.assert_array_equal(np.concatenate([b.values for b in got]),
+                                          np.concatenate([b.values for b in want]))
+        back = list(dst.read_frames())
+    assert len(back) == len(frames)
+    co2 = [f.values[INDEX["co2"]] for f in back]
+    assert np.isfinite(co2).all() and all(400 < c < 3000 for c in co2)
