@@ -490,3 +490,18 @@ def test_arm_build_script_targets_the_installed_version_and_package(tmp_path: Pa
     lib_dir = Path(brainflow.__file__).parent / "lib"
     assert f"{lib_dir}/\n" in out or f"{lib_dir}/" in out.split("cp -f", 1)[1]
     assert not (Path(brainflow.__file__).parent / "lib.orig-x86_64").exists()  # dry: no change
+
+
+def test_loading_brainflow_does_not_import_pkg_resources() -> None:
+    """BrainFlow's libraries load without pkg_resources (~10 MiB resident in a daemon)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from edgetwin.sources.brainflow import _load_native\n"
+            "bf = _load_native()\n"
+            "bf.BoardShim.get_sampling_rate(bf.BoardIds.SYNTHETIC_BOARD.value)\n"
+            "print('pkg_resources' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
