@@ -69,9 +69,11 @@ SEEDED_STREAM = "wrist"  # past days written before the daemon starts, so releas
 SOAK_SYNC = "interval_s = 20\nbackoff_initial_s = 10\nbackoff_max_s = 30\n"
 
 
-def run(quick: bool, minutes: float | None = None, clock_step: bool = False) -> dict[str, Any]:
+def run(quick: bool, minutes: float | None = None, clock_step: bool = False,
+        faults: bool = True) -> dict[str, Any]:
     minutes = minutes if minutes is not None else (3.0 if quick else 30.0)
-    return _soak(minutes * 60.0, sample_s=5.0 if quick else 10.0, clock_step=clock_step)
+    return _soak(minutes * 60.0, sample_s=5.0 if quick else 10.0, clock_step=clock_step,
+                 faults_on=faults)
 
 
 # -- pure helpers (unit-tested) ----------------------------------------------
@@ -306,7 +308,8 @@ def _write_optics_file(path: Path, seconds: float) -> None:
     _load_native().DataFilter.write_file(data, str(path), "w")
 
 
-def _soak(duration: float, sample_s: float, clock_step: bool = False) -> dict[str, Any]:
+def _soak(duration: float, sample_s: float, clock_step: bool = False,
+          faults_on: bool = True) -> dict[str, Any]:
     from edgetwin.emulators.bridge import BridgeEmulator
     from tests.sources.bluez_emulator import EmulatorProcess, PrivateBus, control
 
@@ -380,6 +383,9 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False) -> dict[st
                         "as root)")
                 if not disk.mounted:
                     schedule = [x for x in schedule if x[1] != "disk_nearly_full"]
+                if not faults_on:  # --no-faults: the steady load alone (footprint comparisons)
+                    not_injected.update((name, "--no-faults") for _, name in schedule)
+                    schedule = []
                 open_faults: dict[str, tuple[float, dict[str, Any]]] = {}  # name -> (end, fault)
                 lifetimes: list[list[dict[str, Any]]] = [[]]  # samples per daemon lifetime
                 prev: tuple[float, float] | None = None
@@ -627,5 +633,8 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--clock-step", action="store_true",
                         help="step the machine's clock 30 s forward and back (root)")
+    parser.add_argument("--no-faults", action="store_true",
+                        help="inject no faults: the steady reference load (CPU/RSS comparisons)")
     args = parser.parse_args()
-    print(json.dumps(run(args.quick, args.minutes, args.clock_step), indent=2, default=float))
+    print(json.dumps(run(args.quick, args.minutes, args.clock_step, faults=not args.no_faults),
+                     indent=2, default=float))
