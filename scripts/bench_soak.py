@@ -153,8 +153,11 @@ class _Daemon:
         self.started = time.time()
 
     def status(self) -> dict[str, Any] | None:
-        out = subprocess.run([self.exe, "--json", "status"], env=self.env, capture_output=True,
-                             text=True, timeout=30, check=False)
+        try:
+            out = subprocess.run([self.exe, "--json", "status"], env=self.env,
+                                 capture_output=True, text=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:  # a machine too busy to start the CLI: a gap
+            return None
         if out.returncode != 0:
             return None
         try:
