@@ -85,10 +85,15 @@ def collector_cmd(app: AppContext, listen: str | None, db: str, enroll: tuple[st
                    duration=duration)
         if aggregate:
             rows = collector.aggregates()
-            if app.as_json:
-                emit_json({"aggregates": rows, "counts": collector.counts()})
-            else:
+            # rounds of 'edgetwin aggregator' (secure aggregation) in the same SQLite file
+            from edgetwin.cli.aggregator import print_rounds
+
+            if not app.as_json:
                 _print_aggregates(rows)
+            secagg = print_rounds(db, app.as_json) if "://" not in db else []
+            if app.as_json:
+                emit_json({"aggregates": rows, "counts": collector.counts(),
+                           "secagg_rounds": secagg})
     finally:
         collector.close()
 

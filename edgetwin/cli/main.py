@@ -39,6 +39,7 @@ _COMMANDS: dict[str, str] = {
     "import": "edgetwin.cli.bundle:import_cmd",
     "sync": "edgetwin.cli.sync:sync_group",
     "collector": "edgetwin.cli.collector:collector_cmd",
+    "aggregator": "edgetwin.cli.aggregator:aggregator_cmd",
     "consent": "edgetwin.cli.sync:consent_group",
     "report": "edgetwin.cli.report:report_cmd",
     "dashboard": "edgetwin.cli.dashboard:dashboard_cmd",

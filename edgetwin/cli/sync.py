@@ -297,3 +297,13 @@ def sync_budget(app: AppContext) -> None:
         click.echo("nothing charged yet")
     click.echo(f"lifetime: spent {st.lifetime_spent:g}, remaining {st.lifetime_remaining:g} "
                f"of {st.epsilon_lifetime:g}")
+
+
+def _register_secagg() -> None:
+    # the device's Flower SuperNode for secure-aggregation rounds (edgetwin.cli.aggregator)
+    from edgetwin.cli.aggregator import secagg_join_cmd
+
+    sync_group.add_command(secagg_join_cmd)
+
+
+_register_secagg()

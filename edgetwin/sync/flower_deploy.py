@@ -140,3 +140,110 @@ def _toml(v: Any) -> str:
     if isinstance(v, int | float):
         return repr(v)
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Aggregator:
+    """A SuperLink (TLS, SuperNode auth) for ``edgetwin collector --flower``; runs rounds."""
+
+    def __init__(self, workdir: Path, *, host: str, port: int, cert: Path, key: Path,
+                 ca: Path) -> None:
+        self.workdir = workdir
+        self.address = f"{host}:{port}"
+        self.host, self.port = host, port
+        self.cert, self.key, self.ca = cert, key, ca
+        self.flwr_home = workdir / "flwr"
+        self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home),
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        self.app = write_app(workdir / "app")
+        write_cli_config(self.flwr_home, "edgetwin", self.address, ca)
+        self._proc: Any = None
+        self._log: Any = None
+
+    def start(self, wait_s: float = 60.0) -> None:
+        """Start the SuperLink and wait until it accepts connections."""
+        import socket
+        import subprocess
+        import time
+
+        self._log = (self.workdir / "superlink.log").open("ab")
+        self._proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            superlink_command(host=self.host, port=self.port, cert=self.cert, key=self.key,
+                              ca=self.ca, database=self.workdir / "superlink.db"),
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited ({self._proc.returncode}); see "
+                                   f"{self.workdir / 'superlink.log'}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"flower-superlink did not listen on {self.address} in {wait_s} s")
+
+    def register(self, public_key: Path) -> str:
+        """Enroll a device's P-384 public key (OpenSSH format) with the SuperLink."""
+        import subprocess
+
+        r = subprocess.run(  # noqa: S603 - our own argv, no shell
+            [tool("flwr"), "supernode", "register", str(public_key), "edgetwin"],
+                           env=self.env, capture_output=True, text=True, timeout=120,
+                           check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"registering {public_key} failed: {(r.stdout + r.stderr)[-500:]}")
+        return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+
+    def run_round(self, run_config: dict[str, Any], timeout: float = 3600.0) -> str:
+        """``flwr run`` one round and wait for it; returns Flower's output."""
+        import subprocess
+
+        r = subprocess.run(  # noqa: S603 - our own argv, no shell
+            [tool("flwr"), "run", str(self.app), "edgetwin", "--stream",
+                            "--run-config", run_config_arg(run_config)], env=self.env,
+                           capture_output=True, text=True, timeout=timeout, check=False,
+                           cwd=self.app)
+        if r.returncode != 0:
+            raise RuntimeError(f"flwr run failed: {(r.stdout + r.stderr)[-800:]}")
+        return r.stdout + r.stderr
+
+    def stop(self) -> None:
+        """Stop the SuperLink and the processes it started (Flower detaches its SuperExec)."""
+        import signal
+
+        if self._proc is None:
+            return
+        for pid in descendants(self._proc.pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=15)
+        except Exception:  # noqa: BLE001 - a stuck SuperLink is killed
+            self._proc.kill()
+            self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+        self._proc = None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out

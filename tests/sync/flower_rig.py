@@ -158,11 +158,16 @@ class FlowerRig:
         return dev
 
     def register_and_start(self, devices: list[Device]) -> None:
-        for dev in devices:
-            r = subprocess.run([fd.tool("flwr"), "supernode", "register", str(dev.node_pub),
-                                "rig"], env=self.env, capture_output=True, text=True,
-                               timeout=60, check=False)
-            assert r.returncode == 0, r.stdout + r.stderr
+        from concurrent.futures import ThreadPoolExecutor
+
+        def register(dev: Device) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([fd.tool("flwr"), "supernode", "register", str(dev.node_pub),
+                                   "rig"], env=self.env, capture_output=True, text=True,
+                                  timeout=300, check=False)
+
+        with ThreadPoolExecutor(4) as pool:  # each is a flwr CLI process: ~1 s of CPU
+            for r in pool.map(register, devices):
+                assert r.returncode == 0, r.stdout + r.stderr
         for dev in devices:
             cfg = {"edgetwin-home": str(dev.home), "passphrase-file": str(dev.passphrase_file),
                    "vanish-at": "2" if dev.vanish else "0"}

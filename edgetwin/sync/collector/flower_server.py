@@ -139,8 +139,16 @@ def store_result(cfg: RoundConfig, result: RoundResult, server_s: float) -> None
 
 def rounds(db_path: str) -> list[dict[str, Any]]:
     """Every stored round, newest period first (``collector --aggregate``)."""
-    with closing(sqlite3.connect(db_path, timeout=30)) as db:
-        db.execute(_SCHEMA)
+    from pathlib import Path
+
+    path = Path(db_path).resolve()
+    if not path.exists():
+        return []
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+        known = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                           (TABLE,)).fetchone()
+        if known is None:
+            return []
         db.row_factory = sqlite3.Row
         rows = db.execute(f"SELECT * FROM {TABLE} "  # noqa: S608 - constant table name
                           "ORDER BY period_start DESC, metric").fetchall()
