@@ -176,13 +176,14 @@ class Source:
 
 def sources_of(store: TwinStore) -> list[Source]:
     """The twin's streams that hold samples, each with the channel kinds it carries."""
-    from edgetwin.types import channel_kind
+    from edgetwin.features.schema import input_kind
 
     out = []
     for info in store.streams():
         if info.first_t is None or info.last_t is None or not info.samples:
             continue
-        kinds = frozenset(channel_kind(c) for c in info.channels)
+        # a room stream's temp is the room's ("ambient"), never a device of skin temperature
+        kinds = frozenset(input_kind(info.name, c) for c in info.channels)
         out.append(Source(info.name, kinds, float(info.first_t), float(info.last_t)))
     return out
 
