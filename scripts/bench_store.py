@@ -141,7 +141,7 @@ def _workload(seconds: int) -> list[list[SampleBatch]]:
                 a, b = n_total * k // per_s, n_total * (k + 1) // per_s
                 if b <= a:
                     continue
-                idx = phase[name] + np.arange(b - a)
+                idx = phase[name] + a + np.arange(b - a)
                 t = T0 + idx / rate if rate >= 1 else T0 + sec + np.zeros(1)
                 base = 50 * np.sin(idx[:, None] / (rate + 1) * np.arange(1, len(channels) + 1))
                 vals = base + rng.normal(scale=5.0, size=(b - a, len(channels)))

@@ -127,9 +127,10 @@ def test_ran_on_an_emulated_pi(report: dict[str, Any], cpu: str) -> None:
 
 def test_wheel_set_is_aarch64(report: dict[str, Any]) -> None:
     wheels = {w["name"].lower(): w for w in report["wheels"]}
-    for name in ("numpy", "onnxruntime", "cryptography", "pyrage", "opendp", "pyedflib"):
+    runtime = ("numpy", "onnxruntime", "cryptography", "pyrage", "opendp", "pyedflib", "zstandard")
+    for name in runtime:
         assert name in wheels, f"{name} missing from the aarch64 wheel set"
-    for name in ("numpy", "onnxruntime", "pyedflib"):
+    for name in ("numpy", "onnxruntime", "pyedflib", "zstandard"):  # native code: must be arm64
         assert any("aarch64" in tag for tag in wheels[name]["tags"]), wheels[name]
 
 
