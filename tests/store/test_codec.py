@@ -1,7 +1,8 @@
 """The sample codec is exact: every stored value comes back bit for bit, whatever form
-(v1 float64, or v2's ADC integers, binary or decimal integers, float32, float64) the codec
-chose; version-1 chunks written by earlier releases stay readable; quantised data takes far
-less room than float64. v2 is used for chunks whose source declares its ADC scale."""
+(v3 float64 in one Zstandard frame, or v2's ADC integers, binary or decimal integers,
+float32, float64) the codec chose; version-1 chunks written by earlier releases stay
+readable; quantised data takes far less room than float64. v2 is used for chunks whose
+source declares its ADC scale, v3 for all others."""
 
 from __future__ import annotations
 
@@ -190,3 +191,42 @@ def test_power_of_two_steps_are_stored_as_integers() -> None:
     assert len(blob) < 0.3 * 8 * rows * 5
     _, v2 = _roundtrip(_times(rows), values, wrong)
     assert np.array_equal(values.view("<i8"), v2.view("<i8"))
+
+
+def test_unhinted_chunks_are_version_3_and_smaller_than_version_1() -> None:
+    rng = np.random.default_rng(11)
+    t = T0 + np.arange(256) / 256.0  # a regular stream: its time deltas are one number
+    eeg = np.round(rng.normal(0, 50, (256, 4)) / 0.48828125) * 0.48828125
+    blob = codec.encode_samples(0, t, eeg)
+    assert blob[0] == 3
+    assert len(blob) < len(codec._encode_samples_v1(0, t, eeg)) < 8 * 256 * 5
+    layout, t2, v2 = codec.decode_samples(blob, [4])
+    assert layout == 0 and np.array_equal(t.view("<i8"), t2.view("<i8"))
+    assert np.array_equal(eeg.view("<i8"), v2.view("<i8"))
+    assert t2.flags.writeable and v2.flags.writeable and v2.flags.c_contiguous
+
+
+def test_version_3_keeps_what_does_not_compress_raw() -> None:
+    rng = np.random.default_rng(12)
+    tiny = codec.encode_samples(0, np.array([T0]), np.array([[61.0]]))
+    assert tiny[0] == 3 and tiny[1] == 0 and len(tiny) == 8 + 16  # header, t, one value
+    t = np.sort(rng.uniform(-1e11, 1e11, 100))
+    noise = rng.normal(0, 1, (100, 6))
+    blob = codec.encode_samples(0, t, noise)
+    assert blob[1] == 0 and len(blob) == 8 + 8 * 100 * 7
+    _, t2, v2 = codec.decode_samples(blob, [6])
+    assert np.array_equal(t, t2) and np.array_equal(noise, v2)
+
+
+def test_damaged_version_3_chunks_are_undecodable() -> None:
+    values = np.round(np.sin(np.arange(1000.0)), 2).reshape(500, 2)
+    blob = codec.encode_samples(0, _times(500), values)
+    assert blob[0] == 3 and blob[1] != 0
+    for cut in (3, 8, 12, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(codec.Undecodable):
+            codec.decode_samples(blob[:cut], [2])
+    with pytest.raises(codec.Undecodable, match="bytes, not"):
+        codec.decode_samples(blob, [3])  # read as three channels: the sizes disagree
+    raw = codec.encode_samples(0, _times(2), np.zeros((2, 1)))
+    with pytest.raises(codec.Undecodable, match="bytes, not"):
+        codec.decode_samples(raw + b"x", [1])

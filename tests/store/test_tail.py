@@ -1,0 +1,130 @@
+"""A series' description is re-sealed only when its layouts or meta change or its tail (the
+chunks written since) reaches RESEAL_TAIL; readers, a second connection, a reopened twin
+and verify count the tail in, and meta['chunk_ends'] makes a deleted newest chunk show."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetwin.errors import DataCorrupt
+from edgetwin.store import Secret, TwinStore
+from edgetwin.store.chunks import RESEAL_TAIL
+from tests.store.helpers import T0, all_samples, batch
+
+
+def _sealed(store: TwinStore) -> dict[int, bytes]:
+    rows = store._conn.execute("SELECT series_no, sealed FROM series").fetchall()
+    return {int(sn): bytes(blob) for sn, blob in rows}
+
+
+def _counts(store: TwinStore) -> dict[str, tuple[int, int, float | None, float | None]]:
+    return {s.name: (s.samples, s.chunks, s.first_t, s.last_t) for s in store.streams()}
+
+
+def _write(store: TwinStore, stream: str, commits: int, start: int = 0) -> None:
+    for k in range(start, start + commits):
+        store.append_samples(batch(stream, T0 + 10 * k, 10, ("a", "b"), seed=k))
+        store.commit()
+
+
+def test_a_description_is_resealed_for_new_layouts_and_after_a_long_tail_only(
+    store: TwinStore,
+) -> None:
+    _write(store, "s", 1)
+    first = _sealed(store)
+    _write(store, "s", 5, start=1)
+    assert _sealed(store) == first  # five commits, no re-seal
+    assert _counts(store)["s"] == (60, 6, T0, T0 + 59)
+    store.append_samples(batch("s", T0 + 60, 10, ("a", "b", "c")))  # a new layout
+    store.commit()
+    after_layout = _sealed(store)
+    assert after_layout != first
+    _write(store, "s", RESEAL_TAIL - 1, start=7)
+    assert _sealed(store) == after_layout
+    _write(store, "s", 1, start=7 + RESEAL_TAIL - 1)
+    assert _sealed(store) != after_layout  # the tail reached RESEAL_TAIL chunks
+
+
+def test_counts_with_a_tail_match_a_reopen_and_a_second_connection(
+    twin_home: Path, secret: Secret
+) -> None:
+    with TwinStore.create(twin_home, secret) as a:
+        _write(a, "s", 7)
+        _write(a, "other", 3)
+        expect = _counts(a)
+        assert expect["s"] == (70, 7, T0, T0 + 69)
+        with TwinStore.open(twin_home, secret) as b:
+            assert _counts(b) == expect
+            _write(b, "s", 2, start=7)  # b continues the numbering of a's tail
+        _write(a, "s", 2, start=9)  # a sees b's commits (its caches are dropped)
+        t, _v = all_samples(a, "s")
+        assert np.array_equal(np.sort(t), T0 + np.arange(110.0))
+        assert _counts(a)["s"] == (110, 11, T0, T0 + 109)
+        report = a.verify()
+        assert report.ok, [str(p) for p in report.problems]
+    with TwinStore.open(twin_home, secret) as c:
+        assert _counts(c)["s"] == (110, 11, T0, T0 + 109)
+
+
+def test_deleting_the_newest_chunk_of_a_tail_is_reported(
+    twin_home: Path, secret: Secret
+) -> None:
+    with TwinStore.create(twin_home, secret) as s:
+        _write(s, "s", 4)
+        _write(s, "later", 2)  # commits after the deleted chunk's
+    conn = sqlite3.connect(twin_home / "twin.db", isolation_level=None)
+    sn = conn.execute("SELECT series_no FROM chunk WHERE seq = 3").fetchone()[0]
+    conn.execute("DELETE FROM chunk WHERE series_no = ? AND seq = 3", (sn,))
+    conn.close()
+    with TwinStore.open(twin_home, secret) as s:
+        (p,) = s.verify().problems
+        assert p.stream == "s" and "missing" in p.detail and "expected 4 chunks" in p.detail
+        _write(s, "s", 1, start=10)  # the next chunk does not take the deleted one's number
+        seqs = [int(r[0]) for r in s._conn.execute(
+            "SELECT seq FROM chunk WHERE series_no = ? ORDER BY seq", (sn,))]
+        assert seqs == [0, 1, 2, 4]
+
+
+def test_an_altered_chunk_ends_row_is_damage(twin_home: Path, secret: Secret) -> None:
+    with TwinStore.create(twin_home, secret) as s:
+        _write(s, "s", 3)
+    conn = sqlite3.connect(twin_home / "twin.db", isolation_level=None)
+    (blob,) = conn.execute("SELECT v FROM meta WHERE k = 'chunk_ends'").fetchone()
+    altered = bytearray(blob)
+    altered[16] ^= 1  # the first entry's next chunk number
+    conn.execute("UPDATE meta SET v = ? WHERE k = 'chunk_ends'", (bytes(altered),))
+    conn.close()
+    with TwinStore.open(twin_home, secret) as s:
+        with pytest.raises(DataCorrupt, match="chunk_ends"):
+            s.streams()
+        assert any("chunk_ends" in p.detail for p in s.verify().problems)
+        t, _v = all_samples(s, "s")  # the samples themselves stay readable
+        assert t.shape[0] == 30
+
+
+def test_forgetting_a_stream_with_a_tail_and_writing_it_again_is_clean(
+    store: TwinStore,
+) -> None:
+    _write(store, "s", 5)
+    _write(store, "keep", 1)
+    store.forget(stream="s")
+    _write(store, "s", 2, start=20)
+    assert _counts(store)["s"] == (20, 2, T0 + 200, T0 + 219)
+    report = store.verify()
+    assert report.ok, [str(p) for p in report.problems]
+
+
+def test_forgetting_the_newest_days_of_a_tail_leaves_no_false_gap(store: TwinStore) -> None:
+    day = 86400.0
+    for k in range(4):
+        store.append_samples(batch("s", T0 + k * day, 5, seed=k))
+        store.commit()
+    store.forget(before=T0 + 2 * day)
+    assert _counts(store)["s"][:2] == (10, 2)
+    _write(store, "s", 1, start=int(3 * day / 10) + 1)
+    report = store.verify()
+    assert report.ok, [str(p) for p in report.problems]
