@@ -65,6 +65,16 @@ def write_frames(home: Path, passphrase: str, *, days: int, hz: float = 1.0,
                 vals[:, INDEX[name]] = bands[:, k]
             vals[:, INDEX["fnirs_hbo"]] = 0.3 * np.sin(5 * phase) + rng.normal(0, 0.1, n)
             vals[:, INDEX["fnirs_hbr"]] = -0.1 * np.sin(5 * phase) + rng.normal(0, 0.05, n)
+            # the surroundings (feature schema v2)
+            vals[:, INDEX["ambient_temp"]] = 21 + np.sin(phase) + rng.normal(0, 0.05, n)
+            vals[:, INDEX["humidity"]] = 50 + 8 * np.cos(phase) + rng.normal(0, 0.3, n)
+            vals[:, INDEX["pressure"]] = 1010 + 3 * np.sin(phase / 3) + rng.normal(0, 0.05, n)
+            vals[:, INDEX["co2"]] = 800 + 600 * np.clip(np.cos(phase), 0, 1) + rng.normal(0, 15, n)
+            vals[:, INDEX["pm2_5"]] = np.round(np.abs(8 + rng.normal(0, 2, n)))
+            vals[:, INDEX["pm10"]] = vals[:, INDEX["pm2_5"]] + 5
+            vals[:, INDEX["place"]] = np.where(np.sin(phase) > 0.5, 2.0, 0.0)
+            vals[:, INDEX["home_distance"]] = np.where(np.sin(phase) > 0.5, 6.5, 0.0)
+            assert len(NAMES) == 21, "fill the features a newer schema added"
             if spike and d == 0:
                 vals[int(np.searchsorted(t, spike_t)), INDEX["hr"]] = 180.0
             quality = np.ones((n, width))
