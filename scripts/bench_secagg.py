@@ -12,13 +12,18 @@
   per-element distribution as one device's share), not by a round of N processes.
   ``ratio`` = local / secagg error; ``analytic_*`` are 1.96 x the noise sd.
 - ``device``: CPU per share minted (encode + OpenDP draw + seal), median/p99 microseconds.
-- ``round``: if flwr is installed, one SecAgg+ round on loopback (``round_devices``
-  SuperNodes, real SuperLink with TLS and node authentication): wall time, server time,
-  bytes per device (the SuperLink's Fleet API traffic / devices); see tests/sync/flower_rig.py.
+- ``round``: one SecAgg+ round on loopback (``devices`` SuperNodes, real SuperLink with TLS
+  and node authentication, tests/sync/flower_rig.py): wall time (including Flower starting a
+  ClientApp process per device per stage), the ServerApp's CPU, bytes the server received.
+- ``in_process``: Flower's real ``SecAggPlusWorkflow`` and ``secaggplus_mod`` wired through an
+  in-process Grid (no network, no processes; each device a ClientApp with its own Context) at
+  100 and 1,000 devices: server CPU per round, per-device CPU per round (all four stages)
+  and bytes per device (serialised replies), and the decoded sum checked against the shares.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import sys
@@ -36,7 +41,6 @@ from edgetwin.privacy.secagg import mint_share
 
 LOWER, UPPER, EPSILON, DELTA, LEVELS = 50.0, 110.0, 1.0, 1e-6, 1024
 
-
 def run(quick: bool = False) -> dict[str, Any]:
     trials = 60 if quick else 400
     out: dict[str, Any] = {
@@ -46,14 +50,97 @@ def run(quick: bool = False) -> dict[str, Any]:
         "error": [error_at(n, trials) for n in (100, 1000, 10_000)],
         "device": device_cost(200 if quick else 2000),
     }
-    try:
-        from tests.sync.flower_rig import bench_round
-    except ImportError as exc:  # flwr not installed: the error figures stand alone
-        out["round"] = {"skipped": f"flwr missing: {exc}"}
-    else:
-        out["round"] = bench_round(devices=10 if quick else 30)
+    from tests.sync.flower_rig import bench_round
+
+    out["in_process"] = [in_process_round(n, num_shares=min(n, 51))
+                         for n in ((20, 100) if quick else (100, 1000))]
+    out["round"] = bench_round(devices=10 if quick else 30)
     return out
 
+def in_process_round(n: int, num_shares: int) -> dict[str, Any]:
+    """One SecAgg+ round of n in-process ClientApps through a Grid that calls them directly."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.common.serde import recorddict_to_proto
+    from flwr.serverapp.grid import Grid
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from edgetwin.sync.collector.flower_server import RoundConfig, run_round
+    from edgetwin.sync.flower_client import make_client_app
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    plan = plan_for(LOWER, UPPER, LEVELS, EPSILON, DELTA, max(2, int(0.8 * n)))
+    rng = np.random.default_rng(3)
+    shares = {i + 1: mint_share("hr_mean", "day", 0.0, float(v), (LOWER, UPPER), plan,
+                                charged=EPSILON, now=0.0)
+              for i, v in enumerate(rng.normal(70, 10, n))}
+    app = make_client_app(claimer_for=lambda nc: lambda _cfg: shares[int(nc["node"])])
+    contexts = {nid: Context(run_id=1, node_id=nid, node_config={"node": nid},
+                             state=RecordDict(), run_config={}) for nid in shares}
+    cpu: dict[int, float] = dict.fromkeys(shares, 0.0)
+    sent: dict[int, int] = dict.fromkeys(shares, 0)
+
+    class InProcessGrid(Grid):
+        def __init__(self) -> None:
+            self._run: Any = None
+
+        def set_run(self, run: Any) -> None:
+            self._run = run
+
+        @property
+        def run(self) -> Any:
+            from flwr.supercore.run import Run
+
+            return Run.create_empty(1) if self._run is None else self._run
+
+        def create_message(self, content: Any, message_type: str, dst_node_id: int,
+                           group_id: str, ttl: float | None = None) -> Any:
+            return Message(content, dst_node_id=dst_node_id, message_type=message_type,
+                           group_id=group_id)
+
+        def get_node_ids(self) -> list[int]:
+            return list(shares)
+
+        def push_messages(self, messages: Any) -> list[str]:
+            raise NotImplementedError
+
+        def pull_messages(self, message_ids: Any) -> list[Any]:
+            raise NotImplementedError
+
+        def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+
+            replies = []
+            for msg in messages:
+                nid = msg.metadata.dst_node_id
+                # a real Grid serialises each message; the workflow shares one content object
+                msg = copy.deepcopy(msg)  # noqa: PLW2901
+                c0 = time.process_time()
+                reply = app(msg, contexts[nid])
+                cpu[nid] += time.process_time() - c0
+                sent[nid] += recorddict_to_proto(reply.content).ByteSize()
+                replies.append(reply)
+            return replies
+
+    db = Path(f"/tmp/bench_secagg_{n}.db")
+    db.unlink(missing_ok=True)
+    rc = {"metric": "hr_mean", "period": "day", "period-start": 0.0, "round-id": f"b{n}",
+          "db": str(db), "expected": n, "lower": LOWER, "upper": UPPER, "levels": LEVELS,
+          "epsilon": EPSILON, "delta": DELTA, "min-cohort": plan.min_cohort,
+          "num-shares": num_shares, "threshold": 0.5, "timeout": 600.0}
+    cfg = RoundConfig.from_run_config(rc)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    total_c0, wall0 = time.process_time(), time.perf_counter()
+    result = run_round(InProcessGrid(), context, cfg)
+    total_cpu, wall = time.process_time() - total_c0, time.perf_counter() - wall0
+    device_cpu = sorted(cpu.values())
+    db.unlink(missing_ok=True)
+    return {
+        "devices": n, "num_shares": num_shares, "state": result.state,
+        "sum_exact": result.total == sum(s.value for s in shares.values()),
+        "server_cpu_s": total_cpu - sum(device_cpu), "round_wall_s_in_process": wall,
+        "device_cpu_ms_median": 1e3 * statistics.median(device_cpu),
+        "device_cpu_ms_max": 1e3 * device_cpu[-1],
+        "device_reply_bytes_median": statistics.median(sent.values()),
+    }
 
 def error_at(n: int, trials: int, seed: int = 1) -> dict[str, Any]:
     import opendp.prelude as dp
@@ -83,7 +170,6 @@ def error_at(n: int, trials: int, seed: int = 1) -> dict[str, Any]:
         "analytic_local95_bpm": 1.96 * math.sqrt(2) * lap.scale / math.sqrt(n),
     }
 
-
 def device_cost(reps: int) -> dict[str, float]:
     plan = plan_for(LOWER, UPPER, LEVELS, EPSILON, DELTA, 800)
     times = []
@@ -95,7 +181,6 @@ def device_cost(reps: int) -> dict[str, float]:
     times.sort()
     return {"mint_share_cpu_us_median": statistics.median(times),
             "mint_share_cpu_us_p99": times[int(0.99 * (len(times) - 1))]}
-
 
 if __name__ == "__main__":
     import json

@@ -109,11 +109,17 @@ def tool(name: str) -> str:
 
 
 def superlink_command(*, host: str, port: int, cert: Path, key: Path, ca: Path,
-                      database: Path) -> list[str]:
-    """flower-superlink with TLS, SuperNode authentication and no runtime installs."""
+                      database: Path | None = None) -> list[str]:
+    """flower-superlink with TLS, SuperNode authentication and no runtime installs.
+
+    Without ``database`` the SuperLink keeps its state in memory: with its SQLite file, 30
+    devices on two busy cores made it answer "database is locked" (HTTP 500) to replies,
+    which the SuperNode does not retry. A round does not survive a SuperLink restart either way.
+    """
+    db = [] if database is None else ["--database", str(database)]
     return [tool("flower-superlink"), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
             "--ssl-ca-certfile", str(ca), "--enable-supernode-auth",
-            "--disable-runtime-dependency-installation", "--database", str(database),
+            "--disable-runtime-dependency-installation", *db,
             "--host", host, "--port", str(port)]
 
 
@@ -168,7 +174,7 @@ class Aggregator:
         self._log = (self.workdir / "superlink.log").open("ab")
         self._proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
             superlink_command(host=self.host, port=self.port, cert=self.cert, key=self.key,
-                              ca=self.ca, database=self.workdir / "superlink.db"),
+                              ca=self.ca),
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:

@@ -124,8 +124,7 @@ class FlowerRig:
 
     def start(self) -> None:
         cmd = fd.superlink_command(host="127.0.0.1", port=self.port, cert=self.tls.cert,
-                                   key=self.tls.key, ca=self.tls.ca,
-                                   database=self.workdir / "link.db")
+                                   key=self.tls.key, ca=self.tls.ca)
         self.superlink = self._spawn(cmd, "superlink")
         wait_port(self.port, timeout=60)
 

@@ -202,8 +202,10 @@ def run_round(grid: Any, context: Any, cfg: RoundConfig) -> RoundResult:
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1, round_timeout=None),
                            strategy=strategy)
     c = cfg.plan.clip_range
+    # Flower reads a float as a fraction of the sampled devices and an int as a count
+    shares: int | float = int(cfg.num_shares) if cfg.num_shares > 1 else cfg.num_shares
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
-        num_shares=cfg.num_shares, reconstruction_threshold=cfg.threshold,
+        num_shares=shares, reconstruction_threshold=cfg.threshold,
         max_weight=1.0, clipping_range=float(c), quantization_range=2 * c,
         modulus_range=2**32, timeout=cfg.timeout))
     t0 = time.process_time()
