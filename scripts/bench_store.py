@@ -8,6 +8,11 @@ interval). Values are quantised like the devices' ADCs so compression behaves as
 on real data. The baseline writes the very same batches, coalesced the same way,
 as raw float64 bytes into plain SQLite (WAL, synchronous=FULL, same indexes).
 
+Both sides run in one process, a pair per repeat in alternating order. Besides wall time
+(what the target is set in) each side's CPU time (``time.process_time``: user + system,
+fsync's kernel work included, waiting for the disk not) is reported: on a shared machine
+the wall-time ratio swings with other processes' I/O, the CPU ratio much less.
+
 Run: ``.venv/bin/python scripts/bench.py --only store`` (add ``--quick`` for CI).
 """
 
@@ -53,7 +58,7 @@ def run(quick: bool) -> dict[str, Any]:
     batches = _workload(seconds)
     samples = sum(len(b) for sec in batches for b in sec)
     enc_rates, plain_rates, enc_commit_ms, plain_commit_ms = [], [], [], []
-    pair_ratios = []
+    pair_ratios, cpu_ratios = [], []
     enc_bytes = plain_bytes = 0.0
     read_rates = []
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
@@ -65,18 +70,19 @@ def run(quick: bool) -> dict[str, Any]:
             for side in ("enc", "plain") if r % 2 == 0 else ("plain", "enc"):
                 if side == "enc":
                     home = Path(tmp) / f"enc{r}"
-                    t, per_commit, size, read_rate = _run_encrypted(home, batches)
+                    t, cpu, per_commit, size, read_rate = _run_encrypted(home, batches)
                     enc_rates.append(samples / t)
                     enc_commit_ms.extend(per_commit)
                     enc_bytes = size / samples
                     read_rates.append(read_rate)
                 else:
-                    t, per_commit, size = _run_plain(Path(tmp) / f"plain{r}.db", batches)
+                    t, cpu, per_commit, size = _run_plain(Path(tmp) / f"plain{r}.db", batches)
                     plain_rates.append(samples / t)
                     plain_commit_ms.extend(per_commit)
                     plain_bytes = size / samples
-                pair[side] = t
+                pair[side], pair[side + "_cpu"] = t, cpu
             pair_ratios.append(pair["enc"] / pair["plain"])
+            cpu_ratios.append(pair["enc_cpu"] / pair["plain_cpu"])
         unlock = _unlock_times(Path(tmp) / "unlock", 2 if quick else 5)
         year_old_ms = _year_old_commits(Path(tmp) / "year", batches[:60])
     enc_med, plain_med = statistics.median(enc_rates), statistics.median(plain_rates)
@@ -89,6 +95,8 @@ def run(quick: bool) -> dict[str, Any]:
             "slowdown_vs_plain": plain_med / enc_med,
             "slowdown_per_pair": sorted(pair_ratios),  # each repeat: encrypted / plain time
             "slowdown_pair_median": statistics.median(pair_ratios),
+            "cpu_slowdown_per_pair": sorted(cpu_ratios),  # each repeat: CPU seconds enc / plain
+            "cpu_slowdown_pair_median": statistics.median(cpu_ratios),
             "target_slowdown": 1.3,
             "samples_per_run": samples,
             "simulated_seconds": seconds,
@@ -154,9 +162,10 @@ def _workload(seconds: int) -> list[list[SampleBatch]]:
 
 def _run_encrypted(
     home: Path, batches: list[list[SampleBatch]]
-) -> tuple[float, list[float], int, float]:
+) -> tuple[float, float, list[float], int, float]:
     store = TwinStore.create(home, Secret.passphrase("bench"), kdf=KdfParams.for_tests())
     per_commit = []
+    cpu0 = time.process_time()
     start = time.perf_counter()
     for sec in batches:
         c0 = time.perf_counter()
@@ -165,11 +174,12 @@ def _run_encrypted(
         store.commit()
         per_commit.append((time.perf_counter() - c0) * 1000)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     r0 = time.perf_counter()
     n = sum(len(b) for name, *_ in STREAMS for b in store.read_samples(name))
     read_rate = n / (time.perf_counter() - r0)
     store.close()
-    return elapsed, per_commit, _size(home / "twin.db"), read_rate
+    return elapsed, cpu, per_commit, _size(home / "twin.db"), read_rate
 
 
 def _year_old_commits(home: Path, batches: list[list[SampleBatch]]) -> list[float]:
@@ -193,7 +203,9 @@ def _year_old_commits(home: Path, batches: list[list[SampleBatch]]) -> list[floa
     return per_commit
 
 
-def _run_plain(path: Path, batches: list[list[SampleBatch]]) -> tuple[float, list[float], int]:
+def _run_plain(
+    path: Path, batches: list[list[SampleBatch]]
+) -> tuple[float, float, list[float], int]:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -204,6 +216,7 @@ def _run_plain(path: Path, batches: list[list[SampleBatch]]) -> tuple[float, lis
     conn.execute("CREATE INDEX chunk_time ON chunk(stream, b0)")
     seqs: dict[str, int] = {}
     per_commit = []
+    cpu0 = time.process_time()
     start = time.perf_counter()
     for sec in batches:
         c0 = time.perf_counter()
@@ -223,8 +236,9 @@ def _run_plain(path: Path, batches: list[list[SampleBatch]]) -> tuple[float, lis
         conn.execute("COMMIT")
         per_commit.append((time.perf_counter() - c0) * 1000)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     conn.close()
-    return elapsed, per_commit, _size(path)
+    return elapsed, cpu, per_commit, _size(path)
 
 
 def _unlock_times(home: Path, n: int) -> list[float]:
