@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetwin.config import Config
+from edgetwin.daemon import memory
 from edgetwin.daemon.supervisor import (
     ENGINE_STATE_RECORD,
     Daemon,
@@ -46,6 +47,7 @@ class _Load:
 
 LOAD = _Load()  # build_daemon(engine=LOAD) loads the models; None runs without them
 RETENTION_INTERVAL_S = 3600.0
+TRIM_INTERVAL_S = 60.0
 
 
 def sources_from_pairings(store: TwinStore) -> list[Source]:
@@ -116,8 +118,12 @@ def build_daemon(
     """A daemon over the paired sources (or the given ones) with features and inference;
     with ``lsl`` (default: ``[lsl] enabled``) it publishes LSL outlets: run it with
     :func:`run_daemon`."""
+    # before the daemon's threads exist: they then share two malloc arenas, not one each
+    memory.tune_malloc()
     periodic = [
         PeriodicJob("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
+        # free pages inside the heap go back to the kernel (on the writer, between commits)
+        PeriodicJob("trim", TRIM_INTERVAL_S, _trim),
         # Uploads wait on the network: off the loop, so sensors keep flowing meanwhile.
         PeriodicJob("sync", config.sync.interval_s, _sync_job(store, config), in_thread=True),
     ]
@@ -383,3 +389,7 @@ def _sync_job(store: TwinStore, config: Config) -> Callable[[], None]:
         drain_outbox(store, config)
 
     return job
+
+
+def _trim() -> None:
+    memory.trim()
