@@ -49,11 +49,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgetwin.config import LslConfig
-from edgetwin.features.schema import FEATURES, SCHEMA_VERSION
+from edgetwin.features.schema import FEATURES, INDEX, LOCATION, SCHEMA_VERSION
 from edgetwin.sources.lsl_meta import KIND_TO_LSL_TYPE, UNIT_TO_LSL, pylsl_module
 from edgetwin.types import CHANNEL_UNITS, FeatureFrame, Prediction, SampleBatch, channel_kind
 
 _LOGGER = logging.getLogger(__name__)
+# The features outlet carries every feature but where the person is: LSL streams are seen by
+# any program on the network, and location never leaves the device (schema.LOCATION).
+_OUTLET_FEATURES = tuple(f for f in FEATURES if f.name not in LOCATION)
+_OUTLET_COLS = [INDEX[f.name] for f in _OUTLET_FEATURES]
 
 _MAX_PENDING = 256  # queued frame/forecast/marker jobs before new ones are dropped
 
@@ -196,10 +200,10 @@ class LslPublisher:
     def _open_fixed(self) -> None:
         pylsl = self._pylsl
         if self.config.features and self._features is None:
-            info = self._info("features", "Features", len(FEATURES), 1.0 / self.step_s,
+            info = self._info("features", "Features", len(_OUTLET_FEATURES), 1.0 / self.step_s,
                               pylsl.cf_double64)
             chans = info.desc().append_child("channels")
-            for feat in FEATURES:
+            for feat in _OUTLET_FEATURES:
                 self._channel(chans, feat.name, UNIT_TO_LSL.get(feat.unit, feat.unit), "Feature")
             twin = info.desc().append_child("edgetwin")
             twin.append_child_value("schema_version", str(SCHEMA_VERSION))
@@ -228,9 +232,9 @@ class LslPublisher:
         assert self._features is not None
         values = np.stack([np.asarray(f.values, dtype=np.float64) for f in frames])
         if values.shape[1] != len(FEATURES):
-            raise ValueError(f"frames have {values.shape[1]} features, the outlet "
-                             f"{len(FEATURES)} (schema {SCHEMA_VERSION})")
-        self._push(self._features, values, [f.t for f in frames])
+            raise ValueError(f"frames have {values.shape[1]} features, the schema "
+                             f"{len(FEATURES)} (v{SCHEMA_VERSION})")
+        self._push(self._features, values[:, _OUTLET_COLS], [f.t for f in frames])
 
     def _push_predictions(self, preds: list[Prediction]) -> None:
         for pred in preds:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetwin.features.schema import NAMES
+from edgetwin.features.schema import LOCATION, NAMES
 from edgetwin.store import Secret, TwinStore
 
 EXE = [sys.executable, "-m", "edgetwin"]
@@ -163,10 +163,12 @@ def test_features_outlet_and_markers_outlet_exist_with_their_metadata(
 ) -> None:
     feats = pylsl.StreamInlet(resolve_one(f"{prefix}.features"))
     info = feats.info(10.0)
-    assert info.channel_count() == len(NAMES)  # the current feature schema (v2: 21)
+    # the current feature schema but place and home_distance (location stays on the device)
+    assert info.channel_count() == len(NAMES) - len(LOCATION) == 19
     assert info.nominal_srate() == pytest.approx(0.2)
     labels = info.get_channel_labels()
-    assert labels[0] == "hr" and "eeg_alpha" in labels
+    assert labels[0] == "hr" and "eeg_alpha" in labels and "co2" in labels
+    assert not set(LOCATION) & set(labels)
     assert info.get_channel_units()[0] == "bpm"
     marks = pylsl.StreamInlet(resolve_one(f"{prefix}.markers"))
     minfo = marks.info(10.0)
@@ -176,7 +178,7 @@ def test_features_outlet_and_markers_outlet_exist_with_their_metadata(
     # a feature frame arrives within a couple of steps, stamped with the frame's time
     feats.open_stream(10.0)
     sample, stamp = feats.pull_sample(timeout=30.0)
-    assert sample is not None and len(sample) == len(NAMES)
+    assert sample is not None and len(sample) == len(NAMES) - len(LOCATION)
     frame_t = stamp - pylsl.local_clock() + time.time()
     status = json.loads(cli(env, "status", "--json").stdout)
     names = {o["name"] for o in status["lsl"]["outlets"]}
