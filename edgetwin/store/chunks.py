@@ -391,7 +391,7 @@ class Chunks(SeriesRows):
         )
 
     def _ends_mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._ends_key, _ENDS_AD + self._keys.twin_id + payload, "sha256").digest()
+        return hmac.digest(self._ends_key, _ENDS_AD + self._keys.twin_id + payload, "sha256")
 
     def _read_ends(self) -> dict[int, tuple[int, int, int]]:
         """meta['chunk_ends'] (empty in a twin written before it): series_no -> (info key id,
