@@ -469,7 +469,8 @@ class Chunks(SeriesRows):
                 end[1] - series.next_seq
             )
             series.next_seq = end[1]
-        self._tail[sid] = len(tail)
+        with self._lock:  # a writer's own count (of this very tail) stays
+            self._tail.setdefault(sid, len(tail))
         return series
 
     def _chunk_times(self, series: SeriesInfo, row: ChunkRow) -> FloatArray | None:
