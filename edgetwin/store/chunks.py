@@ -443,14 +443,14 @@ class Chunks(SeriesRows):
                 missing = row.seq - series.next_seq
                 _LOGGER.warning("series #%d: chunks %d..%d are missing", sn, series.next_seq,
                                 row.seq - 1)
-                series.periods.setdefault(day, [0, 0, math.inf, -math.inf])[0] += missing
+                _day_stats(series, day)[0] += missing
             try:
                 t = self._chunk_times(series, row)
             except (DataCorrupt, codec.Undecodable) as exc:
                 # counted as a chunk of unknown rows: verify reports it, reads skip or raise
                 _LOGGER.warning("series #%d: chunk %d of its tail does not open (%s)",
                                 sn, row.seq, exc)
-                series.periods.setdefault(day, [0, 0, math.inf, -math.inf])[0] += 1
+                _day_stats(series, day)[0] += 1
                 series.next_seq = row.seq + 1
                 continue
             if t is None:
@@ -465,9 +465,7 @@ class Chunks(SeriesRows):
             # the record, which then does not apply)
             _LOGGER.warning("series #%d: chunks %d..%d are missing", sn, series.next_seq,
                             end[1] - 1)
-            series.periods.setdefault(end[2], [0, 0, math.inf, -math.inf])[0] += (
-                end[1] - series.next_seq
-            )
+            _day_stats(series, end[2])[0] += end[1] - series.next_seq
             series.next_seq = end[1]
         with self._lock:  # a writer's own count (of this very tail) stays
             self._tail.setdefault(sid, len(tail))
@@ -631,6 +629,12 @@ class Chunks(SeriesRows):
                 t = t_of(item)
                 if (t0 is None or t >= t0) and (t1 is None or t <= t1):
                     yield item
+
+
+def _day_stats(series: SeriesInfo, day: int) -> list[float]:
+    """The counts of a day, made for chunks of unknown rows: the day's bounds as its span."""
+    return series.periods.setdefault(day, [0, 0, float(day * PERIOD_S),
+                                           float((day + 1) * PERIOD_S - 1)])
 
 
 def _group_batches(
