@@ -103,7 +103,7 @@ def test_the_walker_sees_imports_at_all() -> None:
         # parsing JSON from outside is a base too: bundles, the control socket, the collector
         ("edgetwin.untrusted_json", ()),
         # transports know samples, not where they are kept
-        ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors")),
+        ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors", "edgetwin.untrusted_json")),
         ("edgetwin.features", ("edgetwin.types", "edgetwin.errors")),
         # the store takes a Secret; it never prompts, never reaches up into the CLI or daemon.
         # It may read the pure catalogues (which feature feeds what, which summaries exist)

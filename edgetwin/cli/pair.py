@@ -33,6 +33,7 @@ _ADD_COMMANDS = {
     "brainflow": "edgetwin.cli.pair_brainflow:brainflow_add",
     "serial": "edgetwin.cli.pair_serial:serial_add",
     "lsl": "edgetwin.cli.pair_lsl:lsl_add",
+    "gpsd": "edgetwin.cli.pair_gpsd:gpsd_add",
 }
 
 
@@ -117,7 +118,7 @@ def pair_group() -> None:
 
 @pair_group.group("add", cls=_AddGroup)
 def add_group() -> None:
-    """Register a sensor (ble, brainflow, serial, lsl, simulator)."""
+    """Register a sensor (ble, brainflow, serial, lsl, gpsd, simulator)."""
 
 
 @add_group.command("simulator")

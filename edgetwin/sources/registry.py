@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "ble": "edgetwin.sources.ble:BleSource",
     "replay": "edgetwin.sources.recording:ReplaySource",
     "lsl": "edgetwin.sources.lsl:LslSource",
+    "gpsd": "edgetwin.sources.gpsd:GpsdSource",
 }
 
 SECRET_FIELDS = frozenset({"bind_key"})  # pairing-record fields never shown (a BTHome key)
