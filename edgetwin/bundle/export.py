@@ -122,10 +122,13 @@ def export_bundle(
     force: bool = False,
     passphrase_limit: int = PASSPHRASE_LIMIT,
     progress: Progress | None = None,
+    with_location: bool = False,
 ) -> ExportReport:
     """Write ``store`` (samples in [t0, t1] of ``streams``, or all) to the age file ``out``.
 
-    Exactly one of ``recipients`` (age public keys) or ``passphrase``.
+    Exactly one of ``recipients`` (age public keys) or ``passphrase``. Without
+    ``with_location`` the timeline's location features (``place``, ``home_distance``)
+    are left out (empty cells; the manifest says so).
     """
     started = time.perf_counter()
     if (recipients is None) == (passphrase is None):
@@ -152,6 +155,7 @@ def export_bundle(
     spool = Spool(staging)  # members in clear have no name on disk: a SIGKILL leaves none
     try:
         builder = _Builder(store, spool, t0, t1, say)
+        builder.with_location = with_location
         builder.read_markers()
         builder.write_streams(streams)
         builder.write_timeline()
@@ -260,6 +264,7 @@ class _Builder:
         self.first_t: float | None = None
         self.last_t: float | None = None
         self.markers: list[Marker] = []
+        self.with_location = False  # the timeline's place and home_distance go too
         self.markers_doc: dict[str, Any] | None = None
 
     # -- members ------------------------------------------------------------------------
@@ -380,8 +385,10 @@ class _Builder:
     # -- timeline, predictions, records, audit, config ---------------------------------------
 
     def write_timeline(self) -> None:
-        from edgetwin.features.schema import FEATURES, NAMES, SCHEMA_VERSION
+        from edgetwin.features.schema import FEATURES, LOCATION, NAMES, SCHEMA_VERSION
 
+        withheld = () if self.with_location else LOCATION
+        hide = [NAMES.index(n) for n in withheld]
         name = "timeline.csv"
         skipped = 0
         first = last = None
@@ -393,11 +400,16 @@ class _Builder:
                 if frame.values.shape[0] != len(NAMES):
                     skipped += 1
                     continue
-                imputed = ";".join(n for i, n in enumerate(NAMES) if frame.imputed[i])
+                values, quality = frame.values, frame.quality
+                if hide:  # where the person was stays on the device unless asked for
+                    values, quality = values.copy(), quality.copy()
+                    values[hide], quality[hide] = np.nan, 0.0
+                imputed = ";".join(n for i, n in enumerate(NAMES)
+                                   if frame.imputed[i] and n not in withheld)
                 w.writerow([
                     fmt(frame.t),
-                    *(fmt(v) for v in frame.values),
-                    *(fmt(q) for q in frame.quality),
+                    *(fmt(v) for v in values),
+                    *(fmt(q) for q in quality),
                     imputed,
                     frame.schema_version,
                 ])
@@ -415,6 +427,7 @@ class _Builder:
             "features": list(NAMES),
             "units": [f.unit for f in FEATURES],
             "skipped_other_schema": skipped,
+            "withheld": list(withheld),  # empty columns: location without --with-location
         }
 
     def write_predictions(self) -> None:

@@ -131,8 +131,8 @@ def bundle(twin: Twin, key: AgeKey, tmp_path: Path) -> Path:
     from edgetwin.bundle import export_bundle
 
     out = tmp_path / "twin.age"
-    with twin.open() as store:
-        export_bundle(store, out, recipients=[key.public])
+    with twin.open() as store:  # the whole twin, location features included
+        export_bundle(store, out, recipients=[key.public], with_location=True)
     return out
 
 

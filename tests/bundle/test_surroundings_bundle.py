@@ -3,6 +3,8 @@ though their rate is regular), described in the manifest, and back after import.
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from edgetwin.features.pipeline import FeaturePipeline
 from edgetwin.features.schema import ENVIRONMENT, INDEX
 from edgetwin.sources.simulator import SimulatedPerson, simulate
 from edgetwin.store import Secret, TwinStore
+from edgetwin.types import SampleBatch
 from tests.bundle.conftest import AgeKey
 
 T0 = 1_767_225_600.0
@@ -61,3 +64,35 @@ def test_room_streams_travel_as_described_csv(key: AgeKey, tmp_path: Path) -> No
     assert len(back) == len(frames)
     co2 = [f.values[INDEX["co2"]] for f in back]
     assert np.isfinite(co2).all() and all(400 < c < 3000 for c in co2)
+
+
+def test_place_and_home_distance_leave_only_with_location(key: AgeKey, tmp_path: Path) -> None:
+    """The timeline's location features go into a bundle only when asked for."""
+    t = T0 + np.arange(0.0, 120.0)
+    loc = SampleBatch.build("phone.location", ("place", "homedist"), t,
+                            np.column_stack([np.full(t.size, 1.0), np.full(t.size, 4.25)]))
+    pipe = FeaturePipeline()
+    frames = pipe.push(loc) + pipe.flush()
+    assert all(f.values[INDEX["home_distance"]] == 4.25 for f in frames)
+    secret = Secret.passphrase("where")
+    with TwinStore.create(tmp_path / "src", secret) as src:
+        src.append_frames(frames)
+        src.commit()
+        for with_location in (False, True):
+            out = tmp_path / f"loc-{with_location}.age"
+            export_bundle(src, out, recipients=[key.public], streams=[],
+                          with_location=with_location)
+            dest = tmp_path / f"unpacked-{with_location}"
+            dest.mkdir()
+            manifest = unpack_bundle(out, dest, identities=load_identities(key.path))
+            rows = list(csv.DictReader(io.StringIO((dest / "timeline.csv").read_text())))
+            assert len(rows) == len(frames)
+            if with_location:
+                assert manifest["timeline"]["withheld"] == []
+                assert {r["home_distance"] for r in rows} == {"4.25"}
+                assert {r["place"] for r in rows} == {"1.0"}
+            else:
+                assert manifest["timeline"]["withheld"] == ["place", "home_distance"]
+                assert {r["place"] for r in rows} == {r["home_distance"] for r in rows} == {""}
+                assert {r["place_quality"] for r in rows} == {"0.0"}
+                assert b"4.25" not in (dest / "timeline.csv").read_bytes()
