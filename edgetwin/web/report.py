@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetwin.errors import HomeError, UsageError
-from edgetwin.features.schema import FEATURES, INDEX, NAMES, QUALITY_THRESHOLD
+from edgetwin.features.schema import FEATURES, INDEX, LOCATION, NAMES, QUALITY_THRESHOLD
 from edgetwin.store.codec import FrameColumns
 from edgetwin.types import Prediction
 from edgetwin.web.report_tables import (
@@ -247,6 +247,8 @@ def day_stats(cols: Columns, t0: float, t1: float, step: float) -> list[dict[str
         steps = max(1.0, (hi - lo) / step)
         feats: dict[str, Any] = {}
         for i, name in enumerate(NAMES):
+            if name in LOCATION:
+                continue  # a report is handed to others: where the person was stays home
             v = cols.values[a:b, i].astype(np.float64)
             imp = cols.imputed[a:b, i]
             obs = v[np.isfinite(v) & ~imp]

@@ -56,3 +56,22 @@ def test_the_api_charts_the_room_and_old_frames_together(tmp_path: Path) -> None
     with TwinStore.open(tmp_path / "twin", Secret.passphrase("web")) as store, \
             pytest.raises(ValueError, match="unknown feature"):
         data.timeline(store, T0, T0 + 700, features=["lat"])  # a coordinate is no feature
+
+
+def test_the_report_keeps_where_the_person_was_out_of_its_day_tables() -> None:
+    from edgetwin.features.schema import NAMES
+    from edgetwin.store.codec import FrameColumns
+    from edgetwin.web.report import Columns, day_stats
+
+    n = 120
+    values = np.full((n, len(NAMES)), np.nan)
+    values[:, INDEX["hr"]] = 61.0
+    values[:, INDEX["co2"]] = 900.0
+    values[:, INDEX["place"]] = 2.0
+    values[:, INDEX["home_distance"]] = 7.5
+    block = FrameColumns(T0 + 5.0 * np.arange(n), values, np.ones_like(values),
+                         np.zeros(values.shape, bool), 2)
+    days = day_stats(Columns.from_blocks([block], n), T0, T0 + 5.0 * n, 5.0)
+    feats = days[0]["features"]
+    assert feats["hr"]["mean"] == 61.0 and feats["co2"]["mean"] == 900.0
+    assert "place" not in feats and "home_distance" not in feats
