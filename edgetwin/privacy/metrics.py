@@ -19,9 +19,34 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from edgetwin.errors import ConfigError
+from edgetwin.errors import ConfigError, PrivacyRefused
 
 PERIOD_SECONDS: dict[str, int] = {"day": 86_400, "hour": 3_600}
+
+
+# Location never leaves the device: no DP release, no consent, no sync, no secure
+# aggregation. The features and channel kinds that say where the person is (the gpsd
+# source's ``<name>.location`` stream: lat, lon, place, homedist; the timeline's place
+# and home_distance), and the words a metric about them would start with.
+LOCATION_FEATURES = frozenset({"place", "home_distance"})
+LOCATION_CHANNELS = frozenset({"lat", "lon", "place", "homedist"})
+_LOCATION_WORDS = frozenset({*LOCATION_FEATURES, *LOCATION_CHANNELS, "home", "location",
+                             "gps", "gpsd", "latitude", "longitude", "distance"})
+
+
+def is_location(name: str) -> bool:
+    """Whether a metric, feature or channel name is about where the person is."""
+    low = name.strip().lower()
+    words = low.replace("-", "_").split("_")
+    return (low in _LOCATION_WORDS or words[0] in _LOCATION_WORDS
+            or "_".join(words[:2]) in LOCATION_FEATURES or low.endswith(".location"))
+
+
+def location_refusal(name: str) -> str:
+    """The one sentence that says why ``name`` cannot leave the device."""
+    return (f"{name!r} is derived from location (place, distance from home, lat/lon), which "
+            "never leaves this device: it cannot be consented to, released with differential "
+            "privacy, synced or aggregated")
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,11 @@ class Metric:
     statistic: str  # "mean" | "p10" | "active_minutes"
     default_bounds: tuple[float, float]
     why: str  # why these bounds (README and report)
+
+    def __post_init__(self) -> None:
+        if is_location(self.name) or is_location(self.feature):
+            # by construction: no catalogue entry can ever summarise where the person is
+            raise PrivacyRefused(location_refusal(self.name))
 
 
 # Defaults are chosen so that the bulk of a healthy adult population falls inside the
@@ -62,7 +92,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in _CATALOGUE}
 
 
 def get_metric(name: str) -> Metric:
-    """The catalogue entry for ``name``, or a ConfigError with did-you-mean."""
+    """The catalogue entry for ``name``; PrivacyRefused for anything about location, else a
+    ConfigError with did-you-mean."""
+    if is_location(name):
+        raise PrivacyRefused(location_refusal(name),
+                             hint="location stays on the device; see 'edgetwin consent list' "
+                             "for what may leave")
     try:
         return METRICS[name]
     except KeyError:

@@ -165,7 +165,11 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def _mint(**fields: Any) -> DPRelease:
-    """Construct a sealed DPRelease; only this package calls it."""
+    """Construct a sealed DPRelease; only this package calls it. Never of location."""
+    from edgetwin.privacy.metrics import is_location, location_refusal
+
+    if is_location(str(fields["metric"])):
+        raise ForgedRelease(location_refusal(str(fields["metric"])))
     public = {name: fields[name] for name in FIELDS}
     for name in ("period_start", "period_end", "value", "epsilon", "scale", "sensitivity",
                  "lower", "upper", "created"):

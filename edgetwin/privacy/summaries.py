@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetwin.features.schema import NAMES, QUALITY_THRESHOLD, SCHEMA_VERSION
+from edgetwin.privacy.metrics import is_location
 from edgetwin.types import FeatureFrame
 
 _LOGGER = logging.getLogger(__name__)
@@ -22,7 +23,9 @@ def usable_values(
     A frame's ``t`` is the end of its step, so the frame ending exactly at
     ``end`` belongs to the window. Imputed values are model output, not the
     person's measurement, and are left out; so are values below the schema's
-    quality threshold and frames of another schema version.
+    quality threshold and frames of another schema version. Location features (place,
+    home_distance) are never among them: nothing summarised for release says where
+    the person is.
     """
     rows: list[npt.NDArray[np.float64]] = []
     skipped = 0
@@ -37,10 +40,12 @@ def usable_values(
     if skipped:
         _LOGGER.warning("ignored %d frames of another feature schema version", skipped)
     if not rows:
-        return {name: np.empty(0) for name in NAMES}
+        return {name: np.empty(0) for name in NAMES if not is_location(name)}
     table = np.vstack(rows)
     out = {}
     for k, name in enumerate(NAMES):
+        if is_location(name):
+            continue
         col = table[:, k]
         out[name] = np.ascontiguousarray(col[np.isfinite(col)])
     return out
