@@ -11,7 +11,13 @@ pushes it through ``FeaturePipeline`` in 1 s batches and reports:
   per-step numpy mean of every channel), measured in the same run, and the
   pipeline's cost as a ratio of it;
 - ``simulator``: ``simulate()`` of the default modalities as fast as possible,
-  seconds per simulated second and the multiple of real time.
+  seconds per simulated second and the multiple of real time;
+- ``surroundings``: what schema v2's room streams cost. The pipeline over a
+  simulated wristband (rr, vitals, accel) with and without the simulated bedroom
+  (``.climate`` every 10 s, ``.air`` at 1 Hz), both in 1 s batches, as the share
+  of a core at real time, alternated over 3 rounds (median); and the bedroom's
+  generator alone (``simulate(modalities=("climate", "air"))``, whose chunks
+  also advance the simulated heart) against ``modalities=("rr",)``.
 """
 
 from __future__ import annotations
@@ -63,11 +69,42 @@ def run(quick: bool) -> dict[str, Any]:
     out["simulator"] = {
         "median": statistics.median(sim_times),
         "p99": _p99(sim_times),
-        "unit": "s per batch (5 streams per simulated second)",
+        "unit": "s per batch (7 streams per simulated second)",
         "x_realtime": round(sim_s / sim_cpu, 1),
         "cpu_share_at_realtime": round(sim_cpu / sim_s, 5),
     }
+    out["surroundings"] = _surroundings(120 if quick else 600)
     return out
+
+
+def _surroundings(seconds: int) -> dict[str, Any]:
+    person = SimulatedPerson.from_seed(2)
+    body = ("rr", "vitals", "accel")
+    sets = {"body": body, "body_and_room": (*body, "climate", "air")}
+    data = {k: list(simulate(person, T0, seconds, 1.0, modalities=m, dropouts=False))
+            for k, m in sets.items()}
+    cpu: dict[str, list[float]] = {k: [] for k in sets}
+    for _ in range(3):
+        for k in sets:
+            pipe = FeaturePipeline()
+            c0 = time.process_time()
+            for b in data[k]:
+                pipe.push(b)
+            cpu[k].append(time.process_time() - c0)
+    share = {k: statistics.median(v) / seconds for k, v in cpu.items()}
+    gen: dict[str, float] = {}
+    for k, mods in (("rr_only", ("rr",)), ("climate_and_air", ("climate", "air"))):
+        c0 = time.process_time()
+        for _ in simulate(person, T0, seconds, 1.0, modalities=mods):
+            pass
+        gen[k] = (time.process_time() - c0) / seconds
+    return {
+        "pipeline_cpu_share_at_realtime": {k: round(v, 5) for k, v in share.items()},
+        "pipeline_ratio": round(share["body_and_room"] / max(share["body"], 1e-12), 2),
+        "generator_cpu_share_at_realtime": {k: round(v, 5) for k, v in gen.items()},
+        "seconds_simulated": seconds,
+        "command": "python scripts/bench_features.py",
+    }
 
 
 def _recording(seconds: int) -> list[SampleBatch]:
