@@ -258,7 +258,7 @@ class _Collector:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.args, stdout=self.log.open("ab"),
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a busy machine starts the CLI slowly
         while time.monotonic() < deadline:
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
