@@ -256,6 +256,22 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True)
+class LocationConfig:
+    """Location from gpsd: stored coarsened to a grid, the exact fix only if the person asks."""
+
+    precision_m: float = 1000.0  # grid cell size in metres; a fix is stored as its cell's centre
+    exact: bool = False  # true stores the exact fix too (it never leaves the device either way)
+    regular_days: int = 3  # a cell visited on this many days (of the last 28) is a regular place
+
+    def validate(self) -> None:
+        if not 10.0 <= self.precision_m <= 100_000.0:
+            raise _bad("location.precision_m", f"is {self.precision_m:g}; use 10 to 100000 "
+                       "metres (1000, about a neighbourhood, is the default)")
+        if not 1 <= self.regular_days <= 28:
+            raise _bad("location.regular_days", f"is {self.regular_days}; use 1 to 28 days")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one twin."""
 
@@ -268,6 +284,7 @@ class Config:
     lsl: LslConfig = field(default_factory=LslConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)
 
     def validate(self) -> None:
         for f in fields(self):

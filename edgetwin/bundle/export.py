@@ -65,6 +65,8 @@ RECORD_KINDS = (
     "pairing",
     "inference",
 )
+# Location records (the learned home and regular places) go only with --with-location.
+LOCATION_RECORD_KINDS = ("place",)
 # ("device", "signing_key") stays behind: a device's uplink identity must not travel
 # to a clinician, and a new device enrolls its own key with the collector.
 EXCLUDED_KINDS = ("device",)
@@ -265,6 +267,7 @@ class _Builder:
         self.last_t: float | None = None
         self.markers: list[Marker] = []
         self.with_location = False  # the timeline's place and home_distance go too
+        self.location_left_out: list[str] = []  # location streams not exported
         self.markers_doc: dict[str, Any] | None = None
 
     # -- members ------------------------------------------------------------------------
@@ -301,6 +304,14 @@ class _Builder:
                     hint=f"streams: {', '.join(by_name) or 'none'}",
                 )
             infos = [by_name[s] for s in dict.fromkeys(only)]
+            asked = [s for s in only if _is_location_stream(by_name[s])]
+            if asked and not self.with_location:
+                raise UsageError(f"{', '.join(map(repr, asked))} holds where you were: location "
+                                 "leaves the device only when asked",
+                                 hint="add --with-location to export it")
+        if not self.with_location:  # where the person was stays on the device unless asked
+            self.location_left_out = [i.name for i in infos if _is_location_stream(i)]
+            infos = [i for i in infos if not _is_location_stream(i)]
         stems: set[str] = set()
         for index, info in enumerate(infos):
             stem = safe_stem(info.name, index)
@@ -458,7 +469,8 @@ class _Builder:
                             "columns": ["timestamp", "text", "source"]}
 
     def write_records(self) -> None:
-        for kind in RECORD_KINDS:
+        # the learned places (gpsd sources' place memory) travel only with the location
+        for kind in (*RECORD_KINDS, *(LOCATION_RECORD_KINDS if self.with_location else ())):
             recs = self.store.list_records(kind)
             if not recs:
                 continue
@@ -549,11 +561,25 @@ class _Builder:
             "markers": self.markers_doc,
             "models": _models(self.models),
             "records": self.records_doc,
-            "records_left_out": list(EXCLUDED_KINDS),
+            "records_left_out": list(EXCLUDED_KINDS) + (
+                [] if self.with_location else list(LOCATION_RECORD_KINDS)),
+            # location leaves the device only with --with-location: what stayed behind
+            "location": {
+                "included": self.with_location,
+                "streams_left_out": self.location_left_out,
+                "records_left_out": [] if self.with_location else list(LOCATION_RECORD_KINDS),
+                "features_left_out": list((self.timeline or {}).get("withheld", [])),
+            },
             "audit": self.audit_doc,
             "config": self.config_doc,
             "members": self.members,
         }
+
+
+def _is_location_stream(info: Any) -> bool:
+    """A stream that says where the person was: a gpsd source's ``<name>.location``, or any
+    stream with both lat and lon channels."""
+    return str(info.name).endswith(".location") or {"lat", "lon"} <= set(info.channels)
 
 
 def _models(used: set[str]) -> list[dict[str, Any]]:

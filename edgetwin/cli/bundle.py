@@ -64,6 +64,9 @@ def _limit_option(f: Any) -> Any:
               "feature frame) [default: 5m].")
 @click.option("--with-forecasts", is_flag=True,
               help="fhir: add the forecasts as preliminary Observations marked 'forecast'.")
+@click.option("--with-location", is_flag=True,
+              help="bundle: include location (.location streams, place, home distance, learned "
+              "places); left out by default, and the manifest says so.")
 @json_option
 @pass_app
 def export_cmd(
@@ -80,6 +83,7 @@ def export_cmd(
     fmt: str,
     every: str | None,
     with_forecasts: bool,
+    with_location: bool,
 ) -> None:
     """Write the twin as one age-encrypted bundle of open formats (EDF+, SNIRF, CSV, JSON),
     or its vital signs as FHIR R4 / Open mHealth JSON (--format)."""
@@ -88,6 +92,9 @@ def export_cmd(
     from edgetwin.cli.unlock import open_twin_from_app
 
     fmt = fmt.lower()
+    if fmt != "bundle" and with_location:
+        raise UsageError("--with-location goes with the twin bundle (--format bundle)",
+                         hint="FHIR and Open mHealth exports never carry location")
     if fmt != "bundle":
         _export_interop(app, output, fmt=fmt, every=every, with_forecasts=with_forecasts,
                         recipients=recipients, use_passphrase=use_passphrase,
@@ -120,6 +127,7 @@ def export_cmd(
             force=force,
             passphrase_limit=passphrase_limit_mb * 1024 * 1024,
             progress=_progress(app),
+            with_location=with_location,
         )
     if app.as_json:
         emit_json(report.to_json())

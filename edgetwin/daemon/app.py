@@ -148,6 +148,7 @@ def build_daemon(
         lsl_status = lambda: {"lsl": publisher.stats()}  # noqa: E731 - one-line status part
     chosen = list(sources) if sources is not None else sources_from_pairings(store)
     _give_markers_a_home(chosen, store)
+    _give_locations_their_settings(chosen, store, config)
     daemon = Daemon(
         home,
         config,
@@ -240,6 +241,21 @@ def _give_markers_a_home(sources: Sequence[Source], store: TwinStore) -> None:
         if isinstance(source, LslSource) and source.is_markers:
             # called after _tap_markers: LSL events reach the markers outlet as well
             source.marker_sink = store.append_markers
+
+
+def _give_locations_their_settings(
+    sources: Sequence[Source], store: TwinStore, config: Config
+) -> None:
+    """gpsd sources get the person's ``[location]`` settings and their place memory, a record
+    sealed in the store (the source never imports the store)."""
+    from edgetwin.sources.gpsd import GpsdSource, RecordPlaceMemory
+
+    for source in sources:
+        if isinstance(source, GpsdSource):
+            loc = config.location
+            source.configure(precision_m=loc.precision_m, exact=loc.exact,
+                             regular_days=loc.regular_days,
+                             memory=RecordPlaceMemory(store, source.name))
 
 
 def _tap_markers(store: TwinStore, publisher: LslPublisher) -> None:

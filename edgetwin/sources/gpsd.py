@@ -194,6 +194,8 @@ class GpsdSource(Source):
         """Open gpsd's socket, check its VERSION banner and ask for JSON reports."""
         if self._writer is not None:
             return
+        if not self._loaded:  # first: a forgotten history is cut even while gpsd is away
+            await self._load_memory()
         where = f"gpsd at {self.host}:{self.port}"
         try:
             reader, writer = await asyncio.wait_for(
@@ -226,8 +228,6 @@ class GpsdSource(Source):
         self._reader, self._writer = reader, writer
         self._line = 1
         self.counters.extra["gpsd_release"] = release
-        if not self._loaded:
-            await self._load_memory()
         _LOGGER.info("%s (gpsd %s) watched for %s", where, release, self.name)
 
     async def devices(self, wait_s: float) -> int | None:
