@@ -128,3 +128,28 @@ def test_forgetting_the_newest_days_of_a_tail_leaves_no_false_gap(store: TwinSto
     _write(store, "s", 1, start=int(3 * day / 10) + 1)
     report = store.verify()
     assert report.ok, [str(p) for p in report.problems]
+
+
+def test_frames_and_predictions_tails_are_counted_too(twin_home: Path, secret: Secret) -> None:
+    from edgetwin.types import FeatureFrame, Prediction
+
+    ones = np.ones(3)
+    with TwinStore.create(twin_home, secret) as s:
+        for k in range(3):
+            s.append_frames([FeatureFrame(T0 + 10 * k + i, ones, ones, ones < 0, 1)
+                             for i in range(2)])
+            s.append_predictions([Prediction(T0 + 10 * k, "hr", 5.0, (60.0,), ((55.0, 65.0),),
+                                             (1.0,), (), "m")])
+            s.commit()
+        assert s.series_counts() == {"frames": 6, "predictions": 3}
+    with TwinStore.open(twin_home, secret) as s:
+        assert s.series_counts() == {"frames": 6, "predictions": 3}
+        assert len(s.read_predictions()) == 3
+        report = s.verify()
+        assert report.ok, [str(p) for p in report.problems]
+    conn = sqlite3.connect(twin_home / "twin.db", isolation_level=None)
+    conn.execute("DELETE FROM chunk WHERE seq = 2")  # the newest frames and predictions chunks
+    conn.close()
+    with TwinStore.open(twin_home, secret) as s:
+        problems = s.verify().problems
+        assert len(problems) == 2 and all("missing" in p.detail for p in problems)
