@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from edgetwin.errors import HomeError, MalformedInput, StoreFull, UsageError
+from edgetwin.features.schema import NAMES as FEATURE_NAMES
+from edgetwin.features.schema import SCHEMA_VERSION as FEATURE_SCHEMA
 from edgetwin.store import Secret, TwinStore
 from edgetwin.store.schema import SCHEMA_VERSION
 from edgetwin.store.twin import BUCKET_S, PERIOD_S
@@ -106,7 +108,8 @@ def test_bad_batches_are_refused(store: TwinStore) -> None:
     assert store.pending_rows() == 0
 
 
-def _frame(t: float, k: int = 4, version: int = 1) -> FeatureFrame:
+def _frame(t: float, k: int = len(FEATURE_NAMES), version: int = FEATURE_SCHEMA) -> FeatureFrame:
+    # frames of the current feature schema: reads give every stored frame as that schema
     return FeatureFrame(
         t=t,
         values=np.arange(k, dtype=float) + t % 7,
