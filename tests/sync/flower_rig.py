@@ -79,6 +79,29 @@ client_app = make_client_app(outer_mods=(vanish_mod,))
 '''
 
 
+# Flower gives a started ClientApp/ServerApp process 30 s (HEARTBEAT_DEFAULT_INTERVAL) to
+# check in before its task token expires; on this shared 2-core machine (load 50+) importing
+# Flower alone can take longer, and the SuperNode then restarts the app in a loop. The rig runs
+# SuperLink and SuperNodes with a 10-minute grace instead (the token TTL only, nothing else).
+_LAUNCH = """
+import sys
+import flwr.supercore.corestate.in_memory_corestate as corestate
+corestate.HEARTBEAT_DEFAULT_INTERVAL = 600
+name = sys.argv.pop(1)
+if name == "flower-superlink":
+    from flwr.superlink.cli import flower_superlink as main
+else:
+    from flwr.supernode.cli import flower_supernode as main
+sys.argv[0] = name
+main()
+"""
+
+
+def _patient(cmd: list[str]) -> list[str]:
+    """``cmd`` (a Flower console script) run through _LAUNCH."""
+    return [sys.executable, "-c", _LAUNCH, Path(cmd[0]).name, *cmd[1:]]
+
+
 @dataclass
 class Device:
     """One simulated person: a twin, a node key, a SuperNode process."""
@@ -125,7 +148,7 @@ class FlowerRig:
     def start(self) -> None:
         cmd = fd.superlink_command(host="127.0.0.1", port=self.port, cert=self.tls.cert,
                                    key=self.tls.key, ca=self.tls.ca)
-        self.superlink = self._spawn(cmd, "superlink")
+        self.superlink = self._spawn(_patient(cmd), "superlink")
         wait_port(self.port, timeout=60)
 
     def add_device(self, summary: float, *, config: Any, period_start: float, consent: bool = True,
@@ -173,7 +196,7 @@ class FlowerRig:
             cmd = fd.supernode_command(superlink=self.address, ca=self.tls.ca,
                                        node_key=dev.node_key, runtime_port=free_port(),
                                        node_config=cfg)
-            dev.process = self._spawn(cmd, f"dev{dev.index}")
+            dev.process = self._spawn(_patient(cmd), f"dev{dev.index}")
 
     def run(self, run_config: dict[str, Any], timeout: float = 300) -> str:
         """``flwr run`` the app and wait for the run to finish; returns the CLI output."""
