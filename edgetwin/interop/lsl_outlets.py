@@ -7,7 +7,8 @@ What is published (names start with ``[lsl] prefix``, default ``edgetwin``):
   ["sampling_rate_hz"]`` or ``["rate_hz"]``) or ``IRREGULAR_RATE``; the desc follows the XDF/LSL
   metadata conventions: ``desc/channels/channel/{label,unit,type}`` (label = the
   twin's channel name, unit e.g. ``microvolts``, type e.g. ``EEG``). A stream
-  whose channels change gets a new outlet.
+  whose channels change gets a new outlet. Location streams (``<name>.location``)
+  never get one: location stays on the device.
 - ``<prefix>.features``: the feature timeline, one channel per feature of the
   versioned schema at ``1/step_s`` Hz; NaN where the step had no usable data. The
   values are the pipeline's, before imputation (the imputer's fills stay in the
@@ -216,7 +217,8 @@ class LslPublisher:
 
     def _push_raw(self, batches: list[SampleBatch]) -> None:
         for batch in batches:
-            if not len(batch):
+            # LSL is visible to any program on the network: location never gets an outlet
+            if not len(batch) or batch.stream.endswith(".location"):
                 continue
             try:
                 out = self._raw_outlet(batch)
