@@ -166,3 +166,18 @@ def test_collector_aggregate_without_rounds(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--json", "collector", "--db", str(db), "--aggregate"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["secagg_rounds"] == []
+
+
+def test_aggregator_refuses_a_period_start_that_is_not_one(tmp_path: Path) -> None:
+    from tests.sync.helpers import make_tls
+
+    tls = make_tls(tmp_path)
+    args = ["aggregator", "--listen", "127.0.0.1:1", "--db", str(tmp_path / "c.db"),
+            "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--ca", str(tls.ca),
+            "--expected", "3"]
+    result = CliRunner().invoke(cli, [*args, "--period-start", "2026-12-01T05:00"])
+    assert result.exit_code == 2, result.output
+    assert "not the start of a UTC day" in result.output
+    result = CliRunner().invoke(cli, [*args, "--period-start", "yesterday"])
+    assert result.exit_code == 2 and "is not a date" in result.output
+    assert not (tmp_path / "c.db.flower").exists()
