@@ -190,7 +190,7 @@ def secagg_join_cmd(app: AppContext, superlink: str, ca_file: Path, node_key: Pa
                                runtime_port=_free_port(),
                                node_config={"edgetwin-home": str(app.home),
                                             "passphrase-file": str(app.passphrase_file)})
-    proc = subprocess.Popen(cmd)  # noqa: S603 - our own argv, no shell
+    proc = subprocess.Popen(cmd, env=fd.flower_env())  # noqa: S603 - our own argv, no shell
     if app.as_json:
         emit_json({"joined": superlink, "metrics": secagg, "pid": proc.pid})
     else:

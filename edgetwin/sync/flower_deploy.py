@@ -37,6 +37,17 @@ client_app = make_client_app()
 '''
 
 
+# Flower phones home by default (usage telemetry, update checks); a health-data aggregator
+# and a person's device must not. Every Flower process edgetwin starts gets these.
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def flower_env(**extra: str) -> dict[str, str]:
+    """The environment for Flower processes: this one, no telemetry, the venv's scripts."""
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    return {**os.environ, **QUIET_ENV, "PATH": path, **extra}
+
+
 def write_app(directory: Path, module_source: str | None = None) -> Path:
     """Write the Flower app directory (pyproject + one module) and return it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -158,8 +169,7 @@ class Aggregator:
         self.host, self.port = host, port
         self.cert, self.key, self.ca = cert, key, ca
         self.flwr_home = workdir / "flwr"
-        self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home),
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        self.env = flower_env(FLWR_HOME=str(self.flwr_home))
         self.app = write_app(workdir / "app")
         write_cli_config(self.flwr_home, "edgetwin", self.address, ca)
         self._proc: Any = None

@@ -134,9 +134,8 @@ class FlowerRig:
         self.capture = self.workdir / "capture"
         self.capture.mkdir(exist_ok=True)
         self.flwr_home = self.workdir / "flwr"
-        self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home),
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-                    "PYTHONPATH": str(REPO), "EDGETWIN_RIG_CAPTURE": str(self.capture)}
+        self.env = fd.flower_env(FLWR_HOME=str(self.flwr_home), PYTHONPATH=str(REPO),
+                                 EDGETWIN_RIG_CAPTURE=str(self.capture))
         self.app = fd.write_app(self.workdir / "app", _TEST_APP)
         fd.write_cli_config(self.flwr_home, "rig", self.address, self.tls.ca)
         self._logs: list[Any] = []
