@@ -32,7 +32,7 @@ The place memory (what the learner needs across restarts) is handed in by the
 daemon (:class:`PlaceMemory`; the store seals it as a record): sources never
 import the store. When the stored location stream is gone (``forget``) or starts
 later than the memory (``forget --before``, retention), the memory is cut to
-match when loaded.
+match (by local day): when loaded, and every ``CHECK_EVERY_S`` while running.
 
 Reconnects: gpsd closing the socket, a read timing out or too many malformed
 lines in a row end the session with ``TransientSourceError``; the runner's
@@ -82,6 +82,9 @@ MAX_LINE = 64 * 1024  # gpsd's longest reports (SKY with many satellites) are a 
 MAX_BAD_IN_A_ROW = 20  # then the peer is broken: reconnect
 CONNECT_TIMEOUT_S = 5.0
 SAVE_EVERY_S = 60.0  # the place memory is sealed at most this often (and at close)
+# how often a running source compares its memory with the stored location history (a
+# forget through the running daemon, retention), cutting what is gone
+CHECK_EVERY_S = 600.0
 
 
 class PlaceMemory(Protocol):
@@ -154,6 +157,9 @@ class GpsdSource(Source):
         self._last_t = -math.inf
         self._line = 0
         self._saved_at = -math.inf
+        self._checked_at = time.monotonic()
+        self.check_every_s = CHECK_EVERY_S
+        self.save_every_s = SAVE_EVERY_S
         self._loaded = False
         self.configure(precision_m=precision_m, exact=exact, regular_days=regular_days)
 
@@ -380,13 +386,27 @@ class GpsdSource(Source):
             _LOGGER.info("place memory of %s cut to the stored location history", self.name)
             await self._maybe_save(force=True)
 
+    async def _cut_to_history(self, memory: PlaceMemory) -> None:
+        """Drop what the learner drew from location samples no longer stored (forgotten while
+        the daemon runs, or aged out by retention)."""
+        try:
+            _, stored, first_t = await asyncio.to_thread(memory.load)
+        except Exception as exc:  # noqa: BLE001 - checked again at the next save
+            _LOGGER.debug("place memory of %s not checked: %s", self.name, type(exc).__name__)
+            return
+        if self.learner.trim_before(first_t if stored else None):
+            _LOGGER.info("place memory of %s cut to the stored location history", self.name)
+
     async def _maybe_save(self, *, force: bool = False) -> None:
         if self.memory is None or not self.learner.changed:
             return
         now = time.monotonic()
-        if not force and now - self._saved_at < SAVE_EVERY_S:
+        if not force and now - self._saved_at < self.save_every_s:
             return
         self._saved_at = now
+        if not force and now - self._checked_at >= self.check_every_s:
+            self._checked_at = now
+            await self._cut_to_history(self.memory)
         doc = {"precision_m": self.grid.precision_m, "learner": self.learner.state()}
         try:
             await asyncio.to_thread(self.memory.save, doc)

@@ -186,3 +186,60 @@ async def test_gpsd_closing_mid_stream_is_transient(caplog: Any) -> None:
             await drain()
         await src.close()
     assert len(got) == 1
+
+
+class _Memory:
+    """A PlaceMemory in a dict, whose stored history a test moves (as forget would)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+        self.stored = False
+        self.first_t: float | None = None
+        self.saves = 0
+
+    def load(self) -> tuple[dict[str, Any] | None, bool, float | None]:
+        return self.state, self.stored, self.first_t
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.saves += 1
+
+
+async def test_gpsd_place_memory_follows_a_forget_while_running() -> None:
+    """The learned places are saved as they form, and cut when the stored history goes."""
+    from datetime import UTC, datetime
+
+    from tests.sources import gps_track
+
+    def tpv(f: gps_track.Fix) -> bytes:
+        when = datetime.fromtimestamp(f.t, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        return (f'{{"class":"TPV","mode":2,"time":"{when}","lat":{f.lat:.9f},'
+                f'"lon":{f.lon:.9f}}}\r\n').encode()
+
+    track = gps_track.track()
+    memory = _Memory()
+    async with FakePeer(BANNER, [tpv(f) for f in track[:60]]) as peer:
+        src = GpsdSource("gps", "127.0.0.1", peer.port, tz=UTC, memory=memory)
+        src.save_every_s = 0.0
+        await src.connect()
+        first = [b async for b in _take(src, 1.0)]
+        assert len(first) == 60 and src.learner.home is not None
+        assert memory.saves > 0 and memory.state is not None
+        assert memory.state["learner"]["cells"]
+        await src.close()
+    # the stored stream lost everything before Wednesday meanwhile (forget --before through
+    # the running daemon, retention): the next check cuts what was learned from it
+    wednesday = track[180]
+    assert datetime.fromtimestamp(wednesday.t, UTC).strftime("%a %H:%M") == "Wed 00:00"
+    memory.stored, memory.first_t = True, wednesday.t
+    async with FakePeer(BANNER, [tpv(f) for f in track[180:185]]) as peer:
+        src.port = peer.port
+        src.check_every_s = 0.0
+        await src.connect()
+        again = [b async for b in _take(src, 1.0)]
+        await src.close()
+    assert len(again) == 5
+    days = {int(d) for cell in memory.state["learner"]["cells"].values() for d in cell["d"]}
+    first_day = datetime.fromtimestamp(wednesday.t, UTC).toordinal()
+    assert days and min(days) >= first_day
+    assert src.learner.home is None  # the nights that made it home are gone
