@@ -12,7 +12,7 @@ import pytest
 
 from edgetwin.errors import DataCorrupt
 from edgetwin.store import Secret, TwinStore
-from edgetwin.store.chunks import RESEAL_TAIL
+from edgetwin.store.tails import RESEAL_TAIL
 from tests.store.helpers import T0, all_samples, batch
 
 
