@@ -275,7 +275,8 @@ def bench_round(devices: int = 30) -> dict[str, Any]:
             rig.register_and_start(rig.devices)
             db = Path(tmp) / "collector.db"
             t0 = time.perf_counter()
-            out = rig.run(round_config(config, devices, t0_period, str(db), "bench"))
+            out = rig.run(round_config(config, devices, t0_period, str(db), "bench",
+                                       timeout=180.0), timeout=1200)
             wall = time.perf_counter() - t0
             rows = rounds(str(db))
             sizes = [p.stat().st_size for p in rig.capture.glob("*.pkl")]
