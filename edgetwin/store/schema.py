@@ -46,7 +46,7 @@ from collections.abc import Callable
 
 from edgetwin.errors import SchemaTooNew
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -111,8 +111,19 @@ def _v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    """Sample chunks in codec v3 (zstd) and series tails with ``meta['chunk_ends']``.
+
+    Nothing to rewrite: version 4 code reads every older chunk. The number exists so that an
+    edgetwin that knows only version 3 refuses this file as too new (a precise error) instead
+    of reporting every v3 chunk as damage.
+    """
+    del conn
+
+
 # version reached -> migration from the version before it
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -91,6 +91,24 @@ def test_fixture_holds_chunks_of_the_old_codecs_and_no_ends_row(tmp_path: Path) 
     assert n_chunks >= 20
 
 
+def test_opening_moves_it_to_schema_v4_which_the_old_code_refuses_as_too_new(
+        tmp_path: Path) -> None:
+    """f16fa58 knows schema v3 and would read codec v3 chunks as damage; v4 makes it refuse
+    the file with its precise "schema version 4; this edgetwin knows up to 3" instead."""
+    import sqlite3
+
+    from edgetwin.store import schema
+
+    home = _home(tmp_path)
+    conn = sqlite3.connect(home / "twin.db")
+    try:
+        assert schema.schema_version(conn) == 3
+    finally:
+        conn.close()
+    with TwinStore.open(home, Secret.passphrase(PASS)) as store:
+        assert schema.schema_version(store._conn) == 4 == schema.SCHEMA_VERSION
+
+
 def test_a_twin_of_the_old_code_reads_bit_for_bit_and_verifies(tmp_path: Path) -> None:
     with TwinStore.open(_home(tmp_path), Secret.passphrase(PASS)) as store:
         for name, (t, v) in _expected().items():
