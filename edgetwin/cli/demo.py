@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgetwin.cli.common import emit_json
-from edgetwin.config import load_config
+from edgetwin.config import Config, load_config
 from edgetwin.daemon.app import (
     PAIRING,
     build_daemon,
@@ -78,7 +78,7 @@ def run_demo(
         say("a throw-away demo twin (deleted when the demo ends; --keep keeps it)")
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(TwinStore.create(home, Secret.passphrase(passphrase)))
-        config = load_config(home)
+        config = _dashboard_on_a_free_port(load_config(home), say)
         pipeline = make_pipeline(config)
         engine = load_engine(store, config)
         now = time.time()
@@ -109,6 +109,27 @@ def run_demo(
 
             click.echo("")
             click.echo(render_status(daemon.status(), home, daemon_line=False))
+
+
+def _dashboard_on_a_free_port(config: Config, say: Callable[[str], None]) -> Config:
+    """The demo twin's dashboard on the configured port, or on one the system picks when that
+    one is taken (the person's own daemon serves its dashboard there): a demo must not lose
+    its dashboard, nor take the real one's port."""
+    import dataclasses
+    import socket
+
+    dash = config.dashboard
+    if not dash.enabled:
+        return config
+    with socket.socket() as probe:
+        try:
+            probe.bind((dash.host, dash.port))
+            return config
+        except OSError:
+            pass
+    say(f"port {dash.port} is in use (your own daemon's dashboard?): the demo's dashboard "
+        "takes a free one")
+    return dataclasses.replace(config, dashboard=dataclasses.replace(dash, port=0))
 
 
 async def _run_with_dashboard(

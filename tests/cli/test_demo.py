@@ -54,3 +54,28 @@ def test_demo_takes_home_after_the_subcommand_as_scripts_demo_passes_it(tmp_path
     assert result.exit_code == 2
     assert "is not empty" in result.output and str(busy) in result.output
     assert (busy / "something").read_text() == "x"  # nothing of the user's was touched
+
+
+def test_demo_serves_its_dashboard_on_a_free_port_when_the_configured_one_is_taken(
+        tmp_path: Path) -> None:
+    """A person's own daemon holds 8765 (the default): the demo must still show a dashboard,
+    on another port, and must not take the real one's."""
+    import contextlib
+    import socket
+
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(socket.socket())
+        with contextlib.suppress(OSError):  # already held by a daemon on this machine: fine
+            holder.bind(("127.0.0.1", 8765))
+            holder.listen()
+        env = {**os.environ, "EDGETWIN_KDF_PROFILE": "test"}
+        result = subprocess.run(
+            [sys.executable, "-m", "edgetwin", "--home", str(tmp_path / "h"), "--json", "demo",
+             "--duration", "3", "--history-min", "0"],
+            env=env, capture_output=True, text=True, timeout=240, check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    last = json.loads(result.stdout.splitlines()[-1])
+    url = last["dashboard"]
+    assert url and url.startswith("http://127.0.0.1:") and "/?token=" in url
+    assert not url.startswith("http://127.0.0.1:8765/")
