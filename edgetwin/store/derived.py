@@ -359,12 +359,21 @@ def _outbox_entry(value: dict[str, Any]) -> RecordSource:
     return ((metric.feature,) if metric is not None else None), (lo, hi)
 
 
+def _place_memory(value: dict[str, Any]) -> RecordSource:
+    """A gpsd source's learned places (``sources.gpsd.PLACE_RECORD``): drawn from its whole
+    stored location history, so any forget of location data drops it whole (the source
+    learns afresh from what comes next; retention trims it in the source instead)."""
+    del value
+    return ("place", "home_distance"), (-math.inf, math.inf)
+
+
 # Record kinds computed from the timeline -> what one record was computed from. A new
 # kind of derived record (a personal model, a cache) adds itself here, e.g. with
 # whole_timeline, and forget and retention drop it with the data it came from.
 DERIVED_RECORD_KINDS: dict[str, Callable[[dict[str, Any]], RecordSource]] = {
     "inference": _inference_record,  # engine state (ENGINE_STATE_RECORD), personal heads
     "outbox": _outbox_entry,  # DP summaries waiting for, or done with, their upload
+    "place": _place_memory,  # learned home and regular places (location never outlives a forget)
 }
 
 
