@@ -299,7 +299,7 @@ def test_sqlite_settings(store: TwinStore) -> None:
     conn: sqlite3.Connection = store._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_repr_hides_secrets(store: TwinStore) -> None:
