@@ -189,13 +189,33 @@ class FlowerRig:
         with ThreadPoolExecutor(4) as pool:  # each is a flwr CLI process: ~1 s of CPU
             for r in pool.map(register, devices):
                 assert r.returncode == 0, r.stdout + r.stderr
+        ports: dict[int, int] = {}
         for dev in devices:
-            cfg = {"edgetwin-home": str(dev.home), "passphrase-file": str(dev.passphrase_file),
-                   "vanish-at": "2" if dev.vanish else "0"}
-            cmd = fd.supernode_command(superlink=self.address, ca=self.tls.ca,
-                                       node_key=dev.node_key, runtime_port=free_port(),
-                                       node_config=cfg)
-            dev.process = self._spawn(_patient(cmd), f"dev{dev.index}")
+            ports[dev.index] = self._start_supernode(dev)
+        # A SuperNode whose runtime port was taken between choosing and binding it exits
+        # ("address already in use") and the round would wait for it until its timeout:
+        # every one must listen before a round starts; one that died is started again.
+        for dev in devices:
+            for _attempt in range(3):
+                try:
+                    wait_port(ports[dev.index], timeout=120)
+                    break
+                except TimeoutError:
+                    assert dev.process is not None
+                    if dev.process.poll() is None:
+                        raise
+                    ports[dev.index] = self._start_supernode(dev)
+            else:
+                raise AssertionError(f"SuperNode dev{dev.index} did not start")
+
+    def _start_supernode(self, dev: Device) -> int:
+        cfg = {"edgetwin-home": str(dev.home), "passphrase-file": str(dev.passphrase_file),
+               "vanish-at": "2" if dev.vanish else "0"}
+        port = _port_outside_the_ephemeral_range()
+        cmd = fd.supernode_command(superlink=self.address, ca=self.tls.ca,
+                                   node_key=dev.node_key, runtime_port=port, node_config=cfg)
+        dev.process = self._spawn(_patient(cmd), f"dev{dev.index}")
+        return port
 
     def run(self, run_config: dict[str, Any], timeout: float = 300) -> str:
         """``flwr run`` the app and wait for the run to finish; returns the CLI output."""
@@ -232,6 +252,25 @@ class FlowerRig:
         self._logs.append(out)
         return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+
+
+def _port_outside_the_ephemeral_range() -> int:
+    """A free loopback port below Linux's ephemeral range (32768-60999), so the many outgoing
+    connections of 30 SuperNodes and their apps cannot take it before its SuperNode binds it
+    (free_port() hands out ephemeral ports: one was taken that way in a CI rehearsal)."""
+    import random
+    import socket
+
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def _descendants(pid: int) -> list[int]:
