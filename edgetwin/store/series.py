@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,13 @@ class SeriesRows(DataKeys):
             ) from exc
 
     def _read_series(self, kind: str, name: str) -> SeriesInfo | None:
+        return self._read_series_via(kind, name, self._open_series_row)
+
+    def _read_series_via(
+        self, kind: str, name: str, open_row: Callable[[int, bytes, int, bytes], SeriesInfo]
+    ) -> SeriesInfo | None:
+        """The description of one series, opened by ``open_row`` (a layer above may open it
+        without what it adds, e.g. the tails' counts)."""
         sid = self._sid(kind, name)
         with self._lock, self._db("reading a stream"):
             row = self._conn.execute(
@@ -232,7 +240,7 @@ class SeriesRows(DataKeys):
         if row is None:
             return None
         try:
-            series = self._open_series_row(int(row[0]), sid, int(row[1]), bytes(row[2]))
+            series = open_row(int(row[0]), sid, int(row[1]), bytes(row[2]))
         except DataCorrupt as exc:
             label = f"stream {name!r}" if kind == KIND_SAMPLES else f"the {kind}"
             raise DataCorrupt(

@@ -32,7 +32,6 @@ from edgetwin.store import codec
 from edgetwin.store.keys import Keystore, MasterKeys
 from edgetwin.store.series import (
     BUCKETS_PER_PERIOD,
-    KIND_SAMPLES,
     PERIOD_S,
     ChunkRow,
     SeriesInfo,
@@ -74,23 +73,7 @@ class SeriesTails(SeriesRows):
     def _read_series_for_chunks(self, kind: str, name: str) -> SeriesInfo | None:
         """:meth:`_read_series` without the tail counted in: reading chunks needs the
         description's layouts and meta, never its counts."""
-        sid = self._sid(kind, name)
-        with self._lock, self._db("reading a stream"):
-            row = self._conn.execute(
-                "SELECT series_no, key_id, sealed FROM series WHERE series_id = ?", (sid,)
-            ).fetchone()
-        if row is None:
-            return None
-        try:
-            series = super()._open_series_row(int(row[0]), sid, int(row[1]), bytes(row[2]))
-        except DataCorrupt as exc:
-            label = f"stream {name!r}" if kind == KIND_SAMPLES else f"the {kind}"
-            raise DataCorrupt(
-                f"{label}: its description failed authentication", hint=exc.hint
-            ) from exc
-        if series.kind != kind or series.name != name:
-            raise DataCorrupt(f"stream {name!r}: its description belongs to another stream")
-        return series
+        return self._read_series_via(kind, name, super()._open_series_row)
 
     def _grow_tail(
         self,
