@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import platform
@@ -39,6 +40,9 @@ from typing import Any
 
 # Flip to True once every piece has landed: then a missing prerequisite fails instead of skipping.
 REQUIRE_ALL_STEPS = True
+# Longer than any step takes under emulation on a busy CI machine (the slowest, export_import,
+# takes ~15 s on a quiet one): past it, a step's thread stacks go to stderr every interval.
+STEP_STACK_DUMP_S = 180
 
 REPO = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple on a pi"
@@ -549,6 +553,9 @@ def run_steps(ctx: Ctx) -> list[dict[str, Any]]:
                 entry.update(status="failed", error=f"step {dep} did not pass")
         else:
             t0 = time.perf_counter()
+            # A step that hangs leaves every thread's stack in the log (and the run goes on), so
+            # an emulated run killed by the outer timeout still says where it was stuck.
+            faulthandler.dump_traceback_later(STEP_STACK_DUMP_S, repeat=True, file=sys.stderr)
             try:
                 entry.update(step.run(ctx))
                 entry["status"] = "ok"
@@ -558,6 +565,8 @@ def run_steps(ctx: Ctx) -> list[dict[str, Any]]:
                     error=f"{type(exc).__name__}: {exc}",
                     traceback=traceback.format_exc()[-4000:],
                 )
+            finally:
+                faulthandler.cancel_dump_traceback_later()
             entry["elapsed_s"] = round(time.perf_counter() - t0, 3)
             if step.name in KNOWN_FAILING:
                 reason, marker = KNOWN_FAILING[step.name]

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 from edgetwin.errors import DriverMissing, PairingRefused, SourceError
 
+# 2**64 exceeds any max_s / initial_s ratio a config can hold; past it the cap is max_s.
+_MAX_EXPONENT = 64
+
 
 class SourceState(enum.StrEnum):
     IDLE = "idle"
@@ -40,7 +43,9 @@ class Backoff:
             # A refused pairing or a bad key will not fix itself soon: wait the longest.
             self.attempt += 1
             return self.max_s
-        cap = min(self.max_s, self.initial_s * self.factor**self.attempt)
+        # The exponent stops at 64: a device that flapped 1,024 times in a row reached
+        # factor**1024, a float OverflowError that killed its runner for good.
+        cap = min(self.max_s, self.initial_s * self.factor ** min(self.attempt, _MAX_EXPONENT))
         self.attempt += 1
         # Full jitter (AWS architecture blog): uniform over [0, cap), which spreads the
         # reconnect storm after a shared outage best; the growing cap keeps the mean rising.

@@ -36,8 +36,12 @@ class ScriptedSource(Source):
         silent_after: int | None = None,
         interval_s: float = 0.0,
         rows: int = 10,
+        max_sessions: int | None = None,
     ) -> None:
         super().__init__(name)
+        # after this many sessions connect() hangs (a device that went away for good), so a
+        # test's view of the counters cannot be outrun by thousands of instant reconnects
+        self._max_sessions = max_sessions
         self._connect_errors = list(connect_errors)
         self._per_session = batches_per_session
         self._end_with = end_with
@@ -52,6 +56,8 @@ class ScriptedSource(Source):
     async def connect(self) -> None:
         if self._connect_errors:
             raise self._connect_errors.pop(0)
+        if self._max_sessions is not None and self.connects >= self._max_sessions:
+            await asyncio.sleep(3600)
         self.connects += 1
         self.open = True
 

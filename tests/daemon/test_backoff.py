@@ -48,3 +48,13 @@ def test_reset_starts_over() -> None:
 def test_only_missing_drivers_are_permanent() -> None:
     assert is_permanent(DriverMissing("no lib"))
     assert not is_permanent(TransientSourceError("lost"))
+
+
+def test_a_device_that_flaps_forever_keeps_getting_capped_delays() -> None:
+    # 2.0**1024 overflows a float: before the fix the 1,025th failure raised OverflowError in
+    # the runner and the source was never retried again
+    b = Backoff(initial_s=0.001, max_s=0.01, rng=random.Random(3))
+    delays = [b.next_delay(TransientSourceError("link lost")) for _ in range(5000)]
+    assert b.attempt == 5000
+    assert all(0.0 <= d < 0.01 for d in delays)
+    assert max(delays[2000:]) > 0.009  # still full jitter over [0, max_s)
