@@ -127,7 +127,13 @@ class SourceRunner:
         try:
             while True:
                 try:
-                    batch = await asyncio.wait_for(anext(iterator), watchdog_s)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                    # lands as its inner step finishes, which for a source that is behind and
+                    # never suspends (the simulator under emulation) is every time, so the
+                    # daemon could not stop (the aarch64 smoke's hang); it also saves a task
+                    # per batch
+                    async with asyncio.timeout(watchdog_s):
+                        batch = await anext(iterator)
                 except StopAsyncIteration:
                     return None
                 except TimeoutError:
@@ -147,6 +153,9 @@ class SourceRunner:
                     continue
                 self._count(batch)
                 self.hub.publish(batch)
+                # one turn of the loop per batch: a source that never suspends (behind its
+                # schedule) must not starve the other sources, the writer's results or a stop
+                await asyncio.sleep(0)
                 if self.backoff.attempt and self._clock() - started > _HEALTHY_AFTER_S:
                     self.backoff.reset()
                     self.failures = 0

@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+
+import numpy as np
 
 from edgetwin.daemon.backoff import Backoff, SourceState
 from edgetwin.daemon.hub import Hub
 from edgetwin.daemon.runner import SourceRunner
 from edgetwin.errors import DeviceNotFound, DriverMissing, TransientSourceError
+from edgetwin.types import SampleBatch
 
 from .fakes import ScriptedSource
 
@@ -130,3 +134,31 @@ async def test_a_batch_with_an_impossible_time_is_refused_and_the_link_kept() ->
     assert all(float(b.t.max()) < 2e9 for b in q.drain())
     assert runner.connects == 1 and "-1200..5138" in (runner.last_error or "")
     assert runner.status()["refused_batches"] == 1
+
+
+class _BehindSource(ScriptedSource):
+    """A stream that never suspends, like the simulator when it falls behind its schedule."""
+
+    async def stream(self) -> AsyncIterator[SampleBatch]:
+        while True:
+            self.t += 0.1
+            yield SampleBatch.build(f"{self.name}.x", ("hr",), np.array([self.t]), np.array([60.0]))
+
+
+async def test_a_source_that_never_suspends_neither_starves_the_loop_nor_ignores_a_stop() -> None:
+    # On Python 3.11 asyncio.wait_for swallowed a cancel whose inner step had just finished:
+    # with a source that never suspends that was every cancel, and under qemu the aarch64
+    # smoke's daemon (the simulator behind its schedule) never stopped
+    hub = Hub(8)
+    runner = _runner(_BehindSource("busy"), hub)
+    task = asyncio.create_task(runner.run())
+    ticks = 0
+    for _ in range(5):  # the loop still turns: timers fire while the source runs flat out
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert runner.batches > 0
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done == {task} and task.cancelled()
+    assert ticks == 5
+    assert runner.state == SourceState.STOPPED
