@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from edgetwin import clock as twin_clock
 from edgetwin.cli.main import cli
+
+
+@pytest.fixture(autouse=True)
+def fresh_twin_clock(monkeypatch: pytest.MonkeyPatch) -> twin_clock.TwinClock:
+    """Each test its own process clock: a daemon started over stored data that runs ahead
+    (a 10x simulator) raises the clock's floor, which must not leak into the next test."""
+    clock = twin_clock.TwinClock()
+    monkeypatch.setattr(twin_clock, "CLOCK", clock)
+    return clock
 
 
 @pytest.fixture

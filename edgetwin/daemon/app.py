@@ -146,6 +146,7 @@ def build_daemon(
         on_prediction = _tap_predictions(on_prediction, publisher)
         _tap_markers(store, publisher)
         lsl_status = lambda: {"lsl": publisher.stats()}  # noqa: E731 - one-line status part
+    _clock_not_before_stored(store)
     chosen = list(sources) if sources is not None else sources_from_pairings(store)
     _give_markers_a_home(chosen, store)
     _give_locations_their_settings(chosen, store, config)
@@ -230,6 +231,22 @@ class _TappedPipeline:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+# A stored sample further ahead of the wall clock than this is not a step of the host's clock
+# being absorbed (a simulator at 10x speed runs ahead on purpose): the clock ignores it.
+CLOCK_FLOOR_MAX_AHEAD_S = 300.0
+
+
+def _clock_not_before_stored(store: TwinStore) -> None:
+    """After a step of the host's clock back and a restart, new samples must still come after
+    the stored ones: the twin's clock counts on from the newest (see edgetwin.clock)."""
+    from edgetwin import clock as twin_clock
+
+    limit = time.time() + CLOCK_FLOOR_MAX_AHEAD_S
+    newest = [s.last_t for s in store.streams() if s.last_t is not None and s.last_t <= limit]
+    if newest:
+        twin_clock.CLOCK.hold_at_least(max(newest))
 
 
 def _give_markers_a_home(sources: Sequence[Source], store: TwinStore) -> None:

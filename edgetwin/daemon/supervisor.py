@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
+from edgetwin import clock as twin_clock
 from edgetwin.config import Config
 from edgetwin.daemon.backoff import Backoff
 from edgetwin.daemon.control import ControlServer
@@ -265,6 +266,9 @@ class Daemon:
                 "writer": self._writer.stats(),
                 "commit_failing": dict(self.commit_failing) if self.commit_failing else None,
                 "uncommitted_rows": self.store.pending_rows(),
+                # the time samples are stamped with (edgetwin.clock): ahead of the wall clock
+                # only while absorbing a step of the host's clock back
+                "clock": twin_clock.CLOCK.stats(),
             },
             "sources": [runner.status() for runner in self.runners],
             "hub": self.hub.stats(),

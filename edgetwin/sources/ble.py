@@ -49,12 +49,12 @@ import functools
 import logging
 import math
 import re
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import (
     DeviceNotFound,
     PairingRefused,
@@ -156,7 +156,7 @@ class BleSource(Source):
         read_interval_s: float = 30.0,
         max_attempts: int = 3,
         queue_size: int = 4096,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = twin_clock.now,
     ) -> None:
         super().__init__(name)
         norm = normalize_address(address)

@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import (
     DeviceNotFound,
     DriverMissing,
@@ -597,6 +598,10 @@ class BrainFlowSource(Source):
                         exc, f"reading {layout.preset_name} of source {self.name!r}") from exc
                 if data.shape[1] == 0:
                     continue
+                # BrainFlow stamps with the wall clock: carried onto the twin's clock, a step
+                # of the host's clock back no longer makes fresh samples look out of order
+                row = layout.timestamp_row
+                data[row] = twin_clock.CLOCK.from_wall(data[row])
                 batch, dropped = layout.batch(f"{self.name}.{layout.preset_name}", data,
                                               self._last_t[preset])
                 self.counters.drops += dropped

@@ -29,12 +29,12 @@ import asyncio
 import collections
 import logging
 import math
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import DriverMissing, PairingRefused, SourceError, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.types import SampleBatch
@@ -264,8 +264,8 @@ class AdvertScanner:
         if not data:
             self.unmatched += 1
             return
-        callback(Advert(time.time(), device.address.upper(), adv.local_name or device.name or "",
-                        int(adv.rssi), data))
+        callback(Advert(twin_clock.now(), device.address.upper(),
+                        adv.local_name or device.name or "", int(adv.rssi), data))
 
 
 _SCANNERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AdvertScanner] = (
@@ -438,7 +438,7 @@ def decode_for_scan(service_data: dict[str, bytes]) -> dict[str, Any] | None:
         return {"bthome": 2 if uuid == BTHOME_V2_UUID else 1, "encrypted": False,
                 "measures": [], "note": "pip install 'edgetwin[bthome]' to read it"}
     try:
-        reading = decoder.decode(Advert(time.time(), "00:00:00:00:00:00", "", 0,
+        reading = decoder.decode(Advert(twin_clock.now(), "00:00:00:00:00:00", "", 0,
                                         {uuid: raw} if uuid else {}))
     except DecryptionFailed:
         reading = None

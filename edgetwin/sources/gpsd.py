@@ -51,6 +51,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import DeviceNotFound, PairingRefused, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.sources.place import Grid, PlaceLearner
@@ -314,7 +315,7 @@ class GpsdSource(Source):
     def _fix(self, t: float | None, lat: float, lon: float) -> SampleBatch | None:
         """The row for one fix: the exact position goes no further than this function."""
         if t is None:
-            t = time.time()
+            t = twin_clock.now()
         if t <= self._last_t:  # a replayed or reordered report: keep times increasing
             self.counters.drops += 1
             return None

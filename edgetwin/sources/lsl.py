@@ -21,8 +21,9 @@ which the daemon points at its store.
 Clocks: the inlet applies liblsl's clock-offset correction and dejitter
 (``proc_clocksync | proc_dejitter | proc_monotonize``; no dejitter for an
 irregular stream), so timestamps arrive on this machine's ``local_clock()``;
-they are mapped to epoch seconds with ``t = ts - local_clock() + time.time()``
-(the offset is re-read every pull and only followed when it moves by more than
+they are mapped to epoch seconds with ``t = ts - local_clock() + now``, ``now`` on
+the twin's clock (:mod:`edgetwin.clock`, which never steps back) (the offset is
+re-read every pull and only followed when it moves by more than
 5 ms, i.e. when the wall clock is stepped, so consecutive batches never jitter
 backwards). A lost stream (``LostError``: its outlet went away) ends the
 session with ``TransientSourceError``; the runner's backoff re-resolves it.
@@ -46,12 +47,12 @@ import contextlib
 import logging
 import math
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import DeviceNotFound, PairingRefused, SourceError, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.sources.lsl_meta import (
@@ -250,7 +251,7 @@ class LslSource(Source):
             return
         pylsl = pylsl_module()
         period = 1.0 / self.poll_hz
-        offset = time.time() - pylsl.local_clock()
+        offset = twin_clock.now() - pylsl.local_clock()
         last_t = -math.inf
         scale = np.asarray(self.channel_map.scale, dtype=np.float64)
         meta = {"lsl_stream": self.paired.get("name")}
@@ -270,7 +271,7 @@ class LslSource(Source):
                     return
             if stamps is None or len(stamps) == 0:
                 continue
-            now_offset = time.time() - pylsl.local_clock()
+            now_offset = twin_clock.now() - pylsl.local_clock()
             if abs(now_offset - offset) > _OFFSET_STEP_S:
                 offset = now_offset
             t = np.asarray(stamps, dtype=np.float64) + offset
@@ -312,7 +313,7 @@ class LslSource(Source):
                     return
             if not stamps:
                 continue
-            offset = time.time() - pylsl.local_clock()
+            offset = twin_clock.now() - pylsl.local_clock()
             markers = []
             for sample, stamp in zip(values, stamps, strict=True):
                 text = escape_marker_text(" | ".join(str(v) for v in sample if str(v).strip()))

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import (
     DeviceNotFound,
     DriverMissing,
@@ -99,7 +100,7 @@ class ParticulateSource(Source):
         stale_s: float | None = None,
         handshake_timeout_s: float = 3.0,
         queue_batches: int = 64,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = twin_clock.now,
     ) -> None:
         super().__init__(name)
         self.channels, self.units = channels_of(sensor)

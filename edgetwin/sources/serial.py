@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import (
     DeviceNotFound,
     MalformedInput,
@@ -279,7 +280,7 @@ class SerialSource(Source):
         batch_s: float = 0.1,
         queue_batches: int = 64,
         max_fill_s: float = 5.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = twin_clock.now,
     ) -> None:
         super().__init__(name)
         self.port = port

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetwin import clock as twin_clock
 from edgetwin.errors import UsageError
 from edgetwin.sources.base import Source
 from edgetwin.sources.sim.environment import (
@@ -168,7 +169,7 @@ class SimulatorSource(Source):
         dropouts: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] = twin_clock.now,
     ) -> None:
         super().__init__(name)
         _check_modalities(modalities, where=f"simulator {name!r}")

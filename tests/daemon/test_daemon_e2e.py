@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from edgetwin import clock as twin_clock
+
 EXE = [sys.executable, "-m", "edgetwin"]
 
 
@@ -240,3 +242,26 @@ def test_forget_while_the_daemon_runs_goes_through_the_daemon(
     audit = json.loads(cli(twin, "audit", "--json").stdout)
     events = [e["event"] for e in audit["entries"]]
     assert "forget" in events
+
+
+def test_after_a_restart_new_samples_come_after_the_newest_stored_one(
+    tmp_path: Path, fresh_twin_clock: twin_clock.TwinClock
+) -> None:
+    # A step of the host's clock back, then a crash: the restarted daemon's clock counts on
+    # from the newest stored sample instead of stamping new samples before it
+    import numpy as np
+
+    from edgetwin.daemon.app import _clock_not_before_stored
+    from edgetwin.store.keys import Secret
+    from edgetwin.store.twin import TwinStore
+    from edgetwin.types import SampleBatch
+
+    now = time.time()
+    with TwinStore.create(tmp_path / "twin", Secret.passphrase("correct horse battery")) as store:
+        for name, t_last in (("strap.hr", now - 5.0), ("headset.eeg", now + 20.0)):
+            t = np.linspace(t_last - 1.0, t_last, 5)
+            store.append_samples(SampleBatch.build(name, ("v",), t, np.ones(5)))
+        store.commit()
+        _clock_not_before_stored(store)
+    assert 19.0 < fresh_twin_clock.offset() <= 20.0
+    assert fresh_twin_clock.now() > now + 20.0

@@ -67,7 +67,7 @@ async def test_watchdog_turns_silence_into_a_reconnect() -> None:
     src = ScriptedSource("quiet", batches_per_session=5, silent_after=1)
     runner = _runner(src, hub, watchdog_s=0.05)
     task = asyncio.create_task(runner.run())
-    while src.connects < 2:
+    while src.connects < 2 or runner.batches < 2:  # the second session's one batch too
         await asyncio.sleep(0.01)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

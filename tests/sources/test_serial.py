@@ -302,3 +302,31 @@ def test_scan_ports_marks_usb_ports_that_answer(
     assert found[mute_path]["bridge"] is None
     assert found["/dev/ttyS0"]["vid_pid"] is None and found["/dev/ttyS0"]["bridge"] is None
     assert all(p["bridge"] is None for p in serial_mod.scan_ports(probe=False))
+
+
+async def test_a_step_of_the_host_clock_back_loses_and_squashes_nothing(
+    tmp_path: Path, emulators: list[BridgeEmulator], sources: list[SerialSource],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The soak's clock-step fault: with host wall-clock stamps the rows after a 30 s step back
+    # were pinned to the last stored time (16 s of a 100 Hz stream lost in the soak)
+    from edgetwin import clock as twin_clock
+
+    stepped = [0.0]
+    clock = twin_clock.TwinClock(wall=lambda: time.time() - stepped[0])
+    monkeypatch.setattr(twin_clock, "CLOCK", clock)
+    emu = _emu(emulators, tmp_path, seed=5, rate_hz=100.0, record=True)
+    src = SerialSource("forehead", emu.path)
+    sources.append(src)
+    await src.connect()
+    before = await _collect(src, 50)
+    stepped[0] = 30.0  # NTP (or a person) sets the host's clock 30 s back
+    after = await _collect(src, 150)
+    batches = before + after
+    assert _check_rows_against_emulator(batches, emu) == 0
+    t_after = np.concatenate([b.t for b in after])
+    assert np.all(np.diff(np.concatenate([b.t for b in batches])) > 0)
+    # spaced by the device's period (slowed by the 1 % slew at most), not pinned to one time
+    assert np.median(np.diff(t_after)) == pytest.approx(0.01, abs=0.002)
+    assert clock.steps_back == 1
+    assert 29.0 < clock.offset() <= 30.0  # ahead of the stepped wall clock, closing slowly
