@@ -75,6 +75,7 @@ class Hub:
         self._outlets: set[str] = set()  # consumers whose drops lose no twin data
         self.published_batches = 0
         self.published_samples = 0
+        self.closed = False
 
     def subscribe(self, name: str, *, outlet: bool = False) -> ConsumerQueue:
         """A bounded queue of every batch published from now on.
@@ -97,6 +98,7 @@ class Hub:
             queue.put(batch)
 
     def close(self) -> None:
+        self.closed = True
         for queue in self._queues.values():
             queue.close()
 

@@ -48,6 +48,9 @@ ENGINE_STATE_RECORD = ("inference", "state")
 _SHUTDOWN_WAIT_S = 10.0
 # How long ``status`` waits for the store's part (a forget holds the store); then the last one.
 _STATUS_STORE_WAIT_S = 2.0
+# How long a consumer lets batches gather before one writer trip takes them all: adds at most
+# this to a forecast's delay and to what a SIGKILL loses (well inside flush_interval_s).
+GATHER_S = 0.1
 
 
 T = TypeVar("T")
@@ -294,6 +297,7 @@ class Daemon:
 
     async def _store_consumer(self, queue: ConsumerQueue) -> None:
         while (batch := await queue.get()) is not None:
+            await self._gather()
             # everything waiting goes in one trip; while the writer is busy the hub's
             # bounded queue holds (and, past its size, drops) what arrives
             batches = [batch, *queue.drain()]
@@ -301,9 +305,16 @@ class Daemon:
 
     async def _feature_consumer(self, queue: ConsumerQueue) -> None:
         while (batch := await queue.get()) is not None:
+            await self._gather()
             batches = [batch, *queue.drain()]
             frames, preds = await self._writer.run(self._features, batches, what="features")
             self._publish(frames, preds)
+
+    async def _gather(self) -> None:
+        """Let the batches of the next moment join the one that woke a consumer: one writer
+        trip for ~GATHER_S of data instead of one per batch (sources deliver tens a second)."""
+        if not self.hub.closed:
+            await asyncio.sleep(GATHER_S)
 
     async def _flusher(self) -> None:
         while True:

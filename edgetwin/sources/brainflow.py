@@ -44,7 +44,6 @@ and distances travel in ``SampleBatch.meta["fnirs"]`` and as
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import difflib
 import functools
@@ -409,6 +408,12 @@ def scan_dongles(ports: Iterable[Any] | None = None) -> list[dict[str, Any]]:
     return sorted(found, key=lambda d: str(d["port"]))
 
 
+# Reads of the board's buffer per second. Every read is a batch through the hub, the writer
+# and the features; 5/s keeps a batch within 0.2 s of the sensor (BrainFlow buffers between
+# reads) at a third of the per-batch work of 15/s.
+POLL_HZ = 5.0
+
+
 class BrainFlowSource(Source):
     """A BrainFlow board; one ``SampleBatch`` stream per preset, polled off the event loop."""
 
@@ -420,7 +425,7 @@ class BrainFlowSource(Source):
         board: int | str,
         params: Mapping[str, Any] | None = None,
         *,
-        poll_hz: float = 15.0,
+        poll_hz: float = POLL_HZ,
         watchdog_s: float = 10.0,
         queue_batches: int = 64,
         buffer_size: int = 450_000,
@@ -484,17 +489,23 @@ class BrainFlowSource(Source):
             raise TransientSourceError(f"source {self.name!r} is not connected",
                                        hint="call connect() first")
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[SampleBatch | SourceError] = asyncio.Queue(self.queue_batches)
+        # At most queue_batches items in flight: the poller takes a slot before handing an
+        # item over and waits while none is free (BrainFlow buffers meanwhile); this side
+        # gives the slot back as it takes the item. One call_soon_threadsafe per item, no
+        # task on the loop and no round trip back to the poller.
+        queue: asyncio.Queue[SampleBatch | SourceError] = asyncio.Queue()
+        slots = threading.BoundedSemaphore(self.queue_batches)
         self._stop = stop = threading.Event()
         thread = threading.Thread(
-            target=self._poll_loop, args=(loop, queue, stop), name=f"brainflow:{self.name}",
-            daemon=True,
+            target=self._poll_loop, args=(_Handover(loop, queue, slots, stop),),
+            name=f"brainflow:{self.name}", daemon=True,
         )
         self._thread = thread
         thread.start()
         try:
             while True:
                 item = await queue.get()
+                slots.release()
                 if isinstance(item, SourceError):
                     stop.set()
                     await asyncio.to_thread(self._shutdown)
@@ -553,30 +564,26 @@ class BrainFlowSource(Source):
         _LOGGER.info("BrainFlow %s prepared for %s (presets %s)", board_name(self.board_id),
                      self.name, ", ".join(lay.preset_name for lay in layouts.values()))
 
-    def _poll_loop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[SampleBatch | SourceError],
-        stop: threading.Event,
-    ) -> None:
+    def _poll_loop(self, handover: _Handover) -> None:
         period = 1.0 / self.poll_hz
         last_data = time.monotonic()
+        stop = handover.stop
         while not stop.wait(period):
             try:
                 batches = self._read_all()
             except SourceError as exc:
-                self._deliver(loop, queue, stop, exc)
+                handover.deliver(exc)
                 return
             if batches is None:  # released under us by close()
                 return
             for batch in batches:
-                if not self._deliver(loop, queue, stop, batch):
+                if not handover.deliver(batch):
                     return
             now = time.monotonic()
             if batches:
                 last_data = now
             elif now - last_data > self.watchdog_s:
-                self._deliver(loop, queue, stop, TransientSourceError(
+                handover.deliver(TransientSourceError(
                     f"BrainFlow board {board_name(self.board_id)} of source {self.name!r} "
                     f"sent nothing for {self.watchdog_s:g} s",
                     hint="the session was released; reconnecting prepares it again",
@@ -610,30 +617,6 @@ class BrainFlowSource(Source):
                     out.append(batch)
         return out
 
-    @staticmethod
-    def _deliver(
-        loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[SampleBatch | SourceError],
-        stop: threading.Event,
-        item: SampleBatch | SourceError,
-    ) -> bool:
-        """Put into the bounded queue, waiting while it is full (BrainFlow buffers meanwhile)."""
-        try:
-            fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return False
-        while True:
-            try:
-                fut.result(timeout=0.25)
-            except concurrent.futures.TimeoutError:
-                if stop.is_set():
-                    fut.cancel()
-                    return False
-            except concurrent.futures.CancelledError:
-                return False
-            else:
-                return True
-
     def _shutdown(self) -> None:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -646,6 +629,28 @@ class BrainFlowSource(Source):
         if board is not None:
             _release_quietly(board)
             _LOGGER.info("BrainFlow session of %s released", self.name)
+
+
+@dataclass(frozen=True)
+class _Handover:
+    """The poller's way into the loop: a bounded number of items in flight (``slots``)."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[SampleBatch | SourceError]
+    slots: threading.BoundedSemaphore
+    stop: threading.Event
+
+    def deliver(self, item: SampleBatch | SourceError) -> bool:
+        """Queue ``item`` on the loop, waiting while every slot is taken; False once stopped
+        or the loop is gone (nobody is listening any more)."""
+        while not self.slots.acquire(timeout=0.25):
+            if self.stop.is_set():
+                return False
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
 
 
 def check_playback_file(path: Path, layout: PresetLayout) -> None:

@@ -237,7 +237,8 @@ async def test_status_answers_while_a_forget_holds_the_store(home: Path) -> None
     try:
         while not control.socket_path(home).exists():
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
+        while not daemon.store.streams():  # a batch appended (after the gather) and committed
+            await asyncio.sleep(0.01)
         first = await asyncio.to_thread(control.request, home, {"cmd": "status"})
         forget = asyncio.create_task(daemon._handle_request(
             {"cmd": "forget", "stream": "s.x"}, None))  # type: ignore[arg-type]

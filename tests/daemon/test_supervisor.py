@@ -266,3 +266,24 @@ async def test_a_full_disk_shows_in_status_since_when_and_nothing_buffered_is_lo
     assert seen["after"] is None
     received = {s["name"]: s for s in daemon.status()["sources"]}["s"]["samples"]
     assert store.pending == [] and sum(len(b) for b in store.committed) == received
+
+
+async def test_batches_arriving_together_take_one_writer_trip(home: Path) -> None:
+    """A source delivering every few ms: the store consumer hands the writer a trip per
+    gathering moment, not one per batch, and every batch is stored once, in order."""
+    store = MemoryStore()
+    daemon = Daemon(home, CFG, store,
+                    [ScriptedSource("s", batches_per_session=60, interval_s=0.002, end_with=None)])
+    trips: list[int] = []
+    persist_all = daemon._persist_all
+
+    def counted(batches: list[SampleBatch]) -> None:
+        trips.append(len(batches))
+        persist_all(batches)
+
+    daemon._persist_all = counted  # type: ignore[method-assign]
+    await daemon.run(duration=1.5)
+    assert sum(trips) == 60
+    assert len(trips) <= 20  # 60 batches over >= 0.12 s gathered 0.1 s at a time
+    times = np.concatenate([b.t for b in store.committed])
+    assert np.all(np.diff(times) > 0)

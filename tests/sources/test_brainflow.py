@@ -494,9 +494,6 @@ def test_arm_build_script_targets_the_installed_version_and_package(tmp_path: Pa
 
 def test_loading_brainflow_does_not_import_pkg_resources() -> None:
     """BrainFlow's libraries load without pkg_resources (~10 MiB resident in a daemon)."""
-    import subprocess
-    import sys
-
     code = ("import sys\n"
             "from edgetwin.sources.brainflow import _load_native\n"
             "bf = _load_native()\n"
@@ -505,3 +502,28 @@ def test_loading_brainflow_does_not_import_pkg_resources() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "False"
+
+
+async def test_poller_handover_holds_at_most_queue_batches_in_flight() -> None:
+    """The poller waits while every slot is taken and goes on as the loop takes items; a stop
+    ends a waiting hand-over."""
+    import threading
+
+    from edgetwin.sources.brainflow import _Handover
+
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    handover = _Handover(asyncio.get_running_loop(), queue, threading.BoundedSemaphore(2),
+                         threading.Event())
+    done: list[bool] = []
+    poller = threading.Thread(target=lambda: done.extend(handover.deliver(i) for i in range(3)))
+    poller.start()
+    first, second = await queue.get(), await queue.get()
+    await asyncio.sleep(0.3)
+    assert (first, second) == (0, 1) and queue.empty()  # the third waits for a free slot
+    handover.slots.release()
+    assert await asyncio.wait_for(queue.get(), 5) == 2
+    await asyncio.to_thread(poller.join, 5)
+    assert done == [True, True, True]
+    # every slot taken and the source stopping: the hand-over gives up instead of waiting
+    handover.stop.set()
+    assert await asyncio.to_thread(handover.deliver, 3) is False
