@@ -639,5 +639,13 @@ if __name__ == "__main__":
     parser.add_argument("--no-faults", action="store_true",
                         help="inject no faults: the steady reference load (CPU/RSS comparisons)")
     args = parser.parse_args()
+
+    def _terminated(signum: int, _frame: object) -> None:
+        # a SIGTERM (a harness timeout, kill) unwinds through the finally blocks, which stop
+        # the daemon, the collector, the emulators and the D-Bus daemon; left to the default
+        # action they outlived the soak
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
     print(json.dumps(run(args.quick, args.minutes, args.clock_step, faults=not args.no_faults),
                      indent=2, default=float))
