@@ -415,10 +415,13 @@ def _sync_job(store: TwinStore, config: Config) -> Callable[[], None]:
     Runs in a worker thread; the store's lock is held only for the short database steps
     (claims use leases), never across an upload.
     """
+    from edgetwin.privacy.noise_process import opendp_out_of_process
     from edgetwin.sync.service import drain_outbox, run_due_releases
 
     def job() -> None:
-        run_due_releases(store, config, time.time())
+        # OpenDP (~17 MiB resident) lives in a child only while releases are made
+        with opendp_out_of_process():
+            run_due_releases(store, config, time.time())
         drain_outbox(store, config)
 
     return job

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from edgetwin.privacy import noise_process
 from edgetwin.privacy.metrics import PERIOD_SECONDS, Metric
 from edgetwin.privacy.release import MECHANISM, RELEASE_SCHEMA, DPRelease, _mint
 
@@ -70,8 +71,13 @@ def release_value(
     now: float | None = None,
 ) -> DPRelease:
     """Noise ``summary`` with OpenDP and mint the DPRelease; the caller charges the budget."""
-    mech = mechanism_for(bounds[0], bounds[1], epsilon)
-    value = mech(summary)
+    child = noise_process.current()
+    if child is not None:  # the daemon: OpenDP runs in a child process, never mapped here
+        noised = child.laplace(float(bounds[0]), float(bounds[1]), float(epsilon), summary)
+        value, scale, sensitivity = noised.value, noised.scale, noised.sensitivity
+    else:
+        mech = mechanism_for(bounds[0], bounds[1], epsilon)
+        value, scale, sensitivity = mech(summary), mech.scale, mech.sensitivity
     return _mint(
         schema=RELEASE_SCHEMA,
         id=uuid.uuid4().hex,
@@ -83,12 +89,12 @@ def release_value(
         value=value,
         mechanism=MECHANISM,
         epsilon=epsilon,
-        scale=mech.scale,
-        sensitivity=mech.sensitivity,
-        lower=mech.lower,
-        upper=mech.upper,
+        scale=scale,
+        sensitivity=sensitivity,
+        lower=float(bounds[0]),
+        upper=float(bounds[1]),
         created=time.time() if now is None else now,
-        library=mech.library,
+        library=_library(),
     )
 
 

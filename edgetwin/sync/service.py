@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from edgetwin.config import Config
 from edgetwin.errors import BudgetExhausted, UplinkError
-from edgetwin.privacy import accountant, consent
+from edgetwin.privacy import accountant, consent, noise_process
 from edgetwin.privacy.mechanism import release_value
 from edgetwin.privacy.metrics import PERIOD_SECONDS, bounds_for, get_metric, summarize, window_start
 from edgetwin.privacy.records import RecordStore, TimelineStore
@@ -306,6 +306,9 @@ def _release_one(
 ) -> DPRelease | None:
     privacy = config.privacy
     key = f"{metric}/{period}/{int(start)}"
+    child = noise_process.current()
+    if child is not None:
+        child.start()  # the OpenDP child starts before the store's lock is taken, not under it
     with store.transaction():
         # Everything below is re-read under the write lock: another process may have
         # released this window, revoked consent or spent the budget since we looked.
