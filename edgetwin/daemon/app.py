@@ -416,12 +416,21 @@ def _sync_job(store: TwinStore, config: Config) -> Callable[[], None]:
     (claims use leases), never across an upload.
     """
     from edgetwin.privacy.noise_process import opendp_out_of_process
+    from edgetwin.privacy.secagg import prepare_due
     from edgetwin.sync.service import drain_outbox, run_due_releases
 
     def job() -> None:
+        now = time.time()
         # OpenDP (~17 MiB resident) lives in a child only while releases are made
         with opendp_out_of_process():
-            run_due_releases(store, config, time.time())
+            run_due_releases(store, config, now)
+        if config.secagg.modes:
+            # metrics in secure-aggregation mode: a sealed share per due period, charged now
+            # and sent when this device joins a Flower round (OpenDP in-process: the share's
+            # plan and discrete noise are not yet done by the child)
+            shares = prepare_due(store, config, now)
+            for reason in shares.refused:
+                _LOGGER.warning("secure-aggregation share refused: %s", reason)
         drain_outbox(store, config)
 
     return job

@@ -208,3 +208,21 @@ def test_cli_sync_run_over_budget_exits_5(tmp_path: Path) -> None:
                                       "--json", "sync", "run", "--no-upload"])
     assert result.exit_code == 5, result.output
     assert "secure-aggregation share(s) refused" in result.output
+
+
+def test_the_daemons_sync_job_prepares_due_shares_once(twin: Any) -> None:
+    # the daemon's periodic sync job, not only 'edgetwin sync run', prepares the shares of
+    # metrics in secure-aggregation mode; a second run charges nothing more
+    from edgetwin.daemon.app import _sync_job
+
+    write_days(twin, T0, 2)
+    grant(twin, "hr_mean", "day", T0)
+    job = _sync_job(twin, CFG)
+    job()
+    ready = [k for k, v in shares(twin).items() if v["state"] == "ready"]
+    assert len(ready) == 2  # both days with data; every later day has too little
+    spent = accountant.ledger(twin)["lifetime"]["spent"]
+    assert spent == pytest.approx(len(ready))
+    job()
+    assert accountant.ledger(twin)["lifetime"]["spent"] == pytest.approx(spent)
+    assert all(e.metric != "hr_mean" for e in outbox.entries(twin))  # never a local release
