@@ -57,8 +57,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     out["round"] = bench_round(devices=10 if quick else 30)
     return out
 
-def in_process_round(n: int, num_shares: int) -> dict[str, Any]:
-    """One SecAgg+ round of n in-process ClientApps through a Grid that calls them directly."""
+def in_process_round(n: int, num_shares: int, db: Path | None = None) -> dict[str, Any]:
+    """One SecAgg+ round of n in-process ClientApps through a Grid that calls them directly
+    (also the aarch64 smoke's secagg step); the round's result goes to ``db`` (a temporary
+    file by default, removed after)."""
     from flwr.app import Context, Message, RecordDict
     from flwr.common.serde import recorddict_to_proto
     from flwr.serverapp.grid import Grid
@@ -120,7 +122,8 @@ def in_process_round(n: int, num_shares: int) -> dict[str, Any]:
                 replies.append(reply)
             return replies
 
-    db = Path(f"/tmp/bench_secagg_{n}.db")
+    keep = db is not None
+    db = db if db is not None else Path(f"/tmp/bench_secagg_{n}.db")
     db.unlink(missing_ok=True)
     rc = {"metric": "hr_mean", "period": "day", "period-start": 0.0, "round-id": f"b{n}",
           "db": str(db), "expected": n, "lower": LOWER, "upper": UPPER, "levels": LEVELS,
@@ -132,9 +135,11 @@ def in_process_round(n: int, num_shares: int) -> dict[str, Any]:
     result = run_round(InProcessGrid(), context, cfg)
     total_cpu, wall = time.process_time() - total_c0, time.perf_counter() - wall0
     device_cpu = sorted(cpu.values())
-    db.unlink(missing_ok=True)
+    if not keep:
+        db.unlink(missing_ok=True)
     return {
         "devices": n, "num_shares": num_shares, "state": result.state,
+        "published_mean": result.mean,
         "sum_exact": result.total == sum(s.value for s in shares.values()),
         "server_cpu_s": total_cpu - sum(device_cpu), "round_wall_s_in_process": wall,
         "device_cpu_ms_median": 1e3 * statistics.median(device_cpu),
