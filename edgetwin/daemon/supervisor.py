@@ -240,8 +240,16 @@ class Daemon:
             self._store_status_cache = read.result()
 
     def _store_status(self) -> dict[str, Any]:
-        """The parts of ``status`` that read the store (blocking)."""
-        out: dict[str, Any] = {"store": {"streams": [stream_json(s) for s in self.store.streams()]}}
+        """The parts of ``status`` that read the store (blocking). The streams are read
+        through a reader of their own (a second SQLite connection) where the store offers one,
+        so this read neither waits for the writer's commits or a forget nor delays them."""
+        open_reader = getattr(self.store, "reader", None)
+        if open_reader is None:
+            streams = self.store.streams()
+        else:
+            with open_reader() as reader:
+                streams = reader.streams()
+        out: dict[str, Any] = {"store": {"streams": [stream_json(s) for s in streams]}}
         if self._extra_status is not None:
             try:
                 out.update(self._extra_status())

@@ -182,6 +182,21 @@ class TwinStore(Forgetting, Verification):
             _LOGGER.warning("could not tidy the twin on unlock: %s", exc)
         return store
 
+    def reader(self) -> TwinStore:
+        """A read-only handle on this twin for another thread: its own SQLite connection
+        (WAL: it reads what is committed while this handle writes, and neither waits for the
+        other), its own copy of the keystore and caches, none of this handle's locks. It never
+        sees this handle's buffered appends. Close it when done; a short-lived one also keeps
+        no key of a stream forgotten meanwhile."""
+        conn = connect(self.home / DB_FILE, create=False)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            keystore = Keystore.load(self.home / KEYSTORE_FILE)
+        except BaseException:
+            conn.close()
+            raise
+        return type(self)(self.home, keystore, self._keys, conn)
+
     def close(self) -> None:
         """Close the database; uncommitted appends are dropped (call commit() first)."""
         with self._lock:

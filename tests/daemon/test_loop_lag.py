@@ -257,3 +257,43 @@ async def test_status_answers_while_a_forget_holds_the_store(home: Path) -> None
     assert during["store"]["streams"]  # the last view, not an empty store
     assert during["daemon"]["writer"]["running"] == "forget"
     assert during["sources"][0]["samples"] > first["sources"][0]["samples"]
+
+
+async def test_status_reads_the_streams_on_its_own_connection_while_the_writer_holds_the_store(
+    tmp_path: Path,
+) -> None:
+    """With a real store, status reads the streams through a reader (its own SQLite
+    connection): while a long job holds the store's lock it answers with fresh counts,
+    not the last view marked stale."""
+    import threading
+
+    from edgetwin.store import KdfParams
+
+    store = TwinStore.create(tmp_path / "twin", Secret.passphrase("correct horse battery"),
+                             kdf=KdfParams.for_tests())
+    daemon = Daemon(tmp_path / "twin", CFG, store,
+                    [ScriptedSource("s", batches_per_session=10**6, interval_s=0.01)])
+    run = asyncio.create_task(daemon.run())
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_store() -> None:  # what a forget of a large stream does on the writer
+        with store.transaction():
+            held.set()
+            release.wait(30)
+
+    try:
+        while not store.streams():
+            await asyncio.sleep(0.01)
+        holder = asyncio.create_task(daemon.on_writer(hold_the_store, "hold"))
+        await asyncio.to_thread(held.wait, 30)
+        during = await daemon.status_async()
+        release.set()
+        await holder
+    finally:
+        release.set()
+        daemon.stop()
+        await run
+        store.close()
+    assert "stale" not in during["store"]
+    assert during["store"]["streams"][0]["name"] == "s.x"
+    assert during["store"]["streams"][0]["samples"] > 0

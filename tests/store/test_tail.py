@@ -187,3 +187,35 @@ def test_a_status_read_during_commits_never_sees_chunks_missing(
             samples, chunks, _, _ = view["s"]
             assert samples == 10 * chunks
     assert _counts(store)["s"][:2] == (3000, 300)
+
+
+def test_a_reader_sees_what_is_committed_without_waiting_for_the_writer(
+    store: TwinStore,
+) -> None:
+    # issue 18 item 1: reads from another thread on their own SQLite connection (WAL)
+    import threading
+
+    from edgetwin.errors import EdgetwinError
+
+    _write(store, "s", 3)
+    store.append_samples(batch("s", T0 + 1000, 10, ("a", "b")))  # buffered, not committed
+    with store.reader() as reader:
+        assert _counts(reader)["s"][:2] == (30, 3)
+        assert reader.pending_rows() == 0
+        with pytest.raises((EdgetwinError, sqlite3.Error)):  # query_only: it never writes
+            reader.append_samples(batch("r", T0, 5))
+            reader.commit()
+        seen: dict[str, object] = {}
+        with store.transaction():  # the writer holds its lock, as a long forget does
+            t_reader = threading.Thread(target=lambda: seen.update(r=_counts(reader)))
+            t_main = threading.Thread(target=lambda: seen.update(m=_counts(store)))
+            t_reader.start()
+            t_main.start()
+            t_reader.join(30)
+            assert "r" in seen  # the reader answered while the writer held the store
+            assert t_main.is_alive()  # the writer's own handle waits for its lock
+        t_main.join(30)
+        assert seen["r"] == {"s": (30, 3, T0, T0 + 29)}
+    store.commit()
+    with store.reader() as reader:  # a new reader sees the new commit
+        assert _counts(reader)["s"][:2] == (40, 4)
