@@ -202,8 +202,8 @@ def test_a_reader_sees_what_is_committed_without_waiting_for_the_writer(
     with store.reader() as reader:
         assert _counts(reader)["s"][:2] == (30, 3)
         assert reader.pending_rows() == 0
+        reader.append_samples(batch("r", T0, 5))
         with pytest.raises((EdgetwinError, sqlite3.Error)):  # query_only: it never writes
-            reader.append_samples(batch("r", T0, 5))
             reader.commit()
         seen: dict[str, object] = {}
         with store.transaction():  # the writer holds its lock, as a long forget does
