@@ -102,8 +102,11 @@ def test_the_walker_sees_imports_at_all() -> None:
         ("edgetwin.errors", ()),
         # parsing JSON from outside is a base too: bundles, the control socket, the collector
         ("edgetwin.untrusted_json", ()),
+        # the twin's clock (time that never steps back) is a base too: sources stamp with it
+        ("edgetwin.clock", ()),
         # transports know samples, not where they are kept
-        ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors", "edgetwin.untrusted_json")),
+        ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors", "edgetwin.untrusted_json",
+                              "edgetwin.clock")),
         ("edgetwin.features", ("edgetwin.types", "edgetwin.errors")),
         # the store takes a Secret; it never prompts, never reaches up into the CLI or daemon.
         # It may read the pure catalogues (which feature feeds what, which summaries exist)

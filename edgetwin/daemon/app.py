@@ -241,7 +241,7 @@ CLOCK_FLOOR_MAX_AHEAD_S = 300.0
 def _clock_not_before_stored(store: TwinStore) -> None:
     """After a step of the host's clock back and a restart, new samples must still come after
     the stored ones: the twin's clock counts on from the newest (see edgetwin.clock)."""
-    from edgetwin import clock as twin_clock
+    import edgetwin.clock as twin_clock
 
     limit = time.time() + CLOCK_FLOOR_MAX_AHEAD_S
     newest = [s.last_t for s in store.streams() if s.last_t is not None and s.last_t <= limit]

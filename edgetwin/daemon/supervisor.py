@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.config import Config
 from edgetwin.daemon.backoff import Backoff
 from edgetwin.daemon.control import ControlServer

@@ -54,7 +54,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.errors import (
     DeviceNotFound,
     PairingRefused,

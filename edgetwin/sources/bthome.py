@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.errors import DriverMissing, PairingRefused, SourceError, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.types import SampleBatch

@@ -51,7 +51,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.errors import DeviceNotFound, PairingRefused, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.sources.place import Grid, PlaceLearner

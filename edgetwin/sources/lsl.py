@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.errors import DeviceNotFound, PairingRefused, SourceError, TransientSourceError
 from edgetwin.sources.base import Source
 from edgetwin.sources.lsl_meta import (

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.errors import (
     DeviceNotFound,
     DriverMissing,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.errors import (
     DeviceNotFound,
     MalformedInput,

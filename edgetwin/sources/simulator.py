@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetwin import clock as twin_clock
+import edgetwin.clock as twin_clock
 from edgetwin.errors import UsageError
 from edgetwin.sources.base import Source
 from edgetwin.sources.sim.environment import (
