@@ -330,3 +330,35 @@ async def test_a_step_of_the_host_clock_back_loses_and_squashes_nothing(
     assert np.median(np.diff(t_after)) == pytest.approx(0.01, abs=0.002)
     assert clock.steps_back == 1
     assert 29.0 < clock.offset() <= 30.0  # ahead of the stepped wall clock, closing slowly
+
+
+async def test_once_the_clock_has_a_line_frames_are_read_in_bursts_not_one_wake_each(
+    tmp_path: Path, emulators: list[BridgeEmulator], sources: list[SerialSource],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The soak's serial thread was 40 % of the daemon's CPU: two selects, two reads and a
+    # GIL hand-over for each 100 Hz frame. Bursts must not cost rows, order or timing.
+    reads = [0]
+    real_read = serial_mod._read
+
+    def counting_read(ser: object, port: str) -> bytes:
+        reads[0] += 1
+        return real_read(ser, port)
+
+    monkeypatch.setattr(serial_mod, "_read", counting_read)
+    emu = _emu(emulators, tmp_path, seed=8, rate_hz=100.0, record=True)
+    src = SerialSource("forehead", emu.path)
+    sources.append(src)
+    await src.connect()
+    warmup = await _collect(src, 700)  # the clock estimate settles after ~3 windows of 2 s
+    assert src.clock_estimator.settled
+    reads[0] = 0
+    steady = await _collect(src, 300)
+    n_rows = sum(len(b) for b in steady)
+    # one wake per frame would be ~n_rows reads; a 40 ms gather is ~4 frames a read
+    assert reads[0] < n_rows / 2
+    batches = warmup + steady
+    assert _check_rows_against_emulator(batches, emu) == 0
+    t = np.concatenate([b.t for b in steady])
+    assert np.all(np.diff(t) > 0)
+    assert np.median(np.diff(t)) == pytest.approx(0.01, abs=0.001)
