@@ -80,6 +80,23 @@ class StoreCore:
             finally:
                 self._tx_depth = 0
 
+    @contextlib.contextmanager
+    def _read_snapshot(self) -> Iterator[None]:
+        """Reads that must see one commit: autocommit gives each SELECT its own snapshot, so
+        a reader on its own connection could see a commit land between two of them. Inside
+        a transaction already (a writer's), its view is one snapshot anyway."""
+        with self._lock:
+            if self._conn.in_transaction:
+                yield
+                return
+            with self._db("starting a read"):
+                self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                with self._db("ending a read"):
+                    self._conn.execute("COMMIT")
+
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("the twin store is closed")

@@ -146,11 +146,12 @@ class SeriesTails(SeriesRows):
     def _open_series_row(self, sn: int, sid: bytes, key_id: int, sealed: bytes) -> SeriesInfo:
         """The sealed description with the chunks of its tail counted in."""
         series = super()._open_series_row(sn, sid, key_id, sealed)
-        # The tail and the record of where it ends are read under one hold of the lock: a
-        # commit between the two (the daemon's writer while a status read opens the series)
-        # made the record run past the tail, logged as chunks missing (the soak saw ~1 in 2
-        # minutes) and counted as chunks of unknown rows
-        with self._lock:
+        # The tail and the record of where it ends are read in one snapshot: a commit
+        # between the two (the daemon's writer while a status read opens the series) made
+        # the record run past the tail, logged as chunks missing (the soak saw ~1 in 2
+        # minutes) and counted as chunks of unknown rows. The writer's own lock is not
+        # enough: a reader() on its own connection does not share it.
+        with self._read_snapshot():
             with self._db("reading chunks"):
                 tail = self._conn.execute(
                     "SELECT series_no, seq, key_id, first_hour, last_hour, sealed FROM chunk"
