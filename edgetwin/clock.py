@@ -58,6 +58,7 @@ class TwinClock:
         self.steps_back = 0
         self.steps_forward = 0
         self.largest_step_back_s = 0.0
+        self.jumped_s = 0.0
 
     def now(self) -> float:
         """Seconds since the epoch: the wall clock, except while absorbing a step back."""
@@ -75,6 +76,8 @@ class TwinClock:
             ahead = counted - wall
             if ahead <= elapsed * self.slew:
                 # in step, stepped forward, or the gap closes within this reading's slew
+                if math.isfinite(counted) and -ahead > _STEP_S:
+                    self.jumped_s += -ahead
                 self._t = wall
             else:
                 self._t = counted - elapsed * self.slew
@@ -90,6 +93,12 @@ class TwinClock:
         """Timestamps taken from the wall clock just now, carried onto this clock."""
         offset = self.offset()
         return t if offset == 0.0 else t + offset
+
+    def jumped_forward_s(self) -> float:
+        """The sum of this clock's own forward jumps (steps of the wall clock it followed), read
+        now: whoever fits host against device time shifts its fit by the change."""
+        self.now()
+        return self.jumped_s
 
     def hold_at_least(self, t: float) -> None:
         """Never hand out a time before ``t`` (the newest stored sample, after a restart)."""

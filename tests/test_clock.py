@@ -120,3 +120,23 @@ def test_readings_from_many_threads_never_go_backward() -> None:
 def test_a_slew_outside_zero_to_one_is_refused(slew: float) -> None:
     with pytest.raises(ValueError, match="slew"):
         TwinClock(slew=slew)
+
+
+def test_its_own_forward_jumps_add_up_and_a_step_back_adds_nothing() -> None:
+    # the serial bridges move their host-vs-device line by exactly this
+    host = Host()
+    clock = _clock(host)
+    clock.now()
+    host.run(1.0)
+    assert clock.jumped_forward_s() == 0.0
+    host.wall += 30.0
+    host.run(0.5)
+    assert clock.jumped_forward_s() == pytest.approx(30.0)
+    host.wall -= 20.0  # absorbed by slewing: the clock itself does not jump
+    host.run(0.5)
+    assert clock.jumped_forward_s() == pytest.approx(30.0)
+    assert clock.offset() == pytest.approx(20.0 - 0.005)
+    host.wall += 50.0  # 20 s of it only closes the gap being absorbed
+    host.run(0.5)
+    assert clock.now() == host.wall
+    assert clock.jumped_forward_s() == pytest.approx(30.0 + 50.0 - (20.0 - 0.005))

@@ -114,6 +114,13 @@ class ClockEstimator:
             if len(self._minima) < 2:
                 self._fit()  # cheap while there is no line yet; later, refit per window
 
+    def shift(self, delta_s: float) -> None:
+        """The host's clock jumped by ``delta_s``: move the line and its minima with it."""
+        self._minima = deque(((x, y + delta_s) for x, y in self._minima), self._minima.maxlen)
+        if self._bin_min is not None:
+            self._bin_min = (self._bin_min[0], self._bin_min[1] + delta_s)
+        self._offset += delta_s
+
     @property
     def settled(self) -> bool:
         """A line through at least two closed windows' minima, not the first arrivals."""
@@ -509,6 +516,7 @@ class SerialSource(Source):
         last_samples = time.monotonic()
         last_start = last_samples
         last_describe = 0.0
+        seen_jumped = twin_clock.CLOCK.jumped_forward_s()
         try:
             for frame, host in leftovers:
                 self._on_frame(frame, host, assembler, pending)
@@ -525,6 +533,14 @@ class SerialSource(Source):
                         break
                     data += _read_waiting(ser, self.port)
                 host = self._clock()
+                jumped = twin_clock.CLOCK.jumped_forward_s()
+                if jumped != seen_jumped:
+                    # The host's clock jumped ahead (the twin's clock follows at once): arrival
+                    # times before and after fit no one line, and the old minima would hold
+                    # rows ~the step behind for minutes. The line moves by the jump. A step
+                    # back needs nothing: the twin's clock slews through it without a jump.
+                    self.clock_estimator.shift(jumped - seen_jumped)
+                    seen_jumped = jumped
                 now = time.monotonic()
                 if data:
                     n_before = pending.rows

@@ -362,3 +362,43 @@ async def test_once_the_clock_has_a_line_frames_are_read_in_bursts_not_one_wake_
     t = np.concatenate([b.t for b in steady])
     assert np.all(np.diff(t) > 0)
     assert np.median(np.diff(t)) == pytest.approx(0.01, abs=0.001)
+
+
+async def test_a_step_of_the_host_clock_forward_maps_rows_onto_the_new_time_at_once(
+    tmp_path: Path, emulators: list[BridgeEmulator], sources: list[SerialSource],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The 50-minute soak's forward step: the estimate's line, anchored on minutes of minima
+    # from before the step, mapped new rows up to 30 s behind and bent through the step
+    # (2,875 rows out of order, a 24.8 s gap). After a forward step it starts over.
+    from edgetwin import clock as twin_clock
+
+    stepped = [0.0]
+    clock = twin_clock.TwinClock(wall=lambda: time.time() + stepped[0])
+    monkeypatch.setattr(twin_clock, "CLOCK", clock)
+    emu = _emu(emulators, tmp_path, seed=6, rate_hz=100.0, record=True)
+    src = SerialSource("forehead", emu.path)
+    sources.append(src)
+    await src.connect()
+    before = await _collect(src, 700)  # the estimate has its line
+    assert src.clock_estimator.settled
+    stepped[0] = 30.0  # NTP sets a Pi's clock half a minute ahead
+    lags: list[float] = []
+    after: list[SampleBatch] = []
+
+    async def run() -> None:
+        async for batch in src.stream():
+            after.append(batch)
+            lags.append(clock.now() - batch.last_t)
+            if sum(len(b) for b in after) >= 300:
+                return
+
+    await asyncio.wait_for(run(), TIMEOUT)
+    assert _check_rows_against_emulator(before + after, emu) == 0
+    t = np.concatenate([b.t for b in before + after])
+    steps = np.diff(t)
+    assert np.all(steps > 0)
+    # one gap of the step itself, every other row at the device's spacing
+    assert np.sum(steps > 1.0) == 1 and 29.0 < steps.max() < 31.0
+    # rows after the first batch are stamped on the new time, not half a minute behind
+    assert max(abs(lag) for lag in lags[1:]) < 1.0
