@@ -15,7 +15,10 @@ by an existing bench/test helper:
   emulator on a private D-Bus (``tests/sources/bluez_emulator.py``);
 - ``bridge``: the firmware-bridge emulator (32 fNIRS channels at 100 Hz) on a
   pty, run in this process so it can be unplugged (its CPU is not the daemon's);
-- ``simulator``: the seeded physiology simulator's vitals;
+- ``simulator``: the seeded physiology simulator's vitals (``--modalities rr,vitals``:
+  heart rate, SpO2, temperature, EDA at 4 Hz and RR intervals; before 2026-12-03 it also
+  streamed the simulator's 4-channel 256 Hz EEG, fNIRS, accelerometer and air, beyond
+  the reference load);
 - a collector (``edgetwin collector`` on loopback HTTP) receiving the twin's DP
   releases: three past days of frames are seeded so releases are due at once
   (``[sync] interval_s = 20``).
@@ -358,7 +361,7 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 cfg.write_text(cfg.read_text().replace("[sync]\n", "[sync]\n" + SOAK_SYNC, 1))
                 optics = tmpd / "optics_anc.csv"
                 _write_optics_file(optics, duration + 900.0)
-                cli("pair", "add", "simulator", "--seed", "3")
+                cli("pair", "add", "simulator", "--seed", "3", "--modalities", "rr,vitals")
                 cli("pair", "add", "brainflow", "--board", "SYNTHETIC_BOARD", "--name", "headset")
                 cli("pair", "add", "brainflow", "--board", "PLAYBACK_FILE_BOARD", "--master-board",
                     "MUSE_S_ATHENA_BOARD", "--file-anc", str(optics), "--name", "optics")

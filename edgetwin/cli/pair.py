@@ -125,13 +125,35 @@ def add_group() -> None:
 @click.option("--name", default=None, help="Source name [default: simulator].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which simulated person.")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="x real time.")
+@click.option(
+    "--modalities",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated streams to simulate, e.g. 'rr,vitals' "
+    "[default: rr,vitals,accel,eeg,fnirs,climate,air].",
+)
 @pass_app
-def simulator_add(app: AppContext, name: str | None, seed: int, speed: float) -> None:
+def simulator_add(
+    app: AppContext, name: str | None, seed: int, speed: float, modalities: str | None
+) -> None:
     """Register the seeded physiology simulator (for trying edgetwin without sensors)."""
     if speed <= 0:
         raise UsageError(f"--speed {speed} must be greater than 0")
+    record: dict[str, Any] = {"kind": "simulator", "seed": seed, "speed": speed}
+    if modalities is not None:
+        from edgetwin.sources.simulator import ALL_MODALITIES
+
+        chosen = [m.strip() for m in modalities.split(",") if m.strip()]
+        unknown = sorted(set(chosen) - set(ALL_MODALITIES))
+        if not chosen or unknown:
+            raise UsageError(
+                f"--modalities {modalities!r}: "
+                + (f"unknown {', '.join(unknown)}" if unknown else "names none"),
+                hint=f"choose from {','.join(ALL_MODALITIES)}",
+            )
+        record["modalities"] = list(dict.fromkeys(chosen))
     name = name or default_name("simulator", paired_names(app))
-    save_pairing(app, name, {"kind": "simulator", "seed": seed, "speed": speed})
+    save_pairing(app, name, record)
 
 
 @pair_group.command("list")

@@ -43,6 +43,36 @@ def test_bad_names_and_speeds_are_usage_errors(run_cli) -> None:  # type: ignore
     assert run_cli("pair", "add", "simulator", "--speed", "0").exit_code == 2
 
 
+def test_the_simulator_streams_only_the_modalities_asked_for(run_cli) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from edgetwin.sources.simulator import SimulatorSource
+
+    run_cli("init")
+    ok = run_cli("pair", "add", "simulator", "--modalities", "vitals, rr,vitals")
+    assert ok.exit_code == 0, ok.output
+    (record,) = json.loads(run_cli("pair", "list", "--json").output)
+    assert record["modalities"] == ["vitals", "rr"]
+    source = SimulatorSource.from_record("simulator", {k: record[k] for k in (
+        "kind", "seed", "speed", "modalities")} | {"realtime": False})
+
+    async def first_streams() -> set[str]:
+        await source.connect()
+        names, n = set(), 0
+        async for batch in source.stream():  # a few simulated seconds: every modality's turn
+            names.add(batch.stream)
+            n += 1
+            if n >= 40:
+                break
+        await source.close()
+        return names
+
+    assert asyncio.run(first_streams()) == {"simulator.vitals", "simulator.rr"}
+    bad = run_cli("pair", "add", "simulator", "--name", "s2", "--modalities", "vitals,ecg")
+    assert bad.exit_code == 2 and "unknown ecg" in bad.output and "fnirs" in bad.output
+    assert run_cli("pair", "add", "simulator", "--name", "s3", "--modalities", " , ").exit_code == 2
+
+
 def test_pair_add_lists_every_transport(run_cli) -> None:  # type: ignore[no-untyped-def]
     out = run_cli("pair", "add", "--help").output
     for transport in ("ble", "brainflow", "serial", "simulator"):
