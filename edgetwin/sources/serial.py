@@ -194,6 +194,8 @@ class BridgeMapper:
         self.scale = np.array([c.scale for c in descriptor.channels], dtype=np.float64)
         self.offset = np.array([c.offset for c in descriptor.channels], dtype=np.float64)
         self._gather, self._sign_mask = _int_layout(descriptor)
+        self._signed = bool(self._sign_mask.any())
+        self._row_bytes = descriptor.row_bytes  # a property summing the channels: once
         self._next_seq: int | None = None
         self._last_dev_s: float | None = None
         self._last_t = -math.inf
@@ -204,12 +206,13 @@ class BridgeMapper:
 
     def decode_values(self, frame: bp.SamplesFrame) -> npt.NDArray[np.float64]:
         """Physical values of a frame's rows; ``BadFrame('length')`` if the payload is off."""
-        bp.check_samples_length(self.descriptor, frame)
+        if len(frame.data) != frame.n_rows * self._row_bytes:
+            bp.check_samples_length(self.descriptor, frame)  # raises, saying what is off
         raw = np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.n_rows, -1)
         # (rows, channels, 4) little-endian bytes, top byte repeated; fancy indexing may
         # hand back a non-C layout, and .view() needs contiguous lanes.
         g = np.ascontiguousarray(raw[:, self._gather])
-        if self._sign_mask.any():
+        if self._signed:
             g[:, self._sign_mask] = (g[:, self._sign_mask] >> 7) * np.uint8(0xFF)
         ints = g.view("<i4").reshape(frame.n_rows, len(self.channels))
         out: npt.NDArray[np.float64] = ints * self.scale + self.offset
