@@ -120,3 +120,32 @@ def test_meta_and_stream_names() -> None:
     )
     assert stream_name("rig", mixed) == "rig.bridge"
     assert "wavelength_nm" not in descriptor_meta(mixed)
+
+
+def test_a_run_of_frames_maps_in_one_pass_exactly_as_frame_by_frame() -> None:
+    from edgetwin.sources.serial import _NotARun
+
+    desc = _descriptor()
+    one, many = (BridgeMapper("head.fnirs", desc, ClockEstimator()) for _ in range(2))
+    for m in (one, many):  # the same settled estimate first
+        for k in range(80):
+            m.on_samples(_frame(desc, 2 * k, 200_000 * k, n=2), HOST0 + 0.2 * k + 0.1 + 0.003)
+    run = [_frame(desc, 160 + 3 * k, 16_000_000 + 300_000 * k, n=3) for k in range(5)]
+    host = HOST0 + 17.5
+    rows = [one.on_samples(f, host) for f in run]
+    t, values, gaps = many.on_run(run, host)
+    assert gaps == []
+    np.testing.assert_array_equal(values, np.vstack([r[1] for r in rows]))
+    np.testing.assert_allclose(t, np.concatenate([r[0] for r in rows]), atol=1e-6)
+    assert np.all(np.diff(t) > 0)
+    assert (many._next_seq, many._last_dev_s) == (one._next_seq, one._last_dev_s)
+    # a gap, a reboot or a bad length inside a run: refused with the mapper unchanged
+    before = (many._next_seq, many._last_dev_s, many._last_t)
+    for bad in (
+        [_frame(desc, 175, 17_500_000), _frame(desc, 180, 18_000_000)],  # rows 176..179 lost
+        [_frame(desc, 175, 17_500_000), _frame(desc, 176, 1_000)],  # the device rebooted
+        [_frame(desc, 175, 17_500_000), bp.SamplesFrame(176, 17_600_000, 2, b"\x00")],
+    ):
+        with pytest.raises(_NotARun):
+            many.on_run(bad, host + 1)
+        assert (many._next_seq, many._last_dev_s, many._last_t) == before
