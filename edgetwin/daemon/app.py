@@ -305,7 +305,10 @@ def _refit_job(store: TwinStore, served: ServingEngine) -> Callable[[], None]:
     from edgetwin.inference.serving import refit
 
     def job() -> None:
-        refit(store, served)
+        # a day of forecasts and frames, read on a connection of its own: the writer (and
+        # with it every sample's commit) is not held up while they are decrypted
+        with store.reader() as reader:
+            refit(store, served, reader=reader)
 
     return job
 

@@ -256,22 +256,27 @@ def served_model_id(global_id: str, sources: Sequence[str]) -> str:
 # -- the periodic job -------------------------------------------------------------------
 
 
-def refit(store: Any, serving: ServingEngine, now: float | None = None) -> dict[str, Any]:
+def refit(
+    store: Any, serving: ServingEngine, now: float | None = None, *, reader: Any = None
+) -> dict[str, Any]:
     """Score the last day, refit personal heads, choose sources; store and serve them.
 
     Bounded work: one day of stored forecasts and frames (the store's own caps
     apply), at most :data:`personal.MAX_FORECASTS` forecasts per head, a handful
-    of small linear solves.
+    of small linear solves. ``reader`` (``store.reader()``): the day is read
+    through it, on its own connection, so the writer is not held up meanwhile;
+    only the few records written at the end go through ``store``.
     """
     now = time.time() if now is None else now
+    source = store if reader is None else reader
     doc, oc, series = load_scored(
-        store,
+        source,
         now,
         context=serving.context_len,
         step_s=serving.step_s,
         horizon=serving.horizon,
     )
-    streams = list(store.streams())
+    streams = list(source.streams())
     heads: dict[str, personal.PersonalHead] = {}
     sources: dict[str, list[str]] = {}
     report: dict[str, Any] = {"now": now, "heads": {}, "sources": {}}

@@ -153,3 +153,64 @@ def test_daemon_drops_the_head_it_holds_once_a_forget_destroyed_it(
     daemon = build_daemon(tmp_path / "twin", Config(), store, sources=[], engine=serving)
     daemon._forget({"cmd": "forget", "stream": STREAM})
     assert serving.heads == {} and serving.sources == {}
+
+
+def test_through_a_reader_the_day_is_read_while_the_writer_holds_the_store(
+    store: TwinStore,
+) -> None:
+    # issue 18 item 1: the daemon's refit job reads a day of forecasts and frames; through
+    # store.reader() (its own SQLite connection) it no longer waits for the writer's lock,
+    # only its few record writes at the end do
+    import threading
+
+    store_person(store, rhythm(N), carry)
+    serving = ServingEngine(FakeEngine(), explain=False)
+    reached_write, held = threading.Event(), threading.Event()
+    real_put = store.put_record
+
+    def put_record(*args: object, **kw: object) -> None:
+        reached_write.set()
+        real_put(*args, **kw)  # type: ignore[arg-type]
+
+    store.put_record = put_record  # type: ignore[method-assign]
+    read_while_held: list[bool] = []
+
+    def hold_the_store() -> None:  # what a long forget does on the writer thread
+        with store.transaction():
+            held.set()
+            read_while_held.append(reached_write.wait(30))
+
+    holder = threading.Thread(target=hold_the_store)
+    holder.start()
+    held.wait(30)
+    with store.reader() as reader:
+        report = refit(store, serving, NOW, reader=reader)
+    holder.join()
+    assert read_while_held == [True]
+    assert report["heads"]["hr"]["adopted"] is True
+    assert _head(store) is not None and "hr" in serving.heads
+
+
+def test_the_daemons_refit_job_reads_through_a_reader_and_closes_it(
+    store: TwinStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgetwin.daemon import app
+    from edgetwin.inference import serving as serving_mod
+
+    store_person(store, rhythm(N), carry)
+    served = ServingEngine(FakeEngine(), explain=False)
+    seen: list[TwinStore] = []
+    real_refit = serving_mod.refit
+
+    def spy(store_: TwinStore, serving: ServingEngine, now: float | None = None, *,
+            reader: TwinStore | None = None) -> dict:
+        assert reader is not None and reader is not store_
+        seen.append(reader)
+        return real_refit(store_, serving, NOW, reader=reader)
+
+    monkeypatch.setattr(serving_mod, "refit", spy)
+    app._refit_job(store, served)()
+    assert len(seen) == 1
+    with pytest.raises(Exception, match="closed"):
+        seen[0].streams()  # the reader is closed after the job
+    assert _head(store) is not None and "hr" in served.heads
