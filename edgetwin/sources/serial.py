@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -855,31 +855,32 @@ def _open_port(port: str, baud: int) -> Any:
         raise DeviceNotFound(f"cannot open serial port {port}: {exc}") from exc
 
 
-def _read(ser: Any, port: str) -> bytes:
-    """Up to everything waiting (blocking at most the read timeout); a lost port raises."""
+@contextlib.contextmanager
+def _port_lost_raises(port: str) -> Iterator[None]:
+    """pyserial's errors of a read become ``TransientSourceError`` (reconnect)."""
     import serial
 
     try:
-        data: bytes = ser.read(max(1, ser.in_waiting))
+        yield
     except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
         # TypeError/AttributeError: pyserial's posix read after a concurrent close (fd None).
         raise TransientSourceError(
             f"serial port {port} went away: {exc}", hint="reconnecting when it is back"
         ) from exc
+
+
+def _read(ser: Any, port: str) -> bytes:
+    """Up to everything waiting (blocking at most the read timeout); a lost port raises."""
+    with _port_lost_raises(port):
+        data: bytes = ser.read(max(1, ser.in_waiting))
     return data
 
 
 def _read_waiting(ser: Any, port: str) -> bytes:
     """What is already waiting, without blocking; a lost port raises."""
-    import serial
-
-    try:
+    with _port_lost_raises(port):
         waiting = ser.in_waiting
         data: bytes = ser.read(waiting) if waiting else b""
-    except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
-        raise TransientSourceError(
-            f"serial port {port} went away: {exc}", hint="reconnecting when it is back"
-        ) from exc
     return data
 
 
