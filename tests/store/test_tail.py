@@ -5,6 +5,7 @@ and verify count the tail in, and meta['chunk_ends'] makes a deleted newest chun
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,37 @@ def test_frames_and_predictions_tails_are_counted_too(twin_home: Path, secret: S
         assert len(problems) == 2 and all("missing" in p.detail for p in problems)
 
 
+Counts = dict[str, tuple[int, int, float | None, float | None]]
+
+
+def _views_during_commits(
+    store: TwinStore, caplog: pytest.LogCaptureFixture, view: Callable[[], Counts],
+    commits: int, start: int = 0,
+) -> list[Counts]:
+    """``view()`` over and over in a thread while ``commits`` commits of 10 rows land; no
+    "chunks missing" may be logged meanwhile."""
+    import threading
+
+    stop = threading.Event()
+    seen: list[Counts] = []
+
+    def status_reads() -> None:
+        while not stop.is_set():
+            seen.append(view())
+
+    thread = threading.Thread(target=status_reads)
+    caplog.set_level("WARNING", logger="edgetwin.store.tails")
+    thread.start()
+    try:
+        _write(store, "s", commits, start=start)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 10
+    assert not [r for r in caplog.records if "missing" in r.getMessage()]
+    return seen
+
+
 def test_a_status_read_during_commits_never_sees_chunks_missing(
     store: TwinStore, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -162,25 +194,7 @@ def test_a_status_read_during_commits_never_sees_chunks_missing(
     # tail and the record of where it ends were read under two holds of the store's lock, so a
     # commit between them looked like deleted chunks ("chunks 433..433 are missing" in the
     # soak) and was counted as chunks of unknown rows
-    import threading
-
-    stop = threading.Event()
-    seen: list[dict[str, tuple[int, int, float | None, float | None]]] = []
-
-    def status_reads() -> None:
-        while not stop.is_set():
-            seen.append(_counts(store))
-
-    reader = threading.Thread(target=status_reads)
-    caplog.set_level("WARNING", logger="edgetwin.store.tails")
-    reader.start()
-    try:
-        _write(store, "s", 300)
-    finally:
-        stop.set()
-        reader.join()
-    assert len(seen) > 10
-    assert not [r for r in caplog.records if "missing" in r.getMessage()]
+    seen = _views_during_commits(store, caplog, lambda: _counts(store), 300)
     # every view is a moment of the twin: whole commits of 10 rows, one chunk each
     for view in seen:
         if "s" in view:
@@ -195,27 +209,12 @@ def test_a_reader_on_its_own_connection_during_commits_never_sees_chunks_missing
     # The same race through reader(), as the daemon's status reads since 0c490f9: its own
     # connection does not share the writer's lock, and in autocommit each SELECT was its
     # own snapshot (the 50-minute soak still logged two "chunks missing")
-    import threading
-
-    stop = threading.Event()
-    seen: list[dict[str, tuple[int, int, float | None, float | None]]] = []
-
-    def status_reads() -> None:
-        while not stop.is_set():
-            with store.reader() as reader:
-                seen.append(_counts(reader))
+    def through_a_reader() -> Counts:
+        with store.reader() as reader:
+            return _counts(reader)
 
     _write(store, "s", 1)
-    thread = threading.Thread(target=status_reads)
-    caplog.set_level("WARNING", logger="edgetwin.store.tails")
-    thread.start()
-    try:
-        _write(store, "s", 400, start=1)
-    finally:
-        stop.set()
-        thread.join()
-    assert len(seen) > 10
-    assert not [r for r in caplog.records if "missing" in r.getMessage()]
+    seen = _views_during_commits(store, caplog, through_a_reader, 400, start=1)
     for view in seen:
         samples, chunks, _, _ = view["s"]
         assert samples == 10 * chunks
