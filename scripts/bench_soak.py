@@ -168,18 +168,20 @@ class _Daemon:
         except ValueError:
             return None
 
-    def proc_sample(self) -> tuple[float, int] | None:
-        """(cpu seconds, rss bytes) of the daemon process."""
+    def proc_sample(self) -> tuple[float, dict[str, int]] | None:
+        """(cpu seconds, {VmRSS, RssAnon, RssFile: bytes}) of the daemon process."""
         assert self.proc is not None
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            mem = {}
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return cpu, int(line.split()[1]) * 1024
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "RssAnon", "RssFile"):
+                    mem[key] = int(line.split()[1]) * 1024
         except (OSError, IndexError, ValueError):
             return None
-        return None
+        return (cpu, mem) if "VmRSS" in mem else None
 
     def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -460,14 +462,19 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                         st = daemon.status() or {}
                         row: dict[str, Any] = {"t": elapsed, "db_bytes": _store_bytes(home)}
                         if ps is not None:
-                            cpu, rss = ps
-                            row["rss_mib"] = rss / 2**20
+                            cpu, mem = ps
+                            row["rss_mib"] = mem["VmRSS"] / 2**20
+                            # heap vs mapped files: which of them grows, if RSS does
+                            if "RssAnon" in mem:
+                                row["rss_anon_mib"] = mem["RssAnon"] / 2**20
+                                row["rss_file_mib"] = mem.get("RssFile", 0) / 2**20
                             mono = time.monotonic()
                             if prev is not None and mono > prev[0]:
                                 row["cpu_share"] = (cpu - prev[1]) / (mono - prev[0])
                             prev = (mono, cpu)
                         d = st.get("daemon", {})
                         row["loop_lag_p99_ms"] = (d.get("loop_lag_ms") or {}).get("p99")
+                        row["py_blocks"] = (d.get("memory") or {}).get("py_blocks")
                         row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
                         row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
                         row["sources"] = {s["name"]: s.get("state") for s in st.get("sources", [])}
@@ -577,6 +584,10 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
     longest = max(lifetimes, key=len)
     fit_rows = [s for s in longest if "rss_mib" in s][3:]  # past start-up
     rss_fit = growth_per_hour([s["t"] for s in fit_rows], [s["rss_mib"] for s in fit_rows])
+    parts_fit = {}  # which part of the RSS grows: heaps, mapped files, Python's objects
+    for part in ("rss_anon_mib", "rss_file_mib", "py_blocks"):
+        rows = [s for s in fit_rows if s.get(part) is not None]
+        parts_fit[part] = growth_per_hour([s["t"] for s in rows], [s[part] for s in rows])
     db_fit = growth_per_hour([s["t"] for s in samples],
                              [s["db_bytes"] / 2**20 for s in samples])
     drops = [s.get("drops", 0) for s in samples]
@@ -594,15 +605,18 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "loop_lag_max_ms": lag_max,
         "hub_drops_total_sum_of_sources": {"last": drops[-1] if drops else None,
                                            "max": max(drops) if drops else None},
-        "rss_growth_mib": rss_fit, "db_growth_mib": db_fit,
+        "rss_growth_mib": rss_fit, "rss_growth_by_part": parts_fit, "db_growth_mib": db_fit,
         "faults": [{k: (round(v - t_start, 1) if k in ("at", "until") else v)
                     for k, v in f.items()} for f in faults],
         "streams": streams,
         "series": {"columns": ["t_s", "cpu_share", "rss_mib", "loop_lag_p99_ms",
-                               "loop_lag_max_ms", "drops", "db_mib"],
+                               "loop_lag_max_ms", "drops", "db_mib", "rss_anon_mib",
+                               "rss_file_mib", "py_blocks"],
                    "rows": [[round(s["t"], 1), _r(s.get("cpu_share"), 4), _r(s.get("rss_mib"), 1),
                              s.get("loop_lag_p99_ms"), s.get("loop_lag_max_ms"), s.get("drops"),
-                             round(s["db_bytes"] / 2**20, 2)] for s in samples]},
+                             round(s["db_bytes"] / 2**20, 2), _r(s.get("rss_anon_mib"), 1),
+                             _r(s.get("rss_file_mib"), 1), s.get("py_blocks")]
+                            for s in samples]},
         "not_injected": not_injected,
         "store_errors_seen": sorted({str(s["store_error"])[:160] for s in samples
                                      if s.get("store_error")}),

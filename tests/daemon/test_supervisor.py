@@ -97,6 +97,9 @@ async def test_status_and_predictions_over_the_control_socket(home: Path) -> Non
     assert status["daemon"]["running"] is True
     assert status["daemon"]["pid"] == os.getpid()
     assert status["daemon"]["rss_bytes"] > 0
+    mem = status["daemon"]["memory"]
+    assert mem["anon_bytes"] > 0 and mem["file_bytes"] > 0 and mem["py_blocks"] > 1000
+    assert mem["anon_bytes"] + mem["file_bytes"] <= status["daemon"]["rss_bytes"] * 1.1
     (src,) = status["sources"]
     assert {"name", "kind", "state", "samples", "drops", "last_sample_t"} <= src.keys()
     assert src["state"] == "streaming"
