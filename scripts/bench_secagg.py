@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 import sys
@@ -61,66 +60,24 @@ def in_process_round(n: int, num_shares: int, db: Path | None = None) -> dict[st
     """One SecAgg+ round of n in-process ClientApps through a Grid that calls them directly
     (also the aarch64 smoke's secagg step); the round's result goes to ``db`` (a temporary
     file by default, removed after)."""
-    from flwr.app import Context, Message, RecordDict
     from flwr.common.serde import recorddict_to_proto
-    from flwr.serverapp.grid import Grid
-    from flwr.supercore.task_identity import TaskIdentity
 
     from edgetwin.sync.collector.flower_server import RoundConfig, run_round
     from edgetwin.sync.flower_client import make_client_app
+    from edgetwin.sync.flower_local import LocalGrid, node_context, server_context
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     plan = plan_for(LOWER, UPPER, LEVELS, EPSILON, DELTA, max(2, int(0.8 * n)))
     rng = np.random.default_rng(3)
     shares = {i + 1: mint_share("hr_mean", "day", 0.0, float(v), (LOWER, UPPER), plan,
                                 charged=EPSILON, now=0.0)
               for i, v in enumerate(rng.normal(70, 10, n))}
     app = make_client_app(claimer_for=lambda nc: lambda _cfg: shares[int(nc["node"])])
-    contexts = {nid: Context(run_id=1, node_id=nid, node_config={"node": nid},
-                             state=RecordDict(), run_config={}) for nid in shares}
     cpu: dict[int, float] = dict.fromkeys(shares, 0.0)
     sent: dict[int, int] = dict.fromkeys(shares, 0)
 
-    class InProcessGrid(Grid):
-        def __init__(self) -> None:
-            self._run: Any = None
-
-        def set_run(self, run: Any) -> None:
-            self._run = run
-
-        @property
-        def run(self) -> Any:
-            from flwr.supercore.run import Run
-
-            return Run.create_empty(1) if self._run is None else self._run
-
-        def create_message(self, content: Any, message_type: str, dst_node_id: int,
-                           group_id: str, ttl: float | None = None) -> Any:
-            return Message(content, dst_node_id=dst_node_id, message_type=message_type,
-                           group_id=group_id)
-
-        def get_node_ids(self) -> list[int]:
-            return list(shares)
-
-        def push_messages(self, messages: Any) -> list[str]:
-            raise NotImplementedError
-
-        def pull_messages(self, message_ids: Any) -> list[Any]:
-            raise NotImplementedError
-
-        def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
-
-            replies = []
-            for msg in messages:
-                nid = msg.metadata.dst_node_id
-                # a real Grid serialises each message; the workflow shares one content object
-                msg = copy.deepcopy(msg)  # noqa: PLW2901
-                c0 = time.process_time()
-                reply = app(msg, contexts[nid])
-                cpu[nid] += time.process_time() - c0
-                sent[nid] += recorddict_to_proto(reply.content).ByteSize()
-                replies.append(reply)
-            return replies
+    def count(node: int, reply: Any, cpu_s: float) -> None:
+        cpu[node] += cpu_s
+        sent[node] += recorddict_to_proto(reply.content).ByteSize()
 
     keep = db is not None
     db = db if db is not None else Path(f"/tmp/bench_secagg_{n}.db")
@@ -130,9 +87,11 @@ def in_process_round(n: int, num_shares: int, db: Path | None = None) -> dict[st
           "epsilon": EPSILON, "delta": DELTA, "min-cohort": plan.min_cohort,
           "num-shares": num_shares, "threshold": 0.5, "timeout": 600.0}
     cfg = RoundConfig.from_run_config(rc)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    grid = LocalGrid(app, {nid: node_context(nid, {"node": nid}) for nid in shares},
+                     after_reply=count)
+    context = server_context(rc)
     total_c0, wall0 = time.process_time(), time.perf_counter()
-    result = run_round(InProcessGrid(), context, cfg)
+    result = run_round(grid, context, cfg)
     total_cpu, wall = time.process_time() - total_c0, time.perf_counter() - wall0
     device_cpu = sorted(cpu.values())
     if not keep:
@@ -146,6 +105,7 @@ def in_process_round(n: int, num_shares: int, db: Path | None = None) -> dict[st
         "device_cpu_ms_max": 1e3 * device_cpu[-1],
         "device_reply_bytes_median": statistics.median(sent.values()),
     }
+
 
 def error_at(n: int, trials: int, seed: int = 1) -> dict[str, Any]:
     import opendp.prelude as dp
