@@ -127,10 +127,17 @@ def error_at(n: int, trials: int, seed: int = 1) -> dict[str, Any]:
         loc_err.append(abs(float(np.mean(lap_vec(truth.tolist()))) - float(truth.mean())))
     sec95 = float(np.quantile(sec_err, 0.95))
     loc95 = float(np.quantile(loc_err, 0.95))
+    # the ratio of two 95th percentiles from finite trials: a bootstrap interval for it
+    boot = np.random.default_rng(seed + 1)
+    s_arr, l_arr = np.asarray(sec_err), np.asarray(loc_err)
+    ratios = [float(np.quantile(l_arr[boot.integers(0, trials, trials)], 0.95)
+                    / np.quantile(s_arr[boot.integers(0, trials, trials)], 0.95))
+              for _ in range(1000)]
     return {
         "people": n, "min_cohort": plan.min_cohort, "sigma_share_grid": plan.sigma_share,
         "epsilon_own_share": plan.epsilon_own,
         "secagg_error95_bpm": sec95, "local_error95_bpm": loc95, "ratio": loc95 / sec95,
+        "ratio_ci95": [round(float(np.quantile(ratios, q)), 2) for q in (0.025, 0.975)],
         "analytic_secagg95_bpm": 1.96 * plan.mean_noise_sd(n),
         "analytic_local95_bpm": 1.96 * math.sqrt(2) * lap.scale / math.sqrt(n),
     }

@@ -424,16 +424,15 @@ def _sync_job(store: TwinStore, config: Config) -> Callable[[], None]:
 
     def job() -> None:
         now = time.time()
-        # OpenDP (~17 MiB resident) lives in a child only while releases are made
+        # OpenDP (~17 MiB resident) lives in a child only while releases and shares are made
         with opendp_out_of_process():
             run_due_releases(store, config, now)
-        if config.secagg.modes:
-            # metrics in secure-aggregation mode: a sealed share per due period, charged now
-            # and sent when this device joins a Flower round (OpenDP in-process: the share's
-            # plan and discrete noise are not yet done by the child)
-            shares = prepare_due(store, config, now)
-            for reason in shares.refused:
-                _LOGGER.warning("secure-aggregation share refused: %s", reason)
+            if config.secagg.modes:
+                # metrics in secure-aggregation mode: a sealed share per due period, charged
+                # now and sent when this device joins a Flower round
+                shares = prepare_due(store, config, now)
+                for reason in shares.refused:
+                    _LOGGER.warning("secure-aggregation share refused: %s", reason)
         drain_outbox(store, config)
 
     return job

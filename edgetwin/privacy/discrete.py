@@ -17,10 +17,13 @@ of discrete Gaussians is not exactly a discrete Gaussian; Kairouz et al. (ICML
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from edgetwin.privacy import noise_process
 
 # Masks and sums live in Z_M; Flower's SecAgg+ needs M = 2**k and at most 2**32.
 MODULUS = 2**32
@@ -29,6 +32,9 @@ MODULUS = 2**32
 _TAIL_SIGMAS = 30.0
 # Kairouz et al.'s tau (the sum's distance from a discrete Gaussian) must stay below this.
 _TAU_MAX = 1e-9
+# plans made by the OpenDP child (noise_process), by their parameters: a plan is a pure
+# function of them, so the daemon asks the child once per metric
+_CHILD_PLANS: dict[tuple[float, float, int, float, float, int], SharePlan] = {}
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,10 @@ class SharePlan:
         """Standard deviation of the noise in a published mean of ``count`` shares (value units)."""
         return self.step * self.sigma_share * math.sqrt(count) / count
 
+    def fields(self) -> dict[str, Any]:
+        """The plan's fields, as ``SharePlan(**fields)`` takes them back."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "lower": self.lower, "upper": self.upper, "levels": self.levels,
@@ -81,18 +91,44 @@ class SharePlan:
         }
 
 
+PLAN_PARAMS = ("lower", "upper", "levels", "epsilon", "delta", "min_cohort")
+
+
 def plan_for(lower: float, upper: float, levels: int, epsilon: float, delta: float,
              min_cohort: int) -> SharePlan:
-    """The (cached) share plan whose sum over ``min_cohort`` devices is (epsilon, delta)-DP."""
-    return _plan(float(lower), float(upper), int(levels), float(epsilon), float(delta),
-                 int(min_cohort))
+    """The (cached) share plan whose sum over ``min_cohort`` devices is (epsilon, delta)-DP.
+
+    Inside ``noise_process.opendp_out_of_process`` (the daemon) OpenDP's calibration runs
+    in the child and the plan is cached here; elsewhere it runs in this process."""
+    key = (float(lower), float(upper), int(levels), float(epsilon), float(delta),
+           int(min_cohort))
+    child = noise_process.current()
+    if child is None:
+        return _plan(*key)
+    plan = _CHILD_PLANS.get(key)
+    if plan is None:
+        fields = child.share_plan(**dict(zip(PLAN_PARAMS, key, strict=True)))
+        try:
+            plan = SharePlan(**fields)
+        except TypeError as exc:
+            raise noise_process.NoiseProcessError(
+                f"the OpenDP process answered a plan with fields {sorted(fields)}") from exc
+        if len(_CHILD_PLANS) >= 64:
+            _CHILD_PLANS.clear()
+        _CHILD_PLANS[key] = plan
+    return plan
 
 
 def add_share_noise(plan: SharePlan, value: int) -> int:
-    """``value`` (on the grid) plus one discrete Gaussian share drawn by OpenDP."""
+    """``value`` (on the grid) plus one discrete Gaussian share drawn by OpenDP (in the
+    child inside ``noise_process.opendp_out_of_process``)."""
     if not 0 <= value <= plan.levels:
         raise ValueError(f"grid value {value} outside 0..{plan.levels}: encode it first")
-    noisy = int(_measurement(plan.sigma_share)(int(value)))
+    child = noise_process.current()
+    if child is not None:
+        noisy = child.share_noise(plan.fields(), int(value))
+    else:
+        noisy = int(_measurement(plan.sigma_share)(int(value)))
     if abs(noisy) > plan.clip_range:  # pragma: no cover - probability below exp(-450)
         raise ValueError(f"share {noisy} beyond the clip range {plan.clip_range}")
     return noisy

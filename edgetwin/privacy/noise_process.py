@@ -3,11 +3,13 @@
 OpenDP's native library is ~17 MiB resident once loaded (the largest single
 item in the daemon's RSS after onnxruntime), and the daemon needs it for a few
 milliseconds a day. Inside :func:`opendp_out_of_process` the Laplace releases of
-this thread are noised by a child (``python -m edgetwin.privacy.noise_process``)
-started on first use and ended when the block ends; outside it, in the CLI and
+this thread, and the plans and noise of its secure-aggregation shares, are made by
+a child (``python -m edgetwin.privacy.noise_process``) started on first use and
+ended when the block ends; outside it, in the CLI and
 tests, OpenDP runs in-process as before. Nothing else changes: the parent still
 charges, mints and audits the release in one transaction, and the child draws
-the noise with the same cached OpenDP measurement.
+the noise with the same cached OpenDP measurement (a share's plan is the same
+function of its parameters on either side).
 
 The child is trusted code of this package talking over its stdin/stdout (JSON
 lines); a child that dies or answers nonsense fails the release, which rolls
@@ -71,7 +73,24 @@ class NoiseProcess:
 
     def laplace(self, lower: float, upper: float, epsilon: float, summary: float) -> Noised:
         """One noisy release of ``summary`` by OpenDP's Laplace mechanism, in the child."""
-        request = {"lower": lower, "upper": upper, "epsilon": epsilon, "summary": summary}
+        return _noised(self._ask({"lower": lower, "upper": upper, "epsilon": epsilon,
+                                  "summary": summary}))
+
+    def share_plan(self, **params: Any) -> dict[str, Any]:
+        """The fields of ``discrete.plan_for(**params)``, computed in the child."""
+        return self._ask({"op": "share_plan", **params})
+
+    def share_noise(self, plan: dict[str, Any], value: int) -> int:
+        """``value`` plus one discrete Gaussian share of ``plan``, drawn in the child."""
+        answer = self._ask({"op": "share_noise", "plan": plan, "value": value})
+        noisy = answer.get("value")
+        if isinstance(noisy, bool) or not isinstance(noisy, int):
+            raise NoiseProcessError(f"the OpenDP process answered {str(answer)[:80]}")
+        return noisy
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request, one answer (a JSON object), in order; ValueError for the child's
+        refusal, NoiseProcessError if the child fails."""
         with self._lock:
             self._start_locked()
             proc = self._proc
@@ -126,7 +145,7 @@ def _read_line(stream: IO[str], timeout: float) -> str:
     return result[0]
 
 
-def _parse_answer(line: str) -> Noised:
+def _parse_answer(line: str) -> dict[str, Any]:
     if not line:
         raise NoiseProcessError("the OpenDP process exited without answering",
                                 hint="run 'python -m edgetwin.privacy.noise_process' to see why")
@@ -134,14 +153,22 @@ def _parse_answer(line: str) -> Noised:
         answer = json.loads(line)
     except json.JSONDecodeError as exc:
         raise NoiseProcessError(f"the OpenDP process answered {line[:80]!r}") from exc
-    if "error" in answer:
-        raise ValueError(str(answer["error"]))  # what the in-process mechanism would raise
-    try:
-        out = Noised(float(answer["value"]), float(answer["scale"]), float(answer["sensitivity"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise NoiseProcessError(f"the OpenDP process answered {line[:80]!r}") from exc
-    if not (math.isfinite(out.value) and out.scale > 0 and out.sensitivity > 0):
+    if not isinstance(answer, dict):
         raise NoiseProcessError(f"the OpenDP process answered {line[:80]!r}")
+    if "error" in answer:
+        raise ValueError(str(answer["error"]))  # what the in-process call would raise
+    return answer
+
+
+def _noised(answer: dict[str, Any]) -> Noised:
+    """A Laplace answer checked: finite value, positive scale and sensitivity."""
+    try:
+        out = Noised(float(answer["value"]), float(answer["scale"]),
+                     float(answer["sensitivity"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NoiseProcessError(f"the OpenDP process answered {str(answer)[:80]}") from exc
+    if not (math.isfinite(out.value) and out.scale > 0 and out.sensitivity > 0):
+        raise NoiseProcessError(f"the OpenDP process answered {str(answer)[:80]}")
     return out
 
 
@@ -164,19 +191,35 @@ def opendp_out_of_process() -> Iterator[NoiseProcess]:
 
 
 def _serve(stdin: IO[str], stdout: IO[str]) -> None:
-    from edgetwin.privacy.mechanism import mechanism_for
-
     for line in stdin:
         answer: dict[str, Any]
         try:
-            request = json.loads(line)
-            mech = mechanism_for(request["lower"], request["upper"], request["epsilon"])
-            answer = {"value": mech(request["summary"]), "scale": mech.scale,
-                      "sensitivity": mech.sensitivity}
+            answer = _answer(json.loads(line))
         except (ValueError, KeyError, TypeError) as exc:
             answer = {"error": str(exc)}
         stdout.write(json.dumps(answer) + "\n")
         stdout.flush()
+
+
+def _answer(request: dict[str, Any]) -> dict[str, Any]:
+    """One request in the child: a Laplace release (no ``op``), or a secure-aggregation
+    share's plan or noise (edgetwin.privacy.discrete, in-process here)."""
+    op = request.get("op", "laplace")
+    if op == "laplace":
+        from edgetwin.privacy.mechanism import mechanism_for
+
+        mech = mechanism_for(request["lower"], request["upper"], request["epsilon"])
+        return {"value": mech(request["summary"]), "scale": mech.scale,
+                "sensitivity": mech.sensitivity}
+    from edgetwin.privacy import discrete
+
+    if op == "share_plan":
+        params = {k: request[k] for k in discrete.PLAN_PARAMS}
+        return discrete.plan_for(**params).fields()
+    if op == "share_noise":
+        return {"value": discrete.add_share_noise(discrete.SharePlan(**request["plan"]),
+                                                  int(request["value"]))}
+    raise ValueError(f"unknown request {op!r}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 
 from edgetwin.config import Config
 from edgetwin.errors import BudgetExhausted, ConsentMissing
-from edgetwin.privacy import accountant, consent
+from edgetwin.privacy import accountant, consent, noise_process
 from edgetwin.privacy.discrete import SharePlan, add_share_noise, library, plan_for
 from edgetwin.privacy.metrics import PERIOD_SECONDS, bounds_for, get_metric, summarize, window_start
 from edgetwin.privacy.records import RecordStore, TimelineStore
@@ -245,6 +245,9 @@ def prepare_share(store: RecordStore, config: Config, metric: str, period: str,
                     sa.min_cohort)
     charged = plan.epsilon if sa.charge == "central" else plan.epsilon_own
     key = share_key(metric, period, period_start)
+    child = noise_process.current()
+    if child is not None:
+        child.start()  # the OpenDP child starts before the store's lock is taken, not under it
     with store.transaction():
         if store.get_record(KIND, key) is not None:
             return None
