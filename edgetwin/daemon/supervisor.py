@@ -39,6 +39,7 @@ from edgetwin.daemon.looplag import LoopLag
 from edgetwin.daemon.runner import SourceRunner
 from edgetwin.daemon.worker import Writer
 from edgetwin.sources.base import Source
+from edgetwin.store.tails import TailCounts
 from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch, channel_markers
 
 _LOGGER = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Daemon:
         self._writer = Writer()
         self._status_read: asyncio.Future[dict[str, Any]] | None = None
         self._store_status_cache: dict[str, Any] = {"store": {"streams": []}}
+        self._tail_counts = TailCounts()  # what status readers counted, for the next one
 
     async def run(self, duration: float | None = None) -> None:
         """Run until SIGTERM/SIGINT, ``stop()``, or ``duration`` seconds have passed."""
@@ -248,7 +250,9 @@ class Daemon:
         if open_reader is None:
             streams = self.store.streams()
         else:
-            with open_reader() as reader:
+            # the streams' counted tails carry over from the last status read, so this one
+            # decodes only the chunks committed since
+            with open_reader(tail_counts=self._tail_counts) as reader:
                 streams = reader.streams()
         out: dict[str, Any] = {"store": {"streams": [stream_json(s) for s in streams]}}
         if self._extra_status is not None:

@@ -57,6 +57,13 @@ class SeriesInfo:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
+    def copy(self) -> SeriesInfo:
+        """An independent copy (its layouts, meta and per-day counts not shared)."""
+        return SeriesInfo(sn=self.sn, sid=self.sid, kind=self.kind, name=self.name,
+                          layouts=list(self.layouts), meta=dict(self.meta),
+                          next_seq=self.next_seq,
+                          periods={d: list(v) for d, v in self.periods.items()})
+
     def to_json_text(self) -> str:
         """``json.dumps(self.to_json())`` (compact), re-encoding only the days that changed."""
         head = json.dumps(

@@ -58,6 +58,7 @@ from edgetwin.store.series import (
     MAX_CHUNK_ROWS,
     PERIOD_S,
 )
+from edgetwin.store.tails import TailCounts
 from edgetwin.store.verify import Verification
 from edgetwin.types import FeatureFrame
 
@@ -182,12 +183,13 @@ class TwinStore(Forgetting, Verification):
             _LOGGER.warning("could not tidy the twin on unlock: %s", exc)
         return store
 
-    def reader(self) -> TwinStore:
+    def reader(self, *, tail_counts: TailCounts | None = None) -> TwinStore:
         """A read-only handle on this twin for another thread: its own SQLite connection
         (WAL: it reads what is committed while this handle writes, and neither waits for the
         other), its own copy of the keystore and caches, none of this handle's locks. It never
         sees this handle's buffered appends. Close it when done; a short-lived one also keeps
-        no key of a stream forgotten meanwhile."""
+        no key of a stream forgotten meanwhile. ``tail_counts`` carries the streams' counted
+        tails from one reader to the next (see :class:`~edgetwin.store.tails.TailCounts`)."""
         conn = connect(self.home / DB_FILE, create=False)
         try:
             conn.execute("PRAGMA query_only = ON")
@@ -195,7 +197,9 @@ class TwinStore(Forgetting, Verification):
         except BaseException:
             conn.close()
             raise
-        return type(self)(self.home, keystore, self._keys, conn)
+        reader = type(self)(self.home, keystore, self._keys, conn)
+        reader._tail_counts = tail_counts
+        return reader
 
     def close(self) -> None:
         """Close the database; uncommitted appends are dropped (call commit() first)."""

@@ -77,7 +77,7 @@ def test_a_share_made_through_the_child_is_the_in_process_plan_with_fresh_noise(
         assert child.requests == 1 and discrete.plan_for(*params) is there  # asked once
         draws = np.array([discrete.add_share_noise(there, 32) for _ in range(400)])
         assert child.requests == 401
-        with pytest.raises(ValueError, match="outside 0..64"):
+        with pytest.raises(ValueError, match=r"outside 0\.\.64"):
             discrete.add_share_noise(there, 65)  # refused here, before the child is asked
         with pytest.raises(ValueError, match="levels"):
             child.share_plan(lower=50.0, upper=110.0, levels=1, epsilon=1.0, delta=1e-6,

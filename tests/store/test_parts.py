@@ -242,7 +242,9 @@ PUBLIC_API = {
     "append_frames": "(self, frames: 'Sequence[FeatureFrame]') -> 'None'",
     "append_markers": "(self, markers: 'Sequence[Marker]') -> 'None'",
     "has_marker_source": "(self, source: 'str') -> 'bool'",
-    "reader": "(self) -> 'TwinStore'",  # added for issue 18: reads on their own connection
+    # added for issue 18: reads on their own connection; tail_counts (optional) carries the
+    # counted tails from one status reader to the next
+    "reader": "(self, *, tail_counts: 'TailCounts | None' = None) -> 'TwinStore'",
     "read_markers": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
     " source: 'str | None' = None, on_corrupt: 'OnCorrupt' = 'raise') -> 'list[Marker]'",
     "append_predictions": "(self, preds: 'Sequence[Prediction]') -> 'None'",

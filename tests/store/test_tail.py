@@ -251,3 +251,66 @@ def test_a_reader_sees_what_is_committed_without_waiting_for_the_writer(
     store.commit()
     with store.reader() as reader:  # a new reader sees the new commit
         assert _counts(reader)["s"][:2] == (40, 4)
+
+
+def test_readers_sharing_tail_counts_see_what_a_fresh_reader_sees_and_decode_only_new_chunks(
+    store: TwinStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgetwin.store.tails import TailCounts
+
+    decoded: list[int] = []
+    real = TwinStore._chunk_times
+
+    def counting(self: TwinStore, series: object, row: object) -> object:
+        decoded.append(1)
+        return real(self, series, row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TwinStore, "_chunk_times", counting)
+    counts = TailCounts()
+
+    def both() -> tuple[Counts, Counts, int]:
+        decoded.clear()
+        with store.reader(tail_counts=counts) as r:
+            kept = {s.name: (s.samples, s.chunks, s.first_t, s.last_t) for s in r.streams()}
+        n = len(decoded)
+        with store.reader() as r:
+            fresh = {s.name: (s.samples, s.chunks, s.first_t, s.last_t) for s in r.streams()}
+        return kept, fresh, n
+
+    _write(store, "s", 5)
+    _write(store, "gone", 3)
+    kept, fresh, n = both()
+    # each stream's first commit re-sealed its description (a new layout): tails of 4 and 2
+    assert kept == fresh and kept["s"] == (50, 5, T0, T0 + 49) and n == 6
+    _write(store, "s", 2, start=5)
+    kept, fresh, n = both()
+    assert kept == fresh and kept["s"] == (70, 7, T0, T0 + 69)
+    assert n == 2  # only the two chunks written since the last read
+    kept, fresh, n = both()
+    assert kept == fresh and n == 0
+    # a re-seal (the tail reached RESEAL_TAIL) changes the description: opened afresh
+    _write(store, "s", RESEAL_TAIL, start=7)
+    kept, fresh, n = both()
+    assert kept == fresh and kept["s"][1] == 7 + RESEAL_TAIL
+    # forget: the stream goes, and so do its name and counts from the carried counts
+    store.forget(stream="gone")
+    kept, fresh, n = both()
+    assert kept == fresh and "gone" not in kept and len(counts) == 1
+    # a forget of days re-seals what it changes: no stale count survives it
+    store.forget(before=T0 + 300)
+    kept, fresh, n = both()
+    assert kept == fresh and kept["s"][0] == 10 * (7 + RESEAL_TAIL) - 300
+
+
+def test_a_writer_never_takes_carried_tail_counts(store: TwinStore) -> None:
+    from edgetwin.store.tails import TailCounts
+
+    counts = TailCounts()
+    _write(store, "s", 3)
+    with store.reader(tail_counts=counts) as r:
+        r.streams()
+    assert len(counts) == 1 and store._tail_counts is None
+    _write(store, "s", RESEAL_TAIL - 3, start=3)  # the writer's own tail count decides
+    sealed = _sealed(store)
+    _write(store, "s", 1, start=RESEAL_TAIL)
+    assert _sealed(store) != sealed  # re-sealed after exactly RESEAL_TAIL chunks
