@@ -197,6 +197,16 @@ class _Daemon:
         raise RuntimeError(f"daemon not ready in {timeout} s: {self.log.read_text()[-2000:]}")
 
 
+def _host_cpu() -> tuple[int, int] | None:
+    """(all CPU time, stolen time) of the machine so far, in ticks (/proc/stat)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0)
+
+
 def _store_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in home.rglob("*") if p.is_file()
                and (".db" in p.name or ".sqlite" in p.name))
@@ -397,6 +407,7 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 open_faults: dict[str, tuple[float, dict[str, Any]]] = {}  # name -> (end, fault)
                 lifetimes: list[list[dict[str, Any]]] = [[]]  # samples per daemon lifetime
                 prev: tuple[float, float] | None = None
+                host_prev = _host_cpu()
                 next_sample = time.time()
                 while time.time() - t_start - clock_offset < duration or open_faults:
                     now = time.time()
@@ -477,6 +488,14 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                         row["py_blocks"] = (d.get("memory") or {}).get("py_blocks")
                         row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
                         row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
+                        # what the hypervisor took from this VM meanwhile (CPU figures of a
+                        # shared VM mean less while it is high)
+                        host_now = _host_cpu()
+                        if host_prev is not None and host_now is not None:
+                            spent = host_now[0] - host_prev[0]
+                            if spent > 0:
+                                row["host_steal_share"] = (host_now[1] - host_prev[1]) / spent
+                        host_prev = host_now
                         row["sources"] = {s["name"]: s.get("state") for s in st.get("sources", [])}
                         row["store_error"] = (d.get("commit_failing") or {}).get("error")
                         row["uncommitted_rows"] = d.get("uncommitted_rows")
@@ -581,6 +600,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
     rss = summary([s.get("rss_mib") for s in steady])
     lag = summary([s.get("loop_lag_p99_ms") for s in steady])
     lag_max = summary([s.get("loop_lag_max_ms") for s in steady])
+    steal = summary([s.get("host_steal_share") for s in steady])
     longest = max(lifetimes, key=len)
     fit_rows = [s for s in longest if "rss_mib" in s][3:]  # past start-up
     rss_fit = growth_per_hour([s["t"] for s in fit_rows], [s["rss_mib"] for s in fit_rows])
@@ -603,6 +623,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "wall_s": round(wall, 1), "samples_taken": len(samples),
         "cpu_share_of_one_core": cpu, "rss_mib": rss, "loop_lag_p99_ms": lag,
         "loop_lag_max_ms": lag_max,
+        "host_steal_share_of_all_cpus": steal,
         "hub_drops_total_sum_of_sources": {"last": drops[-1] if drops else None,
                                            "max": max(drops) if drops else None},
         "rss_growth_mib": rss_fit, "rss_growth_by_part": parts_fit, "db_growth_mib": db_fit,
