@@ -30,9 +30,10 @@ class LocalGrid(Grid):
     """Delivers each message to the ClientApp of its node, in this process.
 
     ``nodes`` is read at every call, so a test can add a device mid-round (a late joiner).
-    ``before_stage(stage, messages)`` runs before a batch is delivered and may raise: that is
-    the server losing its SuperLink at that stage. ``after_reply(node, reply, cpu_s)`` sees
-    each reply (the bench counts CPU and bytes there).
+    ``before_stage(stage, messages)`` runs before a batch is delivered. It may raise (the
+    server losing its SuperLink at that stage) or remove messages from the list (those
+    devices vanish: they get nothing and send nothing, from that stage on).
+    ``after_reply(node, reply, cpu_s)`` sees each reply (the bench counts CPU and bytes there).
     """
 
     def __init__(self, app: Any, contexts: dict[int, Any], *, nodes: Iterable[int] | None = None,

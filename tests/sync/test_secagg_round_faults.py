@@ -143,6 +143,34 @@ def test_server_lost_before_any_share_left_keeps_the_shares_for_a_rerun(
         assert fleet.state(node, T0) == ("submitted", pytest.approx(1.0))
 
 
+def test_too_few_survivors_publish_nothing_charge_nothing_more_and_the_next_period_works(
+        tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path, 6)
+    fleet.prepare(T0)
+    vanished: set[int] = set()
+
+    def three_vanish(stage: str, messages: list[Any]) -> None:
+        if stage == "collect_masked_vectors":  # after the key exchange, before any share left
+            vanished.update(m.metadata.dst_node_id for m in messages[:3])
+        messages[:] = [m for m in messages if m.metadata.dst_node_id not in vanished]
+
+    few = fleet.round(fleet.grid(before_stage=three_vanish), T0, "r1", 6)
+    # SecAgg+ unmasks the 3 survivors' sum (threshold 3 of 6), but 3 < min_cohort 4
+    assert few.state == "withheld" and few.devices == 3 and few.sampled == 6
+    assert few.mean is None and few.total is None
+    row = fleet.stored("r1")
+    assert row["mean"] is None and row["total"] is None and "min_cohort" in row["reason"]
+    for node in fleet.homes:
+        state = "ready" if node in vanished else "submitted"
+        assert fleet.state(node, T0) == (state, pytest.approx(1.0))  # charged once, at minting
+    fleet.prepare(T0 + DAY)
+    nxt = fleet.round(fleet.grid(), T0 + DAY, "r2", 6)
+    assert nxt.state == "published" and nxt.devices == 6
+    assert nxt.total == sum(fleet.values[node, T0 + DAY] for node in fleet.homes)
+    for node in fleet.homes:
+        assert fleet.state(node, T0 + DAY) == ("submitted", pytest.approx(2.0))
+
+
 def test_late_joiners_keep_their_share_for_a_later_round_of_the_period(
         tmp_path: Path) -> None:
     fleet = Fleet(tmp_path, 10)
