@@ -139,6 +139,7 @@ class FlowerRig:
         self.app = fd.write_app(self.workdir / "app", _TEST_APP)
         fd.write_cli_config(self.flwr_home, "rig", self.address, self.tls.ca)
         self._logs: list[Any] = []
+        self._ports: set[int] = set()  # runtime ports handed to this rig's SuperNodes
 
     @property
     def address(self) -> str:
@@ -193,25 +194,30 @@ class FlowerRig:
         for dev in devices:
             ports[dev.index] = self._start_supernode(dev)
         # A SuperNode whose runtime port was taken between choosing and binding it exits
-        # ("address already in use") and the round would wait for it until its timeout:
-        # every one must listen before a round starts; one that died is started again.
-        for dev in devices:
-            for _attempt in range(3):
-                try:
+        # ("address already in use") and the round would wait for it forever (Flower samples
+        # only once all expected nodes are online): every one must listen before a round
+        # starts, and one that died is started again on another port. A port that answers is
+        # not enough: in a CI rehearsal two SuperNodes had drawn the same port, the second
+        # died and the first one's listening socket hid it.
+        for _pass in range(3):
+            dead = []
+            for dev in devices:
+                with contextlib.suppress(TimeoutError):  # alive but slow: the round waits
                     wait_port(ports[dev.index], timeout=120)
-                    break
-                except TimeoutError:
-                    assert dev.process is not None
-                    if dev.process.poll() is None:
-                        raise
-                    ports[dev.index] = self._start_supernode(dev)
-            else:
-                raise AssertionError(f"SuperNode dev{dev.index} did not start")
+                assert dev.process is not None
+                if dev.process.poll() is not None:
+                    dead.append(dev)
+            if not dead:
+                return
+            for dev in dead:
+                ports[dev.index] = self._start_supernode(dev)
+        raise AssertionError(f"SuperNodes {[d.index for d in dead]} did not start")
 
     def _start_supernode(self, dev: Device) -> int:
         cfg = {"edgetwin-home": str(dev.home), "passphrase-file": str(dev.passphrase_file),
                "vanish-at": "2" if dev.vanish else "0"}
-        port = _port_outside_the_ephemeral_range()
+        port = _port_outside_the_ephemeral_range(exclude=self._ports)
+        self._ports.add(port)  # no two SuperNodes of this rig draw the same port
         cmd = fd.supernode_command(superlink=self.address, ca=self.tls.ca,
                                    node_key=dev.node_key, runtime_port=port, node_config=cfg)
         dev.process = self._spawn(_patient(cmd), f"dev{dev.index}")
@@ -254,7 +260,7 @@ class FlowerRig:
                                 start_new_session=True)
 
 
-def _port_outside_the_ephemeral_range() -> int:
+def _port_outside_the_ephemeral_range(exclude: set[int] | frozenset[int] = frozenset()) -> int:
     """A free loopback port below Linux's ephemeral range (32768-60999), so the many outgoing
     connections of 30 SuperNodes and their apps cannot take it before its SuperNode binds it
     (free_port() hands out ephemeral ports: one was taken that way in a CI rehearsal)."""
@@ -264,6 +270,8 @@ def _port_outside_the_ephemeral_range() -> int:
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(20000, 32000)
+        if port in exclude:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
