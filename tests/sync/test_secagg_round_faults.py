@@ -86,6 +86,17 @@ class Fleet:
         finally:
             store.close()
 
+    def publishes_exact_sum(self, period_start: float, round_id: str, *, spent: float,
+                            nodes: list[int] | None = None) -> None:
+        """A round of ``nodes`` (default: all) publishes exactly their shares' sum, and each
+        share is then spent, with ``spent`` ε charged to its device in all."""
+        nodes = list(self.homes) if nodes is None else nodes
+        result = self.round(self.grid(nodes=nodes), period_start, round_id, len(nodes))
+        assert result.state == "published" and result.devices == len(nodes)
+        assert result.total == sum(self.values[node, period_start] for node in nodes)
+        for node in nodes:
+            assert self.state(node, period_start) == ("submitted", pytest.approx(spent))
+
     def stored(self, round_id: str) -> dict[str, Any]:
         (row,) = [r for r in rounds(str(self.work / "collector.db")) if r["round_id"] == round_id]
         return row
@@ -119,11 +130,7 @@ def test_server_lost_after_the_masked_vectors_releases_nothing_and_charges_once(
         assert fleet.state(node, T0) == ("submitted", pytest.approx(1.0))
     # the next period has its own shares and its own round, and publishes
     fleet.prepare(T0 + DAY)
-    nxt = fleet.round(fleet.grid(), T0 + DAY, "r2", 6)
-    assert nxt.state == "published" and nxt.devices == 6
-    assert nxt.total == sum(fleet.values[node, T0 + DAY] for node in fleet.homes)
-    for node in fleet.homes:
-        assert fleet.state(node, T0 + DAY) == ("submitted", pytest.approx(2.0))
+    fleet.publishes_exact_sum(T0 + DAY, "r2", spent=2.0)
 
 
 def test_server_lost_before_any_share_left_keeps_the_shares_for_a_rerun(
@@ -136,11 +143,7 @@ def test_server_lost_before_any_share_left_keeps_the_shares_for_a_rerun(
     for node in fleet.homes:
         # keys were exchanged but no share was claimed: still ready, not re-drawn
         assert fleet.state(node, T0) == ("ready", pytest.approx(1.0))
-    rerun = fleet.round(fleet.grid(), T0, "r1-rerun", 6)
-    assert rerun.state == "published" and rerun.devices == 6
-    assert rerun.total == sum(fleet.values[node, T0] for node in fleet.homes)
-    for node in fleet.homes:
-        assert fleet.state(node, T0) == ("submitted", pytest.approx(1.0))
+    fleet.publishes_exact_sum(T0, "r1-rerun", spent=1.0)
 
 
 def test_too_few_survivors_publish_nothing_charge_nothing_more_and_the_next_period_works(
@@ -164,11 +167,7 @@ def test_too_few_survivors_publish_nothing_charge_nothing_more_and_the_next_peri
         state = "ready" if node in vanished else "submitted"
         assert fleet.state(node, T0) == (state, pytest.approx(1.0))  # charged once, at minting
     fleet.prepare(T0 + DAY)
-    nxt = fleet.round(fleet.grid(), T0 + DAY, "r2", 6)
-    assert nxt.state == "published" and nxt.devices == 6
-    assert nxt.total == sum(fleet.values[node, T0 + DAY] for node in fleet.homes)
-    for node in fleet.homes:
-        assert fleet.state(node, T0 + DAY) == ("submitted", pytest.approx(2.0))
+    fleet.publishes_exact_sum(T0 + DAY, "r2", spent=2.0)
 
 
 def test_late_joiners_keep_their_share_for_a_later_round_of_the_period(
@@ -190,8 +189,6 @@ def test_late_joiners_keep_their_share_for_a_later_round_of_the_period(
     for node in late:
         assert fleet.state(node, T0) == ("ready", pytest.approx(1.0))
     # a later round of the same period takes the late joiners, and only their shares
-    second = fleet.round(fleet.grid(nodes=late), T0, "r1-late", 4)
-    assert second.state == "published" and second.devices == 4
-    assert second.total == sum(fleet.values[node, T0] for node in late)
+    fleet.publishes_exact_sum(T0, "r1-late", spent=1.0, nodes=late)
     for node in fleet.homes:
         assert fleet.state(node, T0) == ("submitted", pytest.approx(1.0))
