@@ -79,7 +79,7 @@ class SharePlan:
 
     def fields(self) -> dict[str, Any]:
         """The plan's fields, as ``SharePlan(**fields)`` takes them back."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.asdict(self)
 
     def to_json(self) -> dict[str, Any]:
         return {
