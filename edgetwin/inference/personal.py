@@ -173,9 +173,15 @@ class TrainingSet:
         x = design(o.global_, recent, o.context_mean)
         r = o.actual - o.global_
         ok = np.isfinite(r) & np.isfinite(x).all(axis=2)
-        return cls(o.t, np.nan_to_num(x), np.nan_to_num(r), ok)
+        # in place: x is the largest array of a refit (a day: 17,280 x 12 x 14 doubles)
+        return cls(o.t, np.nan_to_num(x, copy=False), np.nan_to_num(r, copy=False), ok)
 
     def rows(self, sel: Any) -> TrainingSet:
+        if isinstance(sel, np.ndarray) and sel.dtype == bool:
+            # forecasts are in time order, so a cut is a run of rows: a view, not a copy of x
+            idx = np.flatnonzero(sel)
+            if not idx.size or idx[-1] - idx[0] + 1 == idx.size:
+                sel = slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
         return TrainingSet(self.t[sel], self.x[sel], self.r[sel], self.ok[sel])
 
 

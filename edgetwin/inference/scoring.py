@@ -25,15 +25,18 @@ the last value forward.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edgetwin.features.schema import INDEX, QUALITY_THRESHOLD
 from edgetwin.types import FeatureFrame, FloatArray, Prediction
+
+if TYPE_CHECKING:
+    from edgetwin.store.codec import FrameColumns
 
 WINDOWS: dict[str, float] = {"hour": 3600.0, "day": 86400.0}
 IntArray = npt.NDArray[np.int64]
@@ -44,6 +47,8 @@ BASELINE_SOURCES = ("persistence", "context_mean", "blend")
 # Scored cells per horizon step needed before the twin overrides the model for a person.
 MIN_CELLS = 360
 BLEND = 0.5
+# Largest block of :class:`Growing` (a few times glibc's 128 KiB mmap threshold).
+BLOCK_BYTES = 512 * 1024
 
 
 @dataclass
@@ -94,22 +99,18 @@ class ObservedSeries:
     def from_frames(
         cls, frames: Iterable[FeatureFrame], target: str, step_s: float
     ) -> ObservedSeries:
-        k = INDEX[target]
-        keys: list[int] = []
-        vals: list[float] = []
-        for f in frames:
-            v = float(f.values[k])
-            if math.isfinite(v) and f.quality[k] >= QUALITY_THRESHOLD and not f.imputed[k]:
-                keys.append(round(f.t / step_s))
-                vals.append(v)
-        arr_k = np.asarray(keys, dtype=np.int64)
-        arr_v = np.asarray(vals, dtype=np.float64)
-        # a later frame for the same step wins (duplicates are rare: re-ingested data)
-        if arr_k.size:
-            last = np.unique(arr_k[::-1], return_index=True)[1]
-            idx = arr_k.size - 1 - last
-            arr_k, arr_v = arr_k[idx], arr_v[idx]
-        return cls(arr_k, arr_v, step_s)
+        return observed_series(frames, [target], step_s)[target]
+
+    @classmethod
+    def from_observations(cls, keys: IntArray, values: FloatArray, step_s: float
+                          ) -> ObservedSeries:
+        """From observations in stored order: a later one for the same step wins
+        (duplicates are rare: re-ingested data)."""
+        if keys.size:
+            last = np.unique(keys[::-1], return_index=True)[1]
+            idx = keys.size - 1 - last
+            keys, values = keys[idx], values[idx]
+        return cls(keys, values, step_s)
 
     def at(self, keys: IntArray) -> FloatArray:
         """Observed value at each grid key, NaN where none."""
@@ -159,41 +160,141 @@ def value_of(p: Prediction, name: str) -> FloatArray:
     return out
 
 
+class Growing:
+    """Rows appended into blocks of numpy arrays, joined once at the end: a day of forecasts
+    as a few arrays, not ~10^5 Python objects (which fragment the heap and keep its
+    high-water mark resident after they are freed). Blocks grow geometrically up to
+    :data:`BLOCK_BYTES`, so little capacity is ever spare; a block that large lives in a
+    mapping of its own (the daemon's fixed mmap threshold) and goes back to the kernel
+    when freed."""
+
+    def __init__(self, row_shape: tuple[int, ...] = ()) -> None:
+        self._row_shape = row_shape
+        self._row_cells = math.prod(row_shape)
+        self._full: list[FloatArray] = []
+        self._block = np.empty((64, *row_shape))
+        self._used = 0
+        self.n = 0
+
+    def _next_block(self) -> None:
+        self._full.append(self._block)
+        rows = min(2 * self._block.shape[0], max(64, BLOCK_BYTES // (8 * self._row_cells)))
+        self._block = np.empty((rows, *self._row_shape))
+        self._used = 0
+
+    def append(self, row: Any) -> None:
+        if self._used == self._block.shape[0]:
+            self._next_block()
+        self._block[self._used] = row
+        self._used += 1
+        self.n += 1
+
+    def extend(self, rows: FloatArray) -> None:
+        done = 0
+        while done < rows.shape[0]:
+            if self._used == self._block.shape[0]:
+                self._next_block()
+            take = min(rows.shape[0] - done, self._block.shape[0] - self._used)
+            self._block[self._used : self._used + take] = rows[done : done + take]
+            self._used += take
+            done += take
+        self.n += rows.shape[0]
+
+    def array(self) -> FloatArray:
+        """The rows so far as one array; the blocks are let go."""
+        out = np.concatenate([*self._full, self._block[: self._used]])
+        self._full, self._block, self._used, self.n = [], self._block[:0], 0, 0
+        return out
+
+
+class ForecastColumns:
+    """One target's stored forecasts of one horizon length, as columns."""
+
+    def __init__(self, horizon: int, step_s: float) -> None:
+        self.horizon = horizon
+        self.step_s = step_s
+        self._t = Growing()
+        self._served = Growing((horizon,))
+        self._global = Growing((horizon,))
+        self._personal = Growing((horizon,))
+        self._lo = Growing((horizon,))
+        self._hi = Growing((horizon,))
+
+    def __len__(self) -> int:
+        return self._t.n
+
+    def add(self, p: Prediction) -> None:
+        self._t.append(p.t)
+        self._served.append(p.horizon)
+        band = p.band
+        self._lo.append([b[0] for b in band])
+        self._hi.append([b[1] for b in band])
+        if p.sources or p.alternatives:
+            self._global.append(value_of(p, "global"))
+            self._personal.append(value_of(p, "personal"))
+        else:  # the global model served every step
+            self._global.append(p.horizon)
+            self._personal.append(math.nan)
+
+    def outcomes(self, target: str, obs: ObservedSeries, context: int) -> Outcomes:
+        t = self._t.array()
+        keys = np.round(t / self.step_s).astype(np.int64)
+        future = keys[:, None] + np.arange(1, self.horizon + 1)[None, :]
+        actual = obs.at(future.reshape(-1)).reshape(future.shape)
+        last, mean = obs.context(keys, context)
+        return Outcomes(
+            target=target,
+            t=t,
+            actual=actual,
+            served=self._served.array(),
+            global_=self._global.array(),
+            personal=self._personal.array(),
+            lo=self._lo.array(),
+            hi=self._hi.array(),
+            persistence=last,
+            context_mean=mean,
+        )
+
+
+def collect_forecasts(
+    preds: Iterable[Prediction], targets: Container[str] | None = None
+) -> dict[str, ForecastColumns]:
+    """Per target, its forecasts as columns, read in one pass (``preds`` may stream from
+    the store chunk by chunk). Where a target's forecasts differ in horizon length (a model
+    change) those of the longest horizon are kept; the target's first forecast sets the
+    step."""
+    by_len: dict[tuple[str, int], ForecastColumns] = {}
+    step: dict[str, float] = {}
+    for p in preds:
+        h = len(p.horizon)
+        if not h or (targets is not None and p.target not in targets):
+            continue
+        cols = by_len.get((p.target, h))
+        if cols is None:
+            cols = by_len[(p.target, h)] = ForecastColumns(h, step.setdefault(p.target, p.step_s))
+        cols.add(p)
+    # sorted by (target, length): a target's longest horizon comes last and wins
+    return {target: by_len[(target, h)] for target, h in sorted(by_len)}
+
+
 def outcomes(
-    preds: Sequence[Prediction],
+    preds: Iterable[Prediction],
     series: dict[str, ObservedSeries],
     context: int,
 ) -> dict[str, Outcomes]:
     """Per target, the stored forecasts with their observed outcomes and baselines."""
-    out: dict[str, Outcomes] = {}
-    by_target: dict[str, list[Prediction]] = {}
-    for p in preds:
-        if p.target in series and p.horizon:
-            by_target.setdefault(p.target, []).append(p)
-    for target, all_ps in by_target.items():
-        obs = series[target]
-        h = max(len(p.horizon) for p in all_ps)
-        ps = [p for p in all_ps if len(p.horizon) == h]
-        step = ps[0].step_s
-        t = np.array([p.t for p in ps])
-        keys = np.round(t / step).astype(np.int64)
-        future = keys[:, None] + np.arange(1, h + 1)[None, :]
-        actual = obs.at(future.reshape(-1)).reshape(future.shape)
-        last, mean = obs.context(keys, context)
-        band = np.array([p.band for p in ps], dtype=np.float64)  # (n, H, 2)
-        out[target] = Outcomes(
-            target=target,
-            t=t,
-            actual=actual,
-            served=np.array([p.horizon for p in ps], dtype=np.float64),
-            global_=np.stack([value_of(p, "global") for p in ps]),
-            personal=np.stack([value_of(p, "personal") for p in ps]),
-            lo=band[..., 0],
-            hi=band[..., 1],
-            persistence=last,
-            context_mean=mean,
-        )
-    return out
+    return outcomes_of(collect_forecasts(preds, series), series, context)
+
+
+def outcomes_of(
+    forecasts: dict[str, ForecastColumns], series: dict[str, ObservedSeries], context: int
+) -> dict[str, Outcomes]:
+    """:func:`outcomes` of forecasts already collected (the columns are handed over)."""
+    return {
+        target: cols.outcomes(target, series[target], context)
+        for target, cols in forecasts.items()
+        if target in series and len(cols)
+    }
 
 
 def score(
@@ -340,21 +441,68 @@ def _cell(v: float | None) -> str:
 def observed_series(
     frames: Iterable[FeatureFrame], targets: Sequence[str], step_s: float
 ) -> dict[str, ObservedSeries]:
-    frames = list(frames)
-    return {t: ObservedSeries.from_frames(frames, t, step_s) for t in targets}
+    """Per target, its observed values in ``frames`` (one pass, no list of frames kept)."""
+    idx = [INDEX[t] for t in targets]
+    keys = [Growing() for _ in targets]
+    vals = [Growing() for _ in targets]
+    for f in frames:
+        key = round(f.t / step_s)
+        for j, k in enumerate(idx):
+            v = float(f.values[k])
+            if math.isfinite(v) and f.quality[k] >= QUALITY_THRESHOLD and not f.imputed[k]:
+                keys[j].append(key)
+                vals[j].append(v)
+    return _series_of(targets, keys, vals, step_s)
+
+
+def observed_series_of_columns(
+    blocks: Iterable[FrameColumns], targets: Sequence[str], step_s: float
+) -> dict[str, ObservedSeries]:
+    """:func:`observed_series` of stored frames read as blocks of columns
+    (``TwinStore.iter_frame_columns``): no object per frame."""
+    idx = [INDEX[t] for t in targets]
+    keys = [Growing() for _ in targets]
+    vals = [Growing() for _ in targets]
+    for cols in blocks:
+        if not idx:
+            break
+        block_keys = np.round(cols.t / step_s)
+        v = cols.values[:, idx]
+        ok = np.isfinite(v) & (cols.quality[:, idx] >= QUALITY_THRESHOLD) & ~cols.imputed[:, idx]
+        for j in range(len(idx)):
+            keys[j].extend(block_keys[ok[:, j]])
+            vals[j].extend(v[ok[:, j], j])
+    return _series_of(targets, keys, vals, step_s)
+
+
+def _series_of(
+    targets: Sequence[str], keys: list[Growing], vals: list[Growing], step_s: float
+) -> dict[str, ObservedSeries]:
+    return {
+        t: ObservedSeries.from_observations(
+            keys[j].array().astype(np.int64), vals[j].array(), step_s
+        )
+        for j, t in enumerate(targets)
+    }
 
 
 def score_store(
     store: Any, now: float, *, context: int, step_s: float, horizon: int, span: float | None = None
-) -> tuple[dict[str, Any], dict[str, Outcomes]]:
-    """Score the forecasts stored in the last ``span`` (default: a day) before ``now``."""
+) -> tuple[dict[str, Any], dict[str, Outcomes], dict[str, ObservedSeries]]:
+    """Score the forecasts stored in the last ``span`` (default: a day) before ``now``:
+    the score, the outcome arrays and the observed series.
+
+    Streamed: the forecasts go into arrays chunk by chunk and the frames are read as
+    columns, so a day (86,400 forecasts at the reference load) never exists as objects.
+    """
     span = max(WINDOWS.values()) if span is None else span
     t0 = now - span
-    preds = list(store.iter_predictions(t0, now))
-    targets = sorted({p.target for p in preds if p.target in INDEX})
-    frames = store.read_frames(t0 - context * step_s, now + (horizon + 1) * step_s)
-    oc = outcomes(preds, observed_series(frames, targets, step_s), context)
-    return score(oc, now), oc
+    forecasts = collect_forecasts(store.iter_predictions(t0, now), INDEX)
+    targets = sorted(forecasts)
+    blocks = store.iter_frame_columns(t0 - context * step_s, now + (horizon + 1) * step_s)
+    series = observed_series_of_columns(blocks, targets, step_s)
+    oc = outcomes_of(forecasts, series, context)
+    return score(oc, now), oc, series
 
 
 def _num(v: float) -> float | None:

@@ -317,13 +317,7 @@ def load_scored(
     store: Any, now: float, *, context: int, step_s: float, horizon: int
 ) -> tuple[dict[str, Any], dict[str, scoring.Outcomes], dict[str, ObservedSeries]]:
     """The last day's stored forecasts scored, with the outcome arrays and observed series."""
-    span = max(scoring.WINDOWS.values())
-    preds = list(store.iter_predictions(now - span, now))
-    targets = sorted({p.target for p in preds if p.target in INDEX})
-    frames = store.read_frames(now - span - context * step_s, now + (horizon + 1) * step_s)
-    series = scoring.observed_series(frames, targets, step_s)
-    oc = scoring.outcomes(preds, series, context)
-    return scoring.score(oc, now), oc, series
+    return scoring.score_store(store, now, context=context, step_s=step_s, horizon=horizon)
 
 
 def load_policy(store: Any, serving: ServingEngine) -> None:

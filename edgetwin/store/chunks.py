@@ -30,6 +30,7 @@ from edgetwin.store.series import (
     MAX_CHUNK_ROWS,
     PAGE,
     PERIOD_S,
+    PREDICTIONS_PER_CHUNK,
     ChunkDamage,
     ChunkRow,
     SeriesInfo,
@@ -289,7 +290,7 @@ class Chunks(SeriesTails):
                 series = self._load_series_for_write(KIND_PREDICTIONS, "", create=True)
                 assert series is not None
                 written = len(rows)
-                for pgroup in _day_groups(preds, lambda p: p.t):
+                for pgroup in _day_groups(preds, lambda p: p.t, PREDICTIONS_PER_CHUNK):
                     ts = [p.t for p in pgroup]
                     plain = codec.encode_predictions(pgroup)
                     rows.append(self._seal_chunk(
@@ -566,16 +567,20 @@ def _frame_groups(frames: list[FeatureFrame]) -> Iterator[list[FeatureFrame]]:
     yield from _runs(frames, key)
 
 
-def _day_groups(items: list[Any], t_of: Callable[[Any], float]) -> Iterator[list[Any]]:
-    yield from _runs(items, lambda x: day_of(t_of(x)))
+def _day_groups(
+    items: list[Any], t_of: Callable[[Any], float], max_rows: int = MAX_CHUNK_ROWS
+) -> Iterator[list[Any]]:
+    yield from _runs(items, lambda x: day_of(t_of(x)), max_rows)
 
 
-def _runs(items: list[Any], key: Callable[[Any], Any]) -> Iterator[list[Any]]:
+def _runs(
+    items: list[Any], key: Callable[[Any], Any], max_rows: int = MAX_CHUNK_ROWS
+) -> Iterator[list[Any]]:
     i = 0
     while i < len(items):
         k = key(items[i])
         j = i + 1
-        while j < len(items) and key(items[j]) == k and j - i < MAX_CHUNK_ROWS:
+        while j < len(items) and key(items[j]) == k and j - i < max_rows:
             j += 1
         yield items[i:j]
         i = j

@@ -30,6 +30,9 @@ BUCKET_S = 3600  # clear time granularity of a chunk row
 BUCKETS_PER_PERIOD = PERIOD_S // BUCKET_S
 MAX_CHUNK_ROWS = 65536
 MAX_CHUNK_CELLS = 1 << 18  # rows x channels per chunk: ~2 MiB of float64
+# Forecasts per chunk (~2 KB of JSON each, ~4 KB as objects): a reader streams chunk by
+# chunk, so a bulk append (an ingested day: 86,400) must not become one chunk.
+PREDICTIONS_PER_CHUNK = 256
 PAGE = 8  # chunk rows per query: each up to ~2 MiB sealed, so reads stay flat in memory
 
 KIND_SAMPLES = "samples"

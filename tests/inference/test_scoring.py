@@ -195,3 +195,46 @@ def test_cli_predictions_score_and_status_line(run_cli, home: Path) -> None:  # 
     status = run_cli("status").output
     assert "score (last day, MAE): hr" in status
     assert json.loads(run_cli("status", "--json").output)["score"]["summary"].startswith("score")
+
+
+def test_frames_read_as_columns_give_the_same_observed_series(store: TwinStore) -> None:
+    """The refit reads frames as stored columns; what it observes equals a frame-by-frame
+    reading, including gaps, poor quality, imputed cells and a re-ingested step (the later
+    stored frame wins)."""
+    _messy_twin(store)
+    store.append_frames([frame(T0 + 100 * STEP, 150.0)])  # step 100 again, written later
+    store.commit()
+    by_columns = scoring.observed_series_of_columns(store.iter_frame_columns(), ["hr"], STEP)
+    by_frames = scoring.observed_series(store.read_frames(), ["hr"], STEP)
+    want: dict[int, float] = {}
+    for f in store.read_frames():
+        v = f.values[INDEX["hr"]]
+        if np.isfinite(v) and f.quality[INDEX["hr"]] >= 0.5 and not f.imputed[INDEX["hr"]]:
+            want[round(f.t / STEP)] = float(v)
+    for got in (by_columns["hr"], by_frames["hr"]):
+        assert got.keys.tolist() == sorted(want)
+        assert got.values.tolist() == [want[k] for k in sorted(want)]
+    assert want[round(T0 / STEP) + 100] == 150.0
+
+
+def test_a_target_is_scored_on_its_longest_horizon(store: TwinStore) -> None:
+    """After a model change the stored forecasts of a target differ in length; they are
+    collected in one pass and the longest horizon's are scored (as before streaming)."""
+    preds = [pred(T0 + k * STEP, np.full(12 if k % 3 else 6, 70.0)) for k in range(40)]
+    got = scoring.collect_forecasts(iter(preds))
+    assert list(got) == ["hr"] and got["hr"].horizon == 12
+    series = scoring.observed_series([frame(T0 + k * STEP, 70.0) for k in range(60)], ["hr"], STEP)
+    oc = scoring.outcomes(iter(preds), series, CONTEXT)
+    assert oc["hr"].served.shape == (sum(1 for k in range(40) if k % 3), 12)
+    assert np.isnan(oc["hr"].personal).all() and (oc["hr"].global_ == 70.0).all()
+
+
+def test_growing_rows_join_in_order_across_blocks() -> None:
+    g = scoring.Growing((3,))
+    rows = np.arange(3 * 20_000, dtype=np.float64).reshape(-1, 3)
+    for r in rows[:700]:
+        g.append(r)
+    g.extend(rows[700:])
+    out = g.array()
+    assert out.shape == rows.shape and (out == rows).all()
+    assert g.n == 0 and g.array().shape == (0, 3)

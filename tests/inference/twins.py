@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,32 @@ def store_person(
     store.append_frames([frame(float(t[k]), float(hr[k])) for k in range(n)])
     store.append_predictions([pred(float(t[k]), forecast(k, hr)) for k in range(12, n)])
     store.commit()
+
+
+LEVELS = {"hr": 70.0, "rmssd": 40.0, "spo2": 97.0, "skin_temp": 33.0, "eda_tonic": 2.0}
+
+
+def store_as_daemon(store: Any, hours: float, *, t0: float = T0, seed: int = 0) -> float:
+    """What the daemon stores: a frame with all five targets every 5 s and a forecast of each
+    after it, committed step by step (small chunks, as the writer's flushes make them).
+    Returns the newest forecast's time."""
+    rng = np.random.default_rng(seed)
+    n = int(hours * 3600 / STEP)
+    walk = {k: v + np.cumsum(rng.normal(0, 0.1, n)) for k, v in LEVELS.items()}
+    t = t0
+    for i in range(n):
+        t = t0 + i * STEP
+        v = np.full(len(NAMES), np.nan)
+        q = np.zeros(len(NAMES))
+        for k in LEVELS:
+            v[INDEX[k]], q[INDEX[k]] = walk[k][i], 1.0
+        store.append_frames([FeatureFrame(t, v, q, np.zeros(len(NAMES), bool), SCHEMA_VERSION)])
+        if i >= 12:
+            store.append_predictions(
+                [replace(pred(t, walk[k][i] + rng.normal(0, 0.5, H)), target=k) for k in LEVELS]
+            )
+        store.commit()
+    return t
 
 
 def rhythm(n: int, seed: int = 0) -> np.ndarray:
