@@ -118,6 +118,25 @@ def attribute(gaps: list[tuple[float, float, float]], faults: list[dict[str, Any
     return lost, unexplained
 
 
+def thread_shares(lifetime: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each thread's share of one core over a daemon lifetime, from the CPU seconds per
+    thread that ``status`` reports (first and last sample past start-up). ``(native
+    threads)`` are those Python did not start: here BrainFlow's board threads, i.e. the
+    emulated headset's generator and the playback reader, not the daemon's own work."""
+    rows = [s for s in lifetime if s.get("threads_cpu_s")][3:]
+    if len(rows) < 2 or rows[-1]["t"] <= rows[0]["t"]:
+        return {}
+    span = rows[-1]["t"] - rows[0]["t"]
+    first, last = rows[0]["threads_cpu_s"], rows[-1]["threads_cpu_s"]
+    shares = {name: round(max(0.0, cpu - first.get(name, 0.0)) / span, 4)
+              for name, cpu in last.items()}
+    native = shares.get("(native threads)", 0.0)
+    ranked = dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+    return {"span_s": round(span, 1), "threads": ranked,
+            "total": round(sum(shares.values()), 4),
+            "without_native_threads": round(sum(shares.values()) - native, 4)}
+
+
 def growth_per_hour(t_s: list[float], y: list[float]) -> dict[str, Any]:
     """Least-squares line through ``y`` over time: slope per hour and the day/month projection."""
     if len(t_s) < 3:
@@ -486,6 +505,7 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                         d = st.get("daemon", {})
                         row["loop_lag_p99_ms"] = (d.get("loop_lag_ms") or {}).get("p99")
                         row["py_blocks"] = (d.get("memory") or {}).get("py_blocks")
+                        row["threads_cpu_s"] = d.get("threads_cpu_s")
                         row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
                         row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
                         # what the hypervisor took from this VM meanwhile (CPU figures of a
@@ -627,6 +647,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "hub_drops_total_sum_of_sources": {"last": drops[-1] if drops else None,
                                            "max": max(drops) if drops else None},
         "rss_growth_mib": rss_fit, "rss_growth_by_part": parts_fit, "db_growth_mib": db_fit,
+        "cpu_share_by_thread": thread_shares(longest),
         "faults": [{k: (round(v - t_start, 1) if k in ("at", "until") else v)
                     for k, v in f.items()} for f in faults],
         "streams": streams,

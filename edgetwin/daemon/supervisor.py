@@ -22,7 +22,6 @@ import os
 import random
 import resource
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import edgetwin.clock as twin_clock
 from edgetwin.config import Config
+from edgetwin.daemon import procstats
 from edgetwin.daemon.backoff import Backoff
 from edgetwin.daemon.control import ControlServer
 from edgetwin.daemon.hub import ConsumerQueue, Hub
@@ -270,9 +270,11 @@ class Daemon:
                 "running": self._running,
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self._started, 3),
-                "rss_bytes": _rss_bytes(),
+                "rss_bytes": procstats.rss_bytes(),
                 # what the RSS is made of, to tell heap growth from mapped files
-                "memory": _memory_parts(),
+                "memory": procstats.memory_parts(),
+                # CPU seconds per thread: the loop, the writer, each source's reader, ...
+                "threads_cpu_s": procstats.thread_cpu_s(),
                 "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
                 "frames": self.frames,
                 "predictions": self.predictions,
@@ -595,26 +597,3 @@ def stream_json(info: Any) -> dict[str, Any]:
         "last_t": info.last_t,
     }
 
-
-def _memory_parts() -> dict[str, int]:
-    """RSS split into anonymous pages (heaps) and file-backed or shared pages (mapped
-    libraries and files), plus the blocks Python's allocator holds; {} off Linux."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:  # noqa: PTH123 - hot, tiny read
-            fields = f.read().split()
-        page = os.sysconf("SC_PAGE_SIZE")
-        resident, shared = int(fields[1]) * page, int(fields[2]) * page
-    except (OSError, ValueError, IndexError):
-        return {}
-    return {"anon_bytes": resident - shared, "file_bytes": shared,
-            "py_blocks": sys.getallocatedblocks()}
-
-
-def _rss_bytes() -> int:
-    """Current resident set size (Linux), not the peak."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:  # noqa: PTH123 - hot, tiny read
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -100,6 +100,9 @@ async def test_status_and_predictions_over_the_control_socket(home: Path) -> Non
     mem = status["daemon"]["memory"]
     assert mem["anon_bytes"] > 0 and mem["file_bytes"] > 0 and mem["py_blocks"] > 1000
     assert mem["anon_bytes"] + mem["file_bytes"] <= status["daemon"]["rss_bytes"] * 1.1
+    threads = status["daemon"]["threads_cpu_s"]  # the loop's and the writer's CPU, apart
+    assert {"MainThread", "edgetwin-writer"} <= threads.keys()
+    assert all(v >= 0 for v in threads.values())
     (src,) = status["sources"]
     assert {"name", "kind", "state", "samples", "drops", "last_sample_t"} <= src.keys()
     assert src["state"] == "streaming"

@@ -64,3 +64,20 @@ def test_growth_fit_projects_a_day_and_a_month() -> None:
     assert soak.growth_per_hour([0.0, 1.0], [1.0, 2.0])["per_hour"] is None
     s = soak.summary([3.0, 1.0, None, 2.0])
     assert (s["median"], s["max"], s["n"]) == (2.0, 3.0, 3)
+
+
+def test_thread_shares_split_the_daemons_own_threads_from_native_ones() -> None:
+    soak = _soak()
+    rows = [{"t": float(t), "threads_cpu_s": {"MainThread": 0.02 * t, "edgetwin-writer": 0.01 * t,
+                                             "(native threads)": 0.03 * t}}
+            for t in range(0, 200, 10)]
+    rows[5]["threads_cpu_s"] = None  # a status that failed: skipped
+    got = soak.thread_shares(rows)
+    assert got["threads"] == {"(native threads)": 0.03, "MainThread": 0.02, "edgetwin-writer": 0.01}
+    assert got["total"] == pytest.approx(0.06)
+    assert got["without_native_threads"] == pytest.approx(0.03)
+    assert got["span_s"] == 190.0 - 30.0  # the first three samples are start-up
+    # a thread that ended (its CPU gone from the last sample) does not count negative
+    rows[-1]["threads_cpu_s"] = {"MainThread": 3.8}
+    assert soak.thread_shares(rows)["threads"] == {"MainThread": 0.02}
+    assert soak.thread_shares(rows[:4]) == {}
