@@ -176,6 +176,22 @@ def test_predictions_last_across_days(store: TwinStore) -> None:
     assert store.read_predictions(last=9) == preds[-9:]
 
 
+
+def test_a_bulk_append_of_predictions_is_split_into_bounded_chunks(store: TwinStore) -> None:
+    """An ingested day appends ~10^5 forecasts at once; a reader streams chunk by chunk, so
+    no chunk may hold more than PREDICTIONS_PER_CHUNK of them (memory stays at one chunk)."""
+    from edgetwin.store.series import PREDICTIONS_PER_CHUNK
+
+    n = 3 * PREDICTIONS_PER_CHUNK + 17
+    preds = [_pred(T0 + 5 * i, "hr" if i % 2 else "rmssd") for i in range(n)]
+    store.append_predictions(preds)
+    store.commit()
+    with sqlite3.connect(store.home / "twin.db") as db:  # the only series in this twin
+        (chunks,) = db.execute("SELECT COUNT(*) FROM chunk").fetchone()
+    assert chunks == 4
+    assert list(store.iter_predictions()) == preds
+    assert store.read_predictions(last=20) == preds[-20:]
+
 def test_records_crud(store: TwinStore) -> None:
     assert store.get_record("pairing", "strap") is None
     store.put_record("pairing", "strap", {"address": "C0:FF:EE:00:11:22", "profile": "hr"})
