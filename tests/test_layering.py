@@ -104,6 +104,8 @@ def test_the_walker_sees_imports_at_all() -> None:
         ("edgetwin.untrusted_json", ()),
         # the twin's clock (time that never steps back) is a base too: sources stamp with it
         ("edgetwin.clock", ()),
+        # numpy helpers (a growing array of rows) are a base too
+        ("edgetwin.arrays", ()),
         # transports know samples, not where they are kept
         ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors", "edgetwin.untrusted_json",
                               "edgetwin.clock")),

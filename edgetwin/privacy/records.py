@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgetwin.types import FeatureFrame
+
+if TYPE_CHECKING:
+    from edgetwin.store.codec import FrameColumns
 
 
 class RecordStore(Protocol):
@@ -26,3 +29,6 @@ class TimelineStore(RecordStore, Protocol):
     def read_frames(
         self, t0: float | None = None, t1: float | None = None
     ) -> Iterator[FeatureFrame]: ...
+    def iter_frame_columns(
+        self, t0: float | None = None, t1: float | None = None
+    ) -> Iterator[FrameColumns]: ...

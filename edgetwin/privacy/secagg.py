@@ -194,7 +194,7 @@ def readmit(record: dict[str, Any]) -> SecAggShare:
 
 def prepare_due(store: TimelineStore, config: Config, now: float) -> PrepareReport:
     """Mint and charge the share of every due period of every consented secagg metric."""
-    from edgetwin.privacy.summaries import usable_values
+    from edgetwin.privacy.summaries import usable_values_of_columns
 
     report = PrepareReport()
     privacy = config.privacy
@@ -211,8 +211,8 @@ def prepare_due(store: TimelineStore, config: Config, now: float) -> PrepareRepo
             start = max(start, float(cursor["next_start"]))
         bounds = bounds_for(metric, privacy.bounds, c.period)
         while start + size + privacy.release_delay_s <= now:
-            values = usable_values(store.read_frames(start, start + size), start,
-                                   start + size)[metric.feature]
+            blocks = store.iter_frame_columns(start, start + size)
+            values = usable_values_of_columns(blocks, start, start + size)[metric.feature]
             if values.size < privacy.min_frames:
                 report.no_data += 1
                 with store.transaction():

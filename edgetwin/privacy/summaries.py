@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from edgetwin.arrays import Growing
 from edgetwin.features.schema import NAMES, QUALITY_THRESHOLD, SCHEMA_VERSION
 from edgetwin.privacy.metrics import is_location
 from edgetwin.types import FeatureFrame
+
+if TYPE_CHECKING:
+    from edgetwin.store.codec import FrameColumns
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -27,7 +32,7 @@ def usable_values(
     home_distance) are never among them: nothing summarised for release says where
     the person is.
     """
-    rows: list[npt.NDArray[np.float64]] = []
+    rows = Growing((len(NAMES),))
     skipped = 0
     for frame in frames:
         if not start < frame.t <= end:
@@ -37,11 +42,32 @@ def usable_values(
             continue
         ok = np.isfinite(frame.values) & (frame.quality >= QUALITY_THRESHOLD) & ~frame.imputed
         rows.append(np.where(ok, frame.values, np.nan))
+    return _by_feature(rows, skipped)
+
+
+def usable_values_of_columns(
+    blocks: Iterable[FrameColumns], start: float, end: float
+) -> dict[str, npt.NDArray[np.float64]]:
+    """:func:`usable_values` of stored frames read as blocks of columns
+    (``TwinStore.iter_frame_columns``): a day is a few arrays, not 17,280 frame objects."""
+    rows = Growing((len(NAMES),))
+    skipped = 0
+    for cols in blocks:
+        inside = (cols.t > start) & (cols.t <= end)
+        if not inside.any():
+            continue
+        if cols.schema_version != SCHEMA_VERSION or cols.values.shape[1] != len(NAMES):
+            skipped += int(inside.sum())
+            continue
+        v, q, imputed = cols.values[inside], cols.quality[inside], cols.imputed[inside]
+        rows.extend(np.where(np.isfinite(v) & (q >= QUALITY_THRESHOLD) & ~imputed, v, np.nan))
+    return _by_feature(rows, skipped)
+
+
+def _by_feature(rows: Growing, skipped: int) -> dict[str, npt.NDArray[np.float64]]:
     if skipped:
         _LOGGER.warning("ignored %d frames of another feature schema version", skipped)
-    if not rows:
-        return {name: np.empty(0) for name in NAMES if not is_location(name)}
-    table = np.vstack(rows)
+    table = rows.array()
     out = {}
     for k, name in enumerate(NAMES):
         if is_location(name):

@@ -28,7 +28,7 @@ from edgetwin.privacy.mechanism import release_value
 from edgetwin.privacy.metrics import PERIOD_SECONDS, bounds_for, get_metric, summarize, window_start
 from edgetwin.privacy.records import RecordStore, TimelineStore
 from edgetwin.privacy.release import DPRelease, readmit
-from edgetwin.privacy.summaries import usable_values
+from edgetwin.privacy.summaries import usable_values_of_columns
 from edgetwin.sync import outbox
 from edgetwin.sync.signing import load_or_create
 from edgetwin.sync.target import load_target
@@ -162,8 +162,8 @@ def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseRepo
         while start + size + privacy.release_delay_s <= now:
             key = (c.period, start)
             if key not in cache:
-                frames = store.read_frames(start, start + size)
-                cache[key] = usable_values(frames, start, start + size)
+                blocks = store.iter_frame_columns(start, start + size)
+                cache[key] = usable_values_of_columns(blocks, start, start + size)
             values = cache[key][metric.feature]
             if values.size < privacy.min_frames:
                 report.no_data += 1

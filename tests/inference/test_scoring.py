@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgetwin.arrays import Growing
 from edgetwin.features.schema import INDEX
 from edgetwin.inference import scoring
 from edgetwin.inference.registry import load_manifest
@@ -230,7 +231,7 @@ def test_a_target_is_scored_on_its_longest_horizon(store: TwinStore) -> None:
 
 
 def test_growing_rows_join_in_order_across_blocks() -> None:
-    g = scoring.Growing((3,))
+    g = Growing((3,))
     rows = np.arange(3 * 20_000, dtype=np.float64).reshape(-1, 3)
     for r in rows[:700]:
         g.append(r)

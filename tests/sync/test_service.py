@@ -22,7 +22,7 @@ from edgetwin.privacy import accountant
 from edgetwin.privacy.consent import grant, list_consents
 from edgetwin.privacy.metrics import METRICS, summarize
 from edgetwin.privacy.release import FIELDS
-from edgetwin.privacy.summaries import usable_values
+from edgetwin.privacy.summaries import usable_values, usable_values_of_columns
 from edgetwin.sync import outbox
 from edgetwin.sync.collector import Collector, CollectorMqtt, CollectorRefusal
 from edgetwin.sync.service import drain_outbox, release_due, release_one, revoke_consent
@@ -367,3 +367,33 @@ def test_without_a_target_releases_wait(twin: Any) -> None:
     report = drain_outbox(twin, CFG, NOW)
     assert (report.sent, report.retry_later, report.errors) == (0, 0, [])
     assert [e.state for e in outbox.entries(twin)] == ["pending"]
+
+
+def test_release_values_read_as_columns_equal_a_frame_by_frame_reading(twin: Any) -> None:
+    """Releases read the day's frames as stored columns (no 17,280 frame objects a day):
+    the values per feature are exactly those of a frame-by-frame reading, with the window's
+    bounds ``(start, end]``, poor quality and imputed cells handled the same."""
+    from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION
+    from edgetwin.types import FeatureFrame
+
+    write_days(twin, T0, 2)
+    odd = []
+    for k, t in enumerate((T0 + DAY, T0 + DAY + 30.0, T0 + DAY + 90.0, T0 + 2 * DAY)):
+        v = np.full(len(NAMES), 70.0 + k)
+        q = np.full(len(NAMES), 0.2 if k == 1 else 1.0)  # the second: poor quality
+        imputed = np.zeros(len(NAMES), dtype=bool)
+        imputed[INDEX["hr"]] = k == 2  # the third: HR imputed
+        odd.append(FeatureFrame(t, v, q, imputed, SCHEMA_VERSION))
+    twin.append_frames(odd)
+    twin.commit()
+    for start in (T0, T0 + DAY):
+        end = start + DAY
+        by_columns = usable_values_of_columns(twin.iter_frame_columns(start, end), start, end)
+        by_frames = usable_values(twin.read_frames(start, end), start, end)
+        assert by_columns.keys() == by_frames.keys()
+        for name in by_frames:
+            assert np.array_equal(by_columns[name], by_frames[name]), name
+    day2 = usable_values_of_columns(twin.iter_frame_columns(T0 + DAY, T0 + 2 * DAY),
+                                    T0 + DAY, T0 + 2 * DAY)
+    assert 70.0 not in day2["hr"] and 71.0 not in day2["hr"] and 72.0 not in day2["hr"]
+    assert 73.0 in day2["hr"] and 72.0 in day2["rmssd"]  # end included; only HR was imputed

@@ -1,0 +1,60 @@
+"""Numpy helpers with no edgetwin layer below them (a base, like ``types``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+# Largest block of :class:`Growing` (a few times the daemon's 256 KiB mmap threshold).
+BLOCK_BYTES = 512 * 1024
+
+
+class Growing:
+    """Rows appended into blocks of numpy arrays, joined once at the end: a day of forecasts
+    as a few arrays, not ~10^5 Python objects (which fragment the heap and keep its
+    high-water mark resident after they are freed). Blocks grow geometrically up to
+    :data:`BLOCK_BYTES`, so little capacity is ever spare; a block that large lives in a
+    mapping of its own (the daemon's fixed mmap threshold) and goes back to the kernel
+    when freed."""
+
+    def __init__(self, row_shape: tuple[int, ...] = ()) -> None:
+        self._row_shape = row_shape
+        self._row_cells = math.prod(row_shape)
+        self._full: list[FloatArray] = []
+        self._block = np.empty((64, *row_shape))
+        self._used = 0
+        self.n = 0
+
+    def _next_block(self) -> None:
+        self._full.append(self._block)
+        rows = min(2 * self._block.shape[0], max(64, BLOCK_BYTES // (8 * self._row_cells)))
+        self._block = np.empty((rows, *self._row_shape))
+        self._used = 0
+
+    def append(self, row: Any) -> None:
+        if self._used == self._block.shape[0]:
+            self._next_block()
+        self._block[self._used] = row
+        self._used += 1
+        self.n += 1
+
+    def extend(self, rows: FloatArray) -> None:
+        done = 0
+        while done < rows.shape[0]:
+            if self._used == self._block.shape[0]:
+                self._next_block()
+            take = min(rows.shape[0] - done, self._block.shape[0] - self._used)
+            self._block[self._used : self._used + take] = rows[done : done + take]
+            self._used += take
+            done += take
+        self.n += rows.shape[0]
+
+    def array(self) -> FloatArray:
+        """The rows so far as one array; the blocks are let go."""
+        out = np.concatenate([*self._full, self._block[: self._used]])
+        self._full, self._block, self._used, self.n = [], self._block[:0], 0, 0
+        return out
