@@ -238,5 +238,6 @@ def test_a_refit_leaves_no_resident_memory_behind(tmp_path: Path) -> None:
     got = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"\n{got}")
     assert got["forecasts"] == 5 * (int(2 * 3600 / STEP) - 12)
-    assert got["list_kept"] > 8 * 2**20  # the comparison means something on this machine
-    assert got["refit_kept"] < 0.1 * got["list_kept"]
+    # measured here: 0.08 MiB; the refit that held the forecasts as objects kept 19.8 MiB,
+    # and a list of the same forecasts keeps 31.6 MiB (printed above)
+    assert got["refit_kept"] < 4 * 2**20
