@@ -3,7 +3,9 @@
 The daemon refits at start and every 30 minutes over the last day. This builds a twin as the
 daemon fills it at the reference load (a frame with five targets every 5 s and a forecast of
 each after it, committed step by step: ``tests/inference/twins.store_as_daemon``), then runs
-each refit in a fresh child process with the daemon's malloc tuning and reports its CPU time,
+each refit in a fresh child process with the daemon's malloc tuning
+(``tests/inference/refit_memory_child.py``, which the memory test runs too; it warms up
+with a refit over ~10 minutes first) and reports its CPU time,
 the child's peak RSS (``ru_maxrss``) against its RSS just before, and how much more anonymous
 RSS is resident after a garbage collection and ``malloc_trim``. The baseline, measured in the same
 child, is the same forecasts held as a list of objects (what the refit did before
@@ -29,46 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests" / "inference"
 PASS = "refit bench"
 
-_CHILD = r"""
-import gc, json, resource, sys, time
-from pathlib import Path
-from edgetwin.daemon import memory
-memory.tune_malloc()
-sys.path.insert(0, sys.argv[3])
-from twins import FakeEngine
-from edgetwin.inference.serving import ServingEngine, refit
-from edgetwin.store import Secret, TwinStore
-
-def status(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-def settled():
-    gc.collect(); memory.trim(); return status("RssAnon")
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-with TwinStore.open(Path(sys.argv[1]), Secret.passphrase(sys.argv[2])) as store:
-    serving = ServingEngine(FakeEngine(), explain=False)
-    now = store.read_predictions(last=1)[0].t
-    before, rss_before = settled(), status("VmRSS")
-    c0 = time.process_time()
-    report = refit(store, serving, now)
-    cpu = time.process_time() - c0
-    after, refit_peak = settled(), peak()
-    held = list(store.iter_predictions(now - 86400, now))
-    n = len(held)
-    held_peak = peak()
-    del held
-    after_list = settled()
-print(json.dumps({
-    "forecasts": n, "cpu_s": round(cpu, 2), "rss_before_mib": rss_before,
-    "peak_rss_mib": refit_peak, "peak_above_before_mib": refit_peak - rss_before,
-    "kept_after_mib": after - before,
-    "list_of_objects": {"peak_rss_mib": held_peak, "kept_after_mib": after_list - after},
-    "heads_adopted": sorted(t for t, h in report["heads"].items() if h.get("adopted")),
-}))
-"""
+CHILD = TESTS / "refit_memory_child.py"  # shared with the test of the same figures
+MIB = 2**20
 
 
 def measure(hours: float) -> dict[str, Any]:
@@ -86,12 +50,21 @@ def measure(hours: float) -> dict[str, Any]:
             store_as_daemon(store, hours)
         built_s = time.perf_counter() - started
         out = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(home), PASS, str(TESTS)],
+            [sys.executable, str(CHILD), str(home), PASS],
             capture_output=True, text=True, check=True, timeout=1800,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-    doc: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"hours": hours, "build_s": round(built_s, 1), **doc}
+    got: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "hours": hours, "build_s": round(built_s, 1), "forecasts": got["forecasts"],
+        "cpu_s": round(got["cpu_s"], 2), "rss_before_mib": got["rss_before"] / MIB,
+        "peak_rss_mib": got["refit_peak"] / MIB,
+        "peak_above_before_mib": (got["refit_peak"] - got["rss_before"]) / MIB,
+        "kept_after_mib": got["refit_kept"] / MIB,
+        "list_of_objects": {"peak_rss_mib": got["list_peak"] / MIB,
+                            "kept_after_mib": got["list_kept"] / MIB},
+        "heads_adopted": got["heads_adopted"],
+    }
 
 
 def run(quick: bool, hours: list[float] | None = None) -> dict[str, Any]:

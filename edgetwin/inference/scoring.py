@@ -95,12 +95,6 @@ class ObservedSeries:
         self._cum = np.concatenate([[0.0], np.cumsum(self.values)])
 
     @classmethod
-    def from_frames(
-        cls, frames: Iterable[FeatureFrame], target: str, step_s: float
-    ) -> ObservedSeries:
-        return observed_series(frames, [target], step_s)[target]
-
-    @classmethod
     def from_observations(cls, keys: IntArray, values: FloatArray, step_s: float
                           ) -> ObservedSeries:
         """From observations in stored order: a later one for the same step wins
@@ -415,9 +409,7 @@ def observed_series_of_columns(
     idx = [INDEX[t] for t in targets]
     keys = [Growing() for _ in targets]
     vals = [Growing() for _ in targets]
-    for cols in blocks:
-        if not idx:
-            break
+    for cols in blocks if idx else ():  # no target: no chunk read
         block_keys = np.round(cols.t / step_s)
         v = cols.values[:, idx]
         ok = np.isfinite(v) & (cols.quality[:, idx] >= QUALITY_THRESHOLD) & ~cols.imputed[:, idx]

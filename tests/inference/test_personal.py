@@ -229,10 +229,10 @@ def test_a_refit_leaves_no_resident_memory_behind(tmp_path: Path) -> None:
     with the daemon's malloc tuning, each after a garbage collection and a trim."""
     home = tmp_path / "twin"
     with TwinStore.create(home, Secret.passphrase(PASS)) as s:
-        newest = store_as_daemon(s, 2.0)
+        store_as_daemon(s, 2.0)
     out = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("refit_memory_child.py")), str(home),
-         PASS, str(newest)],
+         PASS],
         capture_output=True, text=True, timeout=300, check=True,
     )
     got = json.loads(out.stdout.strip().splitlines()[-1])
