@@ -148,6 +148,54 @@ def growth_per_hour(t_s: list[float], y: list[float]) -> dict[str, Any]:
             "month": round(float(intercept + 720 * slope), 1), "points": len(t_s)}
 
 
+def growth_between_faults(samples: list[dict[str, Any]], faults: list[dict[str, Any]],
+                          key: str = "rss_mib", *, settle_s: float = 120.0,
+                          skip_first: int = 3) -> dict[str, Any]:
+    """The slope per hour of ``key`` shared by every stretch without a fault, each stretch
+    with its own level, and the step each fault left behind.
+
+    A plain line through a lifetime counts a one-off step (the buffer a full disk fills,
+    whose heap pages stay resident and are reused next time) as growth per hour; this fit
+    does not: a stretch ends where a fault starts and the next begins ``settle_s`` after it
+    ended, or at a restart. ``samples`` carry ``t`` and ``lifetime`` (0, 1, ...); the first
+    ``skip_first`` samples of each lifetime are start-up."""
+    windows = [(f["at"] - 5.0, f.get("until", f["at"]) + settle_s) for f in faults]
+    by_stretch: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    seen: dict[int, int] = {}
+    for s in samples:
+        if s.get(key) is None:
+            continue
+        life = s.get("lifetime", 0)
+        seen[life] = seen.get(life, 0) + 1
+        if seen[life] <= skip_first or any(lo <= s["t"] <= hi for lo, hi in windows):
+            continue
+        # a stretch: one lifetime, between the same two faults
+        after = sum(hi < s["t"] for _, hi in windows)
+        by_stretch.setdefault((life, after), []).append((s["t"], float(s[key])))
+    stretches = list(by_stretch.values())
+    stretches = [st for st in stretches if len(st) >= 3]
+    if not stretches:
+        return {"per_hour": None, "stretches": 0}
+    num = den = 0.0
+    for st in stretches:
+        t = np.array([p[0] for p in st]) / 3600.0
+        y = np.array([p[1] for p in st])
+        num += float(((t - t.mean()) * (y - y.mean())).sum())
+        den += float(((t - t.mean()) ** 2).sum())
+    steps = {}
+    for f in faults:
+        before = [float(s[key]) for s in samples
+                  if s.get(key) is not None and f["at"] - 65.0 <= s["t"] < f["at"] - 5.0]
+        end = f.get("until", f["at"]) + settle_s
+        after = [float(s[key]) for s in samples
+                 if s.get(key) is not None and end <= s["t"] < end + 60.0]
+        if before and after:
+            steps[f["name"]] = round(float(np.median(after) - np.median(before)), 2)
+    return {"per_hour": round(num / den, 3) if den > 0 else None, "stretches": len(stretches),
+            "hours": round(sum(st[-1][0] - st[0][0] for st in stretches) / 3600.0, 2),
+            "step_after_fault": steps}
+
+
 def _r(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
@@ -170,7 +218,9 @@ class _Daemon:
         self.started = 0.0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "daemon", "run"], env=self.env,
+        # EDGETWIN_SOAK_DAEMON_ARGS: options before the command, e.g. "-v" to log at debug
+        extra = os.environ.get("EDGETWIN_SOAK_DAEMON_ARGS", "").split()
+        self.proc = subprocess.Popen([self.exe, *extra, "daemon", "run"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
         self.started = time.time()
 
@@ -490,7 +540,8 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                         next_sample = now + sample_s
                         ps = daemon.proc_sample()
                         st = daemon.status() or {}
-                        row: dict[str, Any] = {"t": elapsed, "db_bytes": _store_bytes(home)}
+                        row: dict[str, Any] = {"t": elapsed, "db_bytes": _store_bytes(home),
+                                               "lifetime": len(lifetimes) - 1}
                         if ps is not None:
                             cpu, mem = ps
                             row["rss_mib"] = mem["VmRSS"] / 2**20
@@ -636,8 +687,13 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
     lost_committed = {k: v["committed_before_kill"] - v["stored_up_to_that_time"]
                       for k, v in streams.items() if "committed_before_kill" in v}
     unexplained = {k: v["unexplained_gaps"] for k, v in streams.items() if v["unexplained_gaps"]}
-    rss_flat = (rss_fit["per_hour"] is not None and rss is not None and rss["median"]
-                and abs(rss_fit["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
+    rel_faults = [{**f, "at": f["at"] - t_start, "until": f.get("until", f["at"]) - t_start}
+                  for f in faults]
+    # flat: the growth the stretches between faults share, over the whole run, stays within
+    # 5 % of the median RSS (what each fault left behind is reported beside it)
+    between = growth_between_faults(samples, rel_faults)
+    rss_flat = (between["per_hour"] is not None and rss["median"]
+                and abs(between["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
     return {
         "duration_s": duration, "times": "seconds from the start of the soak",
         "wall_s": round(wall, 1), "samples_taken": len(samples),
@@ -647,6 +703,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "hub_drops_total_sum_of_sources": {"last": drops[-1] if drops else None,
                                            "max": max(drops) if drops else None},
         "rss_growth_mib": rss_fit, "rss_growth_by_part": parts_fit, "db_growth_mib": db_fit,
+        "rss_growth_between_faults_mib": between,
         "cpu_share_by_thread": thread_shares(longest),
         "faults": [{k: (round(v - t_start, 1) if k in ("at", "until") else v)
                     for k, v in f.items()} for f in faults],

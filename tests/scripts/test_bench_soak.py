@@ -81,3 +81,28 @@ def test_thread_shares_split_the_daemons_own_threads_from_native_ones() -> None:
     rows[-1]["threads_cpu_s"] = {"MainThread": 3.8}
     assert soak.thread_shares(rows)["threads"] == {"MainThread": 0.02}
     assert soak.thread_shares(rows[:4]) == {}
+
+
+def test_growth_between_faults_leaves_out_the_steps_faults_leave_behind() -> None:
+    soak = _soak()
+    # flat at 100 MiB, +8 MiB kept after a fault at 1,000 s, then a restart at 3,000 s that
+    # starts 20 MiB lower; every stretch flat: the plain line sees growth, this fit none
+    samples = []
+    for t in range(0, 4000, 10):
+        y = 100.0 + (8.0 if t > 1060 else 0.0) - (20.0 if t >= 3000 else 0.0)
+        y = 140.0 if 1000 <= t <= 1060 else y  # the buffer while the disk is full
+        samples.append({"t": float(t), "rss_mib": y, "lifetime": int(t >= 3000)})
+    faults = [{"name": "disk_nearly_full", "at": 1000.0, "until": 1060.0},
+              {"name": "sigkill_restart", "at": 3000.0, "until": 3002.0}]
+    got = soak.growth_between_faults(samples, faults)
+    assert got["per_hour"] == pytest.approx(0.0, abs=1e-9)
+    assert got["stretches"] == 3
+    assert got["step_after_fault"]["disk_nearly_full"] == pytest.approx(8.0)
+    assert soak.growth_per_hour([s["t"] for s in samples[3:300]],
+                                [s["rss_mib"] for s in samples[3:300]])["per_hour"] > 5.0
+    # a real slope is kept: 3 MiB/h in every stretch
+    for s in samples:
+        s["rss_mib"] += 3.0 * s["t"] / 3600.0
+    assert soak.growth_between_faults(samples, faults)["per_hour"] == pytest.approx(3.0)
+    # start-up samples of each lifetime are left out; too few samples: no figure
+    assert soak.growth_between_faults(samples[:4], [])["per_hour"] is None
