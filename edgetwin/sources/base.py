@@ -13,6 +13,7 @@ counters through ``SourceCounters`` so ``status`` can show them.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,3 +67,10 @@ class Source(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Non-secret facts for ``status`` (never addresses or keys)."""
         return {}
+
+    async def until_back(self) -> None:
+        """Return once a device that went away is seen back (a cable plugged in again), so
+        the reconnect need not wait out its backoff. The daemon races this against the
+        backoff's delay and cancels it when the delay ends first. Sources that cannot tell
+        never return: the backoff alone decides."""
+        await asyncio.Event().wait()

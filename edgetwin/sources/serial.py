@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,8 @@ _COALESCE_S = 0.04
 _COALESCE_SKIP_BYTES = 1024
 _DESCRIBE_RETRY_S = 0.5
 _START_RETRY_S = 1.0
+_BACK_POLL_S = 0.25  # how often a vanished port's path is looked for
+_BACK_SETTLE_S = 0.2  # udev sets a new node's group and mode just after it appears
 _SEQ_MOD = 1 << 32
 
 
@@ -442,6 +445,23 @@ class SerialSource(Source):
                 raise item
             self.counters.count(item)
             yield item
+
+    async def until_back(self) -> None:
+        """A port path that vanished (the cable pulled: udev removed the node or its by-id
+        link) and exists again: the device is back. ``socket://`` and other URLs have no
+        path to watch; nor is a port that never vanished reconnected early (the backoff
+        paces a device that is there but failing)."""
+        if "://" in self.port:
+            await super().until_back()
+        path, gone = Path(self.port), False
+        while True:
+            # a stat; in a thread since a wedged USB stack can stall even that
+            if not await asyncio.to_thread(path.exists):
+                gone = True
+            elif gone:
+                await asyncio.sleep(_BACK_SETTLE_S)
+                return
+            await asyncio.sleep(_BACK_POLL_S)
 
     async def close(self) -> None:
         """Stop the worker, tell the device to stop, close the port; idempotent."""

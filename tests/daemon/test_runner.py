@@ -162,3 +162,69 @@ async def test_a_source_that_never_suspends_neither_starves_the_loop_nor_ignores
     assert done == {task} and task.cancelled()
     assert ticks == 5
     assert runner.state == SourceState.STOPPED
+
+
+class _ComesBack(ScriptedSource):
+    """A device whose return the source can see (a replugged serial port)."""
+
+    def __init__(self, name: str, *, watch_fails: bool = False) -> None:
+        super().__init__(name, batches_per_session=1, max_sessions=2)
+        self.back = asyncio.Event()
+        self.watches = 0
+        self._watch_fails = watch_fails
+
+    async def until_back(self) -> None:
+        self.watches += 1
+        if self._watch_fails:
+            raise OSError("udev went away")
+        await self.back.wait()
+
+
+async def test_a_device_seen_back_is_reconnected_without_waiting_out_the_backoff() -> None:
+    hub = Hub(64)
+    hub.subscribe("c")
+    src = _ComesBack("bridge")
+    # a backoff of at least 10 minutes: only the device's return can bring the reconnect
+    runner = SourceRunner(src, hub, watchdog_s=5.0,
+                          backoff=Backoff(initial_s=1200.0, max_s=1200.0,
+                                          rng=random.Random(0)))
+    task = asyncio.create_task(runner.run())
+    try:
+        async def state(want: SourceState) -> None:
+            while runner.state != want:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(state(SourceState.BACKOFF), 10)  # the first link was lost
+        assert runner.next_attempt_t is not None
+        assert runner.next_attempt_t - runner._clock() > 500  # the long wait
+        assert src.connects == 1 and src.watches == 1
+        src.back.set()
+
+        async def reconnected() -> None:
+            while src.connects < 2:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(reconnected(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_broken_watch_falls_back_to_the_backoff() -> None:
+    hub = Hub(64)
+    hub.subscribe("c")
+    src = _ComesBack("bridge", watch_fails=True)
+    runner = SourceRunner(src, hub, watchdog_s=5.0,
+                          backoff=Backoff(initial_s=0.05, max_s=0.05, rng=random.Random(0)))
+    task = asyncio.create_task(runner.run())
+    try:
+        async def reconnected() -> None:
+            while src.connects < 2:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(reconnected(), 10)  # the runner survived its source's watch
+        assert src.watches >= 1
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -176,6 +176,63 @@ async def test_unplug_raises_transient_and_replug_reconnects(
     assert src.counters.extra["device_restarts"] == 1  # the replugged device rebooted
 
 
+async def test_a_replugged_port_is_reconnected_before_a_long_backoff_ends(
+    tmp_path: Path, emulators: list[BridgeEmulator], sources: list[SerialSource]
+) -> None:
+    """The daemon's runner over a real pty: unplugged, then plugged back while the
+    backoff has at least ~17 minutes to go; the port's return brings the reconnect."""
+    import random
+
+    from edgetwin.daemon.backoff import Backoff, SourceState
+    from edgetwin.daemon.hub import Hub
+    from edgetwin.daemon.runner import SourceRunner
+
+    emu = _emu(emulators, tmp_path, seed=8, kind="ppg", rate_hz=50.0)
+    src = SerialSource("finger", emu.path, handshake_timeout_s=1.0)
+    sources.append(src)
+    hub = Hub(256)
+    hub.subscribe("c")
+    runner = SourceRunner(src, hub, watchdog_s=10.0,
+                          backoff=Backoff(initial_s=1200.0, max_s=1200.0, rng=random.Random(0)))
+    task = asyncio.create_task(runner.run())
+
+    async def until(check: object) -> None:
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(until(lambda: runner.samples > 0), 10)
+        emu.unplug()
+        await asyncio.wait_for(until(lambda: runner.state == SourceState.BACKOFF), 10)
+        assert runner.connects == 1
+        await asyncio.sleep(0.6)  # still gone: no early attempt while the port is absent
+        assert runner.state == SourceState.BACKOFF and runner.connects == 1
+        emu.replug()
+        await asyncio.wait_for(until(lambda: runner.connects == 2), 15)
+        before = runner.samples
+        await asyncio.wait_for(until(lambda: runner.samples > before), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_only_a_port_that_vanished_and_came_back_counts_as_back(
+    tmp_path: Path, emulators: list[BridgeEmulator]
+) -> None:
+    emu = _emu(emulators, tmp_path, seed=9, kind="ppg", rate_hz=50.0)
+    there = SerialSource("finger", emu.path)
+    with pytest.raises(TimeoutError):  # present all along: the backoff decides
+        await asyncio.wait_for(there.until_back(), 0.7)
+    with pytest.raises(TimeoutError):  # no path to watch
+        await asyncio.wait_for(SerialSource("net", "socket://127.0.0.1:9").until_back(), 0.3)
+    watch = asyncio.ensure_future(there.until_back())
+    emu.unplug()
+    await asyncio.sleep(0.6)
+    assert not watch.done()  # gone, not yet back
+    emu.replug()
+    await asyncio.wait_for(watch, 5)
+
+
 async def test_silent_port_times_out_as_device_not_found(sources: list[SerialSource]) -> None:
     master, slave = os.openpty()
     try:
