@@ -172,8 +172,7 @@ def growth_between_faults(samples: list[dict[str, Any]], faults: list[dict[str, 
         # a stretch: one lifetime, between the same two faults
         after = sum(hi < s["t"] for _, hi in windows)
         by_stretch.setdefault((life, after), []).append((s["t"], float(s[key])))
-    stretches = list(by_stretch.values())
-    stretches = [st for st in stretches if len(st) >= 3]
+    stretches = [st for st in by_stretch.values() if len(st) >= 3]
     if not stretches:
         return {"per_hour": None, "stretches": 0}
     num = den = 0.0
@@ -183,12 +182,12 @@ def growth_between_faults(samples: list[dict[str, Any]], faults: list[dict[str, 
         num += float(((t - t.mean()) * (y - y.mean())).sum())
         den += float(((t - t.mean()) ** 2).sum())
     steps = {}
-    for f in faults:
+    for f, (lo, hi) in zip(faults, windows, strict=True):
+        # the minute before the fault's window vs the minute after it settled
         before = [float(s[key]) for s in samples
-                  if s.get(key) is not None and f["at"] - 65.0 <= s["t"] < f["at"] - 5.0]
-        end = f.get("until", f["at"]) + settle_s
+                  if s.get(key) is not None and lo - 60.0 <= s["t"] < lo]
         after = [float(s[key]) for s in samples
-                 if s.get(key) is not None and end <= s["t"] < end + 60.0]
+                 if s.get(key) is not None and hi <= s["t"] < hi + 60.0]
         if before and after:
             steps[f["name"]] = round(float(np.median(after) - np.median(before)), 2)
     return {"per_hour": round(num / den, 3) if den > 0 else None, "stretches": len(stretches),
@@ -674,6 +673,9 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
     steal = summary([s.get("host_steal_share") for s in steady])
     longest = max(lifetimes, key=len)
     fit_rows = [s for s in longest if "rss_mib" in s][3:]  # past start-up
+    # fault times as the samples' times: seconds from the start of the soak
+    rel_faults = [{k: (v - t_start if k in ("at", "until") else v) for k, v in f.items()}
+                  for f in faults]
     rss_fit = growth_per_hour([s["t"] for s in fit_rows], [s["rss_mib"] for s in fit_rows])
     parts_fit = {}  # which part of the RSS grows: heaps, mapped files, Python's objects
     for part in ("rss_anon_mib", "rss_file_mib", "py_blocks"):
@@ -687,8 +689,6 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
     lost_committed = {k: v["committed_before_kill"] - v["stored_up_to_that_time"]
                       for k, v in streams.items() if "committed_before_kill" in v}
     unexplained = {k: v["unexplained_gaps"] for k, v in streams.items() if v["unexplained_gaps"]}
-    rel_faults = [{**f, "at": f["at"] - t_start, "until": f.get("until", f["at"]) - t_start}
-                  for f in faults]
     # flat: the growth the stretches between faults share, over the whole run, stays within
     # 5 % of the median RSS (what each fault left behind is reported beside it)
     between = growth_between_faults(samples, rel_faults)
@@ -705,8 +705,8 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "rss_growth_mib": rss_fit, "rss_growth_by_part": parts_fit, "db_growth_mib": db_fit,
         "rss_growth_between_faults_mib": between,
         "cpu_share_by_thread": thread_shares(longest),
-        "faults": [{k: (round(v - t_start, 1) if k in ("at", "until") else v)
-                    for k, v in f.items()} for f in faults],
+        "faults": [{k: (round(v, 1) if k in ("at", "until") else v) for k, v in f.items()}
+                   for f in rel_faults],
         "streams": streams,
         "series": {"columns": ["t_s", "cpu_share", "rss_mib", "loop_lag_p99_ms",
                                "loop_lag_max_ms", "drops", "db_mib", "rss_anon_mib",
