@@ -21,18 +21,20 @@ class Growing:
     mapping of its own (the daemon's fixed mmap threshold) and goes back to the kernel
     when freed."""
 
-    def __init__(self, row_shape: tuple[int, ...] = ()) -> None:
+    def __init__(self, row_shape: tuple[int, ...] = (), dtype: npt.DTypeLike = np.float64) -> None:
         self._row_shape = row_shape
         self._row_cells = math.prod(row_shape)
+        self._dtype = np.dtype(dtype)
         self._full: list[FloatArray] = []
-        self._block = np.empty((64, *row_shape))
+        self._block = np.empty((64, *row_shape), dtype=self._dtype)
         self._used = 0
         self.n = 0
 
     def _next_block(self) -> None:
         self._full.append(self._block)
-        rows = min(2 * self._block.shape[0], max(64, BLOCK_BYTES // (8 * self._row_cells)))
-        self._block = np.empty((rows, *self._row_shape))
+        row_bytes = self._dtype.itemsize * self._row_cells
+        rows = min(2 * self._block.shape[0], max(64, BLOCK_BYTES // row_bytes))
+        self._block = np.empty((rows, *self._row_shape), dtype=self._dtype)
         self._used = 0
 
     def append(self, row: Any) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edgetwin.features import schema
 from edgetwin.inference.scoring import ObservedSeries, Outcomes
@@ -121,7 +122,9 @@ class PersonalHead:
         )
 
 
-def design(global_h: FloatArray, recent: FloatArray, context_mean: FloatArray) -> FloatArray:
+def design(
+    global_h: npt.NDArray[np.floating[Any]], recent: FloatArray, context_mean: FloatArray
+) -> FloatArray:
     """Features (n, H, N_FEATURES) from global forecasts (n, H), recent values (n, LAGS), means."""
     n, h = global_h.shape
     y = recent[:, -1]

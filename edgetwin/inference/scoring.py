@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 WINDOWS: dict[str, float] = {"hour": 3600.0, "day": 86400.0}
 IntArray = npt.NDArray[np.int64]
+Cells = npt.NDArray[np.floating[Any]]  # (forecast, horizon step): float32 over a day
 METHODS = ("served", "global", "persistence", "context_mean")
 # What can serve a horizon step. "global"/"personal" are the model; the rest are baselines.
 MODEL_SOURCES = ("global", "personal")
@@ -56,16 +57,16 @@ class Outcomes:
 
     target: str
     t: FloatArray  # (n,) forecast times
-    actual: FloatArray  # (n, H), NaN where the outcome was not observed
-    served: FloatArray
-    global_: FloatArray
-    personal: FloatArray  # NaN where no personal forecast exists
-    lo: FloatArray
-    hi: FloatArray
+    actual: Cells  # (n, H), NaN where the outcome was not observed
+    served: Cells
+    global_: Cells
+    personal: Cells  # NaN where no personal forecast exists
+    lo: Cells
+    hi: Cells
     persistence: FloatArray  # (n,) NaN when nothing was observed in the context
     context_mean: FloatArray
 
-    def method(self, name: str) -> FloatArray:
+    def method(self, name: str) -> Cells:
         """(n, H) forecasts of a scored method (baselines broadcast over the horizon)."""
         h = self.actual.shape[1]
         if name == "served":
@@ -76,10 +77,10 @@ class Outcomes:
             return self.personal
         if name in ("persistence", "context_mean"):
             col = self.persistence if name == "persistence" else self.context_mean
-            return np.repeat(col[:, None], h, axis=1)
+            return np.broadcast_to(col[:, None], (col.shape[0], h))  # indexing copies
         raise ValueError(f"unknown scoring method {name!r}")
 
-    def model(self) -> FloatArray:
+    def model(self) -> Cells:
         """What the model side serves: the personal forecast where there is one, else global."""
         return np.where(np.isfinite(self.personal), self.personal, self.global_)
 
@@ -160,11 +161,13 @@ class ForecastColumns:
         self.horizon = horizon
         self.step_s = step_s
         self._t = Growing()
-        self._served = Growing((horizon,))
-        self._global = Growing((horizon,))
-        self._personal = Growing((horizon,))
-        self._lo = Growing((horizon,))
-        self._hi = Growing((horizon,))
+        # float32: the model's outputs are float32 already, and a day of the five (n, H)
+        # columns is ~40 MB in float64 at the reference load (the refit's peak)
+        self._served = Growing((horizon,), np.float32)
+        self._global = Growing((horizon,), np.float32)
+        self._personal = Growing((horizon,), np.float32)
+        self._lo = Growing((horizon,), np.float32)
+        self._hi = Growing((horizon,), np.float32)
 
     def __len__(self) -> int:
         return self._t.n
@@ -186,7 +189,8 @@ class ForecastColumns:
         t = self._t.array()
         keys = np.round(t / self.step_s).astype(np.int64)
         future = keys[:, None] + np.arange(1, self.horizon + 1)[None, :]
-        actual = obs.at(future.reshape(-1)).reshape(future.shape)
+        actual = obs.at(future.reshape(-1)).reshape(future.shape).astype(np.float32)
+        del future
         last, mean = obs.context(keys, context)
         return Outcomes(
             target=target,
@@ -441,7 +445,7 @@ def score_store(
     """
     span = max(WINDOWS.values()) if span is None else span
     t0 = now - span
-    forecasts = collect_forecasts(store.iter_predictions(t0, now), INDEX)
+    forecasts = collect_forecasts(store.iter_predictions(t0, now, explained=False), INDEX)
     targets = sorted(forecasts)
     blocks = store.iter_frame_columns(t0 - context * step_s, now + (horizon + 1) * step_s)
     series = observed_series_of_columns(blocks, targets, step_s)

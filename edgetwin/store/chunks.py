@@ -4,6 +4,7 @@ How often a series' description is re-sealed: :mod:`edgetwin.store.tails`.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -226,15 +227,22 @@ class Chunks(SeriesTails):
         return found[-last:]
 
     def iter_predictions(
-        self, t0: float | None = None, t1: float | None = None, *, on_corrupt: OnCorrupt = "raise"
+        self,
+        t0: float | None = None,
+        t1: float | None = None,
+        *,
+        on_corrupt: OnCorrupt = "raise",
+        explained: bool = True,
     ) -> Iterator[Prediction]:
-        """Committed predictions with ``t0 <= t <= t1``, chunk by chunk (flat memory)."""
+        """Committed predictions with ``t0 <= t <= t1``, chunk by chunk (flat memory).
+        ``explained=False``: without attention, influence and imputed spans (cheaper)."""
         series = self._read_series_for_chunks(KIND_PREDICTIONS, "")
         if series is None:
             return iter(())
-        return self._iter_decoded(
-            series, t0, t1, on_corrupt, codec.decode_predictions, lambda p: p.t
-        )
+        decode = codec.decode_predictions
+        if not explained:
+            decode = functools.partial(codec.decode_predictions, explained=False)
+        return self._iter_decoded(series, t0, t1, on_corrupt, decode, lambda p: p.t)
 
     def _write_pending(self) -> None:
         pending, frames, preds = self._pending, self._pending_frames, self._pending_preds

@@ -263,7 +263,7 @@ PUBLIC_API = {
     " everything: 'bool' = False) -> 'ForgetReport'",
     "get_record": "(self, kind: 'str', key: 'str') -> 'dict[str, Any] | None'",
     "iter_predictions": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
-    " on_corrupt: 'OnCorrupt' = 'raise') -> 'Iterator[Prediction]'",
+    " on_corrupt: 'OnCorrupt' = 'raise', explained: 'bool' = True) -> 'Iterator[Prediction]'",
     "iter_frame_columns": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
     " on_corrupt: 'OnCorrupt' = 'raise') -> 'Iterator[codec.FrameColumns]'",
     "kdf_params": "(self) -> 'KdfParams | None'",
