@@ -326,7 +326,8 @@ class Chunks(SeriesTails):
             return codec.decode_samples(plain, widths)[1]
         if series.kind == KIND_FRAMES:
             return codec.decode_frame_columns(plain).t
-        return np.array([p.t for p in codec.decode_predictions(plain)], dtype=np.float64)
+        preds = codec.decode_predictions(plain, explained=False)
+        return np.array([p.t for p in preds], dtype=np.float64)
 
     def _seal_chunk(
         self, series: SeriesInfo, day: int, plain: bytes, n: int, t_min: float, t_max: float
