@@ -155,6 +155,7 @@ class Daemon:
         self._feature_queue = self.hub.subscribe("features") if pipeline is not None else None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self.sources_started = asyncio.Event()  # set once run() has started every source
         self._lock = DaemonLock(home)
         # forget over the socket must prove the secret this daemon's store was unlocked with
         self._control = ControlServer(home, self._handle_request, prover=self._prove)
@@ -193,6 +194,7 @@ class Daemon:
             self._started = time.time()
             for runner in self.runners:
                 self._spawn(f"source:{runner.source.name}", runner.run())
+            self.sources_started.set()
             self._spawn("consumer:store", self._store_consumer(self._store_queue))
             if self._feature_queue is not None:
                 self._spawn("consumer:features", self._feature_consumer(self._feature_queue))

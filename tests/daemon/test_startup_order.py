@@ -1,0 +1,102 @@
+"""A (re)start reaches the sensors first: the sources start before the dashboard is imported
+and served, and what only a periodic job or a bundle command needs is not imported on the
+way (every start, and every restart after a crash, loses data until the sources run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgetwin.config import Config, DashboardConfig
+from edgetwin.daemon.app import build_daemon, run_daemon
+from edgetwin.daemon.lock import DaemonLock
+from edgetwin.errors import DaemonAlreadyRunning
+from edgetwin.store import Secret, TwinStore
+from tests.daemon.fakes import ScriptedSource
+
+CONFIG = dataclasses.replace(Config(), dashboard=DashboardConfig(port=0))  # any free port
+
+
+@pytest.fixture(autouse=True)
+def _fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
+
+
+class _Noting(ScriptedSource):
+    def __init__(self, order: list[str]) -> None:
+        super().__init__("strap", batches_per_session=2, end_with=None, interval_s=0.05)
+        self._order = order
+
+    async def connect(self) -> None:
+        self._order.append("source connects")
+        await super().connect()
+
+
+async def test_sources_start_before_the_dashboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgetwin.web.app import Dashboard
+
+    order: list[str] = []
+    start = Dashboard.start
+
+    async def noting_start(self: Dashboard) -> None:
+        order.append("dashboard starts")
+        await start(self)
+        order.append("dashboard serves")
+
+    monkeypatch.setattr(Dashboard, "start", noting_start)
+    home = tmp_path / "twin"
+    with TwinStore.create(home, Secret.passphrase("pw")) as store:
+        daemon = build_daemon(home, CONFIG, store, sources=[_Noting(order)],
+                              engine=None, lsl=False)
+        await run_daemon(daemon, duration=1.0)
+        stored = {s.name: s.samples for s in store.streams()}
+    assert order == ["source connects", "dashboard starts", "dashboard serves"]
+    assert stored.get("strap.x", 0) > 0  # the daemon ran beside its dashboard and stored
+
+
+async def test_a_daemon_that_cannot_start_serves_no_dashboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgetwin.web.app import Dashboard
+
+    started: list[str] = []
+
+    async def noting_start(self: Dashboard) -> None:
+        started.append("dashboard")
+
+    monkeypatch.setattr(Dashboard, "start", noting_start)
+    home = tmp_path / "twin"
+    with TwinStore.create(home, Secret.passphrase("pw")) as store:
+        other = DaemonLock(home)
+        other.acquire()  # another daemon runs this twin
+        try:
+            daemon = build_daemon(home, CONFIG, store, sources=[_Noting([])],
+                                  engine=None, lsl=False)
+            with pytest.raises(DaemonAlreadyRunning):
+                await run_daemon(daemon, duration=5.0)
+        finally:
+            other.release()
+    assert started == []
+
+
+def test_a_start_imports_neither_the_sync_job_nor_bundle_code() -> None:
+    code = (
+        "import sys\n"
+        "import edgetwin.cli.unlock, edgetwin.daemon.app\n"
+        "from edgetwin.daemon.app import _sync_job\n"
+        "from edgetwin.config import Config\n"
+        "job = _sync_job(None, Config())\n"
+        "print(*[m in sys.modules for m in ('edgetwin.sync.service', 'edgetwin.privacy.secagg',"
+        " 'edgetwin.bundle.export', 'edgetwin.bundle.importer')])\n"
+        "from edgetwin.bundle import export_bundle, import_bundle\n"
+        "print(export_bundle.__module__, import_bundle.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.splitlines()
+    assert out == ["False False False False", "edgetwin.bundle.export edgetwin.bundle.importer"]
