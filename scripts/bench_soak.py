@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -596,6 +597,8 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 bridge.stop()
             streams = _analyse(home, faults, kill_check, t_start)
             log_tail = (tmpd / "daemon.log").read_text()[-1500:]
+            if keep := os.environ.get("EDGETWIN_SOAK_KEEP_LOG"):  # the whole log, for a look
+                shutil.copyfile(tmpd / "daemon.log", keep)
         finally:
             disk.unmount()
     report = _report(duration, wall, samples, lifetimes, faults, streams, final, log_tail,
