@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -101,6 +102,9 @@ async def dashboard_for(daemon: Daemon) -> AsyncIterator[Dashboard | None]:
         yield None
         return
     try:
+        # aiohttp's import (~0.15 s, more on a Pi: it loads the CA store) in a thread, so the
+        # loop goes on connecting the sources meanwhile
+        await asyncio.to_thread(importlib.import_module, "edgetwin.web.app")
         from edgetwin.web.app import Dashboard
 
         dash = Dashboard(daemon.home, DaemonBackend(daemon), settings)

@@ -53,6 +53,9 @@ _STATUS_STORE_WAIT_S = 2.0
 # How long a consumer lets batches gather before one writer trip takes them all: adds at most
 # this to a forecast's delay and to what a SIGKILL loses (well inside flush_interval_s).
 GATHER_S = 0.1
+# Periodic jobs (retention, the refit, sync) first run this long after a (re)start: until
+# then the sources have the CPU (a restart after a crash loses data until they connect).
+START_GRACE_S = 5.0
 
 
 T = TypeVar("T")
@@ -156,6 +159,7 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self.sources_started = asyncio.Event()  # set once run() has started every source
+        self.start_grace_s = START_GRACE_S
         self._lock = DaemonLock(home)
         # forget over the socket must prove the secret this daemon's store was unlocked with
         self._control = ControlServer(home, self._handle_request, prover=self._prove)
@@ -341,6 +345,8 @@ class Daemon:
             await self._writer.run(self._commit, what="commit")
 
     async def _every(self, job: PeriodicJob) -> None:
+        # not at once: a (re)start's first seconds belong to the sources' connects
+        await asyncio.sleep(self.start_grace_s)
         while True:
             try:
                 if job.in_thread:

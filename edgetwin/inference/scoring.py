@@ -411,16 +411,26 @@ def observed_series_of_columns(
     """:func:`observed_series` of stored frames read as blocks of columns
     (``TwinStore.iter_frame_columns``): no object per frame."""
     idx = [INDEX[t] for t in targets]
-    keys = [Growing() for _ in targets]
-    vals = [Growing() for _ in targets]
+    # one row per frame: its grid key, then each target's value (NaN where not usable); one
+    # append per block, not two per target (a day is ~17,000 blocks of one frame each)
+    rows = Growing((1 + len(idx),))
     for cols in blocks if idx else ():  # no target: no chunk read
-        block_keys = np.round(cols.t / step_s)
         v = cols.values[:, idx]
         ok = np.isfinite(v) & (cols.quality[:, idx] >= QUALITY_THRESHOLD) & ~cols.imputed[:, idx]
-        for j in range(len(idx)):
-            keys[j].extend(block_keys[ok[:, j]])
-            vals[j].extend(v[ok[:, j], j])
-    return _series_of(targets, keys, vals, step_s)
+        block = np.empty((v.shape[0], 1 + len(idx)))
+        block[:, 0] = np.round(cols.t / step_s)
+        block[:, 1:] = np.where(ok, v, np.nan)
+        rows.extend(block)
+    table = rows.array()
+    keys, vals = [], []
+    for j in range(len(idx)):
+        seen = np.isfinite(table[:, 1 + j])
+        keys.append(table[seen, 0].astype(np.int64))
+        vals.append(table[seen, 1 + j])
+    return {
+        t: ObservedSeries.from_observations(keys[j], vals[j], step_s)
+        for j, t in enumerate(targets)
+    }
 
 
 def _series_of(

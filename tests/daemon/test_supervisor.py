@@ -222,9 +222,37 @@ async def test_a_slow_periodic_job_does_not_stall_the_sources(home: Path, in_thr
         [ScriptedSource("s", batches_per_session=10**6, interval_s=0.01)],
         periodic=[PeriodicJob("sync", 10.0, slow_upload, in_thread=in_thread)],
     )
+    daemon.start_grace_s = 0.0
     await daemon.run(duration=0.8)
     (before, after) = seen[0]
     assert after - before >= 100  # samples kept flowing during the job
+
+
+@pytest.mark.parametrize("in_thread", [True, False])
+async def test_periodic_jobs_first_run_after_the_start_grace(home: Path, in_thread: bool) -> None:
+    """A (re)start's first seconds go to the sources: no job runs before the grace ends."""
+    import time as _time
+
+    from edgetwin.daemon.supervisor import PeriodicJob
+
+    runs: list[tuple[float, int]] = []
+    daemon: Daemon
+
+    def job() -> None:
+        runs.append((_time.monotonic(), daemon.runners[0].samples))
+
+    daemon = Daemon(
+        home, CFG, MemoryStore(),
+        [ScriptedSource("s", batches_per_session=10**6, interval_s=0.01)],
+        periodic=[PeriodicJob("retention", 0.2, job, in_thread=in_thread)],
+    )
+    daemon.start_grace_s = 0.5
+    started = _time.monotonic()
+    await daemon.run(duration=1.2)
+    assert runs, "the job never ran"
+    assert runs[0][0] - started >= 0.5
+    assert runs[0][1] > 0  # the source was streaming before the first run
+    assert len(runs) >= 2  # then on its interval
 
 
 class FullDiskStore(MemoryStore):

@@ -71,7 +71,10 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _cli(env, "init")
     (home / "config.toml").write_text(
         "[daemon]\nflush_interval_s = 0.2\n[inference]\nenabled = false\n"
-        "[dashboard]\nenabled = false\n[location]\nprecision_m = 1000.0\n")
+        "[dashboard]\nenabled = false\n[location]\nprecision_m = 1000.0\n"
+        # the track has fixed dates (November 2026): kept whatever today's date, as retention
+        # runs a few seconds after the start
+        "[retention]\nraw_days = 0\n")
     port = free_port()
     fake = GpsFake(gps_track.DATA, port)
     log = (home / "daemon.log").open("wb")  # the daemon's log is part of the home we scan
