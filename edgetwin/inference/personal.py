@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetwin.features import schema
-from edgetwin.inference.scoring import ObservedSeries, Outcomes
+from edgetwin.inference.scoring import Cells, ObservedSeries, Outcomes
 from edgetwin.types import FloatArray, channel_kind
 
 RECORD_KIND = "inference"
@@ -92,7 +92,7 @@ class PersonalHead:
         data = TrainingSet.build(o, series)
         corrected = o.global_ + np.einsum("nhf,hf->nh", data.x, self.weights)
         missing = ~np.isfinite(o.personal) & np.isfinite(o.persistence)[:, None]
-        o.personal = np.where(missing, corrected, o.personal)
+        o.personal = np.where(missing, corrected, o.personal).astype(o.personal.dtype)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -123,13 +123,16 @@ class PersonalHead:
 
 
 def design(
-    global_h: npt.NDArray[np.floating[Any]], recent: FloatArray, context_mean: FloatArray
-) -> FloatArray:
+    global_h: Cells,
+    recent: FloatArray,
+    context_mean: FloatArray,
+    dtype: npt.DTypeLike = np.float64,
+) -> Cells:
     """Features (n, H, N_FEATURES) from global forecasts (n, H), recent values (n, LAGS), means."""
     n, h = global_h.shape
     y = recent[:, -1]
     lagdiff = np.nan_to_num(recent[:, :-1] - y[:, None])  # a lag with no value: no change
-    x = np.empty((n, h, N_FEATURES))
+    x = np.empty((n, h, N_FEATURES), dtype=dtype)
     x[..., 0] = 1.0
     x[..., 1] = global_h - y[:, None]
     x[..., 2 : 2 + LAGS - 1] = lagdiff[:, None, ::-1]  # y_{t-1} first
@@ -137,7 +140,7 @@ def design(
     return x
 
 
-def solve(x: FloatArray, r: FloatArray, ok: Any, alpha: float) -> FloatArray:
+def solve(x: Cells, r: Cells, ok: Any, alpha: float) -> FloatArray:
     """Ridge weights (H, F) per horizon step on the cells ``ok``; the intercept is not penalised."""
     h, f = x.shape[1], x.shape[2]
     w = np.zeros((h, f))
@@ -147,12 +150,12 @@ def solve(x: FloatArray, r: FloatArray, ok: Any, alpha: float) -> FloatArray:
         rows = ok[:, k]
         if rows.sum() < 2 * f:
             continue
-        xk, rk = x[rows, k], r[rows, k]
+        xk, rk = x[rows, k].astype(np.float64), r[rows, k].astype(np.float64)
         w[k] = np.linalg.solve(xk.T @ xk + np.diag(pen), xk.T @ rk)
     return w
 
 
-def _mae(x: FloatArray, r: FloatArray, ok: Any, w: FloatArray) -> float:
+def _mae(x: Cells, r: Cells, ok: Any, w: FloatArray) -> float:
     """MAE of the corrected forecast (residual minus predicted residual) on cells ``ok``."""
     pred = np.einsum("nhf,hf->nh", x, w)
     cells = int(ok.sum())
@@ -164,8 +167,8 @@ class TrainingSet:
     """One target's scored forecasts as regression arrays."""
 
     t: FloatArray  # (n,)
-    x: FloatArray  # (n, H, F)
-    r: FloatArray  # (n, H) observed minus global; NaN where not observed
+    x: Cells  # (n, H, F), float32
+    r: Cells  # (n, H) observed minus global; 0 where not observed
     ok: Any  # (n, H) bool: usable cells
 
     @classmethod
@@ -173,10 +176,12 @@ class TrainingSet:
         step = series.step_s
         keys = np.round(o.t / step).astype(np.int64)
         recent = series.recent(keys, LAGS)
-        x = design(o.global_, recent, o.context_mean)
+        # float32: x is the largest array of a refit (a day: 17,280 x 12 x 14 cells); the
+        # solves take each step's rows in float64
+        x = design(o.global_, recent, o.context_mean, np.float32)
         r = o.actual - o.global_
         ok = np.isfinite(r) & np.isfinite(x).all(axis=2)
-        # in place: x is the largest array of a refit (a day: 17,280 x 12 x 14 doubles)
+        # in place, for the same reason
         return cls(o.t, np.nan_to_num(x, copy=False), np.nan_to_num(r, copy=False), ok)
 
     def rows(self, sel: Any) -> TrainingSet:
