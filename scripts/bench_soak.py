@@ -98,6 +98,26 @@ def find_gaps(t: np.ndarray, *, min_gap_s: float = 0.5, factor: float = 3.0
     return nominal, [(float(t[i]), float(t[i + 1]), float(d[i] - nominal)) for i in idx]
 
 
+def kill_gap(t: np.ndarray, nominal: float, kill_at: float, *, max_interval_s: float = 1.5
+             ) -> dict[str, float] | None:
+    """What a stream lost at a SIGKILL at ``kill_at``, measured on the step across it
+    whatever its length (``find_gaps`` counts no gap under 3 intervals: at 1 Hz a strap's
+    2.9 s step would not show): ``before_kill_s`` received but never committed,
+    ``downtime_s`` until the restarted daemon stored again, ``lost_s`` the step minus one
+    interval. None for a stream too sparse to tell (a battery level every few minutes) or
+    without data on both sides."""
+    t = np.sort(np.asarray(t, dtype=float))
+    if not np.isfinite(nominal) or nominal > max_interval_s:
+        return None
+    i = int(np.searchsorted(t, kill_at, side="right"))
+    if i == 0 or i == t.size:
+        return None
+    before, after = float(t[i - 1]), float(t[i])
+    return {"before_kill_s": round(kill_at - before, 2),
+            "downtime_s": round(after - kill_at, 2),
+            "lost_s": round(max(after - before - nominal, 0.0), 2)}
+
+
 def attribute(gaps: list[tuple[float, float, float]], faults: list[dict[str, Any]],
               stream: str) -> tuple[dict[str, float], list[tuple[float, float, float]]]:
     """Seconds lost per fault name for ``stream``; gaps no fault explains are returned apart.
@@ -439,7 +459,13 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
             try:
                 cli("init")
                 cfg = home / "config.toml"
-                cfg.write_text(cfg.read_text().replace("[sync]\n", "[sync]\n" + SOAK_SYNC, 1))
+                text = cfg.read_text().replace("[sync]\n", "[sync]\n" + SOAK_SYNC, 1)
+                # EDGETWIN_SOAK_FLUSH_S: another commit interval, to weigh what a SIGKILL
+                # loses against what commits cost
+                if flush := os.environ.get("EDGETWIN_SOAK_FLUSH_S"):
+                    text = text.replace("[daemon]\n",
+                                        f"[daemon]\nflush_interval_s = {float(flush)}\n", 1)
+                cfg.write_text(text)
                 optics = tmpd / "optics_anc.csv"
                 _write_optics_file(optics, duration + 900.0)
                 cli("pair", "add", "simulator", "--seed", "3", "--modalities", "rr,vitals")
@@ -647,14 +673,11 @@ def _analyse(home: Path, faults: list[dict[str, Any]], kill_check: dict[str, Any
                 if ts else 0,
             }
             if kill is not None:
-                # the gap spanning the kill: data received before it but never committed, and
+                # the step across the kill: data received before it but never committed, and
                 # the downtime until the restarted daemon stored again
-                span = [g for g in gaps
-                        if kill["at"] - 5.0 <= g[0] <= kill["at"] + 1.0 and g[1] >= kill["at"]]
-                if span:
-                    g = span[0]
-                    entry["sigkill"] = {"before_kill_s": round(kill["at"] - g[0], 2),
-                                        "downtime_s": round(g[1] - kill["at"], 2)}
+                across = kill_gap(t, nominal, kill["at"])
+                if across is not None:
+                    entry["sigkill"] = across
                 before = kill_check.get(info.name)
                 if before and before.get("last_t") is not None:
                     kept = int(np.sum(t <= before["last_t"]))
@@ -687,7 +710,11 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
     db_fit = growth_per_hour([s["t"] for s in samples],
                              [s["db_bytes"] / 2**20 for s in samples])
     drops = [s.get("drops", 0) for s in samples]
-    kill_losses = [v["lost_s_by_fault"].get("sigkill_restart", 0.0) for v in streams.values()]
+    # per stream the larger of the step across the kill and the gaps the fault explains
+    # (a source that connected and then dropped again after the restart)
+    kill_losses = [max(v.get("sigkill", {}).get("lost_s", 0.0),
+                       v["lost_s_by_fault"].get("sigkill_restart", 0.0))
+                   for v in streams.values()]
     kill_uncommitted = [v["sigkill"]["before_kill_s"] for v in streams.values() if "sigkill" in v]
     lost_committed = {k: v["committed_before_kill"] - v["stored_up_to_that_time"]
                       for k, v in streams.items() if "committed_before_kill" in v}

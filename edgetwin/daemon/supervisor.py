@@ -56,6 +56,11 @@ GATHER_S = 0.1
 # Periodic jobs (retention, the refit, sync) first run this long after a (re)start: until
 # then the sources have the CPU (a restart after a crash loses data until they connect).
 START_GRACE_S = 5.0
+# While commits fail (a full disk), each try re-encodes everything buffered since the first
+# failure (the soak's minute of full disk: 30k rows, a core's tenth every second). Tries
+# come at flush_interval_s x 2**n, up to this; a commit asked for (a mark, the last one)
+# is always tried. Data waits in memory meanwhile, as before.
+COMMIT_RETRY_MAX_S = 8.0
 
 
 T = TypeVar("T")
@@ -175,6 +180,7 @@ class Daemon:
         self.errors: collections.Counter[str] = collections.Counter()
         # while commits fail (a full disk): since when and why; the data waits in memory
         self.commit_failing: dict[str, Any] | None = None
+        self._commit_retry_at = 0.0  # time.monotonic() before which the flusher does not try
         self.loop_lag = LoopLag()
         self._writer = Writer()
         self._status_read: asyncio.Future[dict[str, Any]] | None = None
@@ -342,7 +348,8 @@ class Daemon:
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(self.config.daemon.flush_interval_s)
-            await self._writer.run(self._commit, what="commit")
+            if time.monotonic() >= self._commit_retry_at:
+                await self._writer.run(self._commit, what="commit")
 
     async def _every(self, job: PeriodicJob) -> None:
         # not at once: a (re)start's first seconds belong to the sources' connects
@@ -471,16 +478,21 @@ class Daemon:
         except Exception as exc:  # e.g. a full disk: keep running, keep the batch buffered, say so
             self.errors["commit"] += 1
             if self.commit_failing is None:
-                self.commit_failing = {"since": time.time(), "error": str(exc)}
-                _LOGGER.exception("committing to the store failed; retrying every flush")
+                self.commit_failing = {"since": time.time(), "error": str(exc), "tries": 0}
+                _LOGGER.exception("committing to the store failed; retrying with backoff")
             else:  # once per failure streak with its traceback; then one line
                 self.commit_failing["error"] = str(exc)
                 _LOGGER.warning("commit still failing: %s", exc)
+            tries = self.commit_failing["tries"] = self.commit_failing["tries"] + 1
+            delay = min(self.config.daemon.flush_interval_s * 2.0**tries, COMMIT_RETRY_MAX_S)
+            self.commit_failing["next_try_in_s"] = round(delay, 2)
+            self._commit_retry_at = time.monotonic() + delay
         else:
             if self.commit_failing is not None:
                 _LOGGER.warning("commits work again after %.1f s of failures",
                                 time.time() - self.commit_failing["since"])
                 self.commit_failing = None
+                self._commit_retry_at = 0.0
 
     # -- control socket ------------------------------------------------------
 

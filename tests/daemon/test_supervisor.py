@@ -302,6 +302,42 @@ async def test_a_full_disk_shows_in_status_since_when_and_nothing_buffered_is_lo
     assert store.pending == [] and sum(len(b) for b in store.committed) == received
 
 
+async def test_while_commits_fail_they_are_retried_with_backoff_not_at_every_flush(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each try re-encodes all that is buffered: a full disk must not cost one try per
+    flush. Tries come at flush x 2**n (capped); a commit asked for is still tried at once, and
+    once space is back everything buffered is committed."""
+    import edgetwin.daemon.supervisor as supervisor
+
+    monkeypatch.setattr(supervisor, "COMMIT_RETRY_MAX_S", 0.4)
+    store = FullDiskStore()
+    daemon = Daemon(home, CFG, store,
+                    [ScriptedSource("s", batches_per_session=10**6, interval_s=0.005)], seed=1)
+    seen: dict[str, object] = {}
+
+    async def watch() -> None:
+        await asyncio.sleep(1.6)  # 32 flushes of 0.05 s; backoff: 0.1, 0.2, 0.4, 0.4, 0.4
+        seen["tries"] = store.failed
+        seen["status"] = dict(daemon.status()["daemon"]["commit_failing"])
+        before = store.failed
+        await daemon.on_writer(daemon.commit_now, "asked")  # as a forget or a mark asks
+        seen["asked_tries"] = store.failed - before
+        store.space = True
+
+    watcher = asyncio.create_task(watch())
+    await daemon.run(duration=2.6)
+    await watcher
+    assert isinstance(seen["tries"], int) and 3 <= seen["tries"] <= 8
+    status = seen["status"]
+    assert isinstance(status, dict) and status["tries"] == seen["tries"]
+    assert status["next_try_in_s"] == 0.4
+    assert seen["asked_tries"] == 1  # tried at once, whatever the backoff
+    assert daemon.status()["daemon"]["commit_failing"] is None
+    received = {s["name"]: s for s in daemon.status()["sources"]}["s"]["samples"]
+    assert store.pending == [] and sum(len(b) for b in store.committed) == received
+
+
 async def test_batches_arriving_together_take_one_writer_trip(home: Path) -> None:
     """A source delivering every few ms: the store consumer hands the writer a trip per
     gathering moment, not one per batch, and every batch is stored once, in order."""

@@ -53,6 +53,19 @@ def test_gaps_are_attributed_to_the_fault_of_their_stream() -> None:
     assert lost == {"sigkill_restart": 2.0}
 
 
+def test_the_step_across_a_kill_is_measured_on_slow_streams_too() -> None:
+    """A 1 Hz strap's 2.8 s step across a kill is under find_gaps' three intervals, yet
+    1.8 s of its data were lost; a battery read every few minutes cannot tell."""
+    soak = _soak()
+    strap = np.concatenate([np.arange(0.0, 100.5, 1.0), np.arange(102.8, 200.0, 1.0)])
+    nominal, gaps = soak.find_gaps(strap)
+    assert gaps == []  # invisible to the gap finder
+    across = soak.kill_gap(strap, nominal, 100.6)
+    assert across == {"before_kill_s": 0.6, "downtime_s": 2.2, "lost_s": 1.8}
+    assert soak.kill_gap(np.arange(0.0, 2000.0, 540.0), 540.0, 600.0) is None
+    assert soak.kill_gap(strap, nominal, 500.0) is None  # nothing after it
+
+
 def test_growth_fit_projects_a_day_and_a_month() -> None:
     soak = _soak()
     t = [i * 600.0 for i in range(7)]  # one hour every 10 min
