@@ -124,7 +124,8 @@ class ControlServer:
     ) -> dict[str, Any] | None:
         """The reply to one request line, or None when the handler streamed its own."""
         try:
-            line = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT_S)
+            async with asyncio.timeout(_READ_TIMEOUT_S):  # keeps a cancel (3.11's wait_for not)
+                line = await reader.readline()
         except ValueError:  # the stream's limit: no newline within MAX_REQUEST bytes
             return _error("bad request", f"longer than {MAX_REQUEST} bytes")
         except TimeoutError:

@@ -84,7 +84,10 @@ class SourceRunner:
         loop = asyncio.get_running_loop()
         until = loop.time() + delay  # monotonic: a step of the host's clock changes nothing
         try:
-            await asyncio.wait_for(self.source.until_back(), delay)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that lands as the
+            # watch finishes, and the runner reconnected instead of stopping
+            async with asyncio.timeout(delay):
+                await self.source.until_back()
         except TimeoutError:
             return
         except Exception:  # a broken watch must not end the runner

@@ -205,9 +205,11 @@ class GpsdSource(Source):
             await self._load_memory()
         where = f"gpsd at {self.host}:{self.port}"
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=MAX_LINE),
-                self.connect_timeout_s)
+            # asyncio.timeout keeps a cancel that lands as the connect finishes (3.11's
+            # wait_for loses it)
+            async with asyncio.timeout(self.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(self.host, self.port,
+                                                               limit=MAX_LINE)
         except (OSError, TimeoutError) as exc:
             raise DeviceNotFound(
                 f"{where} does not answer ({type(exc).__name__}: {exc.strerror or exc})"
@@ -216,7 +218,8 @@ class GpsdSource(Source):
                 hint="start gpsd (e.g. 'systemctl start gpsd') or pair with --host/--port",
             ) from exc
         try:
-            banner = await asyncio.wait_for(reader.readline(), self.connect_timeout_s)
+            async with asyncio.timeout(self.connect_timeout_s):
+                banner = await reader.readline()
             release = self._check_banner(banner, where)
             writer.write(WATCH)
             await writer.drain()
@@ -248,7 +251,10 @@ class GpsdSource(Source):
         deadline = loop.time() + wait_s
         while loop.time() < deadline:
             try:
-                line = await asyncio.wait_for(reader.readline(), deadline - loop.time())
+                # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that lands
+                # as the line arrives, and the pairing went on reading
+                async with asyncio.timeout_at(deadline):
+                    line = await reader.readline()
             except (TimeoutError, ValueError):
                 return None
             if not line:

@@ -277,7 +277,9 @@ class _Handlers:
             await resp.write(b"retry: 2000\n: connected\n\n")
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                    # not wait_for: on 3.11 it loses a cancel that lands as an item arrives
+                    async with asyncio.timeout(SSE_KEEPALIVE_S):
+                        item = await queue.get()
                 except TimeoutError:
                     item = b": keep-alive\n\n"
                 if not item:

@@ -228,3 +228,40 @@ async def test_a_broken_watch_falls_back_to_the_backoff() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class _BackOnCancel(_ComesBack):
+    """A device whose return lands in the same turn of the loop as the daemon's stop."""
+
+    async def until_back(self) -> None:
+        self.watches += 1
+        await self.back.wait()
+        if self._watch_fails:
+            raise OSError("udev went away")
+
+
+async def test_a_stop_that_lands_as_the_device_comes_back_still_stops_the_runner() -> None:
+    # On 3.11 asyncio.wait_for returns its inner result (or raises its error) when a cancel
+    # lands as the inner step finishes: the cancel was lost, the runner reconnected, and a
+    # daemon's stop (or CI's test) hung on a connect that never returns
+    for watch_fails in (False, True):
+        hub = Hub(64)
+        hub.subscribe("c")
+        src = _BackOnCancel("bridge", watch_fails=watch_fails)
+        runner = SourceRunner(src, hub, watchdog_s=5.0,
+                              backoff=Backoff(initial_s=1200.0, max_s=1200.0,
+                                              rng=random.Random(0)))
+        task = asyncio.create_task(runner.run())
+
+        async def watching(src: _BackOnCancel = src) -> None:
+            while src.watches < 1:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(watching(), 10)
+        await asyncio.sleep(0.01)  # the runner waits on the watch
+        src.back.set()
+        task.cancel()  # the same turn: the watch finishes as the cancel arrives
+        done, _ = await asyncio.wait({task}, timeout=5.0)
+        assert done, f"the runner ignored its cancel (watch_fails={watch_fails})"
+        assert task.cancelled()
+        assert src.connects == 1
