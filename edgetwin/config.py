@@ -43,9 +43,13 @@ class DaemonConfig:
     watchdog_s: float = 10.0  # a source silent this long is reconnected
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # while commits fail (a full disk), raw samples buffered past this are shed, oldest first:
+    # the reference load's raw samples take ~490 MB an hour, more than a Pi can hold for long
+    max_uncommitted_mib: float = 64.0
 
     def validate(self) -> None:
         _positive("daemon.flush_interval_s", self.flush_interval_s)
+        _positive("daemon.max_uncommitted_mib", self.max_uncommitted_mib)
         _positive("daemon.hub_queue_batches", self.hub_queue_batches)
         _positive("daemon.watchdog_s", self.watchdog_s)
         _positive("daemon.backoff_initial_s", self.backoff_initial_s)

@@ -38,6 +38,7 @@ def test_unknown_section_suggests_the_closest() -> None:
         ("[twin]\nstep_s = 'five'\n", "twin.step_s"),
         ("[twin]\nstep_s = -1\n", "greater than 0"),
         ("[daemon]\nhub_queue_batches = 1.5\n", "whole number"),
+        ("[daemon]\nmax_uncommitted_mib = 0\n", "daemon.max_uncommitted_mib"),
         ("[inference]\nprecision = 'int4'\n", "int8"),
         ("[privacy.bounds]\nhr_mean = [180, 40]\n", "lower 180"),
         ("[privacy]\nepsilon_per_release = 0\n", "epsilon_per_release"),

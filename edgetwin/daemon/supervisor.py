@@ -75,6 +75,7 @@ class Store(Protocol):
     def append_markers(self, markers: Sequence[Marker]) -> None: ...
     def commit(self) -> None: ...
     def pending_rows(self) -> int: ...
+    def shed_oldest_samples(self, keep_bytes: int) -> dict[str, int]: ...
     def streams(self) -> Sequence[Any]: ...
     def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None: ...
     def control_proof(self, message: bytes) -> bytes: ...
@@ -180,6 +181,8 @@ class Daemon:
         self.errors: collections.Counter[str] = collections.Counter()
         # while commits fail (a full disk): since when and why; the data waits in memory
         self.commit_failing: dict[str, Any] | None = None
+        # raw samples dropped, oldest first, to bound the buffer while commits failed; by stream
+        self.shed_samples: collections.Counter[str] = collections.Counter()
         self._commit_retry_at = 0.0  # time.monotonic() before which the flusher does not try
         self.loop_lag = LoopLag()
         self._writer = Writer()
@@ -298,6 +301,7 @@ class Daemon:
                 "writer": self._writer.stats(),
                 "commit_failing": dict(self.commit_failing) if self.commit_failing else None,
                 "uncommitted_rows": self.store.pending_rows(),
+                "shed_samples": dict(self.shed_samples),
                 # the time samples are stamped with (edgetwin.clock): ahead of the wall clock
                 # only while absorbing a step of the host's clock back
                 "clock": twin_clock.CLOCK.stats(),
@@ -487,12 +491,35 @@ class Daemon:
             delay = min(self.config.daemon.flush_interval_s * 2.0**tries, COMMIT_RETRY_MAX_S)
             self.commit_failing["next_try_in_s"] = round(delay, 2)
             self._commit_retry_at = time.monotonic() + delay
+            self._bound_the_buffer()
         else:
             if self.commit_failing is not None:
-                _LOGGER.warning("commits work again after %.1f s of failures",
-                                time.time() - self.commit_failing["since"])
+                shed = self.commit_failing.get("shed_samples", 0)
+                _LOGGER.warning("commits work again after %.1f s of failures%s",
+                                time.time() - self.commit_failing["since"],
+                                f"; {shed} buffered samples were dropped meanwhile" if shed
+                                else "")
                 self.commit_failing = None
                 self._commit_retry_at = 0.0
+
+    def _bound_the_buffer(self) -> None:
+        """While commits fail, keep at most ``max_uncommitted_mib`` of raw samples in memory,
+        shedding the oldest: a disk full for hours must not grow the daemon until the kernel
+        kills it, which would lose all that was buffered."""
+        assert self.commit_failing is not None
+        cap_mib = self.config.daemon.max_uncommitted_mib
+        shed = self.store.shed_oldest_samples(int(cap_mib * 2**20))
+        if not shed:
+            return
+        n = sum(shed.values())
+        self.shed_samples.update(shed)
+        first = "shed_samples" not in self.commit_failing
+        self.commit_failing["shed_samples"] = self.commit_failing.get("shed_samples", 0) + n
+        (_LOGGER.warning if first else _LOGGER.debug)(
+            "commits have failed for %.0f s: dropped the oldest %d buffered samples (%s) to "
+            "keep at most %g MiB in memory; free disk space to stop the loss",
+            time.time() - self.commit_failing["since"], n,
+            ", ".join(f"{k} {v}" for k, v in sorted(shed.items())), cap_mib)
 
     # -- control socket ------------------------------------------------------
 

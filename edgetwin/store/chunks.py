@@ -5,6 +5,7 @@ How often a series' description is re-sealed: :mod:`edgetwin.store.tails`.
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import logging
 import math
@@ -131,6 +132,43 @@ class Chunks(SeriesTails):
                 + len(self._pending_frames)
                 + len(self._pending_preds)
             )
+
+    def pending_sample_bytes(self) -> int:
+        """Memory held by buffered, uncommitted sample batches (times and values)."""
+        with self._lock:
+            return sum(b.t.nbytes + b.values.nbytes for bs in self._pending.values() for b in bs)
+
+    def shed_oldest_samples(self, keep_bytes: int) -> dict[str, int]:
+        """Drop the oldest buffered sample batches, across streams, until at most
+        ``keep_bytes`` remain; the rows dropped, by stream.
+
+        For a daemon whose commits keep failing (a disk full for hours): without a bound the
+        buffer grows by ~490 MB an hour at the reference load until the kernel kills the
+        daemon, and then everything buffered is lost. Frames, predictions and markers, a few
+        per step, are kept.
+        """
+        with self._lock:
+            pending = self._pending
+            held = sum(b.t.nbytes + b.values.nbytes for bs in pending.values() for b in bs)
+            heap = [(float(bs[0].t[0]), name) for name, bs in pending.items() if bs]
+            heapq.heapify(heap)
+            cut: dict[str, int] = {}  # batches dropped from the front, by stream
+            shed: dict[str, int] = {}
+            while held > keep_bytes and heap:
+                _, name = heapq.heappop(heap)
+                batches, i = pending[name], cut.get(name, 0)
+                oldest = batches[i]
+                held -= oldest.t.nbytes + oldest.values.nbytes
+                shed[name] = shed.get(name, 0) + len(oldest)
+                cut[name] = i + 1
+                if i + 1 < len(batches):
+                    heapq.heappush(heap, (float(batches[i + 1].t[0]), name))
+            for name, n in cut.items():
+                if n < len(pending[name]):
+                    pending[name] = pending[name][n:]
+                else:
+                    del pending[name]
+            return shed
 
     def commit(self) -> None:
         """Make every buffered append durable in one transaction.

@@ -113,6 +113,13 @@ class MemoryStore:
     def pending_rows(self) -> int:
         return sum(len(b) for b in self.pending)
 
+    def shed_oldest_samples(self, keep_bytes: int) -> dict[str, int]:
+        shed: dict[str, int] = {}
+        while self.pending and sum(b.t.nbytes + b.values.nbytes for b in self.pending) > keep_bytes:
+            oldest = self.pending.pop(0)
+            shed[oldest.stream] = shed.get(oldest.stream, 0) + len(oldest)
+        return shed
+
     def streams(self) -> list[Info]:
         out: dict[str, Info] = {}
         for b in self.committed:

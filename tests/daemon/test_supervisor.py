@@ -338,6 +338,56 @@ async def test_while_commits_fail_they_are_retried_with_backoff_not_at_every_flu
     assert store.pending == [] and sum(len(b) for b in store.committed) == received
 
 
+async def test_while_commits_fail_the_buffer_is_bounded_and_the_oldest_samples_shed(
+    home: Path,
+) -> None:
+    """A disk full for hours must not grow the daemon until the kernel kills it (losing all
+    it buffered): past ``max_uncommitted_mib`` the oldest samples are dropped, counted in
+    status, and once space is back the newest are committed."""
+    import dataclasses
+
+    cap_mib = 0.01  # 10,485 bytes: ~65 of the scripted source's 160-byte batches
+    cfg = dataclasses.replace(CFG, daemon=dataclasses.replace(CFG.daemon,
+                                                              max_uncommitted_mib=cap_mib))
+    store = FullDiskStore()
+    daemon = Daemon(home, cfg, store,
+                    [ScriptedSource("s", batches_per_session=10**6, interval_s=0.002)], seed=1)
+    after_tries: list[int] = []
+    shed_oldest = store.shed_oldest_samples
+
+    def shed_and_measure(keep_bytes: int) -> dict[str, int]:
+        shed = shed_oldest(keep_bytes)
+        after_tries.append(sum(b.t.nbytes + b.values.nbytes for b in store.pending))
+        return shed
+
+    store.shed_oldest_samples = shed_and_measure  # type: ignore[method-assign]
+    seen: dict[str, object] = {}
+
+    async def watch() -> None:
+        while not daemon.shed_samples:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        seen["status"] = daemon.status()["daemon"]
+        store.space = True
+        while store.commits == 0:
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(asyncio.wait_for(watch(), 20))
+    await daemon.run(duration=3.0)
+    await watcher
+    assert after_tries and max(after_tries) <= cap_mib * 2**20  # bounded after every try
+    status = seen["status"]
+    assert isinstance(status, dict)
+    shed = status["shed_samples"]["s.x"]
+    assert shed > 0 and status["commit_failing"]["shed_samples"] == shed
+    received = {s["name"]: s for s in daemon.status()["sources"]}["s"]["samples"]
+    total_shed = daemon.status()["daemon"]["shed_samples"]["s.x"]
+    committed = np.concatenate([b.t for b in store.committed])
+    assert len(committed) + total_shed == received  # each sample committed or counted shed
+    assert committed[0] > 1_700_000_000.0  # the first samples were the ones shed
+    assert np.all(np.diff(committed) > 0)
+
+
 async def test_batches_arriving_together_take_one_writer_trip(home: Path) -> None:
     """A source delivering every few ms: the store consumer hands the writer a trip per
     gathering moment, not one per batch, and every batch is stored once, in order."""

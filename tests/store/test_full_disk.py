@@ -76,6 +76,77 @@ def test_real_full_disk(small_disk: Path, secret: Secret) -> None:
         assert again.streams()[0].samples == committed + 2560
 
 
+def test_shedding_drops_the_oldest_batches_across_streams_and_keeps_the_rest(
+    store: TwinStore,
+) -> None:
+    """A daemon whose commits keep failing bounds its buffer: the oldest batches go first,
+    whichever stream they belong to, and what is kept commits as ever."""
+    store.append_samples(batch("hr", T0 - 100, 10))  # committed before: never touched
+    store.commit()
+    for i in range(6):  # eeg at T0, T0+10, ...; hr at T0+5, T0+15, ...: interleaved
+        store.append_samples(batch("eeg", T0 + 10 * i, 10, ("a", "b"), seed=i))
+        store.append_samples(batch("hr", T0 + 10 * i + 5, 10, seed=i))
+    one_eeg, one_hr = 10 * 8 * 3, 10 * 8 * 2  # t and values, float64
+    held = store.pending_sample_bytes()
+    assert held == 6 * (one_eeg + one_hr)
+    assert store.shed_oldest_samples(held) == {}  # within the bound: nothing dropped
+    keep = 3 * (one_eeg + one_hr)
+    shed = store.shed_oldest_samples(keep)
+    assert shed == {"eeg": 30, "hr": 30}
+    assert store.pending_sample_bytes() == keep
+    assert store.pending_rows() == 60
+    store.commit()
+    eeg_t, eeg_v = all_samples(store, "eeg")
+    hr_t, _ = all_samples(store, "hr")
+    assert eeg_t[0] == T0 + 30 and len(eeg_t) == 30  # the newest three of each
+    np.testing.assert_array_equal(eeg_v[:10], batch("eeg", T0 + 30, 10, ("a", "b"), seed=3).values)
+    assert hr_t[0] == T0 - 100 and len(hr_t) == 10 + 30
+    assert hr_t[10] == T0 + 35
+    assert store.verify().ok
+    store.append_samples(batch("eeg", T0 + 100, 10, ("a", "b")))
+    assert store.shed_oldest_samples(0) == {"eeg": 10}  # everything, if asked
+    assert store.pending_rows() == 0 and store.pending_sample_bytes() == 0
+    store.commit()  # nothing to write
+    assert len(all_samples(store, "eeg")[0]) == 30
+
+
+def test_a_real_full_disk_shed_to_a_bound_then_freed(small_disk: Path, secret: Secret) -> None:
+    home = small_disk / "twin"
+    store = TwinStore.create(home, secret)
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (512 * 1024))
+    committed = 0
+    try:
+        for i in range(200):
+            b = batch("eeg", T0 + i * 10, 2560, ("eeg_a", "eeg_b", "eeg_c", "eeg_d"),
+                      rate=256.0, seed=i)
+            store.append_samples(b)
+            try:
+                store.commit()
+            except StoreFull:
+                break
+            committed += len(b)
+        else:
+            pytest.fail("3 MiB never filled up")
+        failed_at = i
+        for j in range(failed_at + 1, failed_at + 4):  # more arrives while the disk is full
+            store.append_samples(batch("eeg", T0 + j * 10, 2560,
+                                       ("eeg_a", "eeg_b", "eeg_c", "eeg_d"), rate=256.0, seed=j))
+            with pytest.raises(StoreFull):
+                store.commit()
+        one = 2560 * 8 * 5
+        assert store.shed_oldest_samples(2 * one) == {"eeg": 2 * 2560}
+        filler.unlink()
+        store.commit()
+        t, _ = all_samples(store, "eeg")
+        assert len(t) == committed + 2 * 2560
+        assert t[committed] == T0 + (failed_at + 2) * 10  # the two newest batches were kept
+    finally:
+        store.close()
+    with TwinStore.open(home, secret) as again:
+        assert again.verify().ok
+
+
 def test_keystore_write_failing_with_enospc(
     twin_home: Path, store: TwinStore, secret: Secret, monkeypatch: pytest.MonkeyPatch
 ) -> None:

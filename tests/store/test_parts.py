@@ -270,6 +270,9 @@ PUBLIC_API = {
     "list_records": "(self, kind: 'str') -> 'dict[str, dict[str, Any]]'",
     "open": "(home: 'Path', secret: 'Secret', *, strict: 'bool' = True) -> 'TwinStore'",
     "pending_rows": "(self) -> 'int'",
+    # added for issue 18: a daemon whose commits keep failing bounds what it buffers
+    "pending_sample_bytes": "(self) -> 'int'",
+    "shed_oldest_samples": "(self, keep_bytes: 'int') -> 'dict[str, int]'",
     "put_record": "(self, kind: 'str', key: 'str', value: 'dict[str, Any]') -> 'None'",
     "read_frames": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
     " on_corrupt: 'OnCorrupt' = 'raise') -> 'Iterator[FeatureFrame]'",
