@@ -119,3 +119,25 @@ def test_growth_between_faults_leaves_out_the_steps_faults_leave_behind() -> Non
     assert soak.growth_between_faults(samples, faults)["per_hour"] == pytest.approx(3.0)
     # start-up samples of each lifetime are left out; too few samples: no figure
     assert soak.growth_between_faults(samples[:4], [])["per_hour"] is None
+
+
+def test_the_simulated_persons_own_dropouts_are_not_counted_as_lost() -> None:
+    """The 2-hour soak's 98.5 s vitals gap was the simulator's scheduled sensor dropout: the
+    real simulator, run over the same two hours, leaves that gap, and the soak explains it."""
+    from edgetwin.sources.simulator import SimulatedPerson, simulate
+
+    soak = _soak()
+    start = 1_796_392_540.0  # 2026-12-04 13:55:40 UTC, that soak's start
+    batches = simulate(SimulatedPerson.from_seed(soak.SIMULATOR_SEED), start, 7300.0, 60.0,
+                       ("rr", "vitals"), name="simulator")
+    t = np.concatenate([b.t for b in batches if b.stream == "simulator.vitals"])
+    _, gaps = soak.find_gaps(t)
+    assert any(g[2] > 90.0 for g in gaps)  # the dropout is really in the stream
+    _, unexplained = soak.attribute(gaps, [], "simulator.vitals")
+    assert unexplained  # without the schedule: unexplained
+    dropouts = soak.simulated_dropouts("simulator.vitals", float(t[0]), float(t[-1]))
+    assert [d["name"] for d in dropouts] == ["simulated_dropout"]
+    assert dropouts[0]["until"] - dropouts[0]["at"] == pytest.approx(98.8, abs=1.0)
+    lost, unexplained = soak.attribute(gaps, dropouts, "simulator.vitals")
+    assert unexplained == [] and lost["simulated_dropout"] > 90.0
+    assert soak.simulated_dropouts("headset.default", float(t[0]), float(t[-1])) == []
