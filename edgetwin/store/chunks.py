@@ -57,6 +57,11 @@ _SCALE = 1e-160  # (t * _SCALE) ** 2 neither overflows nor loses precision near 
 _SQUARES_OK = 0.99 * (LATEST_T * _SCALE) ** 2  # a sum of squares at most this: |t| < 1e11
 
 
+def _held_bytes(batch: SampleBatch) -> int:
+    """Memory a buffered batch holds in its arrays (times and values)."""
+    return batch.t.nbytes + batch.values.nbytes
+
+
 class Chunks(SeriesTails):
     """Append and read samples, feature frames and predictions."""
 
@@ -136,7 +141,7 @@ class Chunks(SeriesTails):
     def pending_sample_bytes(self) -> int:
         """Memory held by buffered, uncommitted sample batches (times and values)."""
         with self._lock:
-            return sum(b.t.nbytes + b.values.nbytes for bs in self._pending.values() for b in bs)
+            return sum(_held_bytes(b) for bs in self._pending.values() for b in bs)
 
     def shed_oldest_samples(self, keep_bytes: int) -> dict[str, int]:
         """Drop the oldest buffered sample batches, across streams, until at most
@@ -149,7 +154,7 @@ class Chunks(SeriesTails):
         """
         with self._lock:
             pending = self._pending
-            held = sum(b.t.nbytes + b.values.nbytes for bs in pending.values() for b in bs)
+            held = sum(_held_bytes(b) for bs in pending.values() for b in bs)
             heap = [(float(bs[0].t[0]), name) for name, bs in pending.items() if bs]
             heapq.heapify(heap)
             cut: dict[str, int] = {}  # batches dropped from the front, by stream
@@ -158,7 +163,7 @@ class Chunks(SeriesTails):
                 _, name = heapq.heappop(heap)
                 batches, i = pending[name], cut.get(name, 0)
                 oldest = batches[i]
-                held -= oldest.t.nbytes + oldest.values.nbytes
+                held -= _held_bytes(oldest)
                 shed[name] = shed.get(name, 0) + len(oldest)
                 cut[name] = i + 1
                 if i + 1 < len(batches):

@@ -41,25 +41,29 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _commit_until_full(store: TwinStore) -> tuple[int, int, str]:
+    """Commit 10 s batches of 4-channel EEG until the disk is full: the rows committed, the
+    index of the batch whose commit failed (it stays pending) and the error."""
+    committed = 0
+    for i in range(200):
+        b = batch("eeg", T0 + i * 10, 2560, ("eeg_a", "eeg_b", "eeg_c", "eeg_d"),
+                  rate=256.0, seed=i)
+        store.append_samples(b)
+        try:
+            store.commit()
+        except StoreFull as exc:
+            return committed, i, str(exc)
+        committed += len(b)
+    pytest.fail("3 MiB never filled up")
+
+
 def test_real_full_disk(small_disk: Path, secret: Secret) -> None:
     home = small_disk / "twin"
     store = TwinStore.create(home, secret)
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (512 * 1024))  # freed later, to make room
-    committed = 0
     try:
-        for i in range(200):
-            b = batch("eeg", T0 + i * 10, 2560, ("eeg_a", "eeg_b", "eeg_c", "eeg_d"),
-                      rate=256.0, seed=i)
-            store.append_samples(b)
-            try:
-                store.commit()
-            except StoreFull as exc:
-                error = str(exc)
-                break
-            committed += len(b)
-        else:
-            pytest.fail("3 MiB never filled up")
+        committed, _, error = _commit_until_full(store)
         assert "disk is full" in error
         assert committed > 0
         assert store.pending_rows() == 2560  # the failed batch is kept
@@ -115,20 +119,8 @@ def test_a_real_full_disk_shed_to_a_bound_then_freed(small_disk: Path, secret: S
     store = TwinStore.create(home, secret)
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (512 * 1024))
-    committed = 0
     try:
-        for i in range(200):
-            b = batch("eeg", T0 + i * 10, 2560, ("eeg_a", "eeg_b", "eeg_c", "eeg_d"),
-                      rate=256.0, seed=i)
-            store.append_samples(b)
-            try:
-                store.commit()
-            except StoreFull:
-                break
-            committed += len(b)
-        else:
-            pytest.fail("3 MiB never filled up")
-        failed_at = i
+        committed, failed_at, _ = _commit_until_full(store)
         for j in range(failed_at + 1, failed_at + 4):  # more arrives while the disk is full
             store.append_samples(batch("eeg", T0 + j * 10, 2560,
                                        ("eeg_a", "eeg_b", "eeg_c", "eeg_d"), rate=256.0, seed=j))
