@@ -33,7 +33,7 @@ class Growing:
     def _next_block(self) -> None:
         self._full.append(self._block)
         row_bytes = self._dtype.itemsize * self._row_cells
-        rows = min(2 * self._block.shape[0], max(64, BLOCK_BYTES // row_bytes))
+        rows = min(max(64, 2 * self._block.shape[0]), max(64, BLOCK_BYTES // row_bytes))
         self._block = np.empty((rows, *self._row_shape), dtype=self._dtype)
         self._used = 0
 
@@ -43,6 +43,15 @@ class Growing:
         self._block[self._used] = row
         self._used += 1
         self.n += 1
+
+    def next_row(self) -> FloatArray:
+        """The next row's slot, to be filled in place (several columns of a row at once)."""
+        if self._used == self._block.shape[0]:
+            self._next_block()
+        row: FloatArray = self._block[self._used]
+        self._used += 1
+        self.n += 1
+        return row
 
     def extend(self, rows: FloatArray) -> None:
         done = 0
@@ -58,5 +67,8 @@ class Growing:
     def array(self) -> FloatArray:
         """The rows so far as one array; the blocks are let go."""
         out = np.concatenate([*self._full, self._block[: self._used]])
-        self._full, self._block, self._used, self.n = [], self._block[:0], 0, 0
+        # a fresh empty block: a slice of the last one would keep all of it alive (up to
+        # BLOCK_BYTES per column, ~12 MB over a day's forecast columns)
+        self._full, self._used, self.n = [], 0, 0
+        self._block = np.empty((0, *self._row_shape), dtype=self._dtype)
         return out

@@ -102,8 +102,7 @@ def served_values(o: scoring.Outcomes, series: scoring.ObservedSeries, head, ste
     """What the twin would serve for each forecast of ``o`` (head, then per-step sources)."""
     model = o.global_
     if head is not None and head.adopted:
-        ts = personal.TrainingSet.build(o, series)
-        model = o.global_ + np.einsum("nhf,hf->nh", ts.x, head.weights)
+        model = o.global_ + personal.TrainingSet.build(o, series).corrections(head.weights)
         model = np.where(np.isfinite(o.persistence)[:, None], model, o.global_)
     if steps is None:
         return model

@@ -22,7 +22,7 @@ everything destroys it with the data.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetwin.features import schema
-from edgetwin.inference.scoring import Cells, ObservedSeries, Outcomes
+from edgetwin.inference.scoring import Cells, IntArray, ObservedSeries, Outcomes
 from edgetwin.types import FloatArray, channel_kind
 
 RECORD_KIND = "inference"
@@ -48,6 +48,8 @@ MIN_GAIN = 0.03
 MIN_HOLDOUT_CELLS = 3000
 # Bounded work: at most this many of the newest forecasts are used.
 MAX_FORECASTS = 20_000
+# Forecasts whose design rows are built at a time (1,024 x 12 x 14 float64: 1.4 MB).
+BATCH_ROWS = 1024
 ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 # Which channel kinds feed a target (forget provenance); the schema's map when present.
 _FEEDS: dict[str, frozenset[str]] = getattr(
@@ -89,10 +91,9 @@ class PersonalHead:
     def fill_outcomes(self, o: Outcomes, series: ObservedSeries) -> None:
         """Give past forecasts without a personal value the one this head gives them, so the
         choice of what to serve compares what the twin would serve now with the baselines."""
-        data = TrainingSet.build(o, series)
-        corrected = o.global_ + np.einsum("nhf,hf->nh", data.x, self.weights)
+        corrected = o.global_ + TrainingSet.build(o, series).corrections(self.weights)
         missing = ~np.isfinite(o.personal) & np.isfinite(o.persistence)[:, None]
-        o.personal = np.where(missing, corrected, o.personal).astype(o.personal.dtype)
+        np.copyto(o.personal, corrected, where=missing, casting="same_kind")  # in place
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -140,57 +141,106 @@ def design(
     return x
 
 
-def solve(x: Cells, r: Cells, ok: Any, alpha: float) -> FloatArray:
-    """Ridge weights (H, F) per horizon step on the cells ``ok``; the intercept is not penalised."""
-    h, f = x.shape[1], x.shape[2]
-    w = np.zeros((h, f))
-    pen = np.full(f, alpha)
-    pen[0] = 1e-9
-    for k in range(h):
-        rows = ok[:, k]
-        if rows.sum() < 2 * f:
-            continue
-        xk, rk = x[rows, k].astype(np.float64), r[rows, k].astype(np.float64)
-        w[k] = np.linalg.solve(xk.T @ xk + np.diag(pen), xk.T @ rk)
-    return w
+@dataclass
+class NormalEquations:
+    """Per horizon step, ``X'X`` and ``X'r`` over the usable cells of some forecasts: all a
+    ridge solve needs, whatever the penalty, summed a batch of rows at a time."""
 
+    gram: FloatArray  # (H, F, F)
+    rhs: FloatArray  # (H, F)
+    cells: IntArray  # (H,) usable cells per step
 
-def _mae(x: Cells, r: Cells, ok: Any, w: FloatArray) -> float:
-    """MAE of the corrected forecast (residual minus predicted residual) on cells ``ok``."""
-    pred = np.einsum("nhf,hf->nh", x, w)
-    cells = int(ok.sum())
-    return float(np.abs(r - pred)[ok].sum() / cells) if cells else math.nan
+    def solve(self, alpha: float) -> FloatArray:
+        """Ridge weights (H, F) per horizon step; the intercept is not penalised. A step with
+        fewer than two cells per feature keeps zero weights (no correction)."""
+        h, f = self.rhs.shape
+        w = np.zeros((h, f))
+        pen = np.full(f, alpha)
+        pen[0] = 1e-9
+        for k in range(h):
+            if self.cells[k] >= 2 * f:
+                w[k] = np.linalg.solve(self.gram[k] + np.diag(pen), self.rhs[k])
+        return w
 
 
 @dataclass
 class TrainingSet:
-    """One target's scored forecasts as regression arrays."""
+    """One target's scored forecasts as regression inputs. The design matrix (a day is
+    17,280 x 12 x 14 cells, the largest array a refit would hold) is built
+    :data:`BATCH_ROWS` forecasts at a time, never whole."""
 
     t: FloatArray  # (n,)
-    x: Cells  # (n, H, F), float32
+    global_: Cells  # (n, H)
+    recent: FloatArray  # (n, LAGS) observed values up to t, gaps carried forward
+    context_mean: FloatArray  # (n,)
     r: Cells  # (n, H) observed minus global; 0 where not observed
-    ok: Any  # (n, H) bool: usable cells
+    ok: Any  # (n, H) bool: usable cells (outcome and every feature finite)
 
     @classmethod
     def build(cls, o: Outcomes, series: ObservedSeries) -> TrainingSet:
-        step = series.step_s
-        keys = np.round(o.t / step).astype(np.int64)
+        keys = np.round(o.t / series.step_s).astype(np.int64)
         recent = series.recent(keys, LAGS)
-        # float32: x is the largest array of a refit (a day: 17,280 x 12 x 14 cells); the
-        # solves take each step's rows in float64
-        x = design(o.global_, recent, o.context_mean, np.float32)
+        y = recent[:, -1]
         r = o.actual - o.global_
-        ok = np.isfinite(r) & np.isfinite(x).all(axis=2)
-        # in place, for the same reason
-        return cls(o.t, np.nan_to_num(x, copy=False), np.nan_to_num(r, copy=False), ok)
+        # x is finite exactly where its two level differences are (lags missing are zeros)
+        level = np.isfinite((o.global_ - y[:, None]).astype(np.float32))
+        level &= np.isfinite((o.context_mean - y).astype(np.float32))[:, None]
+        ok = np.isfinite(r) & level
+        return cls(o.t, o.global_, recent, o.context_mean, np.nan_to_num(r, copy=False), ok)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.global_.shape[1])
 
     def rows(self, sel: Any) -> TrainingSet:
         if isinstance(sel, np.ndarray) and sel.dtype == bool:
-            # forecasts are in time order, so a cut is a run of rows: a view, not a copy of x
+            # forecasts are in time order, so a cut is a run of rows: views, not copies
             idx = np.flatnonzero(sel)
             if not idx.size or idx[-1] - idx[0] + 1 == idx.size:
                 sel = slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
-        return TrainingSet(self.t[sel], self.x[sel], self.r[sel], self.ok[sel])
+        return TrainingSet(
+            self.t[sel], self.global_[sel], self.recent[sel], self.context_mean[sel],
+            self.r[sel], self.ok[sel],
+        )
+
+    def batches(self) -> Iterator[tuple[Cells, Cells, Any]]:
+        """``(x, r, ok)`` of :data:`BATCH_ROWS` forecasts at a time; x is float32 with zeros
+        where a feature is missing (the cell is then not ``ok``)."""
+        for a in range(0, int(self.t.size), BATCH_ROWS):
+            b = slice(a, a + BATCH_ROWS)
+            x = design(self.global_[b], self.recent[b], self.context_mean[b], np.float32)
+            yield np.nan_to_num(x, copy=False), self.r[b], self.ok[b]
+
+    def normal_equations(self) -> NormalEquations:
+        h = self.horizon
+        gram = np.zeros((h, N_FEATURES, N_FEATURES))
+        rhs = np.zeros((h, N_FEATURES))
+        for x, r, ok in self.batches():
+            xm = x.astype(np.float64)
+            xm[~ok] = 0.0  # a cell not usable adds nothing
+            xm = xm.transpose(1, 0, 2)  # (H, n, F)
+            gram += xm.transpose(0, 2, 1) @ xm
+            rhs += np.einsum("hnf,hn->hf", xm, np.where(ok, r, 0).T.astype(np.float64))
+        return NormalEquations(gram, rhs, self.ok.sum(axis=0))
+
+    def corrections(self, w: FloatArray) -> Cells:
+        """(n, H) residuals the weights ``w`` predict (the personal minus the global forecast)."""
+        out = np.empty(self.global_.shape, dtype=np.float64)
+        at = 0
+        for x, _, _ in self.batches():
+            out[at : at + x.shape[0]] = np.einsum("nhf,hf->nh", x, w)
+            at += x.shape[0]
+        return out
+
+    def maes(self, weights: Sequence[FloatArray]) -> list[float]:
+        """MAE of the corrected forecast (residual minus predicted residual) on the usable
+        cells, for each of ``weights`` (one pass over the rows)."""
+        err = np.zeros(len(weights))
+        for x, r, ok in self.batches():
+            for i, w in enumerate(weights):
+                err[i] += np.abs(r - np.einsum("nhf,hf->nh", x, w))[ok].sum()
+        cells = int(self.ok.sum())
+        return [float(e / cells) if cells else math.nan for e in err]
 
 
 def fit_head(
@@ -210,21 +260,21 @@ def fit_head(
     t_first, t_last = float(data.t[usable].min()), float(data.t[usable].max())
     if t_last - t_first < MIN_HISTORY_S:
         return None
-    horizon_s = data.x.shape[1] * step_s
+    horizon_s = data.horizon * step_s
     cut = t_last - HOLDOUT_S
     train = data.rows(data.t + horizon_s <= cut)  # no outcome inside the held-back hour
     held = data.rows(data.t > cut)
     alpha = _choose_alpha(train)
-    w = solve(train.x, train.r, train.ok, alpha)
+    w = train.normal_equations().solve(alpha)
     g_mae = float(np.abs(held.r)[held.ok].mean()) if held.ok.any() else math.nan
-    p_mae = _mae(held.x, held.r, held.ok, w)
+    p_mae = held.maes([w])[0]
     cells = int(held.ok.sum())
     adopted = bool(
         cells >= MIN_HOLDOUT_CELLS
         and math.isfinite(p_mae)
         and p_mae <= (1.0 - MIN_GAIN) * g_mae
     )
-    final = solve(data.x, data.r, data.ok, alpha) if adopted else w
+    final = data.normal_equations().solve(alpha) if adopted else w
     return PersonalHead(
         target=target,
         weights=final,
@@ -253,12 +303,12 @@ def _choose_alpha(train: TrainingSet) -> float:
     if n < 8:
         return ALPHAS[-1]
     q = int(n * 0.75)
-    horizon_steps = train.x.shape[1]
-    fit = train.rows(slice(0, max(1, q - horizon_steps)))
+    fit = train.rows(slice(0, max(1, q - train.horizon)))
     val = train.rows(slice(q, None))
+    equations = fit.normal_equations()  # the same for every penalty
+    maes = val.maes([equations.solve(a) for a in ALPHAS])
     best, best_mae = ALPHAS[-1], math.inf
-    for a in ALPHAS:
-        mae = _mae(val.x, val.r, val.ok, solve(fit.x, fit.r, fit.ok, a))
+    for a, mae in zip(ALPHAS, maes, strict=True):
         if mae < best_mae:
             best, best_mae = a, mae
     return best

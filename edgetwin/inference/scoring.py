@@ -48,6 +48,7 @@ MODEL_SOURCES = ("global", "personal")
 BASELINE_SOURCES = ("persistence", "context_mean", "blend")
 # Scored cells per horizon step needed before the twin overrides the model for a person.
 MIN_CELLS = 360
+_RECENT_BATCH = 4096  # forecasts whose outcomes or recent values are looked up at a time
 BLEND = 0.5
 
 
@@ -127,6 +128,13 @@ class ObservedSeries:
     def recent(self, keys: IntArray, lags: int) -> FloatArray:
         """(n, lags) observed values at keys-lags+1..keys, oldest first; gaps carry the last
         observed value forward (from up to ``lags`` steps before), NaN when none."""
+        out = np.empty((int(keys.shape[0]), lags))
+        for a in range(0, out.shape[0], _RECENT_BATCH):  # the temporaries are 4x the output
+            b = min(out.shape[0], a + _RECENT_BATCH)
+            out[a:b] = self._recent(keys[a:b], lags)
+        return out
+
+    def _recent(self, keys: IntArray, lags: int) -> FloatArray:
         n, w = int(keys.shape[0]), 2 * lags
         grid = keys[:, None] - np.arange(w - 1, -1, -1)[None, :]
         vals = self.at(grid.reshape(-1)).reshape(n, w)
@@ -154,6 +162,10 @@ def value_of(p: Prediction, name: str) -> FloatArray:
     return out
 
 
+# Rows of :class:`ForecastColumns`' (5, H) block per forecast.
+_SERVED, _GLOBAL, _PERSONAL, _LO, _HI = range(5)
+
+
 class ForecastColumns:
     """One target's stored forecasts of one horizon length, as columns."""
 
@@ -161,46 +173,47 @@ class ForecastColumns:
         self.horizon = horizon
         self.step_s = step_s
         self._t = Growing()
-        # float32: the model's outputs are float32 already, and a day of the five (n, H)
-        # columns is ~40 MB in float64 at the reference load (the refit's peak)
-        self._served = Growing((horizon,), np.float32)
-        self._global = Growing((horizon,), np.float32)
-        self._personal = Growing((horizon,), np.float32)
-        self._lo = Growing((horizon,), np.float32)
-        self._hi = Growing((horizon,), np.float32)
+        # served, global, personal, band low and high of a forecast as one (5, H) row: one
+        # growing array per target, not five (each leaves up to a block unused), float32 (the
+        # model's outputs are float32 already; a day of them in float64 is ~40 MB)
+        self._rows = Growing((5, horizon), np.float32)
 
     def __len__(self) -> int:
         return self._t.n
 
     def add(self, p: Prediction) -> None:
         self._t.append(p.t)
-        self._served.append(p.horizon)
+        row = self._rows.next_row()
+        row[_SERVED] = p.horizon
         band = p.band
-        self._lo.append([b[0] for b in band])
-        self._hi.append([b[1] for b in band])
+        row[_LO] = [b[0] for b in band]
+        row[_HI] = [b[1] for b in band]
         if p.sources or p.alternatives:
-            self._global.append(value_of(p, "global"))
-            self._personal.append(value_of(p, "personal"))
+            row[_GLOBAL] = value_of(p, "global")
+            row[_PERSONAL] = value_of(p, "personal")
         else:  # the global model served every step
-            self._global.append(p.horizon)
-            self._personal.append(math.nan)
+            row[_GLOBAL] = p.horizon
+            row[_PERSONAL] = math.nan
 
     def outcomes(self, target: str, obs: ObservedSeries, context: int) -> Outcomes:
         t = self._t.array()
+        rows = self._rows.array()  # (n, 5, H); the columns below are views of it
         keys = np.round(t / self.step_s).astype(np.int64)
-        future = keys[:, None] + np.arange(1, self.horizon + 1)[None, :]
-        actual = obs.at(future.reshape(-1)).reshape(future.shape).astype(np.float32)
-        del future
+        actual = np.empty((t.size, self.horizon), dtype=np.float32)
+        ahead = np.arange(1, self.horizon + 1)[None, :]
+        for a in range(0, t.size, _RECENT_BATCH):  # the lookup's temporaries are 5x its output
+            future = keys[a : a + _RECENT_BATCH, None] + ahead
+            actual[a : a + _RECENT_BATCH] = obs.at(future.reshape(-1)).reshape(future.shape)
         last, mean = obs.context(keys, context)
         return Outcomes(
             target=target,
             t=t,
             actual=actual,
-            served=self._served.array(),
-            global_=self._global.array(),
-            personal=self._personal.array(),
-            lo=self._lo.array(),
-            hi=self._hi.array(),
+            served=rows[:, _SERVED],
+            global_=rows[:, _GLOBAL],
+            personal=rows[:, _PERSONAL],
+            lo=rows[:, _LO],
+            hi=rows[:, _HI],
             persistence=last,
             context_mean=mean,
         )
@@ -260,22 +273,21 @@ def score(
     for wname, span in windows.items():
         per_target: dict[str, Any] = {}
         for target, o in sorted(oc.items()):
-            rows = (o.t > now - span) & (o.t <= now)
-            vals = {m: o.method(m)[rows] for m in METHODS}
+            rows = window_rows(o.t, now - span, now)
             actual = o.actual[rows]
             ok = np.isfinite(actual)
-            for v in vals.values():
-                ok &= np.isfinite(v)
+            for m in METHODS:
+                ok &= np.isfinite(o.method(m)[rows])
             n_h = ok.sum(axis=0)
             entry: dict[str, Any] = {
-                "forecasts": int(rows.sum()),
+                "forecasts": int(o.t[rows].size),
                 "cells": int(ok.sum()),
                 "cells_per_step": [int(c) for c in n_h],
                 "mae": {},
                 "mae_per_step": {},
             }
-            for m, v in vals.items():
-                err = np.where(ok, np.abs(v - actual), 0.0)
+            for m in METHODS:  # one method's errors at a time: a day's are 1.7 MB each
+                err = np.where(ok, np.abs(o.method(m)[rows] - actual), 0.0)
                 entry["mae_per_step"][m] = [
                     _num(float(e) / int(c)) if c else None
                     for e, c in zip(err.sum(axis=0), n_h, strict=True)
@@ -288,6 +300,18 @@ def score(
     return result
 
 
+def window_rows(t: FloatArray, after: float, until: float) -> slice | npt.NDArray[np.bool_]:
+    """Rows with ``after < t <= until``: a slice when they are one run (forecasts are
+    stored in time order), so the window's columns are views, not copies."""
+    sel = (t > after) & (t <= until)
+    idx = np.flatnonzero(sel)
+    if not idx.size:
+        return slice(0, 0)
+    if idx[-1] - idx[0] + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return sel
+
+
 def choose_sources(o: Outcomes, now: float, span: float = WINDOWS["day"]) -> dict[str, Any]:
     """What to serve per horizon step for one target, from the last day's outcomes.
 
@@ -296,7 +320,7 @@ def choose_sources(o: Outcomes, now: float, span: float = WINDOWS["day"]) -> dic
     context mean and a 50/50 model/persistence blend had the lowest MAE. Too few
     scored cells keep the model.
     """
-    rows = (o.t > now - span) & (o.t <= now)
+    rows = window_rows(o.t, now - span, now)
     actual = o.actual[rows]
     model = o.model()[rows]
     pers = o.method("persistence")[rows]

@@ -241,3 +241,68 @@ def test_a_refit_leaves_no_resident_memory_behind(tmp_path: Path) -> None:
     # measured here: 0.08 MiB; the refit that held the forecasts as objects kept 19.8 MiB,
     # and a list of the same forecasts keeps 31.6 MiB (printed above)
     assert got["refit_kept"] < 4 * 2**20
+
+
+def _day_of_outcomes(seed: int = 0) -> tuple:
+    """A target's day of 5 s forecasts with outcomes (a few unobserved), as the refit holds it."""
+    from edgetwin.inference.scoring import ObservedSeries, Outcomes
+
+    rng = np.random.default_rng(seed)
+    n = 17_280
+    keys = np.arange(n + H, dtype=np.int64)
+    level = 70 + 5 * np.sin(keys / 300) + rng.normal(0, 1, keys.size)
+    seen = rng.random(keys.size) > 0.05
+    series = ObservedSeries(keys[seen], level[seen], STEP)
+    t = keys[:n] * STEP
+    actual = series.at(keys[:n, None] + np.arange(1, H + 1)[None, :]).astype(np.float32)
+    glob = (level[:n, None] + rng.normal(0, 2, (n, H))).astype(np.float32)
+    last, mean = series.context(keys[:n], 60)
+    nan = np.full((n, H), np.nan, np.float32)
+    o = Outcomes("hr", t, actual, glob, glob, nan, glob - 4, glob + 4, last, mean)
+    return o, series
+
+
+def test_batched_normal_equations_give_the_direct_ridge_solution() -> None:
+    """The head's solve sums X'X and X'r a batch of rows at a time; the weights are those of
+    the ridge solved on the whole design matrix at once (rows over several batches, cells
+    not usable left out)."""
+    o, series = _day_of_outcomes()
+    data = personal.TrainingSet.build(o, series).rows(slice(0, 5000))
+    assert data.t.size > 3 * personal.BATCH_ROWS and not data.ok.all()
+    x = np.nan_to_num(personal.design(data.global_, data.recent, data.context_mean))
+    for alpha in (1.0, 1000.0):
+        got = data.normal_equations().solve(alpha)
+        pen = np.diag(np.r_[1e-9, np.full(personal.N_FEATURES - 1, alpha)])
+        for k in range(H):
+            xk, rk = x[data.ok[:, k], k], data.r[data.ok[:, k], k].astype(np.float64)
+            want = np.linalg.solve(xk.T @ xk + pen, xk.T @ rk)
+            np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-9)
+    w = data.normal_equations().solve(10.0)
+    pred = np.einsum("nhf,hf->nh", x, w)
+    np.testing.assert_allclose(data.corrections(w), pred, rtol=1e-5, atol=1e-6)
+    want_mae = float(np.abs(data.r - pred)[data.ok].mean())
+    assert data.maes([w])[0] == pytest.approx(want_mae, rel=1e-6)
+
+
+def test_fitting_a_days_head_never_holds_its_whole_design_matrix() -> None:
+    """A day of one target's forecasts is 17,280 x 12 x 14 design cells (11.6 MB in float32,
+    the largest array a refit held: with the day's columns it lifted a full day's refit
+    above the daemon's 150 MB). Built a batch of rows at a time, the fit's own allocations
+    (Python's, traced) stay well below that one array."""
+    import tracemalloc
+
+    o, series = _day_of_outcomes()
+    design_bytes = o.t.size * H * personal.N_FEATURES * 4
+    tracemalloc.start()
+    try:
+        head = personal.fit_head(
+            personal.TrainingSet.build(o, series), "hr", step_s=STEP, now=float(o.t[-1])
+        )
+        assert head is not None
+        head.fill_outcomes(o, series)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(o.personal).mean() > 0.9  # filled in place
+    print(f"\nfit peak {peak / 2**20:.1f} MiB vs design {design_bytes / 2**20:.1f} MiB")
+    assert peak < 0.75 * design_bytes
