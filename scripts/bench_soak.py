@@ -32,6 +32,10 @@ else reported as not injected); SIGKILL of the daemon with an immediate restart;
 ``--clock-step`` (root only: it steps the whole machine's clock) the host
 clock stepped 30 s forward and, 60 s later, back.
 
+``EDGETWIN_SOAK_HISTORY_H=24`` seeds that many hours of what the daemon stores (a frame
+of five targets and their forecasts every 5 s, ending at the start) so the refit at start
+and every 30 minutes works over a full day, as on a twin that has run that long.
+
 Every ~10 s (5 s with ``--quick``) the daemon's CPU share (utime+stime over
 wall time from /proc), RSS, loop lag p99 and hub drops (``edgetwin status
 --json``) and the store's file size are sampled. At the end the daemon is
@@ -432,6 +436,15 @@ def _seed_past_days(home: Path, days: int) -> None:
         write_days(store, first, days)
 
 
+def _seed_history(home: Path, hours: float) -> None:
+    from edgetwin.store.keys import Secret
+    from edgetwin.store.twin import TwinStore
+    from tests.inference.twins import store_as_daemon
+
+    with TwinStore.open(home, Secret.passphrase(PASS)) as store:
+        store_as_daemon(store, hours, t0=time.time() - hours * 3600.0 - 60.0)
+
+
 def _write_optics_file(path: Path, seconds: float) -> None:
     from edgetwin.sources.brainflow import _load_native
     from tests.sources.bf_helpers import ATHENA, board_shaped
@@ -502,6 +515,12 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 for i, a in enumerate(STRAPS):
                     cli("pair", "add", "ble", a, "--profile", "heart_rate", "--name", f"strap{i}")
                 _seed_past_days(home, 3)
+                # EDGETWIN_SOAK_HISTORY_H: hours of what the daemon stores, ending now, so the
+                # refit (at start and every 30 min, over the last day) works on a twin that
+                # has run that long, not on the soak's own minutes
+                history_h = float(os.environ.get("EDGETWIN_SOAK_HISTORY_H", "0") or 0)
+                if history_h > 0:
+                    _seed_history(home, history_h)
                 collector = _Collector(exe, tmpd / "collector.db", _free_port(),
                                        cli("sync", "device-key").strip(), tmpd / "collector.log")
                 collector.start()
@@ -657,6 +676,7 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
             disk.unmount()
     report = _report(duration, wall, samples, lifetimes, faults, streams, final, log_tail,
                      t_start, not_injected)
+    report["seeded_history_h"] = float(os.environ.get("EDGETWIN_SOAK_HISTORY_H", "0") or 0)
     twin, coll = sync_check.get("twin", {}), sync_check.get("collector", {})
     report["sync"] = {**sync_check, "every_release_delivered_once": bool(
         twin.get("sent") and twin.get("pending") == 0 and twin.get("failed") == 0

@@ -130,13 +130,17 @@ def build_daemon(
     served = load_engine(store, config) if isinstance(engine, _Load) else engine
     score: Callable[[], dict[str, Any]] = dict
     if served is not None:
-        from edgetwin.inference.serving import REFIT_INTERVAL_S, ServingEngine
+        from edgetwin.inference.serving import REFIT_INTERVAL_S, ServingEngine, refit_due_in
     if served is not None and isinstance(served, ServingEngine):
         # refit personal heads and choose sources from the last day; off the loop (a second
-        # or two of numpy every half hour), the store's lock held only per read
-        periodic.append(
-            PeriodicJob("personal", REFIT_INTERVAL_S, _refit_job(store, served), in_thread=True)
-        )
+        # or two of numpy every half hour), the store's lock held only per read; after a
+        # restart, when the stored refit is due (not again minutes after the last one)
+        due_in = refit_due_in(store, served)
+        if due_in > 0:
+            _LOGGER.info("personal model refitted %.0f min ago; next refit in %.0f min",
+                         (REFIT_INTERVAL_S - due_in) / 60, due_in / 60)
+        periodic.append(PeriodicJob("personal", REFIT_INTERVAL_S, _refit_job(store, served),
+                                    in_thread=True, first_delay_s=due_in))
         score = _score_status(served)
     publisher = _lsl_publisher(config) if (config.lsl.enabled if lsl is None else lsl) else None
     pipe: Pipeline = pipeline if pipeline is not None else make_pipeline(config)

@@ -116,6 +116,8 @@ class PeriodicJob:
     interval_s: float
     run: Callable[[], None]
     in_thread: bool = False
+    # the first run waits this much more than the start grace (work a restart need not redo)
+    first_delay_s: float = 0.0
 
 
 class Daemon:
@@ -357,7 +359,7 @@ class Daemon:
 
     async def _every(self, job: PeriodicJob) -> None:
         # not at once: a (re)start's first seconds belong to the sources' connects
-        await asyncio.sleep(self.start_grace_s)
+        await asyncio.sleep(self.start_grace_s + job.first_delay_s)
         while True:
             try:
                 if job.in_thread:

@@ -59,11 +59,11 @@ class Outcomes:
     target: str
     t: FloatArray  # (n,) forecast times
     actual: Cells  # (n, H), NaN where the outcome was not observed
-    served: Cells
+    served: Cells | None  # None once scored as the day streamed (StreamedDay)
     global_: Cells
     personal: Cells  # NaN where no personal forecast exists
-    lo: Cells
-    hi: Cells
+    lo: Cells | None  # the band, as ``served``
+    hi: Cells | None
     persistence: FloatArray  # (n,) NaN when nothing was observed in the context
     context_mean: FloatArray
 
@@ -71,6 +71,8 @@ class Outcomes:
         """(n, H) forecasts of a scored method (baselines broadcast over the horizon)."""
         h = self.actual.shape[1]
         if name == "served":
+            if self.served is None:
+                raise ValueError("these outcomes were scored as they streamed: no served values")
             return self.served
         if name == "global":
             return self.global_
@@ -273,31 +275,131 @@ def score(
     for wname, span in windows.items():
         per_target: dict[str, Any] = {}
         for target, o in sorted(oc.items()):
-            rows = window_rows(o.t, now - span, now)
-            actual = o.actual[rows]
-            ok = np.isfinite(actual)
-            for m in METHODS:
-                ok &= np.isfinite(o.method(m)[rows])
-            n_h = ok.sum(axis=0)
-            entry: dict[str, Any] = {
-                "forecasts": int(o.t[rows].size),
-                "cells": int(ok.sum()),
-                "cells_per_step": [int(c) for c in n_h],
-                "mae": {},
-                "mae_per_step": {},
-            }
-            for m in METHODS:  # one method's errors at a time: a day's are 1.7 MB each
-                err = np.where(ok, np.abs(o.method(m)[rows] - actual), 0.0)
-                entry["mae_per_step"][m] = [
-                    _num(float(e) / int(c)) if c else None
-                    for e, c in zip(err.sum(axis=0), n_h, strict=True)
-                ]
-                entry["mae"][m] = _num(float(err.sum()) / int(ok.sum())) if ok.any() else None
-            inside = (actual >= o.lo[rows]) & (actual <= o.hi[rows])
-            entry["coverage"] = _num(float(inside[ok].mean())) if ok.any() else None
-            per_target[target] = entry
+            sums = WindowSums(o.actual.shape[1])
+            sums.add(o, window_rows(o.t, now - span, now))
+            per_target[target] = sums.entry()
         result["windows"][wname] = per_target
     return result
+
+
+class WindowSums:
+    """One target's score over one window, summed a block of forecasts at a time (so a day
+    can be scored as it is read, and only what the fit needs kept)."""
+
+    def __init__(self, horizon: int) -> None:
+        self.forecasts = 0
+        self.cells = np.zeros(horizon, dtype=np.int64)
+        self.err = {m: np.zeros(horizon) for m in METHODS}
+        self.inside = 0
+
+    def add(self, o: Outcomes, rows: slice | npt.NDArray[np.bool_]) -> None:
+        """The forecasts ``rows`` of ``o`` (its band and served values must be there)."""
+        if o.lo is None or o.hi is None:
+            raise ValueError("these outcomes were scored as they streamed: no band")
+        actual = o.actual[rows]
+        ok = np.isfinite(actual)
+        for m in METHODS:
+            ok &= np.isfinite(o.method(m)[rows])
+        self.forecasts += int(o.t[rows].size)
+        self.cells += ok.sum(axis=0)
+        for m in METHODS:  # one method's errors at a time: a day's are 1.7 MB each
+            self.err[m] += np.where(ok, np.abs(o.method(m)[rows] - actual), 0.0).sum(axis=0)
+        inside = (actual >= o.lo[rows]) & (actual <= o.hi[rows])
+        self.inside += int(inside[ok].sum())
+
+    def entry(self) -> dict[str, Any]:
+        """JSON-ready: forecasts, cells, MAE per method (overall and per step), coverage."""
+        total = int(self.cells.sum())
+        entry: dict[str, Any] = {
+            "forecasts": self.forecasts,
+            "cells": total,
+            "cells_per_step": [int(c) for c in self.cells],
+            "mae": {},
+            "mae_per_step": {},
+        }
+        for m in METHODS:
+            entry["mae_per_step"][m] = [
+                _num(float(e) / int(c)) if c else None
+                for e, c in zip(self.err[m], self.cells, strict=True)
+            ]
+            entry["mae"][m] = _num(float(self.err[m].sum()) / total) if total else None
+        entry["coverage"] = _num(self.inside / total) if total else None
+        return entry
+
+
+class StreamedDay:
+    """A target's stored forecasts of one horizon length scored as they are read, with the
+    frames read first (their outcomes are known): a block of forecasts at a time is staged,
+    scored in every window, and only what the fit and the choice of sources need is kept
+    (global, personal, outcome, the baselines). What was served and the band, 40 % of a
+    day's columns, are not kept."""
+
+    def __init__(self, target: str, horizon: int, step_s: float, series: ObservedSeries,
+                 context: int, now: float, windows: dict[str, float]) -> None:
+        self.target, self.horizon = target, horizon
+        self._series, self._context, self._now, self._windows = series, context, now, windows
+        self._staged = ForecastColumns(horizon, step_s)
+        self._t = Growing()
+        self._kept = Growing((3, horizon), np.float32)  # global, personal, outcome
+        self._base = Growing((2,))  # persistence, context mean
+        self.sums = {w: WindowSums(horizon) for w in windows}
+
+    def __len__(self) -> int:
+        return self._t.n + len(self._staged)
+
+    def add(self, p: Prediction) -> None:
+        self._staged.add(p)
+        if len(self._staged) >= _RECENT_BATCH:
+            self._settle()
+
+    def _settle(self) -> None:
+        if not len(self._staged):
+            return
+        o = self._staged.outcomes(self.target, self._series, self._context)
+        for wname, span in self._windows.items():
+            self.sums[wname].add(o, window_rows(o.t, self._now - span, self._now))
+        self._t.extend(o.t)
+        self._kept.extend(np.stack([o.global_, o.personal, o.actual], axis=1))
+        self._base.extend(np.stack([o.persistence, o.context_mean], axis=1))
+
+    def outcomes(self) -> Outcomes:
+        """The day's outcomes without what was served and the band (``score`` has them)."""
+        self._settle()
+        kept, base = self._kept.array(), self._base.array()
+        return Outcomes(
+            target=self.target, t=self._t.array(), actual=kept[:, 2], served=None,
+            global_=kept[:, 0], personal=kept[:, 1], lo=None, hi=None,
+            persistence=base[:, 0], context_mean=base[:, 1],
+        )
+
+
+def score_streamed(
+    preds: Iterable[Prediction], series: dict[str, ObservedSeries], context: int, now: float,
+    windows: dict[str, float] | None = None,
+) -> tuple[dict[str, Any], dict[str, Outcomes]]:
+    """:func:`score` and the outcomes (without served values and band) of ``preds`` in one
+    pass, for the targets in ``series``. As :func:`collect_forecasts`: a target's longest
+    horizon wins and its first forecast sets the step."""
+    windows = WINDOWS if windows is None else windows
+    by_len: dict[tuple[str, int], StreamedDay] = {}
+    step: dict[str, float] = {}
+    for p in preds:
+        h = len(p.horizon)
+        if not h or p.target not in series:
+            continue
+        day = by_len.get((p.target, h))
+        if day is None:
+            day = by_len[(p.target, h)] = StreamedDay(
+                p.target, h, step.setdefault(p.target, p.step_s), series[p.target], context,
+                now, windows,
+            )
+        day.add(p)
+    chosen = {target: by_len[(target, h)] for target, h in sorted(by_len)}  # longest last
+    oc = {t: d.outcomes() for t, d in chosen.items()}  # (the last block is scored here)
+    result: dict[str, Any] = {"now": now, "methods": list(METHODS), "windows": {}}
+    for wname in windows:
+        result["windows"][wname] = {t: d.sums[wname].entry() for t, d in sorted(chosen.items())}
+    return result, oc
 
 
 def window_rows(t: FloatArray, after: float, until: float) -> slice | npt.NDArray[np.bool_]:
@@ -469,22 +571,25 @@ def _series_of(
 
 
 def score_store(
-    store: Any, now: float, *, context: int, step_s: float, horizon: int, span: float | None = None
+    store: Any, now: float, *, context: int, step_s: float, horizon: int,
+    span: float | None = None, targets: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Outcomes], dict[str, ObservedSeries]]:
-    """Score the forecasts stored in the last ``span`` (default: a day) before ``now``:
-    the score, the outcome arrays and the observed series.
+    """Score the forecasts of ``targets`` (default: every feature) stored in the last
+    ``span`` (default: a day) before ``now``: the score, the outcome arrays (without what
+    was served and the band) and the observed series.
 
-    Streamed: the forecasts go into arrays chunk by chunk and the frames are read as
-    columns, so a day (86,400 forecasts at the reference load) never exists as objects.
+    Streamed: the frames are read first, as columns, then the forecasts chunk by chunk,
+    each block scored as it arrives; a day (86,400 forecasts at the reference load) never
+    exists as objects, nor are its served values and bands kept.
     """
     span = max(WINDOWS.values()) if span is None else span
     t0 = now - span
-    forecasts = collect_forecasts(store.iter_predictions(t0, now, explained=False), INDEX)
-    targets = sorted(forecasts)
+    wanted = sorted(INDEX if targets is None else (t for t in targets if t in INDEX))
     blocks = store.iter_frame_columns(t0 - context * step_s, now + (horizon + 1) * step_s)
-    series = observed_series_of_columns(blocks, targets, step_s)
-    oc = outcomes_of(forecasts, series, context)
-    return score(oc, now), oc, series
+    series = observed_series_of_columns(blocks, wanted, step_s)
+    doc, oc = score_streamed(store.iter_predictions(t0, now, explained=False), series, context,
+                             now)
+    return doc, oc, series
 
 
 def _num(v: float) -> float | None:

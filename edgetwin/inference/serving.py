@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetwin.errors import EdgetwinError
 from edgetwin.features.schema import INDEX, QUALITY_THRESHOLD
 from edgetwin.inference import personal, scoring
 from edgetwin.inference.scoring import BLEND, ObservedSeries
@@ -275,6 +276,7 @@ def refit(
         context=serving.context_len,
         step_s=serving.step_s,
         horizon=serving.horizon,
+        targets=serving.targets,
     )
     streams = list(source.streams())
     heads: dict[str, personal.PersonalHead] = {}
@@ -307,17 +309,21 @@ def refit(
     store.put_record(
         personal.RECORD_KIND,
         POLICY_KEY,
-        {"sources": sources, "score": doc, "derived_from": derived, "at": now},
+        {"sources": sources, "score": doc, "derived_from": derived, "at": now,
+         "model": serving.model_id},
     )
     serving.set_policy(heads, sources, doc)
     return report
 
 
 def load_scored(
-    store: Any, now: float, *, context: int, step_s: float, horizon: int
+    store: Any, now: float, *, context: int, step_s: float, horizon: int,
+    targets: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, scoring.Outcomes], dict[str, ObservedSeries]]:
-    """The last day's stored forecasts scored, with the outcome arrays and observed series."""
-    return scoring.score_store(store, now, context=context, step_s=step_s, horizon=horizon)
+    """The last day's stored forecasts of ``targets`` (default: all) scored, with the
+    outcome arrays and observed series."""
+    return scoring.score_store(store, now, context=context, step_s=step_s, horizon=horizon,
+                               targets=targets)
 
 
 def load_policy(store: Any, serving: ServingEngine) -> None:
@@ -335,6 +341,25 @@ def load_policy(store: Any, serving: ServingEngine) -> None:
         serving.score = None
 
 
+def refit_due_in(store: Any, serving: ServingEngine, now: float | None = None) -> float:
+    """Seconds until the personal model is due for a refit, from the stored policy: a
+    (re)start waits that long, so a daemon restarted minutes after a refit (a crash, an
+    upgrade of the host) does not redo a day's work (4 s of CPU, +37 MiB) while its sources
+    reconnect. At once without a policy, for another global model, or when it is stamped
+    later than ``now`` (the clock went back: its age is unknown)."""
+    now = time.time() if now is None else now
+    try:
+        rec = store.get_record(personal.RECORD_KIND, POLICY_KEY)
+    except EdgetwinError:  # damaged: refit (and rewrite) it
+        return 0.0
+    at = rec.get("at") if isinstance(rec, dict) else None
+    if not isinstance(at, (int, float)) or not math.isfinite(at) or at > now:
+        return 0.0
+    if rec.get("model") != serving.model_id:
+        return 0.0
+    return float(min(max(0.0, at + REFIT_INTERVAL_S - now), REFIT_INTERVAL_S))
+
+
 def score_twin(store: Any, manifest: Any, now: float | None = None) -> dict[str, Any]:
     """``predictions --score``: the stored forecasts scored as of ``now`` (default: the newest
     stored forecast, so an ingested recording scores its own last day), with what the twin
@@ -343,7 +368,8 @@ def score_twin(store: Any, manifest: Any, now: float | None = None) -> dict[str,
         newest = store.read_predictions(last=1)
         now = newest[-1].t if newest else time.time()
     doc, _, _ = load_scored(
-        store, now, context=manifest.context, step_s=manifest.step_s, horizon=manifest.horizon
+        store, now, context=manifest.context, step_s=manifest.step_s, horizon=manifest.horizon,
+        targets=manifest.targets,
     )
     rec = store.get_record(personal.RECORD_KIND, POLICY_KEY) or {}
     doc["step_s"] = manifest.step_s

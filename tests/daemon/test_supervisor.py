@@ -255,6 +255,28 @@ async def test_periodic_jobs_first_run_after_the_start_grace(home: Path, in_thre
     assert len(runs) >= 2  # then on its interval
 
 
+async def test_a_job_with_a_first_delay_waits_it_beyond_the_grace(home: Path) -> None:
+    """A job that a restart need not redo (the refit, when the stored one is recent) first
+    runs its delay after the start grace, then on its interval."""
+    import time as _time
+
+    from edgetwin.daemon.supervisor import PeriodicJob
+
+    runs: list[float] = []
+    daemon = Daemon(
+        home, CFG, MemoryStore(),
+        [ScriptedSource("s", batches_per_session=10**6, interval_s=0.01)],
+        periodic=[PeriodicJob("personal", 0.1, lambda: runs.append(_time.monotonic()),
+                              in_thread=True, first_delay_s=0.6)],
+    )
+    daemon.start_grace_s = 0.1
+    started = _time.monotonic()
+    await daemon.run(duration=1.2)
+    assert runs, "the job never ran"
+    assert runs[0] - started >= 0.7
+    assert len(runs) >= 2
+
+
 class FullDiskStore(MemoryStore):
     """Commits fail with StoreFull until ``space`` is set, as SQLite does on a full disk
     (the real SQLITE_FULL path is in tests/store/test_full_disk.py)."""

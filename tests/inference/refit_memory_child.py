@@ -16,7 +16,7 @@ from edgetwin.daemon import memory
 memory.tune_malloc()  # as the daemon does, before anything allocates much
 
 sys.path.insert(0, str(Path(__file__).parent))
-from twins import FakeEngine  # noqa: E402
+from twins import LEVELS, FakeEngine  # noqa: E402
 
 from edgetwin.inference.serving import ServingEngine, refit  # noqa: E402
 from edgetwin.store import Secret, TwinStore  # noqa: E402
@@ -43,7 +43,9 @@ def settled() -> int:
 def main() -> None:
     home, passphrase = sys.argv[1], sys.argv[2]
     with TwinStore.open(Path(home), Secret.passphrase(passphrase)) as store:
-        serving = ServingEngine(FakeEngine(), explain=False)
+        engine = FakeEngine()
+        engine.targets = tuple(LEVELS)  # the five the twin holds forecasts of, as the real model
+        serving = ServingEngine(engine, explain=False)
         newest = store.read_predictions(last=1)[0].t
         refit(store, serving, newest - 6600)  # warm: imports, caches, ~10 min of history
         before, rss_before = settled(), status_bytes("VmRSS")

@@ -306,3 +306,32 @@ def test_fitting_a_days_head_never_holds_its_whole_design_matrix() -> None:
     assert np.isfinite(o.personal).mean() > 0.9  # filled in place
     print(f"\nfit peak {peak / 2**20:.1f} MiB vs design {design_bytes / 2**20:.1f} MiB")
     assert peak < 0.75 * design_bytes
+
+
+def test_a_restart_minutes_after_a_refit_waits_for_the_next_one(
+    store: TwinStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored policy says when the last refit ran and for which global model: a daemon
+    (re)started 10 minutes later refits 20 minutes later, on the half-hour rhythm, instead
+    of redoing a day's work while its sources reconnect. Never refitted, refitted for
+    another model, or stamped after now (the clock went back): at once."""
+    from edgetwin.config import Config
+    from edgetwin.daemon.app import build_daemon
+    from edgetwin.inference import serving as serving_mod
+    from edgetwin.inference.serving import REFIT_INTERVAL_S, refit_due_in
+
+    store_person(store, rhythm(N), carry)
+    serving = ServingEngine(FakeEngine(), explain=False)
+    assert refit_due_in(store, serving, NOW) == 0.0
+    refit(store, serving, NOW)
+    assert refit_due_in(store, serving, NOW + 600) == pytest.approx(REFIT_INTERVAL_S - 600)
+    assert refit_due_in(store, serving, NOW + REFIT_INTERVAL_S + 1) == 0.0
+    assert refit_due_in(store, serving, NOW - 60) == 0.0
+    other = FakeEngine()
+    other.model_id = "lstm-attn/int8/another"
+    assert refit_due_in(store, ServingEngine(other, explain=False), NOW + 600) == 0.0
+
+    monkeypatch.setattr(serving_mod.time, "time", lambda: NOW + 600)
+    daemon = build_daemon(tmp_path / "twin", Config(), store, sources=[], engine=serving)
+    job = next(j for j in daemon._periodic if j.name == "personal")
+    assert job.first_delay_s == pytest.approx(REFIT_INTERVAL_S - 600)

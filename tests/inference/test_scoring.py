@@ -261,3 +261,40 @@ def test_growing_lets_go_of_its_blocks_once_joined() -> None:
     assert held < joined // 20, f"{held} bytes still held after the join"
     g.append(np.full(12, 2.0))  # and it grows again from empty
     assert (g.array() == 2.0).all()
+
+
+def test_a_day_scored_as_it_streams_matches_the_day_scored_whole(
+    store: TwinStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refit scores the stored forecasts block by block as they are read (frames first)
+    and keeps only what the fit needs; its score and outcomes are those of the day held
+    whole. Blocks of 256 forecasts, so windows and blocks cut each other."""
+    from .twins import LEVELS, H, store_as_daemon
+
+    monkeypatch.setattr(scoring, "_RECENT_BATCH", 256)
+    newest = store_as_daemon(store, 2.5)
+    targets = sorted(LEVELS)
+    doc, oc, _ = scoring.score_store(
+        store, newest, context=CONTEXT, step_s=STEP, horizon=H, targets=targets
+    )
+    blocks = store.iter_frame_columns(newest - 86400 - CONTEXT * STEP, newest + (H + 1) * STEP)
+    series = scoring.observed_series_of_columns(blocks, targets, STEP)
+    whole = scoring.outcomes(
+        store.iter_predictions(newest - 86400, newest, explained=False), series, CONTEXT
+    )
+    want = scoring.score(whole, newest)
+    assert sorted(oc) == targets and sorted(doc["windows"]["day"]) == targets
+    for target, o in oc.items():
+        w = whole[target]
+        assert o.served is None and o.lo is None  # not kept
+        for name in ("t", "actual", "global_", "personal", "persistence", "context_mean"):
+            np.testing.assert_array_equal(getattr(o, name), getattr(w, name), err_msg=name)
+    for wname, per_target in want["windows"].items():
+        for target, entry in per_target.items():
+            got = doc["windows"][wname][target]
+            for key in ("forecasts", "cells", "cells_per_step", "coverage"):
+                assert got[key] == entry[key], (wname, target, key)
+            for m in scoring.METHODS:
+                assert got["mae"][m] == pytest.approx(entry["mae"][m], rel=1e-5)
+                assert got["mae_per_step"][m] == pytest.approx(entry["mae_per_step"][m], rel=1e-5)
+    assert doc["windows"]["hour"]["hr"]["forecasts"] < doc["windows"]["day"]["hr"]["forecasts"]
