@@ -298,3 +298,32 @@ def test_a_day_scored_as_it_streams_matches_the_day_scored_whole(
                 assert got["mae"][m] == pytest.approx(entry["mae"][m], rel=1e-5)
                 assert got["mae_per_step"][m] == pytest.approx(entry["mae_per_step"][m], rel=1e-5)
     assert doc["windows"]["hour"]["hr"]["forecasts"] < doc["windows"]["day"]["hr"]["forecasts"]
+
+
+def test_forecasts_out_of_time_order_score_the_same_streamed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the host clock was set back, stored forecasts are not in time order: a window's
+    rows are then not one run (a mask, not a slice), in a block and across blocks. Streamed
+    and whole, the score and the outcomes agree."""
+    monkeypatch.setattr(scoring, "_RECENT_BATCH", 64)
+    rng = np.random.default_rng(4)
+    n = 1500
+    times = T0 + STEP * np.arange(n, dtype=float)
+    times[600:700] += 7200.0  # the clock ran two hours ahead, then was set right
+    hr = 70 + np.cumsum(rng.normal(0, 0.3, n + 200))
+    series = {"hr": scoring.ObservedSeries(
+        np.arange(n + 200, dtype=np.int64) + int(T0 / STEP) - 200, hr, STEP)}
+    preds = [pred(t, hr[k + 200] + rng.normal(0, 1, 12)) for k, t in enumerate(times)]
+    now = float(times[899])  # the windows skip the stretch stamped ahead: not one run
+    doc, oc = scoring.score_streamed(iter(preds), series, CONTEXT, now)
+    whole = scoring.outcomes(iter(preds), series, CONTEXT)
+    want = scoring.score(whole, now)
+    for name in ("t", "actual", "global_", "personal", "persistence", "context_mean"):
+        np.testing.assert_array_equal(getattr(oc["hr"], name), getattr(whole["hr"], name))
+    for wname in want["windows"]:
+        got, exp = doc["windows"][wname]["hr"], want["windows"][wname]["hr"]
+        assert (got["forecasts"], got["cells"], got["coverage"]) == (
+            exp["forecasts"], exp["cells"], exp["coverage"])
+        assert got["mae"] == pytest.approx(exp["mae"], rel=1e-5)
+    assert 0 < doc["windows"]["hour"]["hr"]["forecasts"] < n

@@ -141,3 +141,27 @@ def test_the_simulated_persons_own_dropouts_are_not_counted_as_lost() -> None:
     lost, unexplained = soak.attribute(gaps, dropouts, "simulator.vitals")
     assert unexplained == [] and lost["simulated_dropout"] > 90.0
     assert soak.simulated_dropouts("headset.default", float(t[0]), float(t[-1])) == []
+
+
+def test_seeded_history_ends_at_the_start_and_spans_the_hours_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EDGETWIN_SOAK_HISTORY_H: the twin holds that many hours of frames and forecasts of
+    the five targets, ending just before the daemon starts, so its refit works on them."""
+    import time
+
+    from edgetwin.store import Secret, TwinStore
+
+    soak = _soak()
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
+    home = tmp_path / "home"
+    TwinStore.create(home, Secret.passphrase(soak.PASS)).close()
+    before = time.time()
+    soak._seed_history(home, 0.5)
+    with TwinStore.open(home, Secret.passphrase(soak.PASS)) as store:
+        preds = list(store.iter_predictions(explained=False))
+        frames = list(store.read_frames())
+    assert {p.target for p in preds} == {"hr", "rmssd", "spo2", "skin_temp", "eda_tonic"}
+    newest = max(p.t for p in preds)
+    assert before - 120 < newest < before
+    assert frames[-1].t - frames[0].t == pytest.approx(0.5 * 3600 - 5.0)
