@@ -72,3 +72,14 @@ class Growing:
         self._full, self._used, self.n = [], 0, 0
         self._block = np.empty((0, *self._row_shape), dtype=self._dtype)
         return out
+
+
+def as_run(sel: npt.NDArray[np.bool_]) -> slice | npt.NDArray[np.bool_]:
+    """A boolean row selection as a slice when its rows are one run (indexing with a slice
+    gives views, with a mask copies); else the mask itself."""
+    idx = np.flatnonzero(sel)
+    if not idx.size:
+        return slice(0, 0)
+    if idx[-1] - idx[0] + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return sel

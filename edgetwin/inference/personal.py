@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgetwin.arrays import as_run
 from edgetwin.features import schema
 from edgetwin.inference.scoring import Cells, IntArray, ObservedSeries, Outcomes
 from edgetwin.types import FloatArray, channel_kind
@@ -194,10 +195,7 @@ class TrainingSet:
 
     def rows(self, sel: Any) -> TrainingSet:
         if isinstance(sel, np.ndarray) and sel.dtype == bool:
-            # forecasts are in time order, so a cut is a run of rows: views, not copies
-            idx = np.flatnonzero(sel)
-            if not idx.size or idx[-1] - idx[0] + 1 == idx.size:
-                sel = slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
+            sel = as_run(sel)  # forecasts are in time order: a cut is a run of rows, views
         return TrainingSet(
             self.t[sel], self.global_[sel], self.recent[sel], self.context_mean[sel],
             self.r[sel], self.ok[sel],

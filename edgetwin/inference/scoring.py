@@ -25,14 +25,14 @@ the last value forward.
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from edgetwin.arrays import Growing
+from edgetwin.arrays import Growing, as_run
 from edgetwin.features.schema import INDEX, QUALITY_THRESHOLD
 from edgetwin.types import FeatureFrame, FloatArray, Prediction
 
@@ -221,6 +221,35 @@ class ForecastColumns:
         )
 
 
+class _Collects(Protocol):
+    def add(self, p: Prediction) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Collects)
+
+
+def _by_target(
+    preds: Iterable[Prediction], wanted: Container[str] | None,
+    make: Callable[[str, int, float], _C],
+) -> dict[str, _C]:
+    """Each wanted target's forecasts added to a collector made per (target, horizon length)
+    by ``make(target, horizon, step_s)``; where a target's forecasts differ in horizon length
+    (a model change) the collector of the longest is returned. The target's first forecast
+    sets the step."""
+    by_len: dict[tuple[str, int], _C] = {}
+    step: dict[str, float] = {}
+    for p in preds:
+        h = len(p.horizon)
+        if not h or (wanted is not None and p.target not in wanted):
+            continue
+        got = by_len.get((p.target, h))
+        if got is None:
+            got = by_len[(p.target, h)] = make(p.target, h, step.setdefault(p.target, p.step_s))
+        got.add(p)
+    # sorted by (target, length): a target's longest horizon comes last and wins
+    return {target: by_len[(target, h)] for target, h in sorted(by_len)}
+
+
 def collect_forecasts(
     preds: Iterable[Prediction], targets: Container[str] | None = None
 ) -> dict[str, ForecastColumns]:
@@ -228,18 +257,7 @@ def collect_forecasts(
     the store chunk by chunk). Where a target's forecasts differ in horizon length (a model
     change) those of the longest horizon are kept; the target's first forecast sets the
     step."""
-    by_len: dict[tuple[str, int], ForecastColumns] = {}
-    step: dict[str, float] = {}
-    for p in preds:
-        h = len(p.horizon)
-        if not h or (targets is not None and p.target not in targets):
-            continue
-        cols = by_len.get((p.target, h))
-        if cols is None:
-            cols = by_len[(p.target, h)] = ForecastColumns(h, step.setdefault(p.target, p.step_s))
-        cols.add(p)
-    # sorted by (target, length): a target's longest horizon comes last and wins
-    return {target: by_len[(target, h)] for target, h in sorted(by_len)}
+    return _by_target(preds, targets, lambda _target, h, step_s: ForecastColumns(h, step_s))
 
 
 def outcomes(
@@ -344,9 +362,6 @@ class StreamedDay:
         self._base = Growing((2,))  # persistence, context mean
         self.sums = {w: WindowSums(horizon) for w in windows}
 
-    def __len__(self) -> int:
-        return self._t.n + len(self._staged)
-
     def add(self, p: Prediction) -> None:
         self._staged.add(p)
         if len(self._staged) >= _RECENT_BATCH:
@@ -381,20 +396,11 @@ def score_streamed(
     pass, for the targets in ``series``. As :func:`collect_forecasts`: a target's longest
     horizon wins and its first forecast sets the step."""
     windows = WINDOWS if windows is None else windows
-    by_len: dict[tuple[str, int], StreamedDay] = {}
-    step: dict[str, float] = {}
-    for p in preds:
-        h = len(p.horizon)
-        if not h or p.target not in series:
-            continue
-        day = by_len.get((p.target, h))
-        if day is None:
-            day = by_len[(p.target, h)] = StreamedDay(
-                p.target, h, step.setdefault(p.target, p.step_s), series[p.target], context,
-                now, windows,
-            )
-        day.add(p)
-    chosen = {target: by_len[(target, h)] for target, h in sorted(by_len)}  # longest last
+    chosen = _by_target(
+        preds, series,
+        lambda target, h, step_s: StreamedDay(target, h, step_s, series[target], context, now,
+                                              windows),
+    )
     oc = {t: d.outcomes() for t, d in chosen.items()}  # (the last block is scored here)
     result: dict[str, Any] = {"now": now, "methods": list(METHODS), "windows": {}}
     for wname in windows:
@@ -405,13 +411,7 @@ def score_streamed(
 def window_rows(t: FloatArray, after: float, until: float) -> slice | npt.NDArray[np.bool_]:
     """Rows with ``after < t <= until``: a slice when they are one run (forecasts are
     stored in time order), so the window's columns are views, not copies."""
-    sel = (t > after) & (t <= until)
-    idx = np.flatnonzero(sel)
-    if not idx.size:
-        return slice(0, 0)
-    if idx[-1] - idx[0] + 1 == idx.size:
-        return slice(int(idx[0]), int(idx[-1]) + 1)
-    return sel
+    return as_run((t > after) & (t <= until))
 
 
 def choose_sources(o: Outcomes, now: float, span: float = WINDOWS["day"]) -> dict[str, Any]:

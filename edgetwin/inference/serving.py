@@ -344,7 +344,7 @@ def load_policy(store: Any, serving: ServingEngine) -> None:
 def refit_due_in(store: Any, serving: ServingEngine, now: float | None = None) -> float:
     """Seconds until the personal model is due for a refit, from the stored policy: a
     (re)start waits that long, so a daemon restarted minutes after a refit (a crash, an
-    upgrade of the host) does not redo a day's work (4 s of CPU, +37 MiB) while its sources
+    upgrade of the host) does not redo a day's work (3-4 s of CPU, +25 MiB) while its sources
     reconnect. At once without a policy, for another global model, or when it is stamped
     later than ``now`` (the clock went back: its age is unknown)."""
     now = time.time() if now is None else now
