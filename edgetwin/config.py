@@ -64,11 +64,19 @@ class RetentionConfig:
     raw_days: int = 30
     features_days: int = 365
     predictions_days: int = 365
+    # room the twin keeps on its disk: below it, the oldest whole days of raw samples go
+    # first (never today's or yesterday's), checked every minute; 0 turns it off. At the
+    # soak's reference load raw samples take ~8 GiB a day: a 32 GB card fills in days,
+    # long before raw_days
+    min_free_mib: int = 1024
 
     def validate(self) -> None:
         for name in ("raw_days", "features_days", "predictions_days"):
             if getattr(self, name) < 0:
                 raise _bad(f"retention.{name}", "must be 0 (keep forever) or a number of days")
+        if self.min_free_mib < 0:
+            raise _bad("retention.min_free_mib", "must be 0 (off) or a number of MiB to keep "
+                       "free on the twin's disk")
 
 
 @dataclass(frozen=True)

@@ -498,6 +498,10 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 cli("init")
                 cfg = home / "config.toml"
                 text = cfg.read_text().replace("[sync]\n", "[sync]\n" + SOAK_SYNC, 1)
+                # the soak's disk is small on purpose (512 MiB for --quick): the room floor
+                # (default 1 GiB) would take the seeded past days at once; this low it acts
+                # only in the disk-full minute, as it would on a card that filled up
+                text = text.replace("[retention]\n", "[retention]\nmin_free_mib = 16\n", 1)
                 # EDGETWIN_SOAK_FLUSH_S: another commit interval, to weigh what a SIGKILL
                 # loses against what commits cost
                 if flush := os.environ.get("EDGETWIN_SOAK_FLUSH_S"):

@@ -85,6 +85,8 @@ def run(quick: bool) -> dict[str, Any]:
             cpu_ratios.append(pair["enc_cpu"] / pair["plain_cpu"])
         unlock = _unlock_times(Path(tmp) / "unlock", 2 if quick else 5)
         year_old_ms = _year_old_commits(Path(tmp) / "year", batches[:60])
+        destroy = {mode: [_destroy_a_day(Path(tmp) / f"day-{mode}-{r}", mode, quick)
+                          for r in range(2 if quick else 3)] for mode in ("store", "1")}
     enc_med, plain_med = statistics.median(enc_rates), statistics.median(plain_rates)
     return {
         "append_throughput": {
@@ -114,6 +116,21 @@ def run(quick: bool) -> dict[str, Any]:
             "p99": _p(year_old_ms, 99),
             "unit": "ms per 1 s flush, every stream holding a year of days (raw kept 365 d)",
             "fresh_median": statistics.median(enc_commit_ms),
+        },
+        "destroy_a_day": {
+            # retention (or a forget, or the room floor) destroying a day of raw samples:
+            # the store's own setting (secure_delete FAST) vs SQLite's secure_delete on,
+            # Debian's default, which zero-fills every freed page through the WAL
+            "median": statistics.median(d["s"] for d in destroy["store"]),
+            "p99": max(d["s"] for d in destroy["store"]),
+            "unit": "s (delete, commit and checkpoint)",
+            "day_mib": destroy["store"][0]["day_mib"],
+            "written_mib": statistics.median(d["written_mib"] for d in destroy["store"]),
+            "secure_delete_on_s": statistics.median(d["s"] for d in destroy["1"]),
+            "secure_delete_on_written_mib": statistics.median(d["written_mib"]
+                                                              for d in destroy["1"]),
+            "written_note": "bytes the process sent to the block layer (/proc/self/io); "
+                            "0 on a tmpfs",
         },
         "read_throughput": {
             "median": statistics.median(read_rates),
@@ -201,6 +218,47 @@ def _year_old_commits(home: Path, batches: list[list[SampleBatch]]) -> list[floa
         per_commit.append((time.perf_counter() - c0) * 1000)
     store.close()
     return per_commit
+
+
+def _destroy_a_day(home: Path, secure_delete: str, quick: bool) -> dict[str, float]:
+    """Destroy one day of raw samples (white noise: its chunks do not compress) by retention;
+    ``secure_delete`` "store" keeps the store's own setting, else sets SQLite's."""
+    from edgetwin.config import RetentionConfig
+
+    rng = np.random.default_rng(5)
+    commits = 20 if quick else 100
+    midnight = (T0 // 86400.0) * 86400.0
+    store = TwinStore.create(home, Secret.passphrase("bench"), kdf=KdfParams.for_tests())
+    for day in range(2):
+        for k in range(commits):
+            t = midnight + day * 86400.0 + k * 600.0 + np.arange(50_000) * 0.01
+            store.append_samples(SampleBatch.build("eeg", ("a", "b", "c", "d"), t,
+                                                   rng.normal(size=(t.size, 4))))
+            store.commit()
+    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if secure_delete != "store":
+        store._conn.execute(f"PRAGMA secure_delete = {secure_delete}")
+    day_bytes = _size(home / "twin.db") / 2
+    os.sync()
+    w0, t0 = _written(), time.perf_counter()
+    store.apply_retention(midnight + 2.5 * 86400.0,
+                          RetentionConfig(raw_days=1, features_days=0, predictions_days=0))
+    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.sync()
+    elapsed, written = time.perf_counter() - t0, _written() - w0
+    store.close()
+    return {"s": elapsed, "written_mib": written / 2**20, "day_mib": day_bytes / 2**20}
+
+
+def _written() -> int:
+    """Bytes this process has caused to be written to storage (Linux), else 0."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _run_plain(

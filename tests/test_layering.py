@@ -106,6 +106,8 @@ def test_the_walker_sees_imports_at_all() -> None:
         ("edgetwin.clock", ()),
         # numpy helpers (a growing array of rows) are a base too
         ("edgetwin.arrays", ()),
+        # the room left on the twin's disk is a base too: the store keeps a floor, status shows it
+        ("edgetwin.disk", ()),
         # transports know samples, not where they are kept
         ("edgetwin.sources", ("edgetwin.types", "edgetwin.errors", "edgetwin.untrusted_json",
                               "edgetwin.clock")),
@@ -114,7 +116,8 @@ def test_the_walker_sees_imports_at_all() -> None:
         # It may read the pure catalogues (which feature feeds what, which summaries exist)
         # to shred what was derived from forgotten data.
         ("edgetwin.store", ("edgetwin.types", "edgetwin.errors", "edgetwin.config",
-                            "edgetwin.features.schema", "edgetwin.privacy.metrics")),
+                            "edgetwin.features.schema", "edgetwin.privacy.metrics",
+                            "edgetwin.disk")),
         # ... and those catalogues stay pure: nothing but the base below them
         ("edgetwin.features.schema", ("edgetwin.types", "edgetwin.errors")),
         ("edgetwin.privacy.metrics",

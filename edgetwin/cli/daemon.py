@@ -179,6 +179,15 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
         span = (f"{_iso(st['first_t'])} .. {_iso(st['last_t'])}"
                 if st.get("first_t") is not None else "")
         lines.append(f"  {st['name']:<24} {st['samples']:>12} samples  {span}")
+    disk = status.get("disk") or {}
+    if disk.get("total_bytes"):
+        floor = disk.get("min_free_bytes", 0)
+        lines.append(
+            f"  disk: {_gib(disk['free_bytes'])} free of {_gib(disk['total_bytes'])}, twin.db "
+            f"{_gib(disk.get('twin_db_bytes', 0))}; "
+            + (f"below {_gib(floor)} free the oldest raw days go (retention.min_free_mib)"
+               if floor else "no room floor (retention.min_free_mib = 0)")
+        )
     pred = status.get("last_prediction")
     if pred:
         lines.append("")
@@ -214,6 +223,10 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
     return "\n".join(lines)
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def _offline_status(app: AppContext) -> dict[str, Any]:
     """Status from the store itself when no daemon runs.
 
@@ -226,6 +239,9 @@ def _offline_status(app: AppContext) -> dict[str, Any]:
         "store": {"streams": [], "unlocked": False},
         "budget": {},
     }
+    from edgetwin.disk import disk_status
+
+    out["disk"] = disk_status(app.home, app.config().retention.min_free_mib)
     if app.keyfile is None and app.passphrase_file is None:
         return out
     from edgetwin.cli.unlock import open_twin_from_app

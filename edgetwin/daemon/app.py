@@ -25,7 +25,8 @@ from edgetwin.daemon.supervisor import (
     Pipeline,
     persist_frames,
 )
-from edgetwin.errors import EdgetwinError
+from edgetwin.disk import disk_status
+from edgetwin.errors import EdgetwinError, StoreFull
 from edgetwin.sources.base import Source
 from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch, channel_markers
 
@@ -48,6 +49,9 @@ class _Load:
 LOAD = _Load()  # build_daemon(engine=LOAD) loads the models; None runs without them
 RETENTION_INTERVAL_S = 3600.0
 TRIM_INTERVAL_S = 60.0
+# how often the room on the twin's disk is checked (a statvfs; the database only when low):
+# the reference load writes ~6 MiB a minute
+ROOM_INTERVAL_S = 60.0
 
 
 def sources_from_pairings(store: TwinStore) -> list[Source]:
@@ -122,6 +126,9 @@ def build_daemon(
     memory.tune_malloc()
     periodic = [
         PeriodicJob("retention", RETENTION_INTERVAL_S, lambda: _retention(store, config)),
+        # on the writer: a day it destroys must not race the appends of that stream
+        *([PeriodicJob("room", ROOM_INTERVAL_S, _room_job(store, config))]
+          if config.retention.min_free_mib > 0 else []),
         # free pages inside the heap go back to the kernel (on the writer, between commits)
         PeriodicJob("trim", TRIM_INTERVAL_S, _trim),
         # Uploads wait on the network: off the loop, so sensors keep flowing meanwhile.
@@ -164,7 +171,8 @@ def build_daemon(
         on_prediction=on_prediction,
         periodic=periodic,
         extra_status=lambda: {
-            "budget": budget_status(store, config), **score(), **lsl_status()
+            "budget": budget_status(store, config), **score(), **lsl_status(),
+            "disk": disk_status(store.home, config.retention.min_free_mib),
         },
     )
     if publisher is not None:
@@ -429,6 +437,41 @@ def budget_status(store: TwinStore, config: Config) -> dict[str, Any]:
 
 def _retention(store: TwinStore, config: Config) -> None:
     store.apply_retention(time.time(), config.retention)
+
+
+def _room_job(store: TwinStore, config: Config) -> Callable[[], None]:
+    """Keep ``[retention] min_free_mib`` free on the twin's disk (oldest raw days first);
+    say so once when only the protected days are left, and again once room is back."""
+    floor = config.retention.min_free_mib * 2**20
+    short = False
+
+    def run() -> None:
+        nonlocal short
+        try:
+            report = store.make_room(time.time(), floor)
+        except StoreFull as exc:  # too full even to delete (a delete writes to the WAL first)
+            if not short:
+                _LOGGER.warning("could not make room on the twin's disk: %s", exc)
+            short = True
+            return
+        if report.days:
+            _LOGGER.warning(
+                "the twin's disk had %.0f MiB free, under [retention] min_free_mib = %d: "
+                "destroyed the raw samples of %s (%d chunks); %.0f MiB free now",
+                report.free_before / 2**20, config.retention.min_free_mib,
+                ", ".join(report.days), report.forgot.chunks_deleted, report.free_after / 2**20)
+        if report.short and not short:
+            _LOGGER.warning(
+                "the twin's disk has %.0f MiB free, under [retention] min_free_mib = %d, and "
+                "only today's and yesterday's raw samples are left (never destroyed for room): "
+                "free space on the disk, or lower raw_days", report.free_after / 2**20,
+                config.retention.min_free_mib)
+        elif short and not report.short:
+            _LOGGER.info("the twin's disk has room again: %.0f MiB free",
+                         report.free_after / 2**20)
+        short = report.short
+
+    return run
 
 
 def _sync_job(store: TwinStore, config: Config) -> Callable[[], None]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetwin.config import RetentionConfig
+from edgetwin.disk import disk_free_bytes
 from edgetwin.errors import DataCorrupt, UsageError
 from edgetwin.store import codec
 from edgetwin.store.derived import (
@@ -24,7 +25,7 @@ from edgetwin.store.derived import (
 )
 from edgetwin.store.keys import Keystore, MasterKeys
 from edgetwin.store.markers import MarkerRows
-from edgetwin.store.reports import ForgetReport
+from edgetwin.store.reports import ForgetReport, RoomReport, fmt_time
 from edgetwin.store.series import (
     BUCKET_S,
     BUCKETS_PER_PERIOD,
@@ -37,9 +38,12 @@ from edgetwin.store.series import (
     SeriesInfo,
 )
 
+# make_room() never destroys the raw samples of today or yesterday (UTC): at least a day
+PROTECTED_RAW_DAYS = 2
+
 
 class Forgetting(MarkerRows):
-    """forget() and apply_retention()."""
+    """forget(), apply_retention() and make_room()."""
 
     def __init__(
         self, home: Path, keystore: Keystore, keys: MasterKeys, conn: sqlite3.Connection
@@ -154,6 +158,51 @@ class Forgetting(MarkerRows):
         if retention.features_days > 0:
             self._records_cutoff_day = day  # committed
         return report
+
+    def make_room(
+        self, now: float, min_free_bytes: int, *,
+        disk_free: Callable[[Path], int] | None = None,
+    ) -> RoomReport:
+        """Destroy the oldest whole days of raw samples, one day per transaction, while the
+        twin has less than ``min_free_bytes`` to grow into: free space on its disk plus the
+        pages ``twin.db`` holds free (a deleted row frees pages inside the file, which new
+        rows reuse; the file never shrinks). A day goes as retention takes it (keys, then
+        rows), audited as ``retention`` with the reason. Today's and yesterday's raw samples
+        (UTC) are never destroyed for room, nor any feature, forecast or record: ``short``
+        says when only those are left and the disk is still under the floor. ``disk_free``
+        (default :func:`disk_free_bytes`) tells the free space of the disk holding a path."""
+        disk_free = disk_free_bytes if disk_free is None else disk_free
+        on_disk = disk_free(self.home)
+        if on_disk >= min_free_bytes:  # the usual case: no need to ask the database
+            return RoomReport(min_free_bytes, on_disk, on_disk)
+        free = self._room(disk_free)
+        report = RoomReport(min_free_bytes, free, free)
+        newest_allowed = math.floor(now / PERIOD_S) - PROTECTED_RAW_DAYS
+        while free < min_free_bytes:
+            with self.transaction():
+                days = [d for s in self._all_series_for_write() if s.kind == KIND_SAMPLES
+                        for d in s.periods]
+                day = min(days, default=None)
+                if day is None or day > newest_allowed:
+                    report.short = True
+                    break
+                sub = self._forget_before(KIND_SAMPLES, (day + 1) * PERIOD_S, exact=False)
+                label = fmt_time(day * PERIOD_S)[:10]
+                self._append_audit(time.time(), "retention", {
+                    "reason": "disk space", "raw_day": label, "free_bytes": free,
+                    "min_free_bytes": min_free_bytes, **_brief(sub)})
+            report.days.append(label)
+            report.forgot.merge(sub)
+            free = self._room(disk_free)
+        report.free_after = free
+        return report
+
+    def _room(self, disk_free: Callable[[Path], int]) -> int:
+        """Free bytes on the twin's disk plus those of the free pages inside ``twin.db``."""
+        with self._lock, self._db("reading the free pages"):
+            pages = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+            size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        return disk_free(self.home) + pages * size
 
     def _forget_series(self, sn: int, sid: bytes, kind: str, rows: int) -> ForgetReport:
         report = ForgetReport()

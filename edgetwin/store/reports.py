@@ -126,6 +126,29 @@ class ForgetReport:
         }
 
 
+@dataclass
+class RoomReport:
+    """What a pass keeping room on the twin's disk found and destroyed."""
+
+    min_free_bytes: int
+    free_before: int  # free on the disk plus the pages twin.db holds free for reuse
+    free_after: int
+    days: list[str] = field(default_factory=list)  # raw-sample days destroyed, oldest first
+    # still under the floor with only the protected days of raw samples left
+    short: bool = False
+    forgot: ForgetReport = field(default_factory=ForgetReport)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "min_free_mib": round(self.min_free_bytes / 2**20, 1),
+            "free_mib_before": round(self.free_before / 2**20, 1),
+            "free_mib_after": round(self.free_after / 2**20, 1),
+            "days": list(self.days),
+            "short": self.short,
+            "forgot": self.forgot.to_json(),
+        }
+
+
 def fmt_time(t: float) -> str:
     """UTC ``YYYY-MM-DD HH:MM:SSZ`` for messages."""
     if not math.isfinite(t):

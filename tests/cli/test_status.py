@@ -82,3 +82,25 @@ def test_status_without_a_key_says_the_store_is_locked_not_that_nothing_is_paire
     unlocked = run_cli("status")
     assert unlocked.exit_code == 0
     assert "simulator" in unlocked.output
+
+
+def test_status_shows_the_room_on_the_twins_disk_even_locked(
+    run_cli, home: Path  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+    import os
+
+    assert run_cli("init").exit_code == 0
+    (home / "config.toml").write_text("[retention]\nmin_free_mib = 2048\n")
+    st = os.statvfs(home)
+    doc = json.loads(_invoke(home, "status", "--json").output)  # no key: the store stays locked
+    disk = doc["disk"]
+    assert disk["total_bytes"] == st.f_blocks * st.f_frsize
+    assert abs(disk["free_bytes"] - st.f_bavail * st.f_frsize) < 64 * 2**20
+    assert disk["twin_db_bytes"] == (home / "twin.db").stat().st_size + (
+        (home / "twin.db-wal").stat().st_size if (home / "twin.db-wal").exists() else 0)
+    assert disk["min_free_bytes"] == 2048 * 2**20
+    text = _invoke(home, "status").output
+    assert "below 2.0 GiB free the oldest raw days go (retention.min_free_mib)" in text
+    (home / "config.toml").write_text("[retention]\nmin_free_mib = 0\n")
+    assert "no room floor (retention.min_free_mib = 0)" in _invoke(home, "status").output

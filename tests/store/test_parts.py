@@ -268,6 +268,9 @@ PUBLIC_API = {
     " on_corrupt: 'OnCorrupt' = 'raise') -> 'Iterator[codec.FrameColumns]'",
     "kdf_params": "(self) -> 'KdfParams | None'",
     "list_records": "(self, kind: 'str') -> 'dict[str, dict[str, Any]]'",
+    # a full disk does not stop the twin: the oldest raw days go first
+    "make_room": "(self, now: 'float', min_free_bytes: 'int', *, "
+                 "disk_free: 'Callable[[Path], int] | None' = None) -> 'RoomReport'",
     "open": "(home: 'Path', secret: 'Secret', *, strict: 'bool' = True) -> 'TwinStore'",
     "pending_rows": "(self) -> 'int'",
     # added for issue 18: a daemon whose commits keep failing bounds what it buffers
