@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,38 @@ def test_the_wal_goes_back_to_its_limit_after_a_big_transaction(
         store.commit()  # the first write after the checkpoint starts the WAL over, truncated
         assert wal.stat().st_size <= 256 * 1024
         assert len(all_samples(store, "eeg")[0]) == t.size + 1
+
+
+def test_on_a_disk_that_really_filled_the_oldest_days_make_room_for_today(
+    tmpfs: Callable[[int], Path], secret: Secret
+) -> None:
+    # the daemon acts below the floor, before commits fail: a disk so full that even the
+    # keystore cannot be rewritten leaves the destroyed days' keys for the next unlock
+    home = tmpfs(32) / "twin"
+    rng = np.random.default_rng(11)
+
+    def eeg(day: int, hour: int = 1) -> SampleBatch:  # ~1.3 MB that does not compress
+        t = MIDNIGHT + day * DAY + hour * 3600 + np.arange(40_000) * 0.05
+        return SampleBatch.build("eeg", ["a", "b", "c", "d"], t, rng.normal(size=(t.size, 4)))
+
+    with TwinStore.create(home, secret) as store:
+        days = 0
+        while disk_free_bytes(home) > 6 * MIB:  # past days fill the disk
+            store.append_samples(eeg(days))
+            store.commit()
+            days += 1
+        on_disk = disk_free_bytes(home)
+        now = MIDNIGHT + (days + 2) * DAY + 3600
+        report = store.make_room(now, 20 * MIB)
+        assert report.days and not report.short
+        assert report.free_after >= 20 * MIB > report.free_before
+        gone = len(report.days)
+        for hour in range(1, 13):  # ~16 MB today, committed as it comes: more than the disk
+            store.append_samples(eeg(days + 2, hour))  # had left; it goes into the pages the
+            store.commit()  # old days freed (the WAL is checkpointed into them as it fills)
+        assert on_disk < 8 * 1_300_000
+        t, _ = all_samples(store, "eeg")
+        kept = sorted({int((x - MIDNIGHT) // DAY) for x in t})
+        assert kept == [*range(gone, days), days + 2]  # the oldest went, nothing else
+        assert len(t) == (days - gone + 12) * 40_000
+        assert store.verify().ok
