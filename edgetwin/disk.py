@@ -3,7 +3,9 @@ free space with it, ``status`` shows it without unlocking anything)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 DB_FILES = ("twin.db", "twin.db-wal")  # the database and its write-ahead log
@@ -17,11 +19,31 @@ def disk_free_bytes(path: Path) -> int:
 
 def disk_status(home: Path, min_free_mib: int) -> dict[str, int]:
     """The ``status`` view of the twin's disk: free and total bytes, what ``twin.db`` and
-    its WAL take, and the room floor; empty when the disk cannot be asked."""
+    its WAL take and how much of the database is free pages (room it reuses before it grows:
+    the floor counts them), and the room floor; empty when the disk cannot be asked."""
     try:
         st = os.statvfs(home)
         db = sum(p.stat().st_size for p in (home / name for name in DB_FILES) if p.exists())
     except OSError:
         return {}
-    return {"free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
-            "twin_db_bytes": db, "min_free_bytes": min_free_mib * 2**20}
+    out = {"free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
+           "twin_db_bytes": db, "min_free_bytes": min_free_mib * 2**20}
+    free_pages = db_free_bytes(home / DB_FILES[0])
+    if free_pages is not None:
+        out["twin_db_free_bytes"] = free_pages
+    return out
+
+
+def db_free_bytes(path: Path) -> int | None:
+    """Bytes of the free pages inside an SQLite file, read through a read-only connection (it
+    sees the WAL; nothing in the file is decrypted or changed); None if it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro",
+                                                uri=True, timeout=0.5)) as conn:
+            pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+    except sqlite3.Error:
+        return None
+    return int(pages) * int(size)

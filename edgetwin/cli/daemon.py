@@ -184,7 +184,9 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
         floor = disk.get("min_free_bytes", 0)
         lines.append(
             f"  disk: {_gib(disk['free_bytes'])} free of {_gib(disk['total_bytes'])}, twin.db "
-            f"{_gib(disk.get('twin_db_bytes', 0))}; "
+            f"{_gib(disk.get('twin_db_bytes', 0))}"
+            + (f" ({_gib(disk['twin_db_free_bytes'])} of it free for reuse)"
+               if disk.get("twin_db_free_bytes") else "") + "; "
             + (f"below {_gib(floor)} free the oldest raw days go (retention.min_free_mib)"
                if floor else "no room floor (retention.min_free_mib = 0)")
         )

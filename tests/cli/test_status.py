@@ -100,6 +100,7 @@ def test_status_shows_the_room_on_the_twins_disk_even_locked(
     assert disk["twin_db_bytes"] == (home / "twin.db").stat().st_size + (
         (home / "twin.db-wal").stat().st_size if (home / "twin.db-wal").exists() else 0)
     assert disk["min_free_bytes"] == 2048 * 2**20
+    assert disk["twin_db_free_bytes"] == 0  # a new twin's file has no free pages yet
     text = _invoke(home, "status").output
     assert "below 2.0 GiB free the oldest raw days go (retention.min_free_mib)" in text
     (home / "config.toml").write_text("[retention]\nmin_free_mib = 0\n")

@@ -16,7 +16,7 @@ import pytest
 
 from edgetwin.config import Config, ConfigError, RetentionConfig, parse_config
 from edgetwin.daemon.app import ROOM_INTERVAL_S, _room_job, build_daemon
-from edgetwin.disk import disk_free_bytes
+from edgetwin.disk import disk_free_bytes, disk_status
 from edgetwin.errors import StoreFull
 from edgetwin.features.schema import INDEX, NAMES, SCHEMA_VERSION
 from edgetwin.store import Secret, TwinStore
@@ -102,6 +102,16 @@ def test_with_room_enough_nothing_goes(store: TwinStore) -> None:
     assert report.days == [] and not report.short
     assert _days(store) == [0, 1, 2, 3, 4]
     assert len(store.audit_entries()) == n
+
+
+def test_status_counts_the_free_pages_the_floor_counts(store: TwinStore) -> None:
+    _fill(store)
+    day = _day_bytes(store)
+    store.make_room(NOW, 10**15, disk_free=lambda _p: 0)  # three days go
+    freed = store._room(lambda _p: 0)
+    assert freed > 2.5 * day
+    # read without the key, through its own read-only connection, the daemon still running
+    assert disk_status(store.home, 1024)["twin_db_free_bytes"] == freed
 
 
 def test_free_bytes_of_the_real_disk(tmp_path: Path) -> None:
