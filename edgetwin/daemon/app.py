@@ -453,7 +453,7 @@ def _room_job(store: TwinStore, config: Config) -> Callable[[], None]:
             report = store.make_room(time.time(), floor)
         except StoreFull as exc:  # too full even to delete (a delete writes to the WAL first)
             if not short:
-                _LOGGER.warning("could not make room on the twin's disk: %s", exc)
+                _LOGGER.warning("making room on the twin's disk: %s", exc)
             short = True
             return
         if report.days:

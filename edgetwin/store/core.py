@@ -24,7 +24,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edgetwin.errors import EdgetwinError, UsageError
+from edgetwin.errors import EdgetwinError, StoreFull, UsageError
 from edgetwin.store.db import DB_FILE, translate_error
 from edgetwin.store.keys import Keystore, MasterKeys
 
@@ -142,7 +142,15 @@ class StoreCore:
                 self._aead.pop(key_id, None)
             # The rows are gone; now the keys. A crash before this is finished at the
             # next unlock, which prunes every key the database no longer knows.
-            self._prune_keystore()
+            try:
+                self._prune_keystore()
+            except StoreFull as exc:  # a disk too full even for the keystore's new copy
+                raise StoreFull(
+                    f"the data is deleted, but {len(removed)} of its data keys are still in "
+                    f"{self._ks.path}: {exc.message}",
+                    hint="free some disk space; the next unlock, forget or retention "
+                    "finishes destroying them",
+                ) from exc
 
     def _rollback_tx(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -7,6 +7,7 @@ container), and an ENOSPC from the kernel's write() for the keystore otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable
@@ -151,3 +152,39 @@ def test_keystore_write_failing_with_enospc(
     with TwinStore.open(twin_home, secret) as again:
         assert again.verify().ok
         np.testing.assert_array_equal(all_samples(again, "spo2")[0], T0 + np.arange(10))
+
+
+def test_a_forget_on_a_disk_too_full_for_the_keystore_says_what_it_did(
+    small_disk: Path, secret: Secret
+) -> None:
+    """The rows go (the delete reuses the WAL's space), the keystore's new copy does not fit:
+    the error says the data is deleted and its keys are not yet (it said "nothing already saved
+    was lost"); the next unlock finishes."""
+    home = small_disk / "twin"
+    store = TwinStore.create(home, secret)
+    try:
+        store.append_samples(batch("hr", T0, 10))
+        for i in range(4):  # ~0.4 MB through the WAL, which keeps its size for reuse
+            store.append_samples(batch("eeg", T0 + i * 10, 2560,
+                                       ("eeg_a", "eeg_b", "eeg_c", "eeg_d"), rate=256.0, seed=i))
+        store.commit()
+        store._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        keys_before = len(keys_module.Keystore.load(home / "keystore.json").deks)
+        filler = small_disk / "filler"
+        with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):  # full to the byte
+            while True:
+                f.write(b"\0" * 4096)
+        with pytest.raises(StoreFull, match=r"the data is deleted, but \d+ of its data keys "
+                           r"are still in .*keystore\.json") as err:
+            store.forget(stream="eeg")
+        pending = int(str(err.value).split("but ")[1].split()[0])
+        assert [s.name for s in store.streams()] == ["hr"]
+        assert len(keys_module.Keystore.load(home / "keystore.json").deks) == keys_before
+        filler.unlink()
+    finally:
+        store.close()
+    with TwinStore.open(home, secret) as again:  # the unlock destroys the orphaned keys
+        left = len(keys_module.Keystore.load(home / "keystore.json").deks)
+        assert pending > 0 and left == keys_before - pending
+        assert [s.name for s in again.streams()] == ["hr"]
+        assert again.verify().ok

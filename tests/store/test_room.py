@@ -166,7 +166,7 @@ def test_a_disk_too_full_even_to_delete_is_said_once(
         job()
         job()
     warnings = [r.getMessage() for r in caplog.records]
-    assert warnings == ["could not make room on the twin's disk: the disk holding /twin is full "
+    assert warnings == ["making room on the twin's disk: the disk holding /twin is full "
                         "(free space)"]
 
 
