@@ -25,7 +25,7 @@ the last value forward.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -200,13 +200,7 @@ class ForecastColumns:
     def outcomes(self, target: str, obs: ObservedSeries, context: int) -> Outcomes:
         t = self._t.array()
         rows = self._rows.array()  # (n, 5, H); the columns below are views of it
-        keys = np.round(t / self.step_s).astype(np.int64)
-        actual = np.empty((t.size, self.horizon), dtype=np.float32)
-        ahead = np.arange(1, self.horizon + 1)[None, :]
-        for a in range(0, t.size, _RECENT_BATCH):  # the lookup's temporaries are 5x its output
-            future = keys[a : a + _RECENT_BATCH, None] + ahead
-            actual[a : a + _RECENT_BATCH] = obs.at(future.reshape(-1)).reshape(future.shape)
-        last, mean = obs.context(keys, context)
+        actual, last, mean = what_happened(t, self.step_s, self.horizon, obs, context)
         return Outcomes(
             target=target,
             t=t,
@@ -219,6 +213,21 @@ class ForecastColumns:
             persistence=last,
             context_mean=mean,
         )
+
+
+def what_happened(
+    t: FloatArray, step_s: float, horizon: int, obs: ObservedSeries, context: int
+) -> tuple[Cells, FloatArray, FloatArray]:
+    """For forecasts made at ``t``: the observed outcome of each horizon step (float32, NaN
+    where none), and the baselines, the last observed value and the mean over the context."""
+    keys = np.round(t / step_s).astype(np.int64)
+    actual = np.empty((t.size, horizon), dtype=np.float32)
+    ahead = np.arange(1, horizon + 1)[None, :]
+    for a in range(0, t.size, _RECENT_BATCH):  # the lookup's temporaries are 5x its output
+        future = keys[a : a + _RECENT_BATCH, None] + ahead
+        actual[a : a + _RECENT_BATCH] = obs.at(future.reshape(-1)).reshape(future.shape)
+    last, mean = obs.context(keys, context)
+    return actual, last, mean
 
 
 class _Collects(Protocol):
@@ -348,50 +357,86 @@ class WindowSums:
 class StreamedDay:
     """A target's stored forecasts of one horizon length scored as they are read, with the
     frames read first (their outcomes are known): a block of forecasts at a time is staged,
-    scored in every window, and only what the fit and the choice of sources need is kept
-    (global, personal, outcome, the baselines). What was served and the band, 40 % of a
-    day's columns, are not kept."""
+    scored in every window, and only what the forecasts said that nothing else can tell is
+    kept: time, global and personal (float32). What happened (the outcome, the baselines) is
+    looked up again from the observed series when the outcomes are asked for; what was served
+    and the band, 40 % of a day's columns, are not kept."""
 
     def __init__(self, target: str, horizon: int, step_s: float, series: ObservedSeries,
                  context: int, now: float, windows: dict[str, float]) -> None:
-        self.target, self.horizon = target, horizon
+        self.target, self.horizon, self.step_s = target, horizon, step_s
         self._series, self._context, self._now, self._windows = series, context, now, windows
-        self._staged = ForecastColumns(horizon, step_s)
+        self._staged: ForecastColumns | None = ForecastColumns(horizon, step_s)
         self._t = Growing()
-        self._kept = Growing((3, horizon), np.float32)  # global, personal, outcome
-        self._base = Growing((2,))  # persistence, context mean
+        self._kept = Growing((2, horizon), np.float32)  # global, personal
+        self._joined: tuple[FloatArray, Cells] | None = None
         self.sums = {w: WindowSums(horizon) for w in windows}
 
     def add(self, p: Prediction) -> None:
+        assert self._staged is not None, "a day is not added to once it was finished"
         self._staged.add(p)
         if len(self._staged) >= _RECENT_BATCH:
             self._settle()
 
     def _settle(self) -> None:
-        if not len(self._staged):
+        if self._staged is None or not len(self._staged):
             return
         o = self._staged.outcomes(self.target, self._series, self._context)
         for wname, span in self._windows.items():
             self.sums[wname].add(o, window_rows(o.t, self._now - span, self._now))
         self._t.extend(o.t)
-        self._kept.extend(np.stack([o.global_, o.personal, o.actual], axis=1))
-        self._base.extend(np.stack([o.persistence, o.context_mean], axis=1))
+        self._kept.extend(np.stack([o.global_, o.personal], axis=1))
+
+    def finish(self) -> None:
+        """Score the last block and join what was kept (the score is complete after this)."""
+        if self._joined is None:
+            self._settle()
+            self._staged = None
+            self._joined = (self._t.array(), self._kept.array())
 
     def outcomes(self) -> Outcomes:
-        """The day's outcomes without what was served and the band (``score`` has them)."""
-        self._settle()
-        kept, base = self._kept.array(), self._base.array()
+        """The day's outcomes without what was served and the band (``score`` has them); the
+        outcome and baselines are looked up anew at each call (a day of them is ~1 MB a
+        target: a refit holds one target's at a time, not every target's)."""
+        self.finish()
+        assert self._joined is not None
+        t, kept = self._joined
+        actual, last, mean = what_happened(t, self.step_s, self.horizon, self._series,
+                                           self._context)
         return Outcomes(
-            target=self.target, t=self._t.array(), actual=kept[:, 2], served=None,
-            global_=kept[:, 0], personal=kept[:, 1], lo=None, hi=None,
-            persistence=base[:, 0], context_mean=base[:, 1],
+            target=self.target, t=t, actual=actual, served=None, global_=kept[:, 0],
+            personal=kept[:, 1], lo=None, hi=None, persistence=last, context_mean=mean,
         )
+
+
+class StreamedOutcomes(Mapping[str, Outcomes]):
+    """Each target's :class:`StreamedDay` outcomes, made when asked for and not kept: take
+    each once (``for target, o in outcomes.items()``) to hold one target's at a time."""
+
+    def __init__(self, days: dict[str, StreamedDay]) -> None:
+        self._days = days
+
+    def __getitem__(self, target: str) -> Outcomes:
+        return self._days[target].outcomes()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._days)
+
+    def __len__(self) -> int:
+        return len(self._days)
+
+    def first_t(self, target: str) -> float:
+        """The earliest forecast time of ``target`` (without looking anything up)."""
+        day = self._days[target]
+        day.finish()
+        assert day._joined is not None
+        return float(day._joined[0].min()) if day._joined[0].size else math.inf
 
 
 def score_streamed(
     preds: Iterable[Prediction], series: dict[str, ObservedSeries], context: int, now: float,
     windows: dict[str, float] | None = None,
-) -> tuple[dict[str, Any], dict[str, Outcomes]]:
+) -> tuple[dict[str, Any], StreamedOutcomes]:
     """:func:`score` and the outcomes (without served values and band) of ``preds`` in one
     pass, for the targets in ``series``. As :func:`collect_forecasts`: a target's longest
     horizon wins and its first forecast sets the step."""
@@ -401,11 +446,12 @@ def score_streamed(
         lambda target, h, step_s: StreamedDay(target, h, step_s, series[target], context, now,
                                               windows),
     )
-    oc = {t: d.outcomes() for t, d in chosen.items()}  # (the last block is scored here)
+    for day in chosen.values():
+        day.finish()  # the last block scored
     result: dict[str, Any] = {"now": now, "methods": list(METHODS), "windows": {}}
     for wname in windows:
         result["windows"][wname] = {t: d.sums[wname].entry() for t, d in sorted(chosen.items())}
-    return result, oc
+    return result, StreamedOutcomes(chosen)
 
 
 def window_rows(t: FloatArray, after: float, until: float) -> slice | npt.NDArray[np.bool_]:
@@ -573,7 +619,7 @@ def _series_of(
 def score_store(
     store: Any, now: float, *, context: int, step_s: float, horizon: int,
     span: float | None = None, targets: Sequence[str] | None = None,
-) -> tuple[dict[str, Any], dict[str, Outcomes], dict[str, ObservedSeries]]:
+) -> tuple[dict[str, Any], StreamedOutcomes, dict[str, ObservedSeries]]:
     """Score the forecasts of ``targets`` (default: every feature) stored in the last
     ``span`` (default: a day) before ``now``: the score, the outcome arrays (without what
     was served and the band) and the observed series.

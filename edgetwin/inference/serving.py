@@ -282,6 +282,7 @@ def refit(
     heads: dict[str, personal.PersonalHead] = {}
     sources: dict[str, list[str]] = {}
     report: dict[str, Any] = {"now": now, "heads": {}, "sources": {}}
+    # one target's outcomes at a time: each is looked up when taken and let go after
     for target, o in oc.items():
         feeds = personal.feeding_streams(target, streams)
         head = personal.fit_head(
@@ -304,7 +305,7 @@ def refit(
         report["sources"][target] = choice
     derived = {
         "streams": sorted({s for t in oc for s in personal.feeding_streams(t, streams)}),
-        "t0": min((float(o.t.min()) for o in oc.values()), default=now),
+        "t0": min((oc.first_t(t) for t in oc), default=now),
     }
     store.put_record(
         personal.RECORD_KIND,
@@ -319,9 +320,9 @@ def refit(
 def load_scored(
     store: Any, now: float, *, context: int, step_s: float, horizon: int,
     targets: Sequence[str] | None = None,
-) -> tuple[dict[str, Any], dict[str, scoring.Outcomes], dict[str, ObservedSeries]]:
+) -> tuple[dict[str, Any], scoring.StreamedOutcomes, dict[str, ObservedSeries]]:
     """The last day's stored forecasts of ``targets`` (default: all) scored, with the
-    outcome arrays and observed series."""
+    outcome arrays (each made when asked for) and observed series."""
     return scoring.score_store(store, now, context=context, step_s=step_s, horizon=horizon,
                                targets=targets)
 
@@ -344,7 +345,7 @@ def load_policy(store: Any, serving: ServingEngine) -> None:
 def refit_due_in(store: Any, serving: ServingEngine, now: float | None = None) -> float:
     """Seconds until the personal model is due for a refit, from the stored policy: a
     (re)start waits that long, so a daemon restarted minutes after a refit (a crash, an
-    upgrade of the host) does not redo a day's work (3-4 s of CPU, +25 MiB) while its sources
+    upgrade of the host) does not redo a day's work (3-4 s of CPU, +21 MiB) while its sources
     reconnect. At once without a policy, for another global model, or when it is stamped
     later than ``now`` (the clock went back: its age is unknown)."""
     now = time.time() if now is None else now

@@ -300,6 +300,39 @@ def test_a_day_scored_as_it_streams_matches_the_day_scored_whole(
     assert doc["windows"]["hour"]["hr"]["forecasts"] < doc["windows"]["day"]["hr"]["forecasts"]
 
 
+def test_a_streamed_day_holds_what_the_forecasts_said_and_looks_up_what_happened(
+    store: TwinStore,
+) -> None:
+    """Scored as it streams, a day keeps per forecast its time, global and personal forecast
+    (8 + 2 x 12 x 4 bytes); the outcome and the baselines (64 bytes more: 168 before) are
+    looked up again when a target's outcomes are taken, so a refit holds one target's at a
+    time."""
+    import tracemalloc
+
+    from .twins import LEVELS, H, store_as_daemon
+
+    newest = store_as_daemon(store, 2.5)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        doc, oc, series = scoring.score_store(
+            store, newest, context=CONTEXT, step_s=STEP, horizon=H, targets=sorted(LEVELS)
+        )
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    rows = sum(doc["windows"]["day"][t]["forecasts"] for t in oc)
+    observed = sum(s.keys.nbytes + s.values.nbytes for s in series.values())
+    assert rows > 5 * 1700
+    # + the score (windows, sums): under what the outcome and baselines alone took
+    assert (held - observed) / rows < 8 + 2 * H * 4 + 32, (held, observed, rows)
+    first, again = oc["hr"], oc["hr"]
+    assert first.actual is not again.actual  # looked up anew, not kept
+    np.testing.assert_array_equal(first.actual, again.actual)
+    np.testing.assert_array_equal(first.context_mean, again.context_mean)
+    assert oc.first_t("hr") == float(first.t.min())
+
+
 def test_forecasts_out_of_time_order_score_the_same_streamed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
