@@ -226,7 +226,9 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 def _offline_status(app: AppContext) -> dict[str, Any]:
