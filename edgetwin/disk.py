@@ -42,8 +42,13 @@ def db_free_bytes(path: Path) -> int | None:
     try:
         with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro",
                                                 uri=True, timeout=0.5)) as conn:
-            pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            size = conn.execute("PRAGMA page_size").fetchone()[0]
+            return freelist_bytes(conn)
     except sqlite3.Error:
         return None
+
+
+def freelist_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the free pages in ``conn``'s database: room it reuses before the file grows."""
+    pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
     return int(pages) * int(size)

@@ -394,6 +394,12 @@ class StreamedDay:
             self._staged = None
             self._joined = (self._t.array(), self._kept.array())
 
+    def times(self) -> FloatArray:
+        """When the day's forecasts were made (no lookup)."""
+        self.finish()
+        assert self._joined is not None
+        return self._joined[0]
+
     def outcomes(self) -> Outcomes:
         """The day's outcomes without what was served and the band (``score`` has them); the
         outcome and baselines are looked up anew at each call (a day of them is ~1 MB a
@@ -427,10 +433,8 @@ class StreamedOutcomes(Mapping[str, Outcomes]):
 
     def first_t(self, target: str) -> float:
         """The earliest forecast time of ``target`` (without looking anything up)."""
-        day = self._days[target]
-        day.finish()
-        assert day._joined is not None
-        return float(day._joined[0].min()) if day._joined[0].size else math.inf
+        t = self._days[target].times()
+        return float(t.min()) if t.size else math.inf
 
 
 def score_streamed(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetwin.config import RetentionConfig
-from edgetwin.disk import disk_free_bytes
+from edgetwin.disk import disk_free_bytes, freelist_bytes
 from edgetwin.errors import DataCorrupt, UsageError
 from edgetwin.store import codec
 from edgetwin.store.derived import (
@@ -200,9 +200,8 @@ class Forgetting(MarkerRows):
     def _room(self, disk_free: Callable[[Path], int]) -> int:
         """Free bytes on the twin's disk plus those of the free pages inside ``twin.db``."""
         with self._lock, self._db("reading the free pages"):
-            pages = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
-            size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-        return disk_free(self.home) + pages * size
+            free_pages = freelist_bytes(self._conn)
+        return disk_free(self.home) + free_pages
 
     def _forget_series(self, sn: int, sid: bytes, kind: str, rows: int) -> ForgetReport:
         report = ForgetReport()
