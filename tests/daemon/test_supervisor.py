@@ -304,18 +304,23 @@ async def test_a_full_disk_shows_in_status_since_when_and_nothing_buffered_is_lo
     seen: dict[str, object] = {}
 
     async def watch() -> None:
-        while store.failed < 3:
-            await asyncio.sleep(0.01)
-        st = daemon.status()["daemon"]
-        seen.update(failing=st["commit_failing"], rows=st["uncommitted_rows"])
-        store.space = True
-        while store.commits == 0:
-            await asyncio.sleep(0.01)
-        seen["after"] = daemon.status()["daemon"]["commit_failing"]
+        # The watcher stops the daemon, not a fixed duration: on a loaded machine the daemon
+        # could end before the third failed try, and the watcher would then wait forever.
+        try:
+            while store.failed < 3:
+                await asyncio.sleep(0.01)
+            st = daemon.status()["daemon"]
+            seen.update(failing=st["commit_failing"], rows=st["uncommitted_rows"])
+            store.space = True
+            while store.commits == 0:
+                await asyncio.sleep(0.01)
+            seen["after"] = daemon.status()["daemon"]["commit_failing"]
+        finally:
+            daemon.stop()
 
     watcher = asyncio.create_task(watch())
-    await daemon.run(duration=1.0)
-    await watcher
+    await asyncio.wait_for(daemon.run(), 60)
+    await asyncio.wait_for(watcher, 1)
     failing = seen["failing"]
     assert isinstance(failing, dict) and "disk is full" in failing["error"]
     assert failing["since"] > 0 and isinstance(seen["rows"], int) and seen["rows"] > 0
@@ -386,17 +391,20 @@ async def test_while_commits_fail_the_buffer_is_bounded_and_the_oldest_samples_s
     seen: dict[str, object] = {}
 
     async def watch() -> None:
-        while not daemon.shed_samples:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-        seen["status"] = daemon.status()["daemon"]
-        store.space = True
-        while store.commits == 0:
-            await asyncio.sleep(0.01)
+        try:  # the watcher stops the daemon: a fixed duration races a loaded machine
+            while not daemon.shed_samples:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            seen["status"] = daemon.status()["daemon"]
+            store.space = True
+            while store.commits == 0:
+                await asyncio.sleep(0.01)
+        finally:
+            daemon.stop()
 
-    watcher = asyncio.create_task(asyncio.wait_for(watch(), 20))
-    await daemon.run(duration=3.0)
-    await watcher
+    watcher = asyncio.create_task(watch())
+    await asyncio.wait_for(daemon.run(), 60)
+    await asyncio.wait_for(watcher, 1)
     assert after_tries and max(after_tries) <= cap_mib * 2**20  # bounded after every try
     status = seen["status"]
     assert isinstance(status, dict)
