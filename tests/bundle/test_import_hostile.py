@@ -29,6 +29,14 @@ from tests.bundle.conftest import PASS, fill_twin
 Members = dict[str, bytes]
 
 
+class _World(dict[str, Any]):
+    """The fixture's dict, with a short repr: Hypothesis reprs a failing call's fixtures too,
+    and this one's megabytes of members would hide the failure behind a HypothesisWarning."""
+
+    def __repr__(self) -> str:
+        return f"<world at {self['root']}>"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A small source twin's bundle (and its members), an age identity, a merge target."""
@@ -56,8 +64,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         bundle = root / "src.age"
         export_bundle(store, bundle, recipients=[str(identity.to_public())])
     target = fill_twin(root / "target", Secret.passphrase(PASS), seconds=20, seed=4)
-    yield {"root": root, "identity": identity, "key": key, "pass": pw, "bundle": bundle,
-           "members": _unpack(bundle, identity), "target": target.home}
+    yield _World({"root": root, "identity": identity, "key": key, "pass": pw, "bundle": bundle,
+                  "members": _unpack(bundle, identity), "target": target.home})
     mp.undo()
 
 
