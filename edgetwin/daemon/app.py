@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +72,12 @@ def sources_from_pairings(store: TwinStore) -> list[Source]:
 def load_engine(store: TwinStore, config: Config) -> ServingEngine | None:
     """The engine as the twin serves it (personal heads, baseline fallback) with the person's
     baseline restored, or None if disabled/missing."""
+    engine = load_models(config)
+    return None if engine is None else serve_engine(store, engine)
+
+
+def load_models(config: Config) -> InferenceEngine | None:
+    """The ONNX models (no store involved: any thread), or None if disabled/missing."""
     if not config.inference.enabled:
         return None
     try:
@@ -80,7 +86,7 @@ def load_engine(store: TwinStore, config: Config) -> ServingEngine | None:
         _LOGGER.warning("inference is not available in this build; running without forecasts")
         return None
     try:
-        engine = InferenceEngine.load(
+        return InferenceEngine.load(
             precision=config.inference.precision,
             threads=config.inference.intra_op_threads,
             step_s=config.twin.step_s,
@@ -88,6 +94,10 @@ def load_engine(store: TwinStore, config: Config) -> ServingEngine | None:
     except EdgetwinError as exc:
         _LOGGER.error("models cannot be loaded (%s); running without forecasts", exc)
         return None
+
+
+def serve_engine(store: TwinStore, engine: InferenceEngine) -> ServingEngine:
+    """``engine`` with the person's stored baseline and personal model (reads the store)."""
     state = store.get_record(*ENGINE_STATE_RECORD)
     if state:
         try:
@@ -136,21 +146,16 @@ def build_daemon(
         # Uploads wait on the network: off the loop, so sensors keep flowing meanwhile.
         PeriodicJob("sync", config.sync.interval_s, _sync_job(store, config), in_thread=True),
     ]
-    served = load_engine(store, config) if isinstance(engine, _Load) else engine
-    score: Callable[[], dict[str, Any]] = dict
+    # With LOAD the models load once the sources run (see _load_after_start): a start, and a
+    # restart after a crash, loses the sensors' data until they run, and loading the models
+    # and restoring the person's baseline took ~0.2 s here (about a second on a Pi 4).
+    served = None if isinstance(engine, _Load) else engine
+    score: list[Callable[[], dict[str, Any]]] = [dict]  # replaced once the models serve
     if served is not None:
-        from edgetwin.inference.serving import REFIT_INTERVAL_S, ServingEngine, refit_due_in
+        from edgetwin.inference.serving import ServingEngine
     if served is not None and isinstance(served, ServingEngine):
-        # refit personal heads and choose sources from the last day; off the loop (a second
-        # or two of numpy every half hour), the store's lock held only per read; after a
-        # restart, when the stored refit is due (not again minutes after the last one)
-        due_in = refit_due_in(store, served)
-        if due_in > 0:
-            _LOGGER.info("personal model refitted %.0f min ago; next refit in %.0f min",
-                         (REFIT_INTERVAL_S - due_in) / 60, due_in / 60)
-        periodic.append(PeriodicJob("personal", REFIT_INTERVAL_S, _refit_job(store, served),
-                                    in_thread=True, first_delay_s=due_in))
-        score = _score_status(served)
+        periodic.append(_personal_job(store, served))
+        score[0] = _score_status(served)
     publisher = _lsl_publisher(config) if (config.lsl.enabled if lsl is None else lsl) else None
     pipe: Pipeline = pipeline if pipeline is not None else make_pipeline(config)
     lsl_status: Callable[[], dict[str, Any]] = dict
@@ -173,13 +178,55 @@ def build_daemon(
         on_prediction=on_prediction,
         periodic=periodic,
         extra_status=lambda: {
-            "budget": budget_status(store, config), **score(), **lsl_status(),
+            "budget": budget_status(store, config), **score[0](), **lsl_status(),
             "disk": disk_status(store.home, config.retention.min_free_mib),
         },
     )
     if publisher is not None:
         _PUBLISHERS[daemon] = publisher
+    if isinstance(engine, _Load) and config.inference.enabled:
+        daemon.after_start(_load_after_start(daemon, store, config, score))
     return daemon
+
+
+def _personal_job(store: TwinStore, served: ServingEngine) -> PeriodicJob:
+    """Refit personal heads and choose sources from the last day: off the loop (a second or
+    two of numpy every half hour), the store's lock held only per read; after a restart, when
+    the stored refit is due (not again minutes after the last one). Reads the store."""
+    from edgetwin.inference.serving import REFIT_INTERVAL_S, refit_due_in
+
+    due_in = refit_due_in(store, served)
+    if due_in > 0:
+        _LOGGER.info("personal model refitted %.0f min ago; next refit in %.0f min",
+                     (REFIT_INTERVAL_S - due_in) / 60, due_in / 60)
+    return PeriodicJob("personal", REFIT_INTERVAL_S, _refit_job(store, served),
+                       in_thread=True, first_delay_s=due_in)
+
+
+def _load_after_start(
+    daemon: Daemon, store: TwinStore, config: Config,
+    score: list[Callable[[], dict[str, Any]]],
+) -> Callable[[], Awaitable[None]]:
+    """The models load in a thread of their own while samples flow; the person's baseline is
+    restored on the writer, which then serves them: frames persisted before that (the first
+    comes a step after the start) are stored without forecasts."""
+
+    async def load() -> None:
+        engine = await asyncio.to_thread(load_models, config)
+        if engine is None:
+            return
+
+        def serve() -> tuple[ServingEngine, PeriodicJob]:
+            served = serve_engine(store, engine)
+            daemon.engine = served  # on the writer: in order with the frames it persists
+            return served, _personal_job(store, served)
+
+        served, job = await daemon.on_writer(serve, "load the models")
+        daemon.add_periodic(job)
+        score[0] = _score_status(served)
+        _LOGGER.info("models loaded: %s", served.model_id)
+
+    return load
 
 
 async def run_daemon(daemon: Daemon, duration: float | None = None) -> None:

@@ -23,7 +23,7 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
@@ -161,6 +161,7 @@ class Daemon:
             for source in sources
         ]
         self._periodic = list(periodic)
+        self._after_start: list[Callable[[], Awaitable[None]]] = []
         self._extra_status = extra_status
         self._store_queue = self.hub.subscribe("store")
         self._feature_queue = self.hub.subscribe("features") if pipeline is not None else None
@@ -216,6 +217,8 @@ class Daemon:
             self._spawn("flusher", self._flusher())
             for job in self._periodic:
                 self._spawn(f"periodic:{job.name}", self._every(job))
+            for k, after in enumerate(self._after_start):
+                self._spawn(f"after-start:{k}", after())
             _LOGGER.info("daemon started on %s with %d sources", self.home, len(self.runners))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), duration)
@@ -232,6 +235,17 @@ class Daemon:
                 await lag
             self._lock.release()
             self._running = False
+
+    def after_start(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn()`` on the loop once every source has started (the models load then: a
+        start, and a restart after a crash, reaches the sensors first)."""
+        self._after_start.append(fn)
+
+    def add_periodic(self, job: PeriodicJob) -> None:
+        """Another periodic job; it starts at once when the daemon runs (call on the loop)."""
+        self._periodic.append(job)
+        if self._running and not self._stop.is_set():
+            self._spawn(f"periodic:{job.name}", self._every(job))
 
     def stop(self) -> None:
         """Ask for an orderly shutdown (safe from a signal handler)."""
@@ -378,7 +392,7 @@ class Daemon:
         source_tasks = [t for n, t in self._tasks.items() if n.startswith("source:")]
         other = [
             t for n, t in self._tasks.items()
-            if n.startswith(("periodic:", "flusher"))
+            if n.startswith(("periodic:", "flusher", "after-start:"))
         ]
         for task in source_tasks + other:
             task.cancel()
