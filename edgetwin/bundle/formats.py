@@ -40,6 +40,7 @@ import csv
 import datetime as dt
 import math
 import re
+import tokenize
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -744,7 +745,7 @@ def read_edf_recording(
         try:
             reader = pyedflib.EdfReader(str(path))
         except OSError as exc:
-            raise DataCorrupt(f"{path.name} is not a readable EDF+ file: {exc}") from exc
+            raise DataCorrupt(f"{path.name} is not a readable EDF+ file: {_why(exc)}") from exc
         try:
             _check_edf(reader, path, channels, positions)
             bounds = [
@@ -775,6 +776,12 @@ def read_edf_recording(
             reader.close()
 
 
+def _why(exc: BaseException) -> str:
+    """A library's error as one short line: some of numpy's run to several lines, and a
+    refused import says what was wrong in one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _npy_header(f: IO[bytes], path: Path, positions: int) -> None:
     """Check the .npy header of ``f`` (one dimension of ``positions`` little-endian float64)
     and leave ``f`` at the first value."""
@@ -786,8 +793,12 @@ def _npy_header(f: IO[bytes], path: Path, positions: int) -> None:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise ValueError(f"version {version}")
-    except (OSError, ValueError, EOFError, SyntaxError) as exc:
-        raise DataCorrupt(f"{path.name} is not a readable .npy file: {exc}") from exc
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError, RecursionError,
+            tokenize.TokenError) as exc:
+        # numpy parses the header with tokenize and literal_eval (a spliced header raised
+        # TokenError, which escaped as a traceback)
+        raise DataCorrupt(f"{path.name} is not a readable .npy file: {_why(exc)}",
+                          hint="the bundle is damaged: export it again") from exc
     if dtype != np.dtype("<f8") or fortran or shape != (positions,):
         raise DataCorrupt(f"{path.name} is not {positions} float64 timestamps")
 

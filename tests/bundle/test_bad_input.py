@@ -186,3 +186,22 @@ def test_identity_for_a_passphrase_bundle_says_which(tmp_path: Path, key: AgeKey
     with pytest.raises(WrongKey, match="does not open"):
         import_bundle(bundle, tmp_path / "t", passphrase="not pw", secret=Secret.passphrase("x"))
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("splice", [b"\x00\x03", b"\x00"], ids=["tokenize-error", "huge-header"])
+def test_a_spliced_npy_header_is_one_line_of_data_corrupt(splice: bytes) -> None:
+    """Two headers the hostile-import property found: bytes spliced into a .npy header's
+    length made numpy raise tokenize's TokenError (it escaped as a traceback, exit 1) or a
+    ValueError of three lines (the refusal must be one)."""
+    import numpy as np
+
+    from edgetwin.bundle.formats import _npy_header
+
+    buf = io.BytesIO()
+    np.save(buf, np.arange(5000, dtype="<f8"))
+    raw = buf.getvalue()
+    spliced = io.BytesIO(raw[:7] + splice + raw[7:])
+    with pytest.raises(DataCorrupt) as err:
+        _npy_header(spliced, Path("muse.eeg.times.npy"), 5000)
+    assert str(err.value).startswith("muse.eeg.times.npy is not a readable .npy file: ")
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
