@@ -10,6 +10,7 @@ the machine (another test run, a benchmark) are invisible.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -112,6 +113,30 @@ def stored(env: dict[str, str], stream: str) -> tuple[np.ndarray, np.ndarray, tu
             parts[0].channels)
 
 
+def _offset_now() -> float:
+    """local_clock() - time.time(): the tightest of 20 bracketed reads."""
+    best = (math.inf, 0.0)
+    for _ in range(20):
+        a = pylsl.local_clock()
+        w = time.time()
+        b = pylsl.local_clock()
+        best = min(best, (b - a, (a + b) / 2 - w))
+    return best[1]
+
+
+def test_the_clock_offset_is_read_between_two_reads_of_lsls_clock() -> None:
+    """A preemption between the two clocks' reads no longer lands in the offset: of three
+    bracketed reads the tightest is kept."""
+    from edgetwin.interop.lsl_outlets import clock_offset
+
+    true_offset = 100.0  # local_clock = wall + 100 s
+    walls = iter([1.000, 2.000, 3.000])
+    # first bracket: preempted for 4 ms after the wall clock was read; then a tight one
+    locals_ = iter([101.000, 101.004, 102.000, 102.00001, 103.0, 103.00001])
+    got = clock_offset(lambda: next(locals_), wall=lambda: next(walls))
+    assert abs(got - true_offset) < 20e-6  # a plain pair of reads: 4 ms off
+
+
 def test_raw_outlet_carries_labels_rate_and_the_twins_sample_times(
     env: dict[str, str], prefix: str, daemon: subprocess.Popen[str]
 ) -> None:
@@ -135,8 +160,9 @@ def test_raw_outlet_carries_labels_rate_and_the_twins_sample_times(
     while len(got_t) < 512 and time.monotonic() < deadline:
         values, stamps = inlet.pull_chunk(timeout=0.5, max_samples=1024, as_numpy=True)
         if len(stamps):
-            # the inlet's clock (same host) back to epoch seconds, offset read now
-            got_t.extend((np.asarray(stamps) - pylsl.local_clock() + time.time()).tolist())
+            # the inlet's clock (same host) back to epoch seconds, offset read now (its own
+            # bracketed read: two plain reads, preempted between them, were off by 4 ms)
+            got_t.extend((np.asarray(stamps) - _offset_now()).tolist())
             got_v.append(np.asarray(values))
     assert len(got_t) >= 512, f"only {len(got_t)} samples arrived"
     daemon.send_signal(signal.SIGTERM)
