@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgetwin.clock import bracketed_offset
 from edgetwin.config import LslConfig
 from edgetwin.features.schema import FEATURES, INDEX, LOCATION, SCHEMA_VERSION
 from edgetwin.sources.lsl_meta import KIND_TO_LSL_TYPE, UNIT_TO_LSL, pylsl_module
@@ -105,21 +106,12 @@ def lsl_time(
     return (np.asarray(t, dtype=np.float64) + offset).tolist()  # type: ignore[no-any-return]
 
 
-def clock_offset(local_clock: Callable[[], float], *, wall: Callable[[], float] = time.time,
-                 tries: int = 3, tight_s: float = 50e-6) -> float:
-    """``local_clock() - time.time()``, the wall clock read between two ``local_clock`` reads
-    and the tightest of a few such brackets kept: a thread preempted between two plain reads
-    (a loaded machine) put that whole delay, 4 ms once, on every time of a chunk."""
-    best_width, best = math.inf, 0.0
-    for _ in range(tries):
-        a = local_clock()
-        w = wall()
-        b = local_clock()
-        if b - a < best_width:
-            best_width, best = b - a, (a + b) / 2 - w
-        if best_width <= tight_s:
-            break
-    return best
+def clock_offset(local_clock: Callable[[], float], *,
+                 wall: Callable[[], float] = time.time) -> float:
+    """``local_clock() - wall()``, the wall clock read between two ``local_clock`` reads: a
+    push preempted between two plain reads (a loaded machine) put that whole delay, 4 ms
+    once, on every time of its chunk."""
+    return bracketed_offset(local_clock, wall)
 
 
 class LslPublisher:

@@ -22,7 +22,8 @@ Clocks: the inlet applies liblsl's clock-offset correction and dejitter
 (``proc_clocksync | proc_dejitter | proc_monotonize``; no dejitter for an
 irregular stream), so timestamps arrive on this machine's ``local_clock()``;
 they are mapped to epoch seconds with ``t = ts - local_clock() + now``, ``now`` on
-the twin's clock (:mod:`edgetwin.clock`, which never steps back) (the offset is
+the twin's clock (:mod:`edgetwin.clock`, which never steps back), read between two
+reads of ``local_clock`` so a preempted reader thread does not skew it (the offset is
 re-read every pull and only followed when it moves by more than
 5 ms, i.e. when the wall clock is stepped, so consecutive batches never jitter
 backwards). A lost stream (``LostError``: its outlet went away) ends the
@@ -251,7 +252,7 @@ class LslSource(Source):
             return
         pylsl = pylsl_module()
         period = 1.0 / self.poll_hz
-        offset = twin_clock.now() - pylsl.local_clock()
+        offset = -twin_clock.bracketed_offset(pylsl.local_clock, twin_clock.now)
         last_t = -math.inf
         scale = np.asarray(self.channel_map.scale, dtype=np.float64)
         meta = {"lsl_stream": self.paired.get("name")}
@@ -271,7 +272,7 @@ class LslSource(Source):
                     return
             if stamps is None or len(stamps) == 0:
                 continue
-            now_offset = twin_clock.now() - pylsl.local_clock()
+            now_offset = -twin_clock.bracketed_offset(pylsl.local_clock, twin_clock.now)
             if abs(now_offset - offset) > _OFFSET_STEP_S:
                 offset = now_offset
             t = np.asarray(stamps, dtype=np.float64) + offset
@@ -313,7 +314,7 @@ class LslSource(Source):
                     return
             if not stamps:
                 continue
-            offset = twin_clock.now() - pylsl.local_clock()
+            offset = -twin_clock.bracketed_offset(pylsl.local_clock, twin_clock.now)
             markers = []
             for sample, stamp in zip(values, stamps, strict=True):
                 text = escape_marker_text(" | ".join(str(v) for v in sample if str(v).strip()))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgetwin.clock import bracketed_offset
 from edgetwin.sources.lsl_meta import layout_problem, map_channels
 from edgetwin.store import Secret, TwinStore
 
@@ -192,7 +193,7 @@ def test_paired_stream_is_ingested_survives_loss_and_refuses_a_new_layout(
     assert not (first_value >= 2_000_000.0 - 1).any(), "the 5-channel stream was not ingested"
     # stored times are the outlet's timestamps (clock-corrected) within a few ms
     pushed = dict(first.pushed + outlets[1].pushed)
-    offset = time.time() - pylsl.local_clock()
+    offset = -bracketed_offset(pylsl.local_clock, time.time)  # not a preempted pair
     errs = [abs(ts - (pushed[round(val)] + offset)) for ts, val in
             zip(t.tolist(), first_value.tolist(), strict=True) if round(val) in pushed]
     assert len(errs) >= 300
@@ -314,7 +315,7 @@ def test_marker_streams_numeric_codes_and_strings_become_markers(env: dict[str, 
         for code, text in ((11, "trial 1 start"), (0, ""), (12, "bad\x1b[31mred"), (13, "end")):
             stamp = pylsl.local_clock()
             outlet.push_sample([code], stamp)
-            sent[str(code)] = stamp + time.time() - pylsl.local_clock()
+            sent[str(code)] = stamp - bracketed_offset(pylsl.local_clock, time.time)
             if text:
                 text_outlet.push_sample([text], stamp + 0.001)
                 sent[text] = sent[str(code)] + 0.001
