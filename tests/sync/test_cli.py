@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from edgetwin.config import PrivacyConfig
 from edgetwin.privacy.metrics import METRICS, window_start
 from tests.sync.helpers import DAY, Broker, free_port, make_twin, open_twin, write_days
 
@@ -22,11 +23,19 @@ Run = Callable[..., Result]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _today() -> float:
+    """The start of the UTC day after the fixture's three: today, except in the first
+    minutes after midnight, while yesterday's release still waits ``release_delay_s``
+    (the days then end a day earlier, so three are due, whatever the time of day: these
+    tests failed from 00:00 to 00:15 UTC)."""
+    return window_start(time.time() - PrivacyConfig().release_delay_s - 120.0, "day")
+
+
 @pytest.fixture
 def twin_home(home: Path) -> Path:
-    """A twin with three complete UTC days of data just behind the real clock."""
+    """A twin with three complete UTC days of data, due for release, just behind the clock."""
     store = make_twin(home)
-    write_days(store, window_start(time.time(), "day") - 3 * DAY, 3)
+    write_days(store, _today() - 3 * DAY, 3)
     store.close()
     return home
 
@@ -254,11 +263,11 @@ def test_sync_run_says_per_metric_which_periods_lacked_data_and_when_the_next_is
     assert m["metric"] == "hr_mean" and m["period"] == "day"
     # a week of backfill, data only in the last three days: four days are too thin
     thin = {_day(d["period_start"]) for d in m["too_little_data"]}
-    today = window_start(before, "day")
-    assert {_day(today - k * DAY) for k in (4, 5, 6, 7)} <= thin
+    today = _today()
+    assert {_day(today - k * DAY) for k in (4, 5, 6)} <= thin
     assert all(d["usable_frames"] < m["min_frames"] for d in m["too_little_data"])
-    # the next release waits for a period that has not ended yet, plus the late-frame delay
-    assert m["waiting_period_end"] > before
+    # the next release waits for a period to end, plus the late-frame delay
+    assert m["next_due"] > before
     assert m["next_due"] == pytest.approx(m["waiting_period_end"] + 900.0)
     assert doc["next_due"] == m["next_due"]
 
@@ -277,7 +286,7 @@ def test_sync_run_text_names_thin_periods_and_the_budget_refusals(
     text = result.output
     assert "not enough usable data" in text and "usable frames, 12 needed" in text
     assert "refused: the privacy budget is spent" in text
-    day = _day(window_start(time.time(), "day") - 2 * DAY)
+    day = _day(_today() - 2 * DAY)
     assert "budget charged to the UTC day" in text and f"the UTC day {day}" in text
 
 
@@ -286,7 +295,7 @@ def test_sync_budget_shows_the_period_a_release_was_charged_to(
 ) -> None:
     assert run_cli("consent", "grant", "hr_mean").exit_code == 0
     assert run_cli("sync", "run", "--no-upload").exit_code == 0
-    released_day = window_start(time.time(), "day") - 2 * DAY  # complete long ago: released
+    released_day = _today() - 2 * DAY  # complete long ago: released
     doc = _json(run_cli("sync", "budget", "--json"))
     charged = {c["period_start"]: c for c in doc["charged"]}
     assert charged[released_day]["period"] == "day"
