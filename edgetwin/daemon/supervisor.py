@@ -38,6 +38,7 @@ from edgetwin.daemon.lock import DaemonLock
 from edgetwin.daemon.looplag import LoopLag
 from edgetwin.daemon.runner import SourceRunner
 from edgetwin.daemon.worker import Writer
+from edgetwin.errors import StoreFull
 from edgetwin.sources.base import Source
 from edgetwin.store.tails import TailCounts
 from edgetwin.types import FeatureFrame, Marker, Prediction, SampleBatch, channel_markers
@@ -382,6 +383,9 @@ class Daemon:
                     await self._writer.run(job.run, what=job.name)
             except asyncio.CancelledError:
                 raise
+            except StoreFull as exc:  # a full disk is news, not a bug: no traceback
+                self.errors[f"periodic:{job.name}"] += 1
+                _LOGGER.warning("periodic job %s could not write: %s", job.name, exc)
             except Exception:  # a failing housekeeping job is logged, the daemon keeps going
                 self.errors[f"periodic:{job.name}"] += 1
                 _LOGGER.exception("periodic job %s failed", job.name)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import subprocess
@@ -275,6 +276,36 @@ async def test_a_job_with_a_first_delay_waits_it_beyond_the_grace(home: Path) ->
     assert runs, "the job never ran"
     assert runs[0] - started >= 0.7
     assert len(runs) >= 2
+
+
+async def test_a_job_meeting_a_full_disk_says_so_in_one_line_and_runs_again(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refit's record write in the soak's disk-full minute logged "periodic job personal
+    failed" with a traceback: a full disk is an expected state, said in one line."""
+    from edgetwin.daemon.supervisor import PeriodicJob
+    from edgetwin.errors import StoreFull
+
+    runs: list[int] = []
+
+    def job() -> None:
+        runs.append(1)
+        raise StoreFull("twin.db: the disk is full while writing a record")
+
+    daemon = Daemon(
+        home, CFG, MemoryStore(),
+        [ScriptedSource("s", batches_per_session=10**6, interval_s=0.01)],
+        periodic=[PeriodicJob("personal", 0.2, job, in_thread=True)],
+    )
+    daemon.start_grace_s = 0.1
+    with caplog.at_level(logging.WARNING, logger="edgetwin.daemon.supervisor"):
+        await daemon.run(duration=0.8)
+    said = [r for r in caplog.records if "periodic job personal" in r.getMessage()]
+    assert len(runs) >= 2 and len(said) == len(runs)
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in said)
+    assert said[0].getMessage() == ("periodic job personal could not write: twin.db: the disk "
+                                    "is full while writing a record")
+    assert daemon.errors["periodic:personal"] == len(runs)
 
 
 class FullDiskStore(MemoryStore):
