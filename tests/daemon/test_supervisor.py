@@ -298,14 +298,22 @@ async def test_a_job_meeting_a_full_disk_says_so_in_one_line_and_runs_again(
         periodic=[PeriodicJob("personal", 0.2, job, in_thread=True)],
     )
     daemon.start_grace_s = 0.1
+
+    async def stop_after_two() -> None:  # not a fixed duration: a loaded machine runs fewer
+        while daemon.errors["periodic:personal"] < 2:
+            await asyncio.sleep(0.01)
+        daemon.stop()
+
     with caplog.at_level(logging.WARNING, logger="edgetwin.daemon.supervisor"):
-        await daemon.run(duration=0.8)
+        watcher = asyncio.create_task(stop_after_two())
+        await asyncio.wait_for(daemon.run(), 60)
+        await watcher
     said = [r for r in caplog.records if "periodic job personal" in r.getMessage()]
-    assert len(runs) >= 2 and len(said) == len(runs)
+    assert len(said) >= 2 and len(runs) >= len(said)  # it ran again after the first
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in said)
     assert said[0].getMessage() == ("periodic job personal could not write: twin.db: the disk "
                                     "is full while writing a record")
-    assert daemon.errors["periodic:personal"] == len(runs)
+    assert daemon.errors["periodic:personal"] == len(said)  # each counted once, said once
 
 
 class FullDiskStore(MemoryStore):
