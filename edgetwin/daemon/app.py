@@ -147,15 +147,12 @@ def build_daemon(
         PeriodicJob("sync", config.sync.interval_s, _sync_job(store, config), in_thread=True),
     ]
     # With LOAD the models load once the sources run (see _load_after_start): a start, and a
-    # restart after a crash, loses the sensors' data until they run, and loading the models
-    # and restoring the person's baseline took ~0.2 s here (about a second on a Pi 4).
+    # restart after a crash, loses the sensors' data until they run.
     served = None if isinstance(engine, _Load) else engine
-    score: list[Callable[[], dict[str, Any]]] = [dict]  # replaced once the models serve
     if served is not None:
         from edgetwin.inference.serving import ServingEngine
     if served is not None and isinstance(served, ServingEngine):
         periodic.append(_personal_job(store, served))
-        score[0] = _score_status(served)
     publisher = _lsl_publisher(config) if (config.lsl.enabled if lsl is None else lsl) else None
     pipe: Pipeline = pipeline if pipeline is not None else make_pipeline(config)
     lsl_status: Callable[[], dict[str, Any]] = dict
@@ -178,14 +175,15 @@ def build_daemon(
         on_prediction=on_prediction,
         periodic=periodic,
         extra_status=lambda: {
-            "budget": budget_status(store, config), **score[0](), **lsl_status(),
+            "budget": budget_status(store, config), **_score_status(daemon.engine),
+            **lsl_status(),
             "disk": disk_status(store.home, config.retention.min_free_mib),
         },
     )
     if publisher is not None:
         _PUBLISHERS[daemon] = publisher
     if isinstance(engine, _Load) and config.inference.enabled:
-        daemon.after_start(_load_after_start(daemon, store, config, score))
+        daemon.after_start(_load_after_start(daemon, store, config))
     return daemon
 
 
@@ -204,8 +202,7 @@ def _personal_job(store: TwinStore, served: ServingEngine) -> PeriodicJob:
 
 
 def _load_after_start(
-    daemon: Daemon, store: TwinStore, config: Config,
-    score: list[Callable[[], dict[str, Any]]],
+    daemon: Daemon, store: TwinStore, config: Config
 ) -> Callable[[], Awaitable[None]]:
     """The models load in a thread of their own while samples flow; the person's baseline is
     restored on the writer, which then serves them: frames persisted before that (the first
@@ -223,7 +220,6 @@ def _load_after_start(
 
         served, job = await daemon.on_writer(serve, "load the models")
         daemon.add_periodic(job)
-        score[0] = _score_status(served)
         _LOGGER.info("models loaded: %s", served.model_id)
 
     return load
@@ -389,15 +385,19 @@ def _refit_job(store: TwinStore, served: ServingEngine) -> Callable[[], None]:
     return job
 
 
-def _score_status(served: ServingEngine) -> Callable[[], dict[str, Any]]:
-    """``status``'s ``score``: the last refit's score and its one-line summary."""
+def _score_status(engine: object) -> dict[str, Any]:
+    """``status``'s ``score``: the last refit's score and its one-line summary, when the
+    daemon serves a :class:`ServingEngine` (none before the models load)."""
+    if engine is None:
+        return {}
+    from edgetwin.inference.serving import ServingEngine
+
+    doc = engine.score if isinstance(engine, ServingEngine) else None
+    if not doc:
+        return {}
     from edgetwin.inference.scoring import summary_line
 
-    def score() -> dict[str, Any]:
-        doc = served.score
-        return {"score": {"summary": summary_line(doc), **doc}} if doc else {}
-
-    return score
+    return {"score": {"summary": summary_line(doc), **doc}}
 
 
 @dataclass

@@ -102,16 +102,10 @@ def lsl_time(
     t: Sequence[float] | np.ndarray[Any, Any], local_clock: Callable[[], float]
 ) -> list[float]:
     """Twin times (epoch seconds) on LSL's clock, with the offset read now."""
-    offset = clock_offset(local_clock)
+    # the wall clock read between two local_clock reads: a push preempted between two plain
+    # reads (a loaded machine) put that whole delay, 4 ms once, on every time of its chunk
+    offset = bracketed_offset(local_clock, time.time)
     return (np.asarray(t, dtype=np.float64) + offset).tolist()  # type: ignore[no-any-return]
-
-
-def clock_offset(local_clock: Callable[[], float], *,
-                 wall: Callable[[], float] = time.time) -> float:
-    """``local_clock() - wall()``, the wall clock read between two ``local_clock`` reads: a
-    push preempted between two plain reads (a loaded machine) put that whole delay, 4 ms
-    once, on every time of its chunk."""
-    return bracketed_offset(local_clock, wall)
 
 
 class LslPublisher:

@@ -115,6 +115,10 @@ async def test_sources_start_before_the_models_load_and_then_they_serve(
                     break
                 await asyncio.sleep(0.01)
             status = await daemon.status_async()
+            assert isinstance(daemon.engine, ServingEngine)
+            daemon.engine.score = {"windows": {"day": {"hr": {
+                "mae": {"served": 1.2, "persistence": 1.5}, "coverage": 0.9}}}}
+            scored = await daemon.status_async()  # read from the engine the daemon serves
         finally:
             daemon.stop()
             await run
@@ -122,6 +126,8 @@ async def test_sources_start_before_the_models_load_and_then_they_serve(
     assert isinstance(daemon.engine, ServingEngine)
     assert [j.name for j in daemon._periodic].count("personal") == 1
     assert "score" not in status  # no refit yet: the served engine's score is empty, not stale
+    assert scored["score"]["summary"] == ("score (last day, MAE): hr 1.20 vs persistence 1.50 "
+                                          "(0.80x), band 90%")
 
 
 def test_a_start_imports_neither_the_sync_job_nor_bundle_code() -> None:

@@ -127,13 +127,13 @@ def _offset_now() -> float:
 def test_the_clock_offset_is_read_between_two_reads_of_lsls_clock() -> None:
     """A preemption between the two clocks' reads no longer lands in the offset: of three
     bracketed reads the tightest is kept."""
-    from edgetwin.interop.lsl_outlets import clock_offset
+    from edgetwin.clock import bracketed_offset
 
     true_offset = 100.0  # local_clock = wall + 100 s
     walls = iter([1.000, 2.000, 3.000])
     # first bracket: preempted for 4 ms after the wall clock was read; then a tight one
     locals_ = iter([101.000, 101.004, 102.000, 102.00001, 103.0, 103.00001])
-    got = clock_offset(lambda: next(locals_), wall=lambda: next(walls))
+    got = bracketed_offset(lambda: next(locals_), lambda: next(walls))
     assert abs(got - true_offset) < 20e-6  # a plain pair of reads: 4 ms off
 
 
