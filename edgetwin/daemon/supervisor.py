@@ -503,7 +503,11 @@ class Daemon:
             self.errors["commit"] += 1
             if self.commit_failing is None:
                 self.commit_failing = {"since": time.time(), "error": str(exc), "tries": 0}
-                _LOGGER.exception("committing to the store failed; retrying with backoff")
+                if isinstance(exc, StoreFull):  # expected on a small card: its message says it all
+                    _LOGGER.warning("committing to the store failed: %s; retrying with backoff",
+                                    exc)
+                else:  # anything else is a bug or a damaged disk: keep the traceback
+                    _LOGGER.exception("committing to the store failed; retrying with backoff")
             else:  # once per failure streak with its traceback; then one line
                 self.commit_failing["error"] = str(exc)
                 _LOGGER.warning("commit still failing: %s", exc)

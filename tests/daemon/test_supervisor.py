@@ -335,8 +335,10 @@ class FullDiskStore(MemoryStore):
 
 
 async def test_a_full_disk_shows_in_status_since_when_and_nothing_buffered_is_lost(
-    home: Path,
+    home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Also: the failing commits are said in one WARNING line each, without a traceback (a
+    full disk is expected on a small card; the soak's log showed an ERROR and 30 lines)."""
     store = FullDiskStore()
     daemon = Daemon(home, CFG, store,
                     [ScriptedSource("s", batches_per_session=10**6, interval_s=0.005)], seed=1)
@@ -358,8 +360,14 @@ async def test_a_full_disk_shows_in_status_since_when_and_nothing_buffered_is_lo
             daemon.stop()
 
     watcher = asyncio.create_task(watch())
-    await asyncio.wait_for(daemon.run(), 60)
+    with caplog.at_level(logging.WARNING, logger="edgetwin.daemon.supervisor"):
+        await asyncio.wait_for(daemon.run(), 60)
     await asyncio.wait_for(watcher, 1)
+    said = [r for r in caplog.records if "commit" in r.getMessage()]
+    assert said[0].getMessage() == ("committing to the store failed: twin.db: the disk is full "
+                                    "while writing samples; retrying with backoff")
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in said)
+    assert said[-1].getMessage().startswith("commits work again after")
     failing = seen["failing"]
     assert isinstance(failing, dict) and "disk is full" in failing["error"]
     assert failing["since"] > 0 and isinstance(seen["rows"], int) and seen["rows"] > 0
