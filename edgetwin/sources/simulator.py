@@ -94,6 +94,10 @@ RATES_HZ: dict[str, float] = {
 _ROOM = {"climate": (CLIMATE_CHANNELS, CLIMATE_UNITS), "air": (AIR_CHANNELS, AIR_UNITS)}
 _NAN_DROPOUT = frozenset({"eeg", "fnirs"})  # these keep their rows and go NaN
 _STATE_GRID_HZ = 4.0  # latent states are smooth: evaluate coarsely, interpolate
+# A paired (live) simulator hands over what it simulated every quarter second, as a wearable
+# sends a beat or a reading as it comes: whole-second chunks held each sample up to a second
+# before the daemon saw it, which a SIGKILL then lost on top of the unflushed second.
+LIVE_CHUNK_S = 0.25
 
 
 def simulate(
@@ -222,7 +226,7 @@ class SimulatorSource(Source):
             realtime=bool(record.get("realtime", True)),
             speed=float(record.get("speed", 1.0)),
             modalities=tuple(modalities),
-            chunk_s=float(record.get("chunk_s", 1.0)),
+            chunk_s=float(record.get("chunk_s", LIVE_CHUNK_S)),
             dropouts=bool(record.get("dropouts", True)),
         )
 

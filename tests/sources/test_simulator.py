@@ -332,6 +332,26 @@ async def test_realtime_source_paces_chunks_by_the_clock() -> None:
     assert src.counters.last_sample_t == seen[-1].last_t
 
 
+async def test_a_paired_simulator_hands_over_each_quarter_second() -> None:
+    """A paired (live) simulator is a wearable: what it simulated reaches the daemon within
+    0.25 s, not at the end of a whole second (which a SIGKILL lost on top of the unflushed
+    second: 2.4-2.7 s of RR in the soak)."""
+    fake = FakeClock()
+    src = SimulatorSource.from_record("sim", {"kind": "simulator", "seed": 3,
+                                              "modalities": ["vitals"]})
+    src._clock, src._sleep, src._wall = fake.clock, fake.sleep, lambda: T0
+    await src.connect()
+    released: list[tuple[float, float]] = []  # (clock at release, newest sample's age then)
+    async for batch in src.stream():
+        released.append((fake.now, T0 + (fake.now - 100.0) - batch.last_t))
+        if len(released) == 8:
+            break
+    await src.close()
+    assert all(s == pytest.approx(0.25) for s in fake.sleeps)
+    assert released[-1][0] - 100.0 == pytest.approx(2.0)  # 8 readings at 4 Hz in 2 s
+    assert max(age for _, age in released) <= 0.25 + 1e-9
+
+
 async def test_realtime_source_catches_up_without_sleeping_when_behind() -> None:
     fake = FakeClock()
     src = SimulatorSource(
