@@ -636,7 +636,13 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                             prev = (mono, cpu)
                         d = st.get("daemon", {})
                         row["loop_lag_p99_ms"] = (d.get("loop_lag_ms") or {}).get("p99")
-                        row["py_blocks"] = (d.get("memory") or {}).get("py_blocks")
+                        mem_parts = d.get("memory") or {}
+                        row["py_blocks"] = mem_parts.get("py_blocks")
+                        # C code's heap in use vs kept free (a leak vs fragmentation), and
+                        # SQLite's caches: which of them an anonymous-RSS growth is
+                        for key in ("heap_used_bytes", "heap_free_bytes", "sqlite_bytes"):
+                            if mem_parts.get(key) is not None:
+                                row[key.replace("_bytes", "_mib")] = mem_parts[key] / 2**20
                         row["threads_cpu_s"] = d.get("threads_cpu_s")
                         row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
                         row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
@@ -762,7 +768,8 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                   for f in faults]
     rss_fit = growth_per_hour([s["t"] for s in fit_rows], [s["rss_mib"] for s in fit_rows])
     parts_fit = {}  # which part of the RSS grows: heaps, mapped files, Python's objects
-    for part in ("rss_anon_mib", "rss_file_mib", "py_blocks"):
+    for part in ("rss_anon_mib", "rss_file_mib", "py_blocks", "heap_used_mib",
+                 "heap_free_mib", "sqlite_mib"):
         rows = [s for s in fit_rows if s.get(part) is not None]
         parts_fit[part] = growth_per_hour([s["t"] for s in rows], [s[part] for s in rows])
     db_fit = growth_per_hour([s["t"] for s in samples],
@@ -792,17 +799,24 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                                            "max": max(drops) if drops else None},
         "rss_growth_mib": rss_fit, "rss_growth_by_part": parts_fit, "db_growth_mib": db_fit,
         "rss_growth_between_faults_mib": between,
+        "growth_between_faults_by_part": {
+            part: growth_between_faults(samples, rel_faults, part)["per_hour"]
+            for part in ("rss_anon_mib", "rss_file_mib", "py_blocks", "heap_used_mib",
+                         "heap_free_mib", "sqlite_mib")},
         "cpu_share_by_thread": thread_shares(longest),
         "faults": [{k: (round(v, 1) if k in ("at", "until") else v) for k, v in f.items()}
                    for f in rel_faults],
         "streams": streams,
         "series": {"columns": ["t_s", "cpu_share", "rss_mib", "loop_lag_p99_ms",
                                "loop_lag_max_ms", "drops", "db_mib", "rss_anon_mib",
-                               "rss_file_mib", "py_blocks"],
+                               "rss_file_mib", "py_blocks", "heap_used_mib", "heap_free_mib",
+                               "sqlite_mib"],
                    "rows": [[round(s["t"], 1), _r(s.get("cpu_share"), 4), _r(s.get("rss_mib"), 1),
                              s.get("loop_lag_p99_ms"), s.get("loop_lag_max_ms"), s.get("drops"),
                              round(s["db_bytes"] / 2**20, 2), _r(s.get("rss_anon_mib"), 1),
-                             _r(s.get("rss_file_mib"), 1), s.get("py_blocks")]
+                             _r(s.get("rss_file_mib"), 1), s.get("py_blocks"),
+                             _r(s.get("heap_used_mib"), 2), _r(s.get("heap_free_mib"), 2),
+                             _r(s.get("sqlite_mib"), 2)]
                             for s in samples]},
         "not_injected": not_injected,
         "store_errors_seen": sorted({str(s["store_error"])[:160] for s in samples

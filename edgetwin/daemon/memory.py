@@ -62,6 +62,59 @@ def trim() -> bool:
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33 and later): every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_parts() -> dict[str, int]:
+    """What C code holds on malloc's heap, apart from what it keeps free: ``heap_used_bytes``
+    (blocks in use, mapped ones included) and ``heap_free_bytes`` (free inside the arenas:
+    fragmentation that RSS counts but nothing uses); {} without glibc's ``mallinfo2``.
+
+    So a reader of a growing RSS can tell a leak (used grows) from fragmentation (free
+    grows). Walks the arenas under their locks: cheap at the daemon's few arenas.
+    """
+    libc = _glibc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if fn is None:
+        return {}
+    fn.argtypes, fn.restype = [], _MallInfo2
+    info = fn()
+    return {"heap_used_bytes": int(info.uordblks + info.hblkhd),
+            "heap_free_bytes": int(info.fordblks)}
+
+
+def sqlite_bytes() -> int | None:
+    """Memory SQLite holds for all the process's connections (page caches, statements),
+    from the library Python's ``sqlite3`` is linked to; None where that cannot be asked."""
+    lib = _sqlite_lib()
+    return int(lib.sqlite3_memory_used()) if lib is not None else None
+
+
+@functools.cache
+def _sqlite_lib() -> Any:
+    import sqlite3  # the module's library is the one loaded: dlopen returns the same handle
+
+    name = ctypes.util.find_library("sqlite3")
+    if not name:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        used = lib.sqlite3_memory_used
+        version = lib.sqlite3_libversion
+    except (OSError, AttributeError):
+        return None
+    version.restype = ctypes.c_char_p
+    if version().decode() != sqlite3.sqlite_version:  # a statically linked or other copy
+        return None
+    used.argtypes, used.restype = [], ctypes.c_int64
+    return lib
+
+
 @functools.cache
 def _glibc() -> Any:
     """The process's glibc with ``mallopt`` and ``malloc_trim`` typed, or None."""

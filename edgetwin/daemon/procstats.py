@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from edgetwin.daemon import memory
+
 NATIVE = "(native threads)"  # threads Python did not start: BrainFlow's board threads, ...
 
 
@@ -27,7 +29,8 @@ def rss_bytes() -> int:
 
 def memory_parts() -> dict[str, int]:
     """RSS split into anonymous pages (heaps) and file-backed or shared pages (mapped
-    libraries and files), plus the blocks Python's allocator holds; {} off Linux."""
+    libraries and files), plus the blocks Python's allocator holds, malloc's heap in use and
+    free (:func:`memory.heap_parts`) and SQLite's own memory; {} off Linux."""
     try:
         with open("/proc/self/statm", encoding="ascii") as f:  # noqa: PTH123 - hot, tiny read
             fields = f.read().split()
@@ -35,8 +38,11 @@ def memory_parts() -> dict[str, int]:
         resident, shared = int(fields[1]) * page, int(fields[2]) * page
     except (OSError, ValueError, IndexError):
         return {}
-    return {"anon_bytes": resident - shared, "file_bytes": shared,
-            "py_blocks": sys.getallocatedblocks()}
+    parts = {"anon_bytes": resident - shared, "file_bytes": shared,
+             "py_blocks": sys.getallocatedblocks(), **memory.heap_parts()}
+    if (sqlite := memory.sqlite_bytes()) is not None:
+        parts["sqlite_bytes"] = sqlite
+    return parts
 
 
 def thread_cpu_s() -> dict[str, float]:
