@@ -502,6 +502,9 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 # (default 1 GiB) would take the seeded past days at once; this low it acts
                 # only in the disk-full minute, as it would on a card that filled up
                 text = text.replace("[retention]\n", "[retention]\nmin_free_mib = 16\n", 1)
+                # a port of its own: another twin or soak on the machine may hold 8765
+                text = text.replace("[dashboard]\n", f"[dashboard]\nport = {_free_port()}\n",
+                                    1)
                 # EDGETWIN_SOAK_FLUSH_S: another commit interval, to weigh what a SIGKILL
                 # loses against what commits cost
                 if flush := os.environ.get("EDGETWIN_SOAK_FLUSH_S"):
