@@ -189,17 +189,28 @@ class Daemon:
         self.shed_samples: collections.Counter[str] = collections.Counter()
         self._commit_retry_at = 0.0  # time.monotonic() before which the flusher does not try
         self.loop_lag = LoopLag()
-        self._writer = Writer()
+        # rows buffered but not committed, as the writer last counted them: status reads this
+        # on the loop, and asking the store would wait for its lock, held for seconds by a
+        # catch-up commit after a full disk, a day's delete for room, or a forget
+        self._uncommitted_rows = 0
+        self._writer = self._new_writer()
         self._status_read: asyncio.Future[dict[str, Any]] | None = None
         self._store_status_cache: dict[str, Any] = {"store": {"streams": []}}
         self._tail_counts = TailCounts()  # what status readers counted, for the next one
+
+    def _new_writer(self) -> Writer:
+        return Writer(after_job=self._count_uncommitted)
+
+    def _count_uncommitted(self) -> None:
+        """On the writer thread, after each job: the store's buffer, for status."""
+        self._uncommitted_rows = self.store.pending_rows()
 
     async def run(self, duration: float | None = None) -> None:
         """Run until SIGTERM/SIGINT, ``stop()``, or ``duration`` seconds have passed."""
         self._lock.acquire()
         self._running = True
         if self._writer.closed:  # a second run: a fresh writer, no read of the last loop's
-            self._writer = Writer()
+            self._writer = self._new_writer()
             self._status_read = None
         lag = asyncio.create_task(self.loop_lag.run(), name="looplag")
         try:
@@ -317,7 +328,7 @@ class Daemon:
                 "loop_lag_ms": self.loop_lag.snapshot(),
                 "writer": self._writer.stats(),
                 "commit_failing": dict(self.commit_failing) if self.commit_failing else None,
-                "uncommitted_rows": self.store.pending_rows(),
+                "uncommitted_rows": self._uncommitted_rows,
                 "shed_samples": dict(self.shed_samples),
                 # the time samples are stamped with (edgetwin.clock): ahead of the wall clock
                 # only while absorbing a step of the host's clock back

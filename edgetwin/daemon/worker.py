@@ -37,8 +37,13 @@ class WorkerClosed(RuntimeError):
 class Writer:
     """A single thread with a FIFO queue of jobs."""
 
-    def __init__(self, name: str = "edgetwin-writer") -> None:
+    def __init__(self, name: str = "edgetwin-writer",
+                 after_job: Callable[[], None] | None = None) -> None:
+        """``after_job`` runs on the thread after every job: a place to take a reading of
+        what the jobs keep (the store's buffer) that the loop can then look at without a
+        lock."""
         self.name = name
+        self._after_job = after_job
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._closed = False
@@ -116,5 +121,10 @@ class Writer:
                 self._current = None
                 self.jobs += 1
                 self.busy_s += time.monotonic() - started
+            if self._after_job is not None:
+                try:
+                    self._after_job()
+                except Exception:  # a reading must not stop the writer
+                    _LOGGER.debug("after-job reading failed", exc_info=True)
         # closed: anything queued after the sentinel (none: submit refuses) is dropped
         _LOGGER.debug("%s thread ended after %d jobs", self.name, self.jobs)

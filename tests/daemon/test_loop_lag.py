@@ -267,7 +267,9 @@ async def test_status_reads_the_streams_on_its_own_connection_while_the_writer_h
 ) -> None:
     """With a real store, status reads the streams through a reader (its own SQLite
     connection): while a long job holds the store's lock it answers with fresh counts,
-    not the last view marked stale."""
+    not the last view marked stale, and without waiting for the lock on the loop (it once
+    asked the store for its uncommitted rows there, and this test passed only when the
+    holder gave up after 30 s: the loop, and every source, stood still meanwhile)."""
     import threading
 
     from edgetwin.store import KdfParams
@@ -279,10 +281,14 @@ async def test_status_reads_the_streams_on_its_own_connection_while_the_writer_h
     run = asyncio.create_task(daemon.run())
     held, release = threading.Event(), threading.Event()
 
+    gave_up: list[bool] = []
+
     def hold_the_store() -> None:  # what a forget of a large stream does on the writer
         with store.transaction():
             held.set()
-            release.wait(30)
+            # held until status has answered; if status waits for this lock, it cannot
+            # answer, and the holder gives up (a failure, not a hang)
+            gave_up.append(not release.wait(20))
 
     try:
         while not store.streams():
@@ -297,6 +303,7 @@ async def test_status_reads_the_streams_on_its_own_connection_while_the_writer_h
         daemon.stop()
         await run
         store.close()
+    assert gave_up == [False], "status waited on the loop for the store's lock"
     assert "stale" not in during["store"]
     assert during["store"]["streams"][0]["name"] == "s.x"
     assert during["store"]["streams"][0]["samples"] > 0

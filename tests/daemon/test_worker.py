@@ -54,3 +54,24 @@ async def test_an_error_reaches_the_caller_and_the_writer_goes_on() -> None:
     await writer.aclose()
     with pytest.raises(WorkerClosed, match="closed"):
         await writer.run(lambda: 8)
+
+
+async def test_after_job_reads_on_the_writer_after_each_job_and_never_stops_it() -> None:
+    """The daemon counts the store's buffer there, for a status that must not take the
+    store's lock on the loop; a failing reading is not the job's failure."""
+    buffer: list[int] = []
+    readings: list[tuple[int, str]] = []
+
+    def read() -> None:
+        readings.append((len(buffer), threading.current_thread().name))
+        if len(buffer) == 2:
+            raise RuntimeError("a reading that fails")
+
+    writer = Writer(after_job=read)
+    try:
+        for i in range(4):
+            await writer.run(buffer.append, i)
+    finally:
+        await writer.aclose()
+    assert readings == [(n, "edgetwin-writer") for n in (1, 2, 3, 4)]
+    assert buffer == [0, 1, 2, 3]
