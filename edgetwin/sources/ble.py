@@ -327,8 +327,7 @@ class BleSource(Source):
         try:
             device = await get_device(self.address)
             if device is None:
-                async with _scan_lock():
-                    device = await _find_by_address(self.address, self.scan_timeout_s)
+                device = await _find_by_address(self.address, self.scan_timeout_s)
         except (BleakError, OSError, EOFError) as exc:
             raise _translate(exc, f"scanning for {self.address}") from exc
         if device is None:
@@ -639,8 +638,7 @@ async def probe_ble(address: str, within_s: float = 20.0) -> dict[str, Any]:
         async with asyncio.timeout(within_s):
             device = await get_device(norm)
             if device is None:
-                async with _scan_lock():
-                    device = await _find_by_address(norm, within_s / 2)
+                device = await _find_by_address(norm, within_s / 2)
             if device is None:
                 raise DeviceNotFound(
                     f"BLE device {norm} is not advertising",
@@ -677,10 +675,44 @@ def _scan_lock() -> asyncio.Lock:
     return lock
 
 
+# addresses that sources of this loop are waiting to find, each with its waiters: one scan
+# serves them all, so straps reconnecting together after a restart take one scan, not one
+# each behind the scan lock
+_WANTED: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, list[asyncio.Future[Any]]]
+] = weakref.WeakKeyDictionary()
+
+
 async def _find_by_address(address: str, scan_s: float) -> Any:
+    """The advertising device at ``address`` (None if not seen within ``scan_s``). Scans one
+    at a time (:func:`_scan_lock`); a scan hands every device it sees to whoever else is
+    waiting for that address, and a waiter already served does not scan again."""
     from bleak import BleakScanner
 
-    return await BleakScanner.find_device_by_address(address, timeout=scan_s)
+    loop = asyncio.get_running_loop()
+    wanted = _WANTED.setdefault(loop, {})
+    key = address.upper()
+    found: asyncio.Future[Any] = loop.create_future()
+    wanted.setdefault(key, []).append(found)
+
+    def seen(device: Any, _adv: Any) -> None:
+        for waiter in wanted.pop(device.address.upper(), []):
+            if not waiter.done():
+                waiter.set_result(device)
+
+    try:
+        async with _scan_lock():
+            if not found.done():  # nobody else's scan saw it meanwhile
+                async with BleakScanner(detection_callback=seen):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(found), scan_s)
+        return found.result() if found.done() else None
+    finally:
+        waiters = wanted.get(key, [])
+        if found in waiters:
+            waiters.remove(found)
+        if not waiters:
+            wanted.pop(key, None)
 
 
 def _translate(exc: BaseException, doing: str) -> SourceError:
