@@ -457,3 +457,18 @@ async def test_reconnect_resumes_the_timeline_and_dropouts_count_as_gaps() -> No
     assert ts[0] == pytest.approx(first - 10.0)
     assert ts[-1] < first + 20.0
     assert src.counters.gaps == 1
+
+
+@pytest.mark.parametrize("hours", [0.0, 9.0])  # asleep-ish and awake: other heart rates
+def test_the_first_beat_carries_its_rr_interval_from_a_beat_before_the_start(hours: float) -> None:
+    """The heart did not start with the simulation: its first beat comes with an interval
+    whose beat lies before the start, as a strap that connects (or a restarted daemon) gets
+    RR with the first beat it hears. Without it a restart lost a whole beat more of RR."""
+    t0 = T0 + hours * 3600.0
+    person = SimulatedPerson.from_seed(3)
+    rr = [b for b in simulate(person, t0, 30.0, chunk_s=0.25, modalities=("rr",))
+          if b.stream.endswith(".rr")]
+    t = np.concatenate([b.t for b in rr])
+    ms = np.concatenate([b.values[:, 0] for b in rr])
+    assert t[0] - ms[0] / 1000.0 < t0 <= t[0]  # its beat before the start
+    assert 0.7 < ms[0] / np.median(ms) < 1.3  # and the rhythm's interval, not a made-up one

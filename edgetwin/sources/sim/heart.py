@@ -68,7 +68,12 @@ class Heart:
         self._phi = float(self.rng.random())  # cardiac integral (beats)
         self._resp = float(self.rng.uniform(0, 2 * math.pi))
         self._lf = float(self.rng.uniform(0, 2 * math.pi))
-        self._last_beat: float | None = None
+        # the beat before the start, where the phase puts it: the heart did not start with
+        # the simulation, so its first beat carries an RR interval, as a strap that connects
+        # (or a daemon that restarts) gets one with the first beat it hears
+        hr_start = float(np.clip(mean_hr(person, schedule.states(np.array([start_t]))),
+                                 35.0, 200.0)[0])
+        self._last_beat: float | None = start_t - (self._phi % 1.0) * 60.0 / hr_start
         self._pending: list[float] = []
         # Grid history (kept short): times, cardiac integral, smoothed HR, phases.
         self._hist_t = np.array([start_t])
