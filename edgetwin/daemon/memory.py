@@ -78,12 +78,10 @@ def heap_parts() -> dict[str, int]:
     So a reader of a growing RSS can tell a leak (used grows) from fragmentation (free
     grows). Walks the arenas under their locks: cheap at the daemon's few arenas.
     """
-    libc = _glibc()
-    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if fn is None:
+    lib = _mallinfo_lib()
+    if lib is None:
         return {}
-    fn.argtypes, fn.restype = [], _MallInfo2
-    info = fn()
+    info = lib.mallinfo2()
     return {"heap_used_bytes": int(info.uordblks + info.hblkhd),
             "heap_free_bytes": int(info.fordblks)}
 
@@ -95,39 +93,47 @@ def sqlite_bytes() -> int | None:
     return int(lib.sqlite3_memory_used()) if lib is not None else None
 
 
-@functools.cache
-def _sqlite_lib() -> Any:
-    import sqlite3  # the module's library is the one loaded: dlopen returns the same handle
+_Signatures = dict[str, tuple[list[Any], Any]]  # function -> (argtypes, restype)
 
-    name = ctypes.util.find_library("sqlite3")
-    if not name:
+
+def _typed_library(name: str, functions: _Signatures) -> Any:
+    """The C library ``name`` (as ``find_library`` spells it) with ``functions`` typed, or
+    None where it or one of them is missing."""
+    path = ctypes.util.find_library(name)
+    if not path:
         return None
     try:
-        lib = ctypes.CDLL(name)
-        used = lib.sqlite3_memory_used
-        version = lib.sqlite3_libversion
+        lib = ctypes.CDLL(path)
+        for fn, (argtypes, restype) in functions.items():
+            getattr(lib, fn).argtypes = argtypes
+            getattr(lib, fn).restype = restype
     except (OSError, AttributeError):
         return None
-    version.restype = ctypes.c_char_p
-    if version().decode() != sqlite3.sqlite_version:  # a statically linked or other copy
-        return None
-    used.argtypes, used.restype = [], ctypes.c_int64
     return lib
 
 
 @functools.cache
 def _glibc() -> Any:
-    """The process's glibc with ``mallopt`` and ``malloc_trim`` typed, or None."""
-    name = ctypes.util.find_library("c")
-    if not name:
+    """The process's glibc with ``mallopt`` and ``malloc_trim`` typed, or None (not glibc:
+    musl has neither, macOS lacks mallopt)."""
+    return _typed_library("c", {"mallopt": ([ctypes.c_int, ctypes.c_int], ctypes.c_int),
+                                "malloc_trim": ([ctypes.c_size_t], ctypes.c_int)})
+
+
+@functools.cache
+def _mallinfo_lib() -> Any:
+    """glibc with ``mallinfo2`` typed, or None (older than 2.33, or not glibc)."""
+    return _typed_library("c", {"mallinfo2": ([], _MallInfo2)})
+
+
+@functools.cache
+def _sqlite_lib() -> Any:
+    """The SQLite library Python's ``sqlite3`` uses, with ``sqlite3_memory_used`` typed, or
+    None where the loadable one is another copy (a statically linked module)."""
+    import sqlite3  # the module's library is the one loaded: dlopen returns the same handle
+
+    lib = _typed_library("sqlite3", {"sqlite3_memory_used": ([], ctypes.c_int64),
+                                     "sqlite3_libversion": ([], ctypes.c_char_p)})
+    if lib is None or lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
         return None
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: musl has neither, macOS lacks mallopt
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim.restype = ctypes.c_int
-    return libc
+    return lib
