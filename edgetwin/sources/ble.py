@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -599,7 +600,7 @@ async def scan_ble(timeout: float = 5.0) -> list[dict[str, Any]]:  # noqa: ASYNC
     from bleak.exc import BleakError
 
     try:
-        async with _scan_lock():
+        async with _scans().lock:
             found = await BleakScanner.discover(timeout=timeout, return_adv=True)
     except (BleakError, OSError, EOFError) as exc:
         raise _translate(exc, "scanning") from exc
@@ -660,39 +661,41 @@ async def probe_ble(address: str, within_s: float = 20.0) -> dict[str, Any]:
 
 # -- private helpers -----------------------------------------------------------------------
 
-# bluetoothd keeps one discovery session per D-Bus client and bleak shares one client per
-# event loop, so concurrent scans from several sources would fail with InProgress.
-_SCAN_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+@dataclasses.dataclass
+class _Scans:
+    """One event loop's scanning: bluetoothd keeps one discovery session per D-Bus client
+    and bleak shares one client per event loop, so concurrent scans from several sources
+    would fail with InProgress (``lock``); and the addresses its sources wait to find, each
+    with its waiters (``wanted``), so one scan serves them all: straps reconnecting together
+    after a restart take one scan, not one each behind the lock."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    wanted: dict[str, list[asyncio.Future[Any]]] = dataclasses.field(default_factory=dict)
+
+
+_SCANS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Scans] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _scan_lock() -> asyncio.Lock:
+def _scans() -> _Scans:
     loop = asyncio.get_running_loop()
-    lock = _SCAN_LOCKS.get(loop)
-    if lock is None:
-        lock = _SCAN_LOCKS[loop] = asyncio.Lock()
-    return lock
-
-
-# addresses that sources of this loop are waiting to find, each with its waiters: one scan
-# serves them all, so straps reconnecting together after a restart take one scan, not one
-# each behind the scan lock
-_WANTED: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[str, list[asyncio.Future[Any]]]
-] = weakref.WeakKeyDictionary()
+    scans = _SCANS.get(loop)
+    if scans is None:
+        scans = _SCANS[loop] = _Scans()
+    return scans
 
 
 async def _find_by_address(address: str, scan_s: float) -> Any:
     """The advertising device at ``address`` (None if not seen within ``scan_s``). Scans one
-    at a time (:func:`_scan_lock`); a scan hands every device it sees to whoever else is
+    at a time (:class:`_Scans`); a scan hands every device it sees to whoever else is
     waiting for that address, and a waiter already served does not scan again."""
     from bleak import BleakScanner
 
-    loop = asyncio.get_running_loop()
-    wanted = _WANTED.setdefault(loop, {})
+    scans = _scans()
+    wanted = scans.wanted
     key = address.upper()
-    found: asyncio.Future[Any] = loop.create_future()
+    found: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     wanted.setdefault(key, []).append(found)
 
     def seen(device: Any, _adv: Any) -> None:
@@ -701,7 +704,7 @@ async def _find_by_address(address: str, scan_s: float) -> Any:
                 waiter.set_result(device)
 
     try:
-        async with _scan_lock():
+        async with scans.lock:
             if not found.done():  # nobody else's scan saw it meanwhile
                 async with BleakScanner(detection_callback=seen):
                     with contextlib.suppress(TimeoutError):
