@@ -122,6 +122,10 @@ def kill_gap(t: np.ndarray, nominal: float, kill_at: float, *, max_interval_s: f
             "lost_s": round(max(after - before - nominal, 0.0), 2)}
 
 
+# what the RSS is made of, per sample: heaps vs mapped files, Python's blocks, malloc's heap
+# in use and kept free, SQLite's caches (fitted per hour, whole run and between faults)
+MEMORY_PARTS = ("rss_anon_mib", "rss_file_mib", "py_blocks", "heap_used_mib", "heap_free_mib",
+                "sqlite_mib")
 SIMULATOR_SEED = 3  # the soak's simulator source (pair add simulator --seed 3)
 SIMULATOR_DROPOUTS_PER_H = 0.12  # edgetwin.sources.simulator: its schedule with dropouts on
 
@@ -771,8 +775,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                   for f in faults]
     rss_fit = growth_per_hour([s["t"] for s in fit_rows], [s["rss_mib"] for s in fit_rows])
     parts_fit = {}  # which part of the RSS grows: heaps, mapped files, Python's objects
-    for part in ("rss_anon_mib", "rss_file_mib", "py_blocks", "heap_used_mib",
-                 "heap_free_mib", "sqlite_mib"):
+    for part in MEMORY_PARTS:
         rows = [s for s in fit_rows if s.get(part) is not None]
         parts_fit[part] = growth_per_hour([s["t"] for s in rows], [s[part] for s in rows])
     db_fit = growth_per_hour([s["t"] for s in samples],
@@ -804,8 +807,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "rss_growth_between_faults_mib": between,
         "growth_between_faults_by_part": {
             part: growth_between_faults(samples, rel_faults, part)["per_hour"]
-            for part in ("rss_anon_mib", "rss_file_mib", "py_blocks", "heap_used_mib",
-                         "heap_free_mib", "sqlite_mib")},
+            for part in MEMORY_PARTS},
         "cpu_share_by_thread": thread_shares(longest),
         "faults": [{k: (round(v, 1) if k in ("at", "until") else v) for k, v in f.items()}
                    for f in rel_faults],
