@@ -39,7 +39,11 @@ class DaemonConfig:
     """Supervisor, hub and persistence cadence."""
 
     flush_interval_s: float = 1.0  # at most this much committed work is lost on SIGKILL
-    hub_queue_batches: int = 256  # per consumer; beyond it the oldest batch is dropped
+    # per consumer; beyond either bound the oldest batch is dropped. 8 MiB is ~100 s of the
+    # reference load (16-ch EEG, 16 optical channels, 32 serial channels, 4 straps): a stalled
+    # writer (a slow fsync, a busy host) loses nothing for that long
+    hub_queue_batches: int = 8192
+    hub_queue_mib: float = 8.0
     watchdog_s: float = 10.0  # a source silent this long is reconnected
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
@@ -51,6 +55,7 @@ class DaemonConfig:
         _positive("daemon.flush_interval_s", self.flush_interval_s)
         _positive("daemon.max_uncommitted_mib", self.max_uncommitted_mib)
         _positive("daemon.hub_queue_batches", self.hub_queue_batches)
+        _positive("daemon.hub_queue_mib", self.hub_queue_mib)
         _positive("daemon.watchdog_s", self.watchdog_s)
         _positive("daemon.backoff_initial_s", self.backoff_initial_s)
         if self.backoff_max_s < self.backoff_initial_s:

@@ -664,6 +664,14 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                         row["sources"] = {s["name"]: s.get("state") for s in st.get("sources", [])}
                         row["store_error"] = (d.get("commit_failing") or {}).get("error")
                         row["uncommitted_rows"] = d.get("uncommitted_rows")
+                        # a writer held up (a slow fsync) and what waits for it meanwhile
+                        writer = d.get("writer") or {}
+                        row["writer_running_for_s"] = writer.get("running_for_s")
+                        row["writer_longest"] = [writer.get("longest"), writer.get("longest_s")]
+                        row["hub_queued_mib"] = max(
+                            (q.get("queued_bytes", 0) / 2**20
+                             for q in (st.get("hub") or {}).get("consumers", {}).values()),
+                            default=None)
                         samples.append(row)
                         lifetimes[-1].append(row)
                     time.sleep(0.2)
@@ -815,19 +823,25 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "series": {"columns": ["t_s", "cpu_share", "rss_mib", "loop_lag_p99_ms",
                                "loop_lag_max_ms", "drops", "db_mib", "rss_anon_mib",
                                "rss_file_mib", "py_blocks", "heap_used_mib", "heap_free_mib",
-                               "sqlite_mib"],
+                               "sqlite_mib", "writer_running_for_s", "hub_queued_mib"],
                    "rows": [[round(s["t"], 1), _r(s.get("cpu_share"), 4), _r(s.get("rss_mib"), 1),
                              s.get("loop_lag_p99_ms"), s.get("loop_lag_max_ms"), s.get("drops"),
                              round(s["db_bytes"] / 2**20, 2), _r(s.get("rss_anon_mib"), 1),
                              _r(s.get("rss_file_mib"), 1), s.get("py_blocks"),
                              _r(s.get("heap_used_mib"), 2), _r(s.get("heap_free_mib"), 2),
-                             _r(s.get("sqlite_mib"), 2)]
+                             _r(s.get("sqlite_mib"), 2), s.get("writer_running_for_s"),
+                             _r(s.get("hub_queued_mib"), 2)]
                             for s in samples]},
         "not_injected": not_injected,
         "store_errors_seen": sorted({str(s["store_error"])[:160] for s in samples
                                      if s.get("store_error")}),
         "uncommitted_rows_max": max((s.get("uncommitted_rows") or 0 for s in samples),
                                     default=None),
+        # the writer's longest job per daemon lifetime, and the most the hub's queues held
+        "writer_longest_job": [lt[-1]["writer_longest"] for lt in lifetimes
+                               if lt and lt[-1].get("writer_longest")],
+        "hub_queued_mib_max": _r(max((s.get("hub_queued_mib") or 0 for s in samples),
+                                     default=None), 2),
         "aims": {
             "cpu_share_le_8pct": (cpu["p99"] is not None and cpu["p99"] <= AIMS["cpu_share_max"]),
             "rss_le_150mib": rss["max"] is not None and rss["max"] <= AIMS["rss_mib_max"],

@@ -6,8 +6,13 @@ Instead each consumer has its own bounded queue of batches; when a consumer
 falls behind and its queue is full, the **oldest** batch in that queue is
 dropped, counted per consumer and per stream, and shown in ``status``. The
 newest data wins because the twin is a live view: a forecast from fresh data
-beats a complete but stale one. Memory is bounded by
-``consumers x queue_batches x largest batch``; sources bound their batches.
+beats a complete but stale one.
+
+A queue is bounded twice: by batches, and by the bytes its batches hold. The
+bytes are what a small machine cares about, and they let the queue ride out a
+long stall of its consumer (a slow fsync, a busy host): sources deliver tens of
+small batches a second, so a bound in batches alone would be seconds of data.
+Memory is bounded by ``consumers x queue_bytes``.
 """
 
 from __future__ import annotations
@@ -19,13 +24,23 @@ from dataclasses import dataclass, field
 
 from edgetwin.types import SampleBatch
 
+# what a batch costs beyond its arrays: the object, two array headers, its tuples
+BATCH_OVERHEAD_BYTES = 512
+
+
+def batch_bytes(batch: SampleBatch) -> int:
+    """The memory a queued batch holds, for the queue's byte bound."""
+    return int(batch.t.nbytes + batch.values.nbytes) + BATCH_OVERHEAD_BYTES
+
 
 @dataclass
 class ConsumerQueue:
-    """A bounded FIFO of batches for one consumer."""
+    """A FIFO of batches for one consumer, bounded in batches and in bytes."""
 
     name: str
     maxlen: int
+    max_bytes: int | None = None
+    queued_bytes: int = 0
     dropped_batches: int = 0
     dropped_samples: int = 0
     dropped_by_stream: dict[str, int] = field(default_factory=dict)
@@ -34,14 +49,19 @@ class ConsumerQueue:
     _closed: bool = False
 
     def put(self, batch: SampleBatch) -> None:
-        if len(self._items) >= self.maxlen:
-            old = self._items.popleft()
+        self._items.append(batch)
+        self.queued_bytes += batch_bytes(batch)
+        # the newest batch always stays, even alone over the byte bound
+        while len(self._items) > 1 and (
+            len(self._items) > self.maxlen
+            or (self.max_bytes is not None and self.queued_bytes > self.max_bytes)
+        ):
+            old = self._pop()
             self.dropped_batches += 1
             self.dropped_samples += len(old)
             self.dropped_by_stream[old.stream] = self.dropped_by_stream.get(old.stream, 0) + len(
                 old
             )
-        self._items.append(batch)
         self._ready.set()
 
     async def get(self) -> SampleBatch | None:
@@ -51,12 +71,17 @@ class ConsumerQueue:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        return self._pop()
 
     def drain(self) -> Iterator[SampleBatch]:
         """Everything still queued, without waiting (used at shutdown)."""
         while self._items:
-            yield self._items.popleft()
+            yield self._pop()
+
+    def _pop(self) -> SampleBatch:
+        batch = self._items.popleft()
+        self.queued_bytes -= batch_bytes(batch)
+        return batch
 
     def close(self) -> None:
         self._closed = True
@@ -69,12 +94,14 @@ class ConsumerQueue:
 class Hub:
     """Fan-out of every published batch to every consumer queue."""
 
-    def __init__(self, queue_batches: int) -> None:
+    def __init__(self, queue_batches: int, queue_bytes: int | None = None) -> None:
         self._queue_batches = queue_batches
+        self._queue_bytes = queue_bytes
         self._queues: dict[str, ConsumerQueue] = {}
         self._outlets: set[str] = set()  # consumers whose drops lose no twin data
         self.published_batches = 0
         self.published_samples = 0
+        self.published_bytes = 0  # what the byte bound counts: the load's rate, in status
         self.closed = False
 
     def subscribe(self, name: str, *, outlet: bool = False) -> ConsumerQueue:
@@ -84,7 +111,7 @@ class Hub:
         counted in :meth:`stats` but is not a loss of the twin's data, so a slow LSL
         inlet never shows as sensor drops in ``status``.
         """
-        queue = ConsumerQueue(name, self._queue_batches)
+        queue = ConsumerQueue(name, self._queue_batches, self._queue_bytes)
         self._queues[name] = queue
         if outlet:
             self._outlets.add(name)
@@ -94,6 +121,7 @@ class Hub:
         """Hand a batch to every consumer; never blocks, never raises on a full queue."""
         self.published_batches += 1
         self.published_samples += len(batch)
+        self.published_bytes += batch_bytes(batch)
         for queue in self._queues.values():
             queue.put(batch)
 
@@ -124,10 +152,13 @@ class Hub:
         return {
             "published_batches": self.published_batches,
             "published_samples": self.published_samples,
+            "published_bytes": self.published_bytes,
             "consumers": {
                 q.name: {
                     "queued": len(q),
                     "capacity": q.maxlen,
+                    "queued_bytes": q.queued_bytes,
+                    "capacity_bytes": q.max_bytes,
                     "dropped_batches": q.dropped_batches,
                     "dropped_samples": q.dropped_samples,
                 }

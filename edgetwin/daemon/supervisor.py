@@ -146,7 +146,8 @@ class Daemon:
         self.on_prediction = on_prediction
         # called on the loop with each batch of new frames and forecasts (the dashboard)
         self.publish_listeners: list[Callable[[list[FeatureFrame], list[Prediction]], None]] = []
-        self.hub = Hub(config.daemon.hub_queue_batches)
+        self.hub = Hub(config.daemon.hub_queue_batches,
+                       int(config.daemon.hub_queue_mib * 2**20))
         rng = random.Random(seed)
         self.runners = [
             SourceRunner(

@@ -27,6 +27,10 @@ _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# a job this long held back every append and commit behind it: said in the log, so that a
+# gap in the data can be put down to it (the hub's queues hold ~100 s of the reference load)
+SLOW_JOB_S = 5.0
+
 _Job = tuple[str, Callable[[], Any], "concurrent.futures.Future[Any]"]
 
 
@@ -50,6 +54,7 @@ class Writer:
         self._started = False
         self.jobs = 0
         self.busy_s = 0.0
+        self.longest: tuple[str, float] | None = None  # (what, seconds) of the longest job
         self._current: tuple[str, float] | None = None
 
     def start(self) -> None:
@@ -102,6 +107,8 @@ class Writer:
             "busy_s": round(self.busy_s, 3),
             "running": current[0] if current else None,
             "running_for_s": round(time.monotonic() - current[1], 3) if current else None,
+            "longest": self.longest[0] if self.longest else None,
+            "longest_s": round(self.longest[1], 3) if self.longest else None,
         }
 
     def _main(self) -> None:
@@ -119,8 +126,14 @@ class Writer:
                 future.set_result(result)
             finally:
                 self._current = None
+                took = time.monotonic() - started
                 self.jobs += 1
-                self.busy_s += time.monotonic() - started
+                self.busy_s += took
+                if self.longest is None or took > self.longest[1]:
+                    self.longest = (what, took)
+                if took >= SLOW_JOB_S:
+                    _LOGGER.warning("the %s thread spent %.1f s on %s; what the sources sent "
+                                    "meanwhile waited in the hub's queues", self.name, took, what)
             if self._after_job is not None:
                 try:
                     self._after_job()

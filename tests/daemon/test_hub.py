@@ -68,3 +68,28 @@ def test_an_outlets_drops_are_not_the_twins_losses() -> None:
     assert lsl.dropped_samples == 30
     assert hub.stats()["consumers"]["lsl"]["dropped_samples"] == 30  # counted, shown
     assert hub.drops_by_source("dev") == 0  # but no sample of the twin was lost
+
+
+def test_a_queue_is_bounded_by_the_bytes_it_holds() -> None:
+    from edgetwin.daemon.hub import batch_bytes
+
+    one = batch_bytes(_batch("dev.eeg", 10))
+    hub = Hub(queue_batches=1000, queue_bytes=3 * one)
+    q = hub.subscribe("store")
+    for i in range(5):
+        hub.publish(_batch("dev.eeg", 10, t0=i * 10))
+    assert len(q) == 3 and q.queued_bytes == 3 * one
+    assert hub.published_bytes == 5 * one
+    assert q.dropped_samples == 20  # the oldest two
+    stats = hub.stats()["consumers"]["store"]
+    assert stats["queued_bytes"] == 3 * one and stats["capacity_bytes"] == 3 * one
+    assert [b.first_t for b in q.drain()] == [20.0, 30.0, 40.0]
+    assert q.queued_bytes == 0
+
+
+def test_a_batch_larger_than_the_byte_bound_is_still_delivered() -> None:
+    hub = Hub(queue_batches=10, queue_bytes=1)
+    q = hub.subscribe("store")
+    hub.publish(_batch("dev.eeg", 10))
+    hub.publish(_batch("dev.eeg", 10, t0=10))
+    assert len(q) == 1 and q.dropped_samples == 10  # the newest stays, alone

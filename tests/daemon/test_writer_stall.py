@@ -1,0 +1,86 @@
+"""A writer that stalls for seconds (a slow fsync on a busy host) loses no sample: the hub's
+queues hold what the sources send meanwhile, bounded by bytes rather than by a count of
+batches that fast sources fill in seconds; the stall is named in the log and in ``status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgetwin.config import Config, DaemonConfig
+from edgetwin.daemon import control, worker
+from edgetwin.daemon.supervisor import Daemon
+from edgetwin.store import Secret, TwinStore
+
+from .fakes import ScriptedSource
+from .test_loop_lag import SlowFsyncStore
+
+STALL_S = 3.0
+# the defaults under test; only the cadence of commits and reconnects is quickened
+CFG = Config(daemon=DaemonConfig(flush_interval_s=0.1, backoff_initial_s=0.01, backoff_max_s=0.02))
+
+
+class OneStalledCommit(SlowFsyncStore):
+    """The real store; one commit, once armed, takes ``STALL_S`` longer."""
+
+    def __init__(self, inner: TwinStore) -> None:
+        super().__init__(inner)
+        self.armed = threading.Event()
+        self.stalled = threading.Event()
+
+    def commit(self) -> None:
+        self.inner.commit()
+        if self.armed.is_set() and not self.stalled.is_set():
+            self.stalled.set()
+            time.sleep(STALL_S)
+
+
+async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
+    home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
+    monkeypatch.setattr(worker, "SLOW_JOB_S", 1.0)
+    caplog.set_level(logging.WARNING, logger="edgetwin.daemon.worker")
+    twin = home / "twin"
+    inner = TwinStore.create(twin, Secret.passphrase("pw"))
+    try:
+        store = OneStalledCommit(inner)
+        # ~200 small batches a second, as the serial bridge and BrainFlow boards send them
+        live = ScriptedSource("live", batches_per_session=10**6, interval_s=0.005)
+        daemon = Daemon(twin, CFG, store, [live], seed=1)
+        run = asyncio.create_task(daemon.run())
+        while not control.socket_path(twin).exists():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        published = daemon.hub.published_batches
+        store.armed.set()
+        while not store.stalled.is_set():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(STALL_S)
+        during = daemon.hub.published_batches - published
+        await asyncio.sleep(0.5)  # the writer catches up
+        status = await asyncio.to_thread(control.request, twin, {"cmd": "status"})
+        daemon.stop()
+        await run
+
+        # the stall was long enough to overflow a queue of a few hundred batches
+        assert during > 300, during
+        hub = status["hub"]["consumers"]["store"]
+        assert hub["dropped_samples"] == 0, hub
+        assert hub["capacity_bytes"] == CFG.daemon.hub_queue_mib * 2**20
+        # every sample the source read is committed
+        streams = {s.name: s.samples for s in inner.streams()}
+        assert streams["live.x"] == daemon.runners[0].samples
+        # and the stall is named: in status, and in one log line
+        writer = status["daemon"]["writer"]
+        assert writer["longest"] == "commit" and writer["longest_s"] >= STALL_S
+        said = [r.getMessage() for r in caplog.records if "spent" in r.getMessage()]
+        assert len(said) == 1 and "on commit" in said[0], said
+    finally:
+        inner.close()
