@@ -39,11 +39,11 @@ class DaemonConfig:
     """Supervisor, hub and persistence cadence."""
 
     flush_interval_s: float = 1.0  # at most this much committed work is lost on SIGKILL
-    # per consumer; beyond either bound the oldest batch is dropped. 8 MiB is ~100 s of the
-    # reference load (16-ch EEG, 16 optical channels, 32 serial channels, 4 straps): a stalled
-    # writer (a slow fsync, a busy host) loses nothing for that long
+    # per consumer; beyond either bound the oldest batch is dropped. The soak's reference load
+    # publishes ~157 KB/s in ~34 batches/s, so 16 MiB is ~100 s of it: a writer held up that
+    # long (a slow fsync on a busy host) loses nothing
     hub_queue_batches: int = 8192
-    hub_queue_mib: float = 8.0
+    hub_queue_mib: float = 16.0
     watchdog_s: float = 10.0  # a source silent this long is reconnected
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
