@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -189,6 +190,24 @@ def thread_shares(lifetime: list[dict[str, Any]]) -> dict[str, Any]:
     return {"span_s": round(span, 1), "threads": ranked,
             "total": round(sum(shares.values()), 4),
             "without_native_threads": round(sum(shares.values()) - native, 4)}
+
+
+def cpu_spikes(lifetimes: list[list[dict[str, Any]]], top: int = 8) -> list[dict[str, Any]]:
+    """The samples with the highest CPU share, each with the threads that spent it (deltas of
+    the per-thread CPU seconds in ``status`` since the sample before, in the same lifetime):
+    what a CPU p99 is made of."""
+    found = []
+    for lifetime in lifetimes:
+        for before, row in itertools.pairwise(lifetime):
+            a, b = before.get("threads_cpu_s"), row.get("threads_cpu_s")
+            if row.get("cpu_share") is None or not a or not b or row["t"] <= before["t"]:
+                continue
+            span = row["t"] - before["t"]
+            threads = {name: round((cpu - a.get(name, 0.0)) / span, 3)
+                       for name, cpu in b.items() if cpu - a.get(name, 0.0) >= 0.005 * span}
+            found.append({"t_s": round(row["t"], 1), "cpu_share": round(row["cpu_share"], 3),
+                          "threads": dict(sorted(threads.items(), key=lambda kv: -kv[1]))})
+    return sorted(found, key=lambda x: -x["cpu_share"])[:top]
 
 
 def growth_per_hour(t_s: list[float], y: list[float]) -> dict[str, Any]:
@@ -817,6 +836,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
             part: growth_between_faults(samples, rel_faults, part)["per_hour"]
             for part in MEMORY_PARTS},
         "cpu_share_by_thread": thread_shares(longest),
+        "cpu_spikes": cpu_spikes(lifetimes),
         "faults": [{k: (round(v, 1) if k in ("at", "until") else v) for k, v in f.items()}
                    for f in rel_faults],
         "streams": streams,

@@ -96,6 +96,29 @@ def test_thread_shares_split_the_daemons_own_threads_from_native_ones() -> None:
     assert soak.thread_shares(rows[:4]) == {}
 
 
+def test_cpu_spikes_name_the_threads_that_spent_them() -> None:
+    soak = _soak()
+    quiet = {"MainThread": 0.02, "edgetwin-writer": 0.01}
+
+    def lifetime(t0: float, busy_at: float | None) -> list[dict[str, object]]:
+        rows, cpu = [], dict.fromkeys(quiet, 0.0)
+        for t in range(10, 110, 10):
+            for name, share in quiet.items():
+                cpu[name] += share * 10
+            if t == busy_at:  # a refit: 4 s of CPU on a thread of its own
+                cpu["asyncio_0"] = cpu.get("asyncio_0", 0.0) + 4.0
+            rows.append({"t": t0 + t, "threads_cpu_s": dict(cpu),
+                         "cpu_share": 0.03 + (0.4 if t == busy_at else 0.0)})
+        return rows
+
+    spikes = soak.cpu_spikes([lifetime(0.0, 50), lifetime(200.0, None)], top=2)
+    assert spikes[0]["t_s"] == 50.0 and spikes[0]["cpu_share"] == 0.43
+    assert spikes[0]["threads"] == {"asyncio_0": 0.4, "MainThread": 0.02, "edgetwin-writer": 0.01}
+    # the first sample of each lifetime has nothing before it: never a spike of its own
+    assert all(s["t_s"] not in (10.0, 210.0) for s in soak.cpu_spikes(
+        [lifetime(0.0, 10), lifetime(200.0, None)], top=30))
+
+
 def test_growth_between_faults_leaves_out_the_steps_faults_leave_behind() -> None:
     soak = _soak()
     # flat at 100 MiB, +8 MiB kept after a fault at 1,000 s, then a restart at 3,000 s that
