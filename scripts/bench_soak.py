@@ -791,6 +791,9 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
             not_injected: dict[str, str]) -> dict[str, Any]:
     steady = [s for s in samples if s["t"] > 30.0]
     cpu = summary([s.get("cpu_share") for s in steady])
+    shares = [s["cpu_share"] for s in steady if s.get("cpu_share") is not None]
+    cpu_mean = round(sum(shares) / len(shares), 4) if shares else None  # samples are even
+    cpu["mean"] = cpu_mean
     rss = summary([s.get("rss_mib") for s in steady])
     lag = summary([s.get("loop_lag_p99_ms") for s in steady])
     lag_max = summary([s.get("loop_lag_max_ms") for s in steady])
@@ -863,7 +866,12 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "hub_queued_mib_max": _r(max((s.get("hub_queued_mib") or 0 for s in samples),
                                      default=None), 2),
         "aims": {
-            "cpu_share_le_8pct": (cpu["p99"] is not None and cpu["p99"] <= AIMS["cpu_share_max"]),
+            # the issue's "at most 8 % of one core": the run's share, and, stricter, the
+            # p99 of its 10 s samples (which the periodic jobs' bursts make: cpu_spikes)
+            "cpu_share_mean_le_8pct": (cpu_mean is not None
+                                       and cpu_mean <= AIMS["cpu_share_max"]),
+            "cpu_share_p99_le_8pct": (cpu["p99"] is not None
+                                      and cpu["p99"] <= AIMS["cpu_share_max"]),
             "rss_le_150mib": rss["max"] is not None and rss["max"] <= AIMS["rss_mib_max"],
             "loop_lag_p99_le_20ms": lag["p99"] is not None and
             lag["p99"] <= AIMS["loop_lag_p99_ms_max"],
