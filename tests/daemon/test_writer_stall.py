@@ -21,24 +21,29 @@ from edgetwin.store import Secret, TwinStore
 from .fakes import ScriptedSource
 from .test_loop_lag import SlowFsyncStore
 
-STALL_S = 3.0
+STALLED_BATCHES = 400  # published while the commit stalls: more than the old bound of 256
 # the defaults under test; only the cadence of commits and reconnects is quickened
 CFG = Config(daemon=DaemonConfig(flush_interval_s=0.1, backoff_initial_s=0.01, backoff_max_s=0.02))
 
 
 class OneStalledCommit(SlowFsyncStore):
-    """The real store; one commit, once armed, takes ``STALL_S`` longer."""
+    """The real store; one commit, once armed, stalls until the test lets it go (by the
+    batches published meanwhile, not by a time: a slow machine stalls it longer)."""
 
     def __init__(self, inner: TwinStore) -> None:
         super().__init__(inner)
         self.armed = threading.Event()
         self.stalled = threading.Event()
+        self.go_on = threading.Event()
+        self.stalled_s = 0.0
 
     def commit(self) -> None:
         self.inner.commit()
         if self.armed.is_set() and not self.stalled.is_set():
             self.stalled.set()
-            time.sleep(STALL_S)
+            t0 = time.monotonic()
+            self.go_on.wait(60.0)
+            self.stalled_s = time.monotonic() - t0
 
 
 async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
@@ -58,19 +63,24 @@ async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
         while not control.socket_path(twin).exists():
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.5)
-        published = daemon.hub.published_batches
         store.armed.set()
         while not store.stalled.is_set():
             await asyncio.sleep(0.01)
-        await asyncio.sleep(STALL_S)
+        published = daemon.hub.published_batches
+        deadline = time.monotonic() + 30.0
+        while (daemon.hub.published_batches - published < STALLED_BATCHES
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.05)
         during = daemon.hub.published_batches - published
+        store.go_on.set()
         await asyncio.sleep(0.5)  # the writer catches up
         status = await asyncio.to_thread(control.request, twin, {"cmd": "status"})
         daemon.stop()
         await run
 
-        # the stall was long enough to overflow a queue of a few hundred batches
-        assert during > 300, during
+        # the stall was long enough to overflow the old queue of 256 batches
+        assert during >= STALLED_BATCHES, during
+        assert store.stalled_s >= 1.0, store.stalled_s
         hub = status["hub"]["consumers"]["store"]
         assert hub["dropped_samples"] == 0, hub
         assert hub["capacity_bytes"] == CFG.daemon.hub_queue_mib * 2**20
@@ -79,7 +89,7 @@ async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
         assert streams["live.x"] == daemon.runners[0].samples
         # and the stall is named: in status, and in one log line
         writer = status["daemon"]["writer"]
-        assert writer["longest"] == "commit" and writer["longest_s"] >= STALL_S
+        assert writer["longest"] == "commit" and writer["longest_s"] >= store.stalled_s - 0.01
         said = [r.getMessage() for r in caplog.records if "spent" in r.getMessage()]
         assert len(said) == 1 and "on commit" in said[0], said
     finally:
