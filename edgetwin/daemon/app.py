@@ -539,7 +539,9 @@ def _sync_job(store: TwinStore, config: Config) -> Callable[[], None]:
         now = time.time()
         # OpenDP (~17 MiB resident) lives in a child only while releases and shares are made
         with opendp_out_of_process():
-            run_due_releases(store, config, now)
+            # a day of frames per window is read on a connection of its own (as the refit's)
+            with store.reader() as reader:
+                run_due_releases(store, config, now, reader=reader)
             if config.secagg.modes:
                 # metrics in secure-aggregation mode: a sealed share per due period, charged
                 # now and sent when this device joins a Flower round

@@ -131,16 +131,24 @@ class OutboxReport:
                 "retry_later": self.retry_later, "failed": self.failed, "errors": self.errors}
 
 
-def run_due_releases(store: TimelineStore, config: Config, now: float) -> list[DPRelease]:
+def run_due_releases(
+    store: TimelineStore, config: Config, now: float, *, reader: TimelineStore | None = None
+) -> list[DPRelease]:
     """Release everything due within budget (refusals are logged, not raised); the daemon's hook."""
-    report = release_due(store, config, now)
+    report = release_due(store, config, now, reader=reader)
     for r in report.refused:
         _LOGGER.warning("release of %s refused: %s", r.metric, r.reason)
     return report.released
 
 
-def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseReport:
-    """Release every due window of every consented metric that the budget allows."""
+def release_due(
+    store: TimelineStore, config: Config, now: float, *, reader: TimelineStore | None = None
+) -> ReleaseReport:
+    """Release every due window of every consented metric that the budget allows.
+
+    ``reader`` (``store.reader()``): the windows' frames are read and decrypted on its own
+    connection, so a day of them never holds the store, and with it the daemon's commits;
+    the cursors, releases and audit entries are written through ``store``."""
     report = ReleaseReport()
     privacy = config.privacy
     cache: dict[tuple[str, float], dict[str, npt.NDArray[np.float64]]] = {}
@@ -162,7 +170,8 @@ def release_due(store: TimelineStore, config: Config, now: float) -> ReleaseRepo
         while start + size + privacy.release_delay_s <= now:
             key = (c.period, start)
             if key not in cache:
-                blocks = store.iter_frame_columns(start, start + size)
+                blocks = (store if reader is None else reader).iter_frame_columns(
+                    start, start + size)
                 cache[key] = usable_values_of_columns(blocks, start, start + size)
             values = cache[key][metric.feature]
             if values.size < privacy.min_frames:

@@ -146,6 +146,34 @@ def test_budget_exhaustion_per_period_and_lifetime(twin: Any) -> None:
         release_one(twin, tight, "hr_mean", "day", T0 - DAY, 70.0, NOW)
 
 
+def test_a_release_reads_its_days_on_the_reader_it_is_given(
+    twin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the daemon's sync job: a day of frames per window is decrypted on a connection of its
+    # own, never through the store (and its lock) that the commits need
+    write_days(twin, T0, 3)
+    _grant(twin, "hr_mean")
+
+    def not_here(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("a window's frames were read through the writing store")
+
+    with twin.reader() as reader:
+        read = []
+        reader_columns = reader.iter_frame_columns
+
+        def spy(t0: float, t1: float) -> Any:
+            read.append((t0, t1))
+            return reader_columns(t0, t1)
+
+        monkeypatch.setattr(reader, "iter_frame_columns", spy)
+        monkeypatch.setattr(twin, "iter_frame_columns", not_here)
+        report = release_due(twin, CFG, NOW, reader=reader)
+    assert len(report.released) == 3
+    # every window back to the backfill's first, the three days of data among them
+    assert set(read) >= {(T0 + d * DAY, T0 + (d + 1) * DAY) for d in range(3)}
+    assert len(outbox.entries(twin)) == 3  # written through the store
+
+
 def test_budget_survives_a_restart(tmp_path: Path) -> None:
     home = tmp_path / "home"
     store = make_twin(home)
