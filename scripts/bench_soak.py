@@ -28,7 +28,10 @@ strap0); the collector down (10 min, or a fifth of a shorter run) while a new
 consent makes releases due; a serial unplug with replug 10 s later; the disk
 nearly full for 60 s (a tenth of a shorter run; the home is on a loop-mounted
 ext4 image, filled with ballast to 128 KiB free; needs root and a loop device,
-else reported as not injected); SIGKILL of the daemon with an immediate restart; with
+else reported as not injected); the disk stalled (``fsfreeze`` of the same image for 60 s,
+or a twentieth of a shorter run: every write and fsync of the twin blocks, as on a slow SD
+card or a host busy with I/O; no stream may lose anything, the hub's queues hold ~100 s);
+SIGKILL of the daemon with an immediate restart; with
 ``--clock-step`` (root only: it steps the whole machine's clock) the host
 clock stepped 30 s forward and, 60 s later, back.
 
@@ -59,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -359,6 +363,7 @@ class _SmallDisk:
     def __init__(self, tmpd: Path, size_mib: int) -> None:
         self.image, self.mnt = tmpd / "disk.img", tmpd / "disk"
         self.size_mib, self.mounted, self.why_not = size_mib, False, ""
+        self.frozen = False
         self.ballast = self.mnt / "ballast"
 
     def mount(self) -> bool:
@@ -396,8 +401,20 @@ class _SmallDisk:
     def drain(self) -> None:
         self.ballast.unlink(missing_ok=True)
 
+    def freeze(self) -> None:
+        """Block every write to the image (fsfreeze) until :meth:`thaw`."""
+        subprocess.run(["fsfreeze", "--freeze", str(self.mnt)], check=True, capture_output=True)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen:
+            subprocess.run(["fsfreeze", "--unfreeze", str(self.mnt)], check=False,
+                           capture_output=True)
+            self.frozen = False
+
     def unmount(self) -> None:
         if self.mounted:
+            self.thaw()  # a frozen filesystem would hang whatever touches it next
             subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, check=False)
             self.mounted = False
 
@@ -562,7 +579,7 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 t_start = time.time()
                 schedule = [(0.10, "collector_down"), (0.25, "ble_link_drop"),
                             (0.40, "serial_unplug"), (0.50, "disk_nearly_full"),
-                            (0.70, "sigkill_restart")]
+                            (0.62, "disk_stall"), (0.70, "sigkill_restart")]
                 if clock_step:
                     schedule.append((0.80, "host_clock_step"))
                 else:
@@ -570,7 +587,9 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                         "off by default: it steps the whole machine's clock (run with --clock-step "
                         "as root)")
                 if not disk.mounted:
-                    schedule = [x for x in schedule if x[1] != "disk_nearly_full"]
+                    schedule = [x for x in schedule
+                                if x[1] not in ("disk_nearly_full", "disk_stall")]
+                    not_injected["disk_stall"] = disk.why_not
                 if not faults_on:  # --no-faults: the steady load alone (footprint comparisons)
                     not_injected.update((name, "--no-faults") for _, name in schedule)
                     schedule = []
@@ -592,6 +611,8 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                             fault["pending_when_back"] = _sync_counts(cli)
                         elif name == "disk_nearly_full":
                             disk.drain()
+                        elif name == "disk_stall":
+                            disk.thaw()  # the timer has done it already, unless it failed
                         elif name == "host_clock_step":
                             _step_clock(-30.0)
                             clock_offset = 0.0
@@ -621,6 +642,14 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                             # a tenth of a short run, as the docstring says: a --quick run's
                             # SIGKILL then comes after it, not while commits fail
                             open_faults[name] = (elapsed + min(60.0, duration / 10), fault)
+                        elif name == "disk_stall":
+                            stall = min(60.0, duration / 20)
+                            fault.update(stall_s=stall, streams=["-"])  # nothing may be lost
+                            disk.freeze()
+                            # thawed by a timer: a status call of this loop could block on the
+                            # frozen disk and must not keep it frozen
+                            threading.Timer(stall, disk.thaw).start()
+                            open_faults[name] = (elapsed + stall, fault)
                         elif name == "host_clock_step":
                             _step_clock(30.0)
                             clock_offset = 30.0
