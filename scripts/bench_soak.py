@@ -161,16 +161,22 @@ def attribute(gaps: list[tuple[float, float, float]], faults: list[dict[str, Any
     """Seconds lost per fault name for ``stream``; gaps no fault explains are returned apart.
 
     A fault explains a gap of the streams it affects (``streams`` prefixes, empty = all) when
-    the gap starts in ``[at - 5 s, until + 60 s]``; of several, the latest fault started."""
+    the gap starts in ``[at - 5 s, until + 60 s]``; of several, the latest fault started. A
+    fault that must lose nothing (``streams == ["-"]``: the collector down, the disk stalled)
+    leaves a gap in its window unexplained even when an earlier fault's window holds it too
+    (a stall a minute after the disk was full)."""
     lost: dict[str, float] = {}
     unexplained = []
     for gap in gaps:
         for f in sorted(faults, key=lambda f: -f["at"]):
-            prefixes = f.get("streams") or [""]
-            if not any(stream.startswith(p) for p in prefixes):
+            if not f["at"] - 5.0 <= gap[0] <= f.get("until", f["at"]) + 60.0:
                 continue
-            if f["at"] - 5.0 <= gap[0] <= f.get("until", f["at"]) + 60.0:
+            prefixes = f.get("streams") or [""]
+            if any(stream.startswith(p) for p in prefixes):
                 lost[f["name"]] = lost.get(f["name"], 0.0) + gap[2]
+                break
+            if prefixes == ["-"]:
+                unexplained.append(gap)
                 break
         else:
             unexplained.append(gap)

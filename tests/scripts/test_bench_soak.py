@@ -53,6 +53,24 @@ def test_gaps_are_attributed_to_the_fault_of_their_stream() -> None:
     assert lost == {"sigkill_restart": 2.0}
 
 
+def test_a_fault_that_must_lose_nothing_is_not_excused_by_an_earlier_one() -> None:
+    # the 12-minute soak with the old hub bound: the disk stalled at 446 s, within a minute of
+    # the disk-full fault's end (420 s), and its 28 s of loss counted as the full disk's
+    soak = _soak()
+    faults = [{"name": "disk_nearly_full", "at": 360.0, "until": 420.0, "streams": []},
+              {"name": "disk_stall", "at": 446.0, "until": 482.0, "streams": ["-"]},
+              {"name": "ble_link_drop", "at": 460.0, "streams": ["strap0"]}]
+    stalled = [(455.0, 483.0, 28.0)]
+    lost, unexplained = soak.attribute(stalled, faults, "headset.default")
+    assert lost == {} and unexplained == stalled
+    # a later fault of the stream still explains its own gap inside the stall's window
+    lost, unexplained = soak.attribute([(460.5, 461.0, 0.5)], faults, "strap0.hr")
+    assert lost == {"ble_link_drop": 0.5} and unexplained == []
+    # and the full disk still explains what is lost while it is full
+    lost, _ = soak.attribute([(400.0, 401.0, 1.0)], faults, "headset.default")
+    assert lost == {"disk_nearly_full": 1.0}
+
+
 def test_the_step_across_a_kill_is_measured_on_slow_streams_too() -> None:
     """A 1 Hz strap's 2.8 s step across a kill is under find_gaps' three intervals, yet
     1.8 s of its data were lost; a battery read every few minutes cannot tell."""
