@@ -666,11 +666,49 @@ class _Scans:
     """One event loop's scanning: bluetoothd keeps one discovery session per D-Bus client
     and bleak shares one client per event loop, so concurrent scans from several sources
     would fail with InProgress (``lock``); and the addresses its sources wait to find, each
-    with its waiters (``wanted``), so one scan serves them all: straps reconnecting together
-    after a restart take one scan, not one each behind the lock."""
+    with its waiters (``wanted``). One scan (``task``) runs while anyone waits and hands each
+    device it sees to its waiters: straps reconnecting together after a restart share one
+    scan, and none waits for the next one because another's device was seen first."""
 
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     wanted: dict[str, list[asyncio.Future[Any]]] = dataclasses.field(default_factory=dict)
+    nobody_waits: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def seen(self, device: Any, _adv: Any) -> None:
+        for waiter in self.wanted.pop(device.address.upper(), []):
+            if not waiter.done():
+                waiter.set_result(device)
+        self.changed()
+
+    def changed(self) -> None:
+        """Call after ``wanted`` changed: the scan stops once nobody waits."""
+        if self.wanted:
+            self.nobody_waits.clear()
+        else:
+            self.nobody_waits.set()
+
+    def start(self) -> None:
+        """Make sure a scan runs (one at a time)."""
+        self.changed()
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._scan_while_wanted())
+
+    async def _scan_while_wanted(self) -> None:
+        from bleak import BleakScanner
+
+        try:
+            async with self.lock:
+                # re-checked after the scanner stops: a source that began to wait while it
+                # stopped is served by a new scan of this task, not left to time out
+                while self.wanted:
+                    async with BleakScanner(detection_callback=self.seen):
+                        await self.nobody_waits.wait()
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the scan's failure
+            for waiters in self.wanted.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
 
 
 _SCANS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Scans] = (
@@ -687,35 +725,26 @@ def _scans() -> _Scans:
 
 
 async def _find_by_address(address: str, scan_s: float) -> Any:
-    """The advertising device at ``address`` (None if not seen within ``scan_s``). Scans one
-    at a time (:class:`_Scans`); a scan hands every device it sees to whoever else is
-    waiting for that address, and a waiter already served does not scan again."""
-    from bleak import BleakScanner
-
+    """The advertising device at ``address`` (None if not seen within ``scan_s``), from the
+    one scan that runs while any source waits (:class:`_Scans`)."""
     scans = _scans()
-    wanted = scans.wanted
     key = address.upper()
     found: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    wanted.setdefault(key, []).append(found)
-
-    def seen(device: Any, _adv: Any) -> None:
-        for waiter in wanted.pop(device.address.upper(), []):
-            if not waiter.done():
-                waiter.set_result(device)
-
+    scans.wanted.setdefault(key, []).append(found)
     try:
-        async with scans.lock:
-            if not found.done():  # nobody else's scan saw it meanwhile
-                async with BleakScanner(detection_callback=seen):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(found), scan_s)
-        return found.result() if found.done() else None
+        scans.start()
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(found), scan_s)
+        return None
     finally:
-        waiters = wanted.get(key, [])
+        waiters = scans.wanted.get(key, [])
         if found in waiters:
             waiters.remove(found)
         if not waiters:
-            wanted.pop(key, None)
+            scans.wanted.pop(key, None)
+        scans.changed()
+        if found.done() and not found.cancelled():
+            found.exception()  # retrieved: a failure that reached no one is not logged
 
 
 def _translate(exc: BaseException, doing: str) -> SourceError:
