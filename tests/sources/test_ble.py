@@ -341,6 +341,22 @@ async def test_one_scan_runs_until_every_waiting_device_is_seen(bluez: BlueZEmul
             await s.close()
 
 
+async def test_a_scan_that_cannot_start_fails_every_waiting_source(bluez: BlueZEmulator) -> None:
+    # the adapter is off: the one scan cannot start, and each source waiting on it gets that
+    # error to act on, not a "not advertising" after its whole scan timeout
+    from edgetwin.errors import DeviceNotFound, SourceError
+
+    bluez.add(fast_strap())
+    bluez.add(PulseOximeter(OXI, rate_hz=20))
+    bluez.adapter._powered = False
+    sources = [source(STRAP, "heart_rate"), source(OXI, "pulse_oximeter", name="finger")]
+    got = await asyncio.gather(*(s.connect() for s in sources), return_exceptions=True)
+    for src, err in zip(sources, got, strict=True):
+        assert isinstance(err, SourceError) and not isinstance(err, DeviceNotFound), got
+        assert f"scanning for {src.address}" in str(err), err
+        assert "Bluetooth is not available" in str(err) and "power the adapter on" in str(err)
+
+
 async def test_three_devices_at_once_scan_connect_and_stream(bluez: BlueZEmulator) -> None:
     bluez.add(fast_strap())
     bluez.add(PulseOximeter(OXI, rate_hz=20))
