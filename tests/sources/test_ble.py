@@ -8,6 +8,7 @@ import math
 import pytest
 
 from edgetwin.errors import DeviceNotFound, PairingRefused, TransientSourceError
+from edgetwin.sources import ble
 from edgetwin.sources import gatt as g
 from edgetwin.sources.ble import BleSource, scan_ble
 from tests.sources import ble_harness
@@ -330,8 +331,10 @@ async def test_one_scan_runs_until_every_waiting_device_is_seen(bluez: BlueZEmul
         while not bluez.stats["start_discovery"]:
             await asyncio.sleep(0.005)
         waiting = asyncio.ensure_future(second.connect())
-        await asyncio.sleep(0.5)
+        while OXI not in ble._scans().wanted:  # the second waits on the running scan
+            await asyncio.sleep(0.005)
         bluez.appear(STRAP)
+        await connecting
         await asyncio.sleep(0.5)
         bluez.appear(OXI)
         await asyncio.gather(connecting, waiting)
