@@ -210,9 +210,11 @@ def cpu_spikes(lifetimes: list[list[dict[str, Any]]], top: int = 8) -> list[dict
     for lifetime in lifetimes:
         for before, row in itertools.pairwise(lifetime):
             a, b = before.get("threads_cpu_s"), row.get("threads_cpu_s")
-            if row.get("cpu_share") is None or not a or not b or row["t"] <= before["t"]:
+            # the span on the daemon's clock, read with the threads' CPU seconds
+            clock = "uptime_s" if before.get("uptime_s") and row.get("uptime_s") else "t"
+            if row.get("cpu_share") is None or not a or not b or row[clock] <= before[clock]:
                 continue
-            span = row["t"] - before["t"]
+            span = row[clock] - before[clock]
             threads = {name: round((cpu - a.get(name, 0.0)) / span, 3)
                        for name, cpu in b.items() if cpu - a.get(name, 0.0) >= 0.005 * span}
             found.append({"t_s": round(row["t"], 1), "cpu_share": round(row["cpu_share"], 3),
@@ -681,6 +683,11 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                     if now >= next_sample:
                         next_sample = now + sample_s
                         ps = daemon.proc_sample()
+                        # the CPU seconds' own time: the status call below (a CLI process) takes
+                        # ~0.5 s, and up to its 30 s timeout on a loaded machine; timed after
+                        # it, a short call after a long one made shares of 90-160 % of a core
+                        # out of a daemon that /proc showed at 3-7 %
+                        sampled_at = time.monotonic()
                         st = daemon.status() or {}
                         row: dict[str, Any] = {"t": elapsed, "db_bytes": _store_bytes(home),
                                                "lifetime": len(lifetimes) - 1}
@@ -691,11 +698,12 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                             if "RssAnon" in mem:
                                 row["rss_anon_mib"] = mem["RssAnon"] / 2**20
                                 row["rss_file_mib"] = mem.get("RssFile", 0) / 2**20
-                            mono = time.monotonic()
-                            if prev is not None and mono > prev[0]:
-                                row["cpu_share"] = (cpu - prev[1]) / (mono - prev[0])
-                            prev = (mono, cpu)
+                            if prev is not None and sampled_at > prev[0]:
+                                row["cpu_share"] = (cpu - prev[1]) / (sampled_at - prev[0])
+                            prev = (sampled_at, cpu)
                         d = st.get("daemon", {})
+                        # the daemon's clock for its per-thread CPU seconds (same document)
+                        row["uptime_s"] = d.get("uptime_s")
                         row["loop_lag_p99_ms"] = (d.get("loop_lag_ms") or {}).get("p99")
                         mem_parts = d.get("memory") or {}
                         row["py_blocks"] = mem_parts.get("py_blocks")

@@ -137,6 +137,16 @@ def test_cpu_spikes_name_the_threads_that_spent_them() -> None:
         [lifetime(0.0, 10), lifetime(200.0, None)], top=30))
 
 
+def test_cpu_spikes_time_the_threads_on_the_daemons_clock() -> None:
+    # the soak's own clock for a sample runs ahead by however long the status call took;
+    # the daemon's uptime is read with the threads' CPU seconds, in the same document
+    soak = _soak()
+    rows = [{"t": 0.0, "uptime_s": 100.0, "threads_cpu_s": {"MainThread": 2.0}, "cpu_share": 0.02},
+            {"t": 2.0, "uptime_s": 110.0, "threads_cpu_s": {"MainThread": 2.2}, "cpu_share": 0.02}]
+    (spike,) = soak.cpu_spikes([rows])
+    assert spike["threads"] == {"MainThread": 0.02}  # 0.2 s in 10 s, not in 2 s
+
+
 def test_growth_between_faults_leaves_out_the_steps_faults_leave_behind() -> None:
     soak = _soak()
     # flat at 100 MiB, +8 MiB kept after a fault at 1,000 s, then a restart at 3,000 s that
