@@ -44,13 +44,16 @@ class ConsumerQueue:
     dropped_batches: int = 0
     dropped_samples: int = 0
     dropped_by_stream: dict[str, int] = field(default_factory=dict)
-    _items: collections.deque[SampleBatch] = field(default_factory=collections.deque)
+    # each batch with its size (batch_bytes), taken once when the hub published it
+    _items: collections.deque[tuple[SampleBatch, int]] = field(default_factory=collections.deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: bool = False
 
-    def put(self, batch: SampleBatch) -> None:
-        self._items.append(batch)
-        self.queued_bytes += batch_bytes(batch)
+    def put(self, batch: SampleBatch, size: int) -> None:
+        """Queue ``batch`` of ``size`` bytes (:func:`batch_bytes`), dropping the oldest past
+        either bound."""
+        self._items.append((batch, size))
+        self.queued_bytes += size
         # the newest batch always stays, even alone over the byte bound
         while len(self._items) > 1 and (
             len(self._items) > self.maxlen
@@ -79,8 +82,8 @@ class ConsumerQueue:
             yield self._pop()
 
     def _pop(self) -> SampleBatch:
-        batch = self._items.popleft()
-        self.queued_bytes -= batch_bytes(batch)
+        batch, size = self._items.popleft()
+        self.queued_bytes -= size
         return batch
 
     def close(self) -> None:
@@ -121,9 +124,10 @@ class Hub:
         """Hand a batch to every consumer; never blocks, never raises on a full queue."""
         self.published_batches += 1
         self.published_samples += len(batch)
-        self.published_bytes += batch_bytes(batch)
+        size = batch_bytes(batch)
+        self.published_bytes += size
         for queue in self._queues.values():
-            queue.put(batch)
+            queue.put(batch, size)
 
     def close(self) -> None:
         self.closed = True
