@@ -675,24 +675,36 @@ class _Scans:
     nobody_waits: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
+    def want(self, key: str) -> asyncio.Future[Any]:
+        """A waiter for the device at ``key`` (an upper-case address); a scan runs for it."""
+        found: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.wanted.setdefault(key, []).append(found)
+        self._changed()
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._scan_while_wanted())
+        return found
+
+    def give_up(self, key: str, found: asyncio.Future[Any]) -> None:
+        """``found`` waits no more (served, timed out or cancelled)."""
+        waiters = self.wanted.get(key, [])
+        if found in waiters:
+            waiters.remove(found)
+        if not waiters:
+            self.wanted.pop(key, None)
+        self._changed()
+
     def seen(self, device: Any, _adv: Any) -> None:
         for waiter in self.wanted.pop(device.address.upper(), []):
             if not waiter.done():
                 waiter.set_result(device)
-        self.changed()
+        self._changed()
 
-    def changed(self) -> None:
-        """Call after ``wanted`` changed: the scan stops once nobody waits."""
+    def _changed(self) -> None:
+        # after every change to ``wanted``: the scan stops once nobody waits
         if self.wanted:
             self.nobody_waits.clear()
         else:
             self.nobody_waits.set()
-
-    def start(self) -> None:
-        """Make sure a scan runs (one at a time)."""
-        self.changed()
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._scan_while_wanted())
 
     async def _scan_while_wanted(self) -> None:
         from bleak import BleakScanner
@@ -729,20 +741,13 @@ async def _find_by_address(address: str, scan_s: float) -> Any:
     one scan that runs while any source waits (:class:`_Scans`)."""
     scans = _scans()
     key = address.upper()
-    found: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    scans.wanted.setdefault(key, []).append(found)
+    found = scans.want(key)
     try:
-        scans.start()
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(asyncio.shield(found), scan_s)
         return None
     finally:
-        waiters = scans.wanted.get(key, [])
-        if found in waiters:
-            waiters.remove(found)
-        if not waiters:
-            scans.wanted.pop(key, None)
-        scans.changed()
+        scans.give_up(key, found)
         if found.done() and not found.cancelled():
             found.exception()  # retrieved: a failure that reached no one is not logged
 
