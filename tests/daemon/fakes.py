@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,16 @@ class ScriptedSource(Source):
     async def close(self) -> None:
         self.closes += 1
         self.open = False
+
+
+async def started(daemon: Any, home: Path) -> asyncio.Task[None]:
+    """``daemon.run()`` as a task, once its control socket answers (sources started)."""
+    from edgetwin.daemon import control
+
+    run = asyncio.create_task(daemon.run())
+    while not control.socket_path(home).exists():
+        await asyncio.sleep(0.01)
+    return run
 
 
 @dataclass

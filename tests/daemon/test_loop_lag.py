@@ -23,7 +23,7 @@ from edgetwin.daemon.supervisor import Daemon
 from edgetwin.store import Secret, TwinStore
 from edgetwin.types import FeatureFrame, Prediction, SampleBatch
 
-from .fakes import ScriptedSource
+from .fakes import ScriptedSource, started
 
 T0 = 1_700_000_000.0
 SLOW_FSYNC_S = 0.6  # what every durable commit costs on the simulated disk
@@ -128,9 +128,7 @@ async def test_loop_lag_stays_bounded_during_a_slow_fsync_and_a_large_forget(
         store = SlowFsyncStore(inner)
         live = ScriptedSource("live", batches_per_session=10**6, interval_s=0.01)
         daemon = Daemon(twin, CFG, store, [live], seed=1)
-        run = asyncio.create_task(daemon.run())
-        while not control.socket_path(twin).exists():
-            await asyncio.sleep(0.01)
+        run = await started(daemon, twin)
         ticks = Ticks()
         probe = asyncio.create_task(ticks.run())
         await asyncio.sleep(1.0)  # slow commits under way
@@ -236,10 +234,8 @@ async def test_status_answers_while_a_forget_holds_the_store(home: Path) -> None
 
     daemon = Daemon(home, CFG, LockingStore(), [ScriptedSource("s", batches_per_session=10**6,
                                                                interval_s=0.01)])
-    run = asyncio.create_task(daemon.run())
+    run = await started(daemon, home)
     try:
-        while not control.socket_path(home).exists():
-            await asyncio.sleep(0.01)
         while not daemon.store.streams():  # a batch appended (after the gather) and committed
             await asyncio.sleep(0.01)
         first = await asyncio.to_thread(control.request, home, {"cmd": "status"})

@@ -18,7 +18,7 @@ from edgetwin.daemon import control, worker
 from edgetwin.daemon.supervisor import Daemon
 from edgetwin.store import Secret, TwinStore
 
-from .fakes import ScriptedSource
+from .fakes import ScriptedSource, started
 from .test_loop_lag import SlowFsyncStore
 
 STALLED_BATCHES = 400  # published while the commit stalls: more than the old bound of 256
@@ -59,9 +59,7 @@ async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
         # ~200 small batches a second, as the serial bridge and BrainFlow boards send them
         live = ScriptedSource("live", batches_per_session=10**6, interval_s=0.005)
         daemon = Daemon(twin, CFG, store, [live], seed=1)
-        run = asyncio.create_task(daemon.run())
-        while not control.socket_path(twin).exists():
-            await asyncio.sleep(0.01)
+        run = await started(daemon, twin)
         await asyncio.sleep(0.5)
         store.armed.set()
         while not store.stalled.is_set():
