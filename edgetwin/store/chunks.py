@@ -57,9 +57,48 @@ _SCALE = 1e-160  # (t * _SCALE) ** 2 neither overflows nor loses precision near 
 _SQUARES_OK = 0.99 * (LATEST_T * _SCALE) ** 2  # a sum of squares at most this: |t| < 1e11
 
 
-def _held_bytes(batch: SampleBatch) -> int:
-    """Memory a buffered batch holds in its arrays (times and values)."""
+def _held_bytes(batch: SampleBatch | PackedSamples) -> int:
+    """Memory a buffered batch holds in its arrays (times and values), or packed."""
+    if isinstance(batch, PackedSamples):
+        return batch.nbytes
     return batch.t.nbytes + batch.values.nbytes
+
+
+class PackedSamples:
+    """Consecutive buffered batches of one stream, packed with the chunk codec (lossless) while
+    commits fail: a full disk can last hours, and what waits for it in memory is then a
+    fraction of the raw float64 arrays (the serial bridge's ADC counts ~4x smaller, noise-like
+    EEG less). Unpacked again, one stream at a time, at each try to commit."""
+
+    __slots__ = ("blob", "channels", "first_t", "meta", "rows", "stream", "units")
+
+    def __init__(self, batches: Sequence[SampleBatch], affine: Affine | None) -> None:
+        first = batches[0]
+        self.stream, self.channels, self.units = first.stream, first.channels, first.units
+        self.meta = first.meta
+        if len(batches) == 1:
+            t, values = first.t, first.values
+        else:
+            t = np.concatenate([b.t for b in batches])
+            values = np.concatenate([b.values for b in batches])
+        self.blob = codec.encode_samples(0, t, values, affine)
+        self.rows = int(t.shape[0])
+        self.first_t = float(t[0])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.blob)
+
+    def unpack(self) -> SampleBatch:
+        _, t, values = codec.decode_samples(self.blob, [len(self.channels)])
+        return SampleBatch(self.stream, self.channels, self.units, t, values, self.meta)
+
+
+def _unpacked(batches: list[SampleBatch | PackedSamples]) -> list[SampleBatch]:
+    return [b.unpack() if isinstance(b, PackedSamples) else b for b in batches]
 
 
 class Chunks(SeriesTails):
@@ -69,7 +108,8 @@ class Chunks(SeriesTails):
         self, home: Path, keystore: Keystore, keys: MasterKeys, conn: sqlite3.Connection
     ) -> None:
         super().__init__(home, keystore, keys, conn)
-        self._pending: dict[str, list[SampleBatch]] = {}
+        # a stream's buffered batches in arrival order; packed ones (commits failed) first
+        self._pending: dict[str, list[SampleBatch | PackedSamples]] = {}
         self._pending_frames: list[FeatureFrame] = []
         self._pending_preds: list[Prediction] = []
 
@@ -155,7 +195,7 @@ class Chunks(SeriesTails):
         with self._lock:
             pending = self._pending
             held = sum(_held_bytes(b) for bs in pending.values() for b in bs)
-            heap = [(float(bs[0].t[0]), name) for name, bs in pending.items() if bs]
+            heap = [(bs[0].first_t, name) for name, bs in pending.items() if bs]
             heapq.heapify(heap)
             cut: dict[str, int] = {}  # batches dropped from the front, by stream
             shed: dict[str, int] = {}
@@ -167,7 +207,7 @@ class Chunks(SeriesTails):
                 shed[name] = shed.get(name, 0) + len(oldest)
                 cut[name] = i + 1
                 if i + 1 < len(batches):
-                    heapq.heappush(heap, (float(batches[i + 1].t[0]), name))
+                    heapq.heappush(heap, (batches[i + 1].first_t, name))
             for name, n in cut.items():
                 if n < len(pending[name]):
                     pending[name] = pending[name][n:]
@@ -179,13 +219,47 @@ class Chunks(SeriesTails):
         """Make every buffered append durable in one transaction.
 
         On failure (e.g. StoreFull) nothing is written and the buffer is kept,
-        so a later commit can retry.
+        so a later commit can retry; its sample batches are packed meanwhile
+        (:class:`PackedSamples`).
         """
         with self._lock:
             if not (self._pending or self._pending_frames or self._pending_preds):
                 return
-            with self.transaction():
-                self._write_pending()
+            try:
+                with self.transaction():
+                    self._write_pending()
+            except Exception:
+                self._pack_pending()
+                raise
+
+    def _pack_pending(self) -> None:
+        """Pack each stream's raw batches (consecutive ones that share a layout together),
+        keeping their order; on any failure to pack, the raw batches stay as they were."""
+        for name, batches in list(self._pending.items()):
+            if all(isinstance(b, PackedSamples) for b in batches):
+                continue
+            try:
+                packed: list[SampleBatch | PackedSamples] = []
+                run: list[SampleBatch] = []
+                for b in [*batches, None]:
+                    if isinstance(b, SampleBatch) and (
+                        not run or (b.channels, b.units, b.meta)
+                        == (run[0].channels, run[0].units, run[0].meta)
+                    ):
+                        run.append(b)
+                        continue
+                    if run:
+                        packed.append(PackedSamples(run, adc_affine(run[0]) if run[0].meta
+                                                    else None))
+                        run = []
+                    if isinstance(b, SampleBatch):
+                        run.append(b)
+                    elif b is not None:
+                        packed.append(b)
+            except Exception:  # packing only saves memory: never lose data to it
+                _LOGGER.exception("packing the buffered samples of %s failed; kept raw", name)
+                continue
+            self._pending[name] = packed
 
     def read_samples(
         self,
@@ -306,7 +380,7 @@ class Chunks(SeriesTails):
                 series = self._load_series_for_write(KIND_SAMPLES, name, create=True)
                 assert series is not None
                 n_layouts, written = len(series.layouts), len(rows)
-                for layout_key, t, values, affine in _group_batches(batches):
+                for layout_key, t, values, affine in _group_batches(_unpacked(batches)):
                     layout = series.layout_index(*layout_key)
                     n, n_ch = values.shape
                     step = max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, n_ch)))

@@ -19,6 +19,7 @@ import pytest
 from edgetwin.errors import StoreFull
 from edgetwin.store import Secret, TwinStore
 from edgetwin.store import keys as keys_module
+from edgetwin.types import SampleBatch
 from tests.store.helpers import T0, all_samples, batch
 
 
@@ -112,13 +113,82 @@ def test_a_real_full_disk_shed_to_a_bound_then_freed(small_disk: Path, secret: S
                                        ("eeg_a", "eeg_b", "eeg_c", "eeg_d"), rate=256.0, seed=j))
             with pytest.raises(StoreFull):
                 store.commit()
-        one = 2560 * 8 * 5
-        assert store.shed_oldest_samples(2 * one) == {"eeg": 2 * 2560}
+        # each failed commit packed what it could not write: the four batches are held
+        # packed, one apiece (random values pack little smaller than raw)
+        held = store.pending_sample_bytes()
+        assert 0 < held <= 4 * 2560 * 8 * 5
+        assert store.shed_oldest_samples(held // 2) == {"eeg": 2 * 2560}
         filler.unlink()
         store.commit()
         t, _ = all_samples(store, "eeg")
         assert len(t) == committed + 2 * 2560
         assert t[committed] == T0 + (failed_at + 2) * 10  # the two newest batches were kept
+    finally:
+        store.close()
+    with TwinStore.open(home, secret) as again:
+        assert again.verify().ok
+
+
+def _adc_batch(t0: float, n: int, seed: int, channels: tuple[str, ...] = ("c0", "c1", "c2")
+               ) -> SampleBatch:
+    """Counts of a 12-bit ADC scaled to volts, as the serial bridge sends them, with a NaN,
+    a -0.0 and an inf where a channel has none: all must come back bit for bit."""
+    rng = np.random.default_rng(seed)
+    scale = [3.3 / 4096] * len(channels)
+    counts = rng.integers(1800, 2300, size=(n, len(channels)))
+    values = counts * np.array(scale) + 0.0
+    values[n // 3, 0] = np.nan
+    values[n // 2, 1] = -0.0
+    values[n - 1, -1] = np.inf
+    return SampleBatch.build("bridge", list(channels), T0 + t0 + np.arange(n) / 100.0, values,
+                             meta={"adc_scale": scale, "adc_offset": [0.0] * len(channels)})
+
+
+def test_what_waits_for_a_full_disk_is_packed_and_commits_bit_for_bit(
+    small_disk: Path, secret: Secret
+) -> None:
+    """While commits fail, the buffered samples are held packed with the chunk codec, far
+    smaller than their float64 arrays, in arrival order (packed and new raw batches mixed,
+    a change of channels between them), and commit exactly as they arrived once the disk
+    has room again."""
+    home = small_disk / "twin"
+    store = TwinStore.create(home, secret)
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (512 * 1024))
+    try:
+        committed, _, _ = _commit_until_full(store)
+        sent = [_adc_batch(0, 1000, 0), _adc_batch(10, 1000, 1)]
+        for b in sent:
+            store.append_samples(b)
+        raw = sum(b.t.nbytes + b.values.nbytes for b in sent)
+        assert store.pending_sample_bytes() > raw  # the failed eeg batch is in there too
+        with pytest.raises(StoreFull):
+            store.commit()
+        packed = store.pending_sample_bytes()
+        eeg_raw = 2560 * 8 * 5
+        assert packed < eeg_raw + raw / 3  # ADC counts: a third of their arrays, or less
+        # more arrives while the disk stays full: another layout, then the first again
+        later = [_adc_batch(20, 500, 2, ("c0", "c1")), _adc_batch(25, 500, 3)]
+        for b in later:
+            store.append_samples(b)
+        with pytest.raises(StoreFull):
+            store.commit()
+        assert store.pending_rows() == 2560 + 3000
+        filler.unlink()
+        store.commit()
+        assert store.pending_rows() == 0 and store.pending_sample_bytes() == 0
+        got = list(store.read_samples("bridge"))
+        want = [*sent, *later]
+        t = np.concatenate([g.t for g in got])
+        np.testing.assert_array_equal(t, np.concatenate([b.t for b in want]))
+        by_width: dict[int, list[np.ndarray]] = {}
+        for g in got:
+            by_width.setdefault(g.values.shape[1], []).append(g.values)
+        for width in (3, 2):
+            stored = np.concatenate(by_width[width])
+            sent_w = np.concatenate([b.values for b in want if b.values.shape[1] == width])
+            assert stored.view("<i8").tolist() == sent_w.view("<i8").tolist()  # bit for bit
+        assert len(all_samples(store, "eeg")[0]) == committed + 2560
     finally:
         store.close()
     with TwinStore.open(home, secret) as again:
