@@ -47,8 +47,8 @@ class DaemonConfig:
     watchdog_s: float = 10.0  # a source silent this long is reconnected
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
-    # while commits fail (a full disk), raw samples buffered past this are shed, oldest first:
-    # the reference load's raw samples take ~490 MB an hour, more than a Pi can hold for long
+    # while commits fail (a full disk), samples buffered past this are shed, oldest first; they
+    # wait packed (the reference load's float64 arrays would take ~490 MB an hour)
     max_uncommitted_mib: float = 64.0
 
     def validate(self) -> None:
