@@ -76,6 +76,21 @@ STRAPS = [f"C0:FF:EE:00:02:0{i}" for i in range(4)]
 AIMS = {"cpu_share_max": 0.08, "rss_mib_max": 150.0, "loop_lag_p99_ms_max": 20.0,
         "sigkill_loss_s_max": 2.0}
 PASS = "soak passphrase"
+UNIT = ROOT / "scripts" / "edgetwin.service"
+
+
+def unit_restart_s(unit: Path = UNIT) -> float:
+    """The shipped systemd unit's ``RestartSec`` in seconds (systemd's own default, 100 ms, when
+    it sets none): the SIGKILL fault restarts the daemon after this delay, as systemd would."""
+    for raw in unit.read_text().splitlines():
+        key, _, value = raw.strip().partition("=")
+        if key == "RestartSec":
+            span = value.strip()
+            for suffix, scale in (("ms", 1e-3), ("min", 60.0), ("s", 1.0)):
+                if span.endswith(suffix):
+                    return float(span[: -len(suffix)]) * scale
+            return float(span)
+    return 0.1
 
 
 SEEDED_STREAM = "wrist"  # past days written before the daemon starts, so releases are due
@@ -672,6 +687,7 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                             fault["killed_at"] = time.time()
                             daemon.proc.send_signal(signal.SIGKILL)
                             daemon.proc.wait(10)
+                            time.sleep(unit_restart_s())  # what systemd waits before restarting
                             daemon.start()
                             daemon.wait_ready()
                             fault.update(until=time.time(), streams=[])

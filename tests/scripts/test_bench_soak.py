@@ -216,3 +216,15 @@ def test_seeded_history_ends_at_the_start_and_spans_the_hours_asked(
     newest = max(p.t for p in preds)
     assert before - 120 < newest < before
     assert frames[-1].t - frames[0].t == pytest.approx(0.5 * 3600 - 5.0)
+
+
+def test_the_kill_is_restarted_after_the_shipped_units_delay(tmp_path: Path) -> None:
+    """The SIGKILL fault measures what the service loses: it restarts after the unit's
+    RestartSec, not at once."""
+    soak = _soak()
+    assert soak.unit_restart_s() == pytest.approx(0.1)  # scripts/edgetwin.service
+    unit = tmp_path / "x.service"
+    for text, want in (("RestartSec=5\n", 5.0), ("RestartSec=250ms\n", 0.25),
+                       ("RestartSec=2s\n", 2.0), ("[Service]\nRestart=always\n", 0.1)):
+        unit.write_text(text)
+        assert soak.unit_restart_s(unit) == pytest.approx(want)

@@ -11,7 +11,7 @@ import pytest
 UNIT = Path(__file__).resolve().parents[2] / "scripts" / "edgetwin.service"
 
 
-def _service() -> dict[str, list[str]]:
+def _service(which: str = "Service") -> dict[str, list[str]]:
     values: dict[str, list[str]] = {}
     section = None
     for raw in UNIT.read_text().splitlines():
@@ -21,10 +21,30 @@ def _service() -> dict[str, list[str]]:
         if line.startswith("["):
             section = line.strip("[]")
             continue
-        if section == "Service":
+        if section == which:
             key, _, value = line.partition("=")
             values.setdefault(key, []).append(value)
     return values
+
+
+def _seconds(span: str) -> float:
+    """A systemd time span as these units write it ("100ms", "5", "5s", "10min")."""
+    for suffix, scale in (("ms", 1e-3), ("min", 60.0), ("s", 1.0)):
+        if span.endswith(suffix):
+            return float(span[: -len(suffix)]) * scale
+    return float(span)
+
+
+def test_a_crash_is_restarted_at_once_and_a_crash_loop_stops() -> None:
+    """Sensors keep sending while the daemon is down: the restart after a crash or an OOM
+    kill must come well inside the 2 s a SIGKILL may cost (the soak restarts after this very
+    delay); a loop of crashes must not restart forever."""
+    svc, unit = _service(), _service("Unit")
+    assert svc["Restart"] == ["on-failure"]  # SIGKILL and a crash count; a clean stop does not
+    assert _seconds(svc["RestartSec"][0]) <= 0.5
+    burst, interval = int(unit["StartLimitBurst"][0]), _seconds(unit["StartLimitIntervalSec"][0])
+    # quick restarts of a crash at start-up (~1 s each) fill the burst inside the interval
+    assert interval > burst * (1.0 + _seconds(svc["RestartSec"][0]))
 
 
 def test_runs_as_a_dedicated_unprivileged_user() -> None:
