@@ -740,7 +740,10 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                                 row["host_steal_share"] = (host_now[1] - host_prev[1]) / spent
                         host_prev = host_now
                         row["sources"] = {s["name"]: s.get("state") for s in st.get("sources", [])}
-                        row["store_error"] = (d.get("commit_failing") or {}).get("error")
+                        failing = d.get("commit_failing") or {}
+                        row["store_error"] = failing.get("error")
+                        # what waits for the disk meanwhile (packed), against the cap
+                        row["waiting_for_disk_mib"] = failing.get("held_mib")
                         row["uncommitted_rows"] = d.get("uncommitted_rows")
                         # a writer held up (a slow fsync) and what waits for it meanwhile
                         writer = d.get("writer") or {}
@@ -924,6 +927,8 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                                if lt and lt[-1].get("writer_longest")],
         "hub_queued_mib_max": _r(max((s.get("hub_queued_mib") or 0 for s in samples),
                                      default=None), 2),
+        "waiting_for_disk_mib_max": _r(max((s.get("waiting_for_disk_mib") or 0
+                                            for s in samples), default=None), 2),
         "aims": {
             # the issue's "at most 8 % of one core": the run's share, and, stricter, the
             # p99 of its 10 s samples (which the periodic jobs' bursts make: cpu_spikes)

@@ -147,6 +147,7 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
                 f"         loop lag p50 {lag['p50']:.1f} ms, p99 {lag['p99']:.1f} ms, "
                 f"max {lag['max']:.1f} ms over the last minute"
             )
+        lines.extend(_saving_lines(d))
     else:
         lines.append(f"daemon   not running on {home} (start it with 'edgetwin daemon run')")
     if not daemon_line:
@@ -301,6 +302,26 @@ def _iso(t: float) -> str:
     from edgetwin.cli.common import format_time
 
     return format_time(t)
+
+
+def _saving_lines(d: dict[str, Any]) -> list[str]:
+    """What a failing commit (a full disk) means for the data: said first, not left to the
+    JSON, since the sources still look healthy meanwhile."""
+    failing = d.get("commit_failing")
+    shed = sum((d.get("shed_samples") or {}).values())
+    if not failing:
+        return [f"         {shed} samples were dropped while commits failed (since start)"
+                ] if shed else []
+    held = failing.get("held_mib")
+    waiting = (f"{held:.1f} of {failing.get('cap_mib', 0):g} MiB of samples wait in memory"
+               if held is not None else "samples wait in memory")
+    line = (f"         NOT SAVING: commits have failed for "
+            f"{_duration(time.time() - failing['since'])} ({failing.get('error')}); {waiting}")
+    if failing.get("next_try_in_s") is not None:
+        line += f", next try in {failing['next_try_in_s']:.0f} s"
+    if failing.get("shed_samples"):
+        line += f"; the oldest {failing['shed_samples']} were dropped to stay within it"
+    return [line]
 
 
 def _duration(s: float) -> str:

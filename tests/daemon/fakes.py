@@ -124,6 +124,9 @@ class MemoryStore:
     def pending_rows(self) -> int:
         return sum(len(b) for b in self.pending)
 
+    def pending_sample_bytes(self) -> int:
+        return sum(b.t.nbytes + b.values.nbytes for b in self.pending)
+
     def shed_oldest_samples(self, keep_bytes: int) -> dict[str, int]:
         shed: dict[str, int] = {}
         while self.pending and sum(b.t.nbytes + b.values.nbytes for b in self.pending) > keep_bytes:

@@ -51,6 +51,9 @@ class SlowFsyncStore:
     def pending_rows(self) -> int:
         return self.inner.pending_rows()
 
+    def pending_sample_bytes(self) -> int:
+        return self.inner.pending_sample_bytes()
+
     def shed_oldest_samples(self, keep_bytes: int) -> dict[str, int]:
         return self.inner.shed_oldest_samples(keep_bytes)
 

@@ -420,6 +420,8 @@ async def test_while_commits_fail_the_buffer_is_bounded_and_the_oldest_samples_s
     status, and once space is back the newest are committed."""
     import dataclasses
 
+    from edgetwin.cli.daemon import render_status
+
     cap_mib = 0.01  # 10,485 bytes: ~65 of the scripted source's 160-byte batches
     cfg = dataclasses.replace(CFG, daemon=dataclasses.replace(CFG.daemon,
                                                               max_uncommitted_mib=cap_mib))
@@ -443,9 +445,11 @@ async def test_while_commits_fail_the_buffer_is_bounded_and_the_oldest_samples_s
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)
             seen["status"] = daemon.status()["daemon"]
+            seen["text"] = render_status(daemon.status(), home)
             store.space = True
             while store.commits == 0:
                 await asyncio.sleep(0.01)
+            seen["after"] = daemon.status()
         finally:
             daemon.stop()
 
@@ -456,7 +460,20 @@ async def test_while_commits_fail_the_buffer_is_bounded_and_the_oldest_samples_s
     status = seen["status"]
     assert isinstance(status, dict)
     shed = status["shed_samples"]["s.x"]
-    assert shed > 0 and status["commit_failing"]["shed_samples"] == shed
+    failing = status["commit_failing"]
+    assert shed > 0 and failing["shed_samples"] == shed
+    # what waits, against the cap (the fake store holds raw arrays), also in the text status
+    assert failing["cap_mib"] == cap_mib and 0 < failing["held_mib"] <= cap_mib
+    text = str(seen["text"])
+    assert "NOT SAVING: commits have failed for" in text
+    assert f"of {cap_mib:g} MiB of samples wait in memory" in text
+    assert "were dropped to stay within it" in text
+    after = seen["after"]  # commits work again: the loss stays said
+    assert isinstance(after, dict)
+    shed_since_start = after["daemon"]["shed_samples"]["s.x"]
+    assert "NOT SAVING" not in render_status(after, home)
+    assert (f"{shed_since_start} samples were dropped while commits failed"
+            in render_status(after, home))
     received = {s["name"]: s for s in daemon.status()["sources"]}["s"]["samples"]
     total_shed = daemon.status()["daemon"]["shed_samples"]["s.x"]
     committed = np.concatenate([b.t for b in store.committed])
