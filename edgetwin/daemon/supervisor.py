@@ -62,6 +62,10 @@ START_GRACE_S = 5.0
 # come at flush_interval_s x 2**n, up to this; a commit asked for (a mark, the last one)
 # is always tried. Data waits in memory meanwhile, as before.
 COMMIT_RETRY_MAX_S = 8.0
+# ... and each wait is at least this many times the last failed try: a try re-encodes all that
+# waits, which grows with the outage (held packed, 64 MiB is ~25 minutes of the reference
+# load), so failed tries take at most a tenth of the time, on a Pi as on a laptop.
+COMMIT_RETRY_DUTY = 9.0
 
 
 T = TypeVar("T")
@@ -509,10 +513,12 @@ class Daemon:
         return await self._handle_request(request, cast("asyncio.StreamWriter", None))
 
     def _commit(self) -> None:
+        started = time.monotonic()
         try:
             self.store.commit()
             self.commits += 1
         except Exception as exc:  # e.g. a full disk: keep running, keep the batch buffered, say so
+            try_s = time.monotonic() - started
             self.errors["commit"] += 1
             if self.commit_failing is None:
                 self.commit_failing = {"since": time.time(), "error": str(exc), "tries": 0}
@@ -526,6 +532,8 @@ class Daemon:
                 _LOGGER.warning("commit still failing: %s", exc)
             tries = self.commit_failing["tries"] = self.commit_failing["tries"] + 1
             delay = min(self.config.daemon.flush_interval_s * 2.0**tries, COMMIT_RETRY_MAX_S)
+            delay = max(delay, COMMIT_RETRY_DUTY * try_s)
+            self.commit_failing["last_try_s"] = round(try_s, 3)
             self.commit_failing["next_try_in_s"] = round(delay, 2)
             self._commit_retry_at = time.monotonic() + delay
             self._bound_the_buffer()

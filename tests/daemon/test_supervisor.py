@@ -6,7 +6,9 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -332,6 +334,40 @@ class FullDiskStore(MemoryStore):
             self.failed += 1
             raise StoreFull("twin.db: the disk is full while writing samples")
         super().commit()
+
+
+async def test_a_slow_failing_commit_is_retried_less_often(home: Path) -> None:
+    """Each try re-encodes all that waits, which grows with the outage: the wait before the
+    next try is at least COMMIT_RETRY_DUTY times the last failed try, so failed tries take a
+    bounded share of the time however much waits (here past the fixed 8 s cap)."""
+    from edgetwin.daemon.supervisor import COMMIT_RETRY_DUTY, COMMIT_RETRY_MAX_S
+
+    class SlowFullDisk(FullDiskStore):
+        def commit(self) -> None:
+            time.sleep(0.95)  # what re-encoding a long outage's data costs on a small machine
+            super().commit()
+
+    store = SlowFullDisk()
+    daemon = Daemon(home, CFG, store,
+                    [ScriptedSource("s", batches_per_session=10**6, interval_s=0.01)], seed=1)
+    seen: dict[str, Any] = {}
+
+    async def watch() -> None:
+        try:
+            while store.failed == 0:
+                await asyncio.sleep(0.01)
+            while not (daemon.status()["daemon"]["commit_failing"] or {}).get("last_try_s"):
+                await asyncio.sleep(0.01)
+            seen.update(daemon.status()["daemon"]["commit_failing"])
+        finally:
+            daemon.stop()
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.wait_for(daemon.run(), 60)
+    await asyncio.wait_for(watcher, 1)
+    assert seen["last_try_s"] >= 0.95
+    assert seen["next_try_in_s"] >= COMMIT_RETRY_DUTY * seen["last_try_s"] - 0.01
+    assert seen["next_try_in_s"] > COMMIT_RETRY_MAX_S  # the old schedule tried again at 2 s
 
 
 async def test_a_full_disk_shows_in_status_since_when_and_nothing_buffered_is_lost(
