@@ -744,6 +744,7 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                         row["store_error"] = failing.get("error")
                         # what waits for the disk meanwhile (packed), against the cap
                         row["waiting_for_disk_mib"] = failing.get("held_mib")
+                        row["failed_commit_try_s"] = failing.get("last_try_s")
                         row["uncommitted_rows"] = d.get("uncommitted_rows")
                         # a writer held up (a slow fsync) and what waits for it meanwhile
                         writer = d.get("writer") or {}
@@ -929,6 +930,9 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                                      default=None), 2),
         "waiting_for_disk_mib_max": _r(max((s.get("waiting_for_disk_mib") or 0
                                             for s in samples), default=None), 2),
+        # how long the longest failed try to commit took (it re-encodes all that waits)
+        "failed_commit_try_s_max": _r(max((s.get("failed_commit_try_s") or 0
+                                           for s in samples), default=None), 3),
         "aims": {
             # the issue's "at most 8 % of one core": the run's share, and, stricter, the
             # p99 of its 10 s samples (which the periodic jobs' bursts make: cpu_spikes)
