@@ -12,7 +12,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -72,7 +72,8 @@ class PackedSamples:
 
     __slots__ = ("blob", "channels", "first_t", "meta", "rows", "stream", "units")
 
-    def __init__(self, batches: Sequence[SampleBatch], affine: Affine | None) -> None:
+    def __init__(self, batches: Sequence[SampleBatch]) -> None:
+        """``batches``: consecutive ones of one stream with the same channels, units and meta."""
         first = batches[0]
         self.stream, self.channels, self.units = first.stream, first.channels, first.units
         self.meta = first.meta
@@ -81,6 +82,7 @@ class PackedSamples:
         else:
             t = np.concatenate([b.t for b in batches])
             values = np.concatenate([b.values for b in batches])
+        affine = adc_affine(first) if first.meta else None
         self.blob = codec.encode_samples(0, t, values, affine)
         self.rows = int(t.shape[0])
         self.first_t = float(t[0])
@@ -233,29 +235,22 @@ class Chunks(SeriesTails):
                 raise
 
     def _pack_pending(self) -> None:
-        """Pack each stream's raw batches (consecutive ones that share a layout together),
-        keeping their order; on any failure to pack, the raw batches stay as they were."""
+        """Pack each stream's raw batches, consecutive ones that share channels, units and meta
+        together; the packed ones are always the oldest (packed at an earlier failure), so
+        only the raw tail is new. On any failure to pack, the raw batches stay as they were."""
         for name, batches in list(self._pending.items()):
-            if all(isinstance(b, PackedSamples) for b in batches):
+            raw_from = next(
+                (i for i, b in enumerate(batches) if isinstance(b, SampleBatch)), len(batches)
+            )
+            if raw_from == len(batches):
                 continue
+            raw = cast("list[SampleBatch]", batches[raw_from:])
             try:
-                packed: list[SampleBatch | PackedSamples] = []
-                run: list[SampleBatch] = []
-                for b in [*batches, None]:
-                    if isinstance(b, SampleBatch) and (
-                        not run or (b.channels, b.units, b.meta)
-                        == (run[0].channels, run[0].units, run[0].meta)
-                    ):
-                        run.append(b)
-                        continue
-                    if run:
-                        packed.append(PackedSamples(run, adc_affine(run[0]) if run[0].meta
-                                                    else None))
-                        run = []
-                    if isinstance(b, SampleBatch):
-                        run.append(b)
-                    elif b is not None:
-                        packed.append(b)
+                packed = batches[:raw_from] + [
+                    PackedSamples(list(run))
+                    for _, run in itertools.groupby(raw, key=lambda b: (b.channels, b.units,
+                                                                        b.meta))
+                ]
             except Exception:  # packing only saves memory: never lose data to it
                 _LOGGER.exception("packing the buffered samples of %s failed; kept raw", name)
                 continue
