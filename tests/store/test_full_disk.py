@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +44,24 @@ def _commit_until_full(store: TwinStore) -> tuple[int, int, str]:
     pytest.fail("3 MiB never filled up")
 
 
-def test_real_full_disk(small_disk: Path, secret: Secret) -> None:
+@contextlib.contextmanager
+def _twin_on_small_disk(small_disk: Path, secret: Secret) -> Iterator[tuple[TwinStore, Path]]:
+    """A new twin on the small disk and 512 KiB of filler beside it (unlink it to make room);
+    closed afterwards, then reopened and verified whole."""
     home = small_disk / "twin"
     store = TwinStore.create(home, secret)
     filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (512 * 1024))  # freed later, to make room
+    filler.write_bytes(b"\0" * (512 * 1024))
     try:
+        yield store, filler
+    finally:
+        store.close()
+    with TwinStore.open(home, secret) as again:
+        assert again.verify().ok
+
+
+def test_real_full_disk(small_disk: Path, secret: Secret) -> None:
+    with _twin_on_small_disk(small_disk, secret) as (store, filler):
         committed, _, error = _commit_until_full(store)
         assert "disk is full" in error
         assert committed > 0
@@ -60,10 +72,7 @@ def test_real_full_disk(small_disk: Path, secret: Secret) -> None:
         store.commit()
         assert store.pending_rows() == 0
         assert len(all_samples(store, "eeg")[0]) == committed + 2560
-    finally:
-        store.close()
-    with TwinStore.open(home, secret) as again:
-        assert again.verify().ok
+    with TwinStore.open(small_disk / "twin", secret) as again:
         assert again.streams()[0].samples == committed + 2560
 
 
@@ -102,11 +111,7 @@ def test_shedding_drops_the_oldest_batches_across_streams_and_keeps_the_rest(
 
 
 def test_a_real_full_disk_shed_to_a_bound_then_freed(small_disk: Path, secret: Secret) -> None:
-    home = small_disk / "twin"
-    store = TwinStore.create(home, secret)
-    filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (512 * 1024))
-    try:
+    with _twin_on_small_disk(small_disk, secret) as (store, filler):
         committed, failed_at, _ = _commit_until_full(store)
         for j in range(failed_at + 1, failed_at + 4):  # more arrives while the disk is full
             store.append_samples(batch("eeg", T0 + j * 10, 2560,
@@ -123,10 +128,6 @@ def test_a_real_full_disk_shed_to_a_bound_then_freed(small_disk: Path, secret: S
         t, _ = all_samples(store, "eeg")
         assert len(t) == committed + 2 * 2560
         assert t[committed] == T0 + (failed_at + 2) * 10  # the two newest batches were kept
-    finally:
-        store.close()
-    with TwinStore.open(home, secret) as again:
-        assert again.verify().ok
 
 
 def _adc_batch(t0: float, n: int, seed: int, channels: tuple[str, ...] = ("c0", "c1", "c2")
@@ -151,11 +152,7 @@ def test_what_waits_for_a_full_disk_is_packed_and_commits_bit_for_bit(
     smaller than their float64 arrays, in arrival order (packed and new raw batches mixed,
     a change of channels between them), and commit exactly as they arrived once the disk
     has room again."""
-    home = small_disk / "twin"
-    store = TwinStore.create(home, secret)
-    filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (512 * 1024))
-    try:
+    with _twin_on_small_disk(small_disk, secret) as (store, filler):
         committed, _, _ = _commit_until_full(store)
         sent = [_adc_batch(0, 1000, 0), _adc_batch(10, 1000, 1)]
         for b in sent:
@@ -189,10 +186,6 @@ def test_what_waits_for_a_full_disk_is_packed_and_commits_bit_for_bit(
             sent_w = np.concatenate([b.values for b in want if b.values.shape[1] == width])
             assert stored.view("<i8").tolist() == sent_w.view("<i8").tolist()  # bit for bit
         assert len(all_samples(store, "eeg")[0]) == committed + 2560
-    finally:
-        store.close()
-    with TwinStore.open(home, secret) as again:
-        assert again.verify().ok
 
 
 def test_keystore_write_failing_with_enospc(
