@@ -79,17 +79,22 @@ PASS = "soak passphrase"
 UNIT = ROOT / "scripts" / "edgetwin.service"
 
 
+def systemd_seconds(span: str) -> float:
+    """A systemd time span as the unit writes them ("100ms", "5", "5s", "10min") in seconds."""
+    span = span.strip()
+    for suffix, scale in (("ms", 1e-3), ("min", 60.0), ("s", 1.0)):
+        if span.endswith(suffix):
+            return float(span[: -len(suffix)]) * scale
+    return float(span)
+
+
 def unit_restart_s(unit: Path = UNIT) -> float:
     """The shipped systemd unit's ``RestartSec`` in seconds (systemd's own default, 100 ms, when
     it sets none): the SIGKILL fault restarts the daemon after this delay, as systemd would."""
     for raw in unit.read_text().splitlines():
         key, _, value = raw.strip().partition("=")
         if key == "RestartSec":
-            span = value.strip()
-            for suffix, scale in (("ms", 1e-3), ("min", 60.0), ("s", 1.0)):
-                if span.endswith(suffix):
-                    return float(span[: -len(suffix)]) * scale
-            return float(span)
+            return systemd_seconds(value)
     return 0.1
 
 

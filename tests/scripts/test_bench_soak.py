@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
 
 
 def _soak() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "scripts" / "bench_soak.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_soak")
 
 
 def test_gaps_are_counted_in_seconds_of_data() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
+
 UNIT = Path(__file__).resolve().parents[2] / "scripts" / "edgetwin.service"
 
 
@@ -28,11 +30,9 @@ def _service(which: str = "Service") -> dict[str, list[str]]:
 
 
 def _seconds(span: str) -> float:
-    """A systemd time span as these units write it ("100ms", "5", "5s", "10min")."""
-    for suffix, scale in (("ms", 1e-3), ("min", 60.0), ("s", 1.0)):
-        if span.endswith(suffix):
-            return float(span[: -len(suffix)]) * scale
-    return float(span)
+    """A systemd time span, read as the soak reads the unit's RestartSec."""
+    seconds: float = load_script("bench_soak").systemd_seconds(span)
+    return seconds
 
 
 def test_a_crash_is_restarted_at_once_and_a_crash_loop_stops() -> None:
