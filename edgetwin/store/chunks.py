@@ -100,6 +100,10 @@ class PackedSamples:
 
 
 def _unpacked(batches: list[SampleBatch | PackedSamples]) -> list[SampleBatch]:
+    """The batches as they arrived; packed ones are always the oldest, so a list that does not
+    start with one (every commit but those after a failure) is returned as it is."""
+    if not batches or not isinstance(batches[0], PackedSamples):
+        return cast("list[SampleBatch]", batches)
     return [b.unpack() if isinstance(b, PackedSamples) else b for b in batches]
 
 
