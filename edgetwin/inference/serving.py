@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -257,6 +257,59 @@ def served_model_id(global_id: str, sources: Sequence[str]) -> str:
 # -- the periodic job -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RefitParams:
+    """What a refit needs of the served model: its shape and id, not the model itself (so a
+    child process can refit without loading ONNX)."""
+
+    context_len: int
+    step_s: float
+    horizon: int
+    targets: tuple[str, ...]
+    model_id: str
+
+    @classmethod
+    def of(cls, serving: ServingEngine) -> RefitParams:
+        return cls(int(serving.context_len), float(serving.step_s), int(serving.horizon),
+                   tuple(serving.targets), str(serving.model_id))
+
+
+@dataclass(frozen=True)
+class RefitPlan:
+    """A refit's outcome before anything is stored: per target the head's record (None: no
+    head, delete the stored one), the serving policy record, and the report. Plain JSON
+    values only, so a child process can hand it over a pipe."""
+
+    heads: dict[str, dict[str, Any] | None]
+    policy: dict[str, Any]
+    report: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"heads": self.heads, "policy": self.policy, "report": self.report}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RefitPlan:
+        """The plan a child sent; ValueError naming what is malformed."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"a refit plan is an object, not {type(doc).__name__}")
+        heads, policy, report = doc.get("heads"), doc.get("policy"), doc.get("report")
+        if not isinstance(heads, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, dict)) for k, v in heads.items()
+        ):
+            raise ValueError("a refit plan's heads are not {target: record or null}")
+        if not isinstance(policy, dict) or not isinstance(policy.get("sources"), dict):
+            raise ValueError("a refit plan's policy lacks its sources")
+        if not isinstance(report, dict):
+            raise ValueError("a refit plan's report is not an object")
+        for target, rec in heads.items():
+            try:
+                if rec is not None:
+                    personal.PersonalHead.from_record(rec)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"a refit plan's head of {target!r}: {exc!r}") from exc
+        return cls(heads, policy, report)
+
+
 def refit(
     store: Any, serving: ServingEngine, now: float | None = None, *, reader: Any = None
 ) -> dict[str, Any]:
@@ -266,20 +319,27 @@ def refit(
     apply), at most :data:`personal.MAX_FORECASTS` forecasts per head, a handful
     of small linear solves. ``reader`` (``store.reader()``): the day is read
     through it, on its own connection, so the writer is not held up meanwhile;
-    only the few records written at the end go through ``store``.
+    only the few records written at the end go through ``store``. The daemon runs
+    :func:`plan_refit` in a child process instead (:mod:`edgetwin.inference.refit_process`).
     """
+    plan = plan_refit(store if reader is None else reader, RefitParams.of(serving), now)
+    return apply_refit(store, serving, plan)
+
+
+def plan_refit(source: Any, params: RefitParams, now: float | None = None) -> RefitPlan:
+    """What a refit as of ``now`` would store: reads ``source`` (a store or its reader),
+    writes nothing."""
     now = time.time() if now is None else now
-    source = store if reader is None else reader
     doc, oc, series = load_scored(
         source,
         now,
-        context=serving.context_len,
-        step_s=serving.step_s,
-        horizon=serving.horizon,
-        targets=serving.targets,
+        context=params.context_len,
+        step_s=params.step_s,
+        horizon=params.horizon,
+        targets=params.targets,
     )
     streams = list(source.streams())
-    heads: dict[str, personal.PersonalHead] = {}
+    heads: dict[str, dict[str, Any] | None] = {}
     sources: dict[str, list[str]] = {}
     report: dict[str, Any] = {"now": now, "heads": {}, "sources": {}}
     # one target's outcomes at a time: each is looked up when taken and let go after
@@ -288,18 +348,15 @@ def refit(
         head = personal.fit_head(
             personal.TrainingSet.build(o, series[target]),
             target,
-            step_s=serving.step_s,
+            step_s=params.step_s,
             now=now,
             derived_from={"streams": feeds, "t0": float(o.t.min())},
         )
+        heads[target] = None if head is None else head.to_record()
         if head is not None:
-            store.put_record(personal.RECORD_KIND, personal.record_key(target), head.to_record())
             report["heads"][target] = {"adopted": head.adopted, **head.holdout}
             if head.adopted:
-                heads[target] = head
                 head.fill_outcomes(o, series[target])
-        else:
-            store.delete_record(personal.RECORD_KIND, personal.record_key(target))
         choice = scoring.choose_sources(o, now)
         sources[target] = choice["steps"]
         report["sources"][target] = choice
@@ -307,14 +364,25 @@ def refit(
         "streams": sorted({s for t in oc for s in personal.feeding_streams(t, streams)}),
         "t0": min((oc.first_t(t) for t in oc), default=now),
     }
-    store.put_record(
-        personal.RECORD_KIND,
-        POLICY_KEY,
-        {"sources": sources, "score": doc, "derived_from": derived, "at": now,
-         "model": serving.model_id},
-    )
-    serving.set_policy(heads, sources, doc)
-    return report
+    policy = {"sources": sources, "score": doc, "derived_from": derived, "at": now,
+              "model": params.model_id}
+    return RefitPlan(heads, policy, report)
+
+
+def apply_refit(store: Any, serving: ServingEngine, plan: RefitPlan) -> dict[str, Any]:
+    """Store ``plan``'s heads and policy and serve them; the plan's report."""
+    heads: dict[str, personal.PersonalHead] = {}
+    for target, rec in plan.heads.items():
+        if rec is None:
+            store.delete_record(personal.RECORD_KIND, personal.record_key(target))
+            continue
+        store.put_record(personal.RECORD_KIND, personal.record_key(target), rec)
+        head = personal.PersonalHead.from_record(rec)
+        if head.adopted:
+            heads[target] = head
+    store.put_record(personal.RECORD_KIND, POLICY_KEY, plan.policy)
+    serving.set_policy(heads, plan.policy["sources"], plan.policy.get("score"))
+    return plan.report
 
 
 def load_scored(

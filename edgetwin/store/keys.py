@@ -259,6 +259,11 @@ class MasterKeys:
     def wrap_master(self, kek: bytes, slot_kind: str) -> bytes:
         return _seal(AESGCM(kek), self._master, _master_ad(self.twin_id, slot_kind))
 
+    def for_child(self) -> tuple[bytes, bytes]:
+        """The master key and twin id, to hand to a child process of this package over a
+        pipe (:meth:`TwinStore.handoff`); never to be written anywhere."""
+        return self._master, self.twin_id
+
 
 @dataclass(frozen=True)
 class DekEntry:

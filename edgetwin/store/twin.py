@@ -30,6 +30,7 @@ write records at the same time (see :mod:`edgetwin.store.core`).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hmac
 import logging
@@ -200,6 +201,32 @@ class TwinStore(Forgetting, Verification):
         reader = type(self)(self.home, keystore, self._keys, conn)
         reader._tail_counts = tail_counts
         return reader
+
+    def handoff(self) -> dict[str, str]:
+        """What a child process of this package needs to open a read-only handle on this twin
+        (:meth:`from_handoff`): the home and, in base64, the master key and twin id. Hand it
+        over a pipe only: it unlocks the twin without its passphrase."""
+        master, twin_id = self._keys.for_child()
+        return {"home": str(self.home), "master": base64.b64encode(master).decode(),
+                "twin_id": twin_id.hex()}
+
+    @classmethod
+    def from_handoff(cls, doc: dict[str, str]) -> TwinStore:
+        """A read-only handle (as :meth:`reader`) from :meth:`handoff`'s document, in a child
+        process; DataCorrupt if the key does not open this twin."""
+        home = Path(doc["home"])
+        keys = MasterKeys(base64.b64decode(doc["master"], validate=True),
+                          bytes.fromhex(doc["twin_id"]))
+        keystore = Keystore.load(home / KEYSTORE_FILE)
+        conn = connect(home / DB_FILE, create=False)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            store = cls(home, keystore, keys, conn)
+            store._check_twin()
+        except BaseException:
+            conn.close()
+            raise
+        return store
 
     def close(self) -> None:
         """Close the database; uncommitted appends are dropped (call commit() first)."""

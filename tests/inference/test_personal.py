@@ -195,30 +195,78 @@ def test_through_a_reader_the_day_is_read_while_the_writer_holds_the_store(
     assert _head(store) is not None and "hr" in serving.heads
 
 
-def test_the_daemons_refit_job_reads_through_a_reader_and_closes_it(
+def test_the_daemons_refit_job_refits_in_a_child_process_as_in_process(
     store: TwinStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # issue 18: the refit's day of forecasts is read and fitted in a child process, so its
+    # peak never joins the daemon's memory; what is stored and served is what an
+    # in-process refit would store and serve
+    import os
+
     from edgetwin.daemon import app
-    from edgetwin.inference import serving as serving_mod
+    from edgetwin.inference import refit_process
+    from edgetwin.inference.serving import RefitParams, plan_refit
 
     store_person(store, rhythm(N), carry)
     served = ServingEngine(FakeEngine(), explain=False)
-    seen: list[TwinStore] = []
-    real_refit = serving_mod.refit
+    expected = plan_refit(store, RefitParams.of(served), NOW)  # reads only
+    assert _head(store) is None
+    seen: list[dict] = []
+    real = refit_process.refit_out_of_process
 
-    def spy(store_: TwinStore, serving: ServingEngine, now: float | None = None, *,
-            reader: TwinStore | None = None) -> dict:
-        assert reader is not None and reader is not store_
-        seen.append(reader)
-        return real_refit(store_, serving, NOW, reader=reader)
+    def at_now(store_: TwinStore, serving: ServingEngine) -> dict:
+        seen.append(real(store_, serving, NOW))
+        return seen[-1]
 
-    monkeypatch.setattr(serving_mod, "refit", spy)
+    monkeypatch.setattr(refit_process, "refit_out_of_process", at_now)
     app._refit_job(store, served)()
-    assert len(seen) == 1
-    with pytest.raises(Exception, match="closed"):
-        seen[0].streams()  # the reader is closed after the job
-    assert _head(store) is not None and "hr" in served.heads
+    child = seen[0]["child"]
+    assert isinstance(child["pid"], int) and child["pid"] != os.getpid()
+    assert child["cpu_s"] > 0 and child["peak_rss_mib"] > 0
+    assert _head(store) == expected.heads["hr"] and expected.heads["hr"]["adopted"]
+    policy = store.get_record(personal.RECORD_KIND, POLICY_KEY)
+    assert policy == json.loads(json.dumps(expected.policy))
+    assert "hr" in served.heads and served.sources == expected.policy["sources"]
+    np.testing.assert_array_equal(served.heads["hr"].weights,
+                                  np.asarray(expected.heads["hr"]["weights"]))
 
+
+def test_a_failed_refit_child_stores_and_serves_nothing(store: TwinStore) -> None:
+    import base64
+
+    from edgetwin.inference.refit_process import RefitProcessError, refit_out_of_process
+
+    store_person(store, rhythm(N), carry)
+    served = ServingEngine(FakeEngine(), explain=False)
+    handoff = store.handoff()
+    wrong = base64.b64encode(bytes(32)).decode()
+    store.handoff = lambda: {**handoff, "master": wrong}  # type: ignore[method-assign]
+    refused = r"exited with 1: DataCorrupt: twin.db failed its authentication"
+    with pytest.raises(RefitProcessError, match=refused) as err:
+        refit_out_of_process(store, served, NOW)
+    assert "nothing was stored" in (err.value.hint or "")
+    assert _head(store) is None and store.get_record(personal.RECORD_KIND, POLICY_KEY) is None
+    assert served.heads == {} and served.sources == {}
+
+
+def test_a_malformed_refit_plan_is_refused() -> None:
+    from edgetwin.inference.serving import RefitPlan
+
+    good = {"version": 1, "target": "hr", "weights": [[0.0] * personal.N_FEATURES] * H,
+            "adopted": True}
+    policy = {"sources": {}}
+    assert RefitPlan.from_json({"heads": {"hr": good}, "policy": policy, "report": {}})
+    for doc, what in [
+        ([], "an object"),
+        ({"heads": {"hr": 1}, "policy": policy, "report": {}}, "heads"),
+        ({"heads": {}, "policy": {}, "report": {}}, "sources"),
+        ({"heads": {}, "policy": policy, "report": []}, "report"),
+        ({"heads": {"hr": {**good, "weights": [[float("nan")] * personal.N_FEATURES]}},
+          "policy": policy, "report": {}}, "weights"),
+        ({"heads": {"hr": {"target": "hr"}}, "policy": policy, "report": {}}, "head of 'hr'"),
+    ]:
+        with pytest.raises(ValueError, match=what):
+            RefitPlan.from_json(doc)
 
 
 def test_a_refit_leaves_no_resident_memory_behind(tmp_path: Path) -> None:
