@@ -40,8 +40,8 @@ of five targets and their forecasts every 5 s, ending at the start) so the refit
 and every 30 minutes works over a full day, as on a twin that has run that long.
 
 Every ~10 s (5 s with ``--quick``) the daemon's CPU share (utime+stime over
-wall time from /proc), RSS, loop lag p99 and hub drops (``edgetwin status
---json``) and the store's file size are sampled. At the end the daemon is
+wall time from /proc, its ended children's included), RSS, loop lag p99 and hub
+drops (``edgetwin status --json``) and the store's file size are sampled. At the end the daemon is
 stopped and the store is read back: every gap in each stream's stored sample
 times (longer than 3 nominal intervals and 0.5 s) is attributed to a fault or
 reported as unexplained, in seconds of data; the collector's database is
@@ -55,6 +55,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -222,6 +223,17 @@ def thread_shares(lifetime: list[dict[str, Any]]) -> dict[str, Any]:
             "without_native_threads": round(sum(shares.values()) - native, 4)}
 
 
+_REFIT_LINE = re.compile(r"refitted in child (\d+): ([\d.]+) s of CPU, peak ([\d.]+) MiB")
+
+
+def refit_children(log: str) -> dict[str, Any]:
+    """The refits' child processes, from the daemon's log: how many, their CPU and peak RSS."""
+    found = [(float(cpu), float(peak)) for _pid, cpu, peak in _REFIT_LINE.findall(log)]
+    return {"count": len(found),
+            "cpu_s_max": max((c for c, _ in found), default=None),
+            "peak_rss_mib_max": max((p for _, p in found), default=None)}
+
+
 def cpu_spikes(lifetimes: list[list[dict[str, Any]]], top: int = 8) -> list[dict[str, Any]]:
     """The samples with the highest CPU share, each with the threads that spent it (deltas of
     the per-thread CPU seconds in ``status`` since the sample before, in the same lifetime):
@@ -342,11 +354,14 @@ class _Daemon:
             return None
 
     def proc_sample(self) -> tuple[float, dict[str, int]] | None:
-        """(cpu seconds, {VmRSS, RssAnon, RssFile: bytes}) of the daemon process."""
+        """(cpu seconds, children's included; {VmRSS, VmHWM, RssAnon, RssFile: bytes}) of
+        the daemon process."""
         assert self.proc is not None
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            # utime, stime and those of its ended children (the refit's, OpenDP's): the
+            # daemon's work wherever it runs
+            cpu = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
             mem = {}
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
                 key = line.split(":", 1)[0]
@@ -789,7 +804,9 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                 ble.stop()
                 bridge.stop()
             streams = _analyse(home, faults, kill_check, t_start)
-            log_tail = (tmpd / "daemon.log").read_text()[-1500:]
+            log = (tmpd / "daemon.log").read_text()
+            log_tail = log[-1500:]
+            children = refit_children(log)
             if keep := os.environ.get("EDGETWIN_SOAK_KEEP_LOG"):  # the whole log, for a look
                 shutil.copyfile(tmpd / "daemon.log", keep)
         finally:
@@ -797,6 +814,8 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
     report = _report(duration, wall, samples, lifetimes, faults, streams, final, log_tail,
                      t_start, not_injected)
     report["seeded_history_h"] = float(os.environ.get("EDGETWIN_SOAK_HISTORY_H", "0") or 0)
+    # the refits run in child processes: their peak RSS is not the daemon's, but the unit's
+    report["refit_children"] = children
     twin, coll = sync_check.get("twin", {}), sync_check.get("collector", {})
     report["sync"] = {**sync_check, "every_release_delivered_once": bool(
         twin.get("sent") and twin.get("pending") == 0 and twin.get("failed") == 0

@@ -222,3 +222,14 @@ def test_the_kill_is_restarted_after_the_shipped_units_delay(tmp_path: Path) -> 
                        ("RestartSec=2s\n", 2.0), ("[Service]\nRestart=always\n", 0.1)):
         unit.write_text(text)
         assert soak.unit_restart_s(unit) == pytest.approx(want)
+
+
+def test_the_refits_children_are_read_from_the_daemons_log() -> None:
+    soak = _soak()
+    log = ("2026-12-05 13:00:00,000 INFO edgetwin.daemon.app: personal model refitted in child "
+           "4242: 2.4 s of CPU, peak 70 MiB\n"
+           "2026-12-05 13:30:00,000 WARNING x: something else\n"
+           "2026-12-05 14:00:00,000 INFO edgetwin.daemon.app: personal model refitted in child "
+           "4301: 3.1 s of CPU, peak 66 MiB\n")
+    assert soak.refit_children(log) == {"count": 2, "cpu_s_max": 3.1, "peak_rss_mib_max": 70.0}
+    assert soak.refit_children("")["count"] == 0
