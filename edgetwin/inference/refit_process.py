@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from edgetwin.errors import EdgetwinError
@@ -111,11 +112,19 @@ def _child(stdin: bytes) -> dict[str, Any]:
 
 
 def _usage() -> dict[str, float]:
+    """This process's CPU seconds and peak RSS. The peak is VmHWM, not ``ru_maxrss``: Linux
+    carries the parent's high-water mark over the exec into ``ru_maxrss``."""
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    # ru_maxrss is KiB on Linux
-    return {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mib": ru.ru_maxrss / 1024}
+    out = {"cpu_s": ru.ru_utime + ru.ru_stime}
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mib"] = int(line.split()[1]) / 1024
+    except OSError:  # not Linux: no peak
+        pass
+    return out
 
 
 def _json_default(value: Any) -> Any:
