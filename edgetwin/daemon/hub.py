@@ -76,9 +76,14 @@ class ConsumerQueue:
             await self._ready.wait()
         return self._pop()
 
-    def drain(self) -> Iterator[SampleBatch]:
-        """Everything still queued, without waiting (used at shutdown)."""
+    def drain(self, max_bytes: int | None = None) -> Iterator[SampleBatch]:
+        """What is queued, without waiting: everything, or the oldest batches while they sum
+        to at most ``max_bytes`` (:func:`batch_bytes`; at least one)."""
+        taken = 0
         while self._items:
+            if max_bytes is not None and taken and taken + self._items[0][1] > max_bytes:
+                return
+            taken += self._items[0][1]
             yield self._pop()
 
     def _pop(self) -> SampleBatch:

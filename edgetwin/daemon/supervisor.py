@@ -54,6 +54,12 @@ _STATUS_STORE_WAIT_S = 2.0
 # How long a consumer lets batches gather before one writer trip takes them all: adds at most
 # this to a forecast's delay and to what a SIGKILL loses (well inside flush_interval_s).
 GATHER_S = 0.1
+# A writer held up (a disk stall, a long forget) comes back to up to hub_queue_mib of queued
+# batches. Taken whole, the catch-up held their concatenations, their sealed chunks and their
+# features beside them (the soak's 60 s stall: a high-water mark ~15 MiB over the stall's
+# own). Taken in slices of this many bytes (~8 s of the reference load), each committed
+# before the next is taken, it holds one slice more than the queues do.
+CATCH_UP_SLICE_BYTES = 1 << 20
 # Periodic jobs (retention, the refit, sync) first run this long after a (re)start: until
 # then the sources have the CPU (a restart after a crash loses data until they connect).
 START_GRACE_S = 5.0
@@ -365,15 +371,17 @@ class Daemon:
     async def _store_consumer(self, queue: ConsumerQueue) -> None:
         while (batch := await queue.get()) is not None:
             await self._gather()
-            # everything waiting goes in one trip; while the writer is busy the hub's
-            # bounded queue holds (and, past its size, drops) what arrives
-            batches = [batch, *queue.drain()]
-            await self._writer.run(self._persist_all, batches, what="append")
+            # what waits goes in one trip, a slice at a time after the writer was held up;
+            # while the writer is busy the hub's bounded queue holds (and, past its size,
+            # drops) what arrives
+            batches = [batch, *queue.drain(CATCH_UP_SLICE_BYTES)]
+            behind = len(queue) > 0
+            await self._writer.run(self._persist_all, batches, behind, what="append")
 
     async def _feature_consumer(self, queue: ConsumerQueue) -> None:
         while (batch := await queue.get()) is not None:
             await self._gather()
-            batches = [batch, *queue.drain()]
+            batches = [batch, *queue.drain(CATCH_UP_SLICE_BYTES)]
             frames, preds = await self._writer.run(self._features, batches, what="features")
             self._publish(frames, preds)
 
@@ -441,9 +449,13 @@ class Daemon:
 
     # -- work ----------------------------------------------------------------
 
-    def _persist_all(self, batches: list[SampleBatch]) -> None:
+    def _persist_all(self, batches: list[SampleBatch], behind: bool = False) -> None:
+        """Buffer ``batches``; ``behind`` (more wait in the queue: a catch-up) commits them
+        too, unless commits are failing and not due, so each slice is let go before the next."""
         for batch in batches:
             self._persist(batch)
+        if behind and time.monotonic() >= self._commit_retry_at:
+            self._commit()
 
     def _persist(self, batch: SampleBatch) -> None:
         try:

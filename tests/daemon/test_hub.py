@@ -93,3 +93,17 @@ def test_a_batch_larger_than_the_byte_bound_is_still_delivered() -> None:
     hub.publish(_batch("dev.eeg", 10))
     hub.publish(_batch("dev.eeg", 10, t0=10))
     assert len(q) == 1 and q.dropped_samples == 10  # the newest stays, alone
+
+
+def test_a_drain_can_take_the_oldest_batches_up_to_a_bound() -> None:
+    from edgetwin.daemon.hub import batch_bytes
+
+    one = batch_bytes(_batch("dev.eeg", 10))
+    hub = Hub(queue_batches=1000)
+    q = hub.subscribe("store")
+    for i in range(7):
+        hub.publish(_batch("dev.eeg", 10, t0=i * 10))
+    assert [b.first_t for b in q.drain(3 * one)] == [0.0, 10.0, 20.0]
+    assert len(q) == 4 and q.queued_bytes == 4 * one
+    assert [b.first_t for b in q.drain(one // 2)] == [30.0]  # at least one, even over the bound
+    assert [b.first_t for b in q.drain()] == [40.0, 50.0, 60.0] and q.queued_bytes == 0

@@ -527,9 +527,9 @@ async def test_batches_arriving_together_take_one_writer_trip(home: Path) -> Non
     trips: list[int] = []
     persist_all = daemon._persist_all
 
-    def counted(batches: list[SampleBatch]) -> None:
+    def counted(batches: list[SampleBatch], behind: bool = False) -> None:
         trips.append(len(batches))
-        persist_all(batches)
+        persist_all(batches, behind)
 
     daemon._persist_all = counted  # type: ignore[method-assign]
     await daemon.run(duration=1.5)

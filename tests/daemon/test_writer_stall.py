@@ -11,12 +11,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgetwin.config import Config, DaemonConfig
-from edgetwin.daemon import control, worker
+from edgetwin.daemon import control, supervisor, worker
+from edgetwin.daemon.hub import batch_bytes
 from edgetwin.daemon.supervisor import Daemon
 from edgetwin.store import Secret, TwinStore
+from edgetwin.types import SampleBatch
 
 from .fakes import ScriptedSource, started
 from .test_loop_lag import SlowFsyncStore
@@ -36,8 +39,11 @@ class OneStalledCommit(SlowFsyncStore):
         self.stalled = threading.Event()
         self.go_on = threading.Event()
         self.stalled_s = 0.0
+        self.held_at_catch_up: list[int] = []  # sample bytes each commit after the stall took
 
     def commit(self) -> None:
+        if self.stalled.is_set():
+            self.held_at_catch_up.append(self.inner.pending_sample_bytes())
         self.inner.commit()
         if self.armed.is_set() and not self.stalled.is_set():
             self.stalled.set()
@@ -51,6 +57,10 @@ async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
 ) -> None:
     monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
     monkeypatch.setattr(worker, "SLOW_JOB_S", 1.0)
+    # the catch-up is taken in slices of 50 of the source's batches (batch_bytes 672 each)
+    slice_bytes = 50 * batch_bytes(SampleBatch.build("live.x", ("hr",), np.arange(10.0),
+                                                     np.zeros(10)))
+    monkeypatch.setattr(supervisor, "CATCH_UP_SLICE_BYTES", slice_bytes)
     caplog.set_level(logging.WARNING, logger="edgetwin.daemon.worker")
     twin = home / "twin"
     inner = TwinStore.create(twin, Secret.passphrase("pw"))
@@ -70,6 +80,7 @@ async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
                and time.monotonic() < deadline):
             await asyncio.sleep(0.05)
         during = daemon.hub.published_batches - published
+        backlog = daemon.hub.stats()["consumers"]["store"]["queued_bytes"]
         store.go_on.set()
         await asyncio.sleep(0.5)  # the writer catches up
         status = await asyncio.to_thread(control.request, twin, {"cmd": "status"})
@@ -90,5 +101,11 @@ async def test_a_writer_stalled_for_seconds_loses_nothing_and_is_named(
         assert writer["longest"] == "commit" and writer["longest_s"] >= store.stalled_s - 0.01
         said = [r.getMessage() for r in caplog.records if "spent" in r.getMessage()]
         assert len(said) == 1 and "on commit" in said[0], said
+        # the backlog was committed a slice at a time, not held whole with its copies: each
+        # commit after the stall took at most a slice's samples (160 of 672 bytes a batch)
+        # and what arrived meanwhile
+        assert backlog >= 6 * slice_bytes, backlog
+        assert len(store.held_at_catch_up) >= 6, store.held_at_catch_up
+        assert max(store.held_at_catch_up) <= 2 * 50 * 160, store.held_at_catch_up
     finally:
         inner.close()
