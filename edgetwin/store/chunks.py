@@ -68,9 +68,11 @@ class PackedSamples:
     """Consecutive buffered batches of one stream, packed with the chunk codec (lossless) while
     commits fail: a full disk can last hours, and what waits for it in memory is then a
     fraction of the raw float64 arrays (the serial bridge's ADC counts ~4x smaller, noise-like
-    EEG less). Unpacked again, one stream at a time, at each try to commit."""
+    EEG less). The blob is a chunk's plaintext for the stream's first layout: a try to commit
+    seals it as it is (:meth:`Chunks._packed_rows`), without decoding and encoding again."""
 
-    __slots__ = ("blob", "channels", "first_t", "meta", "rows", "stream", "units")
+    __slots__ = ("blob", "channels", "first_t", "meta", "rows", "stream", "t_max", "t_min",
+                 "units")
 
     def __init__(self, batches: Sequence[SampleBatch]) -> None:
         """``batches``: consecutive ones of one stream with the same channels, units and meta."""
@@ -86,6 +88,7 @@ class PackedSamples:
         self.blob = codec.encode_samples(0, t, values, affine)
         self.rows = int(t.shape[0])
         self.first_t = float(t[0])
+        self.t_min, self.t_max = float(_minimum(t)), float(_maximum(t))
 
     def __len__(self) -> int:
         return self.rows
@@ -97,14 +100,6 @@ class PackedSamples:
     def unpack(self) -> SampleBatch:
         _, t, values = codec.decode_samples(self.blob, [len(self.channels)])
         return SampleBatch(self.stream, self.channels, self.units, t, values, self.meta)
-
-
-def _unpacked(batches: list[SampleBatch | PackedSamples]) -> list[SampleBatch]:
-    """The batches as they arrived; packed ones are always the oldest, so a list that does not
-    start with one (every commit but those after a failure) is returned as it is."""
-    if not batches or not isinstance(batches[0], PackedSamples):
-        return cast("list[SampleBatch]", batches)
-    return [b.unpack() if isinstance(b, PackedSamples) else b for b in batches]
 
 
 class Chunks(SeriesTails):
@@ -379,19 +374,17 @@ class Chunks(SeriesTails):
                 series = self._load_series_for_write(KIND_SAMPLES, name, create=True)
                 assert series is not None
                 n_layouts, written = len(series.layouts), len(rows)
-                for layout_key, t, values, affine in _group_batches(_unpacked(batches)):
-                    layout = series.layout_index(*layout_key)
-                    n, n_ch = values.shape
-                    step = max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, n_ch)))
-                    lo, hi = float(_minimum(t)), float(_maximum(t))
-                    day = math.floor(lo / PERIOD_S)
-                    if n <= step and day == math.floor(hi / PERIOD_S):  # the usual case
-                        pt = codec.encode_samples(layout, t, values, affine)
-                        rows.append(self._seal_chunk(series, day, pt, n, lo, hi))
-                        continue
-                    for day, a, b, t_min, t_max in _day_spans(t, step, lo, hi):
-                        pt = codec.encode_samples(layout, t[a:b], values[a:b], affine)
-                        rows.append(self._seal_chunk(series, day, pt, b - a, t_min, t_max))
+                raw = batches
+                if batches and isinstance(batches[0], PackedSamples):  # after a failed commit
+                    packed = list(itertools.takewhile(
+                        lambda b: isinstance(b, PackedSamples), batches))
+                    raw = batches[len(packed):]
+                    for pack in cast("list[PackedSamples]", packed):
+                        self._packed_rows(series, pack, rows)
+                for layout_key, t, values, affine in _group_batches(
+                    cast("list[SampleBatch]", raw)
+                ):
+                    self._encoded_rows(series, layout_key, t, values, affine, rows)
                 # a description must be sealed before a chunk needs its new layout or meta
                 changed = len(series.layouts) != n_layouts
                 meta = batches[-1].meta
@@ -432,6 +425,50 @@ class Chunks(SeriesTails):
                     [self._series_update(series) for series in reseal],
                 )
             self._update_ends(grown, reseal)
+
+    def _encoded_rows(
+        self,
+        series: SeriesInfo,
+        layout_key: tuple[tuple[str, ...], tuple[str, ...]],
+        t: FloatArray,
+        values: FloatArray,
+        affine: Affine | None,
+        rows: list[tuple[int, int, int, int, int, bytes]],
+    ) -> None:
+        """Encode and seal samples of one layout as chunks (one per day, bounded), into
+        ``rows``."""
+        layout = series.layout_index(*layout_key)
+        n, n_ch = values.shape
+        step = max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, n_ch)))
+        lo, hi = float(_minimum(t)), float(_maximum(t))
+        day = math.floor(lo / PERIOD_S)
+        if n <= step and day == math.floor(hi / PERIOD_S):  # the usual case
+            pt = codec.encode_samples(layout, t, values, affine)
+            rows.append(self._seal_chunk(series, day, pt, n, lo, hi))
+            return
+        for day, a, b, t_min, t_max in _day_spans(t, step, lo, hi):
+            pt = codec.encode_samples(layout, t[a:b], values[a:b], affine)
+            rows.append(self._seal_chunk(series, day, pt, b - a, t_min, t_max))
+
+    def _packed_rows(
+        self, series: SeriesInfo, pack: PackedSamples,
+        rows: list[tuple[int, int, int, int, int, bytes]],
+    ) -> None:
+        """A packed wait as chunks, into ``rows``: its blob sealed as it is when it is the
+        chunk the usual path would write (the series' first layout, one day, within the chunk
+        bounds), so a try to commit after a failure costs a seal, not a decode and an encode
+        of all that waits (and their arrays); else decoded and encoded as arrived."""
+        layout = series.layout_index(pack.channels, pack.units)
+        step = max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, len(pack.channels))))
+        day = math.floor(pack.t_min / PERIOD_S)
+        if layout == 0 and pack.rows <= step and day == math.floor(pack.t_max / PERIOD_S):
+            rows.append(self._seal_chunk(series, day, pack.blob, pack.rows, pack.t_min,
+                                         pack.t_max))
+            return
+        batch = pack.unpack()
+        affine = adc_affine(batch) if batch.meta else None
+        self._encoded_rows(series, (batch.channels, batch.units), batch.t, batch.values, affine,
+                           rows)
 
     def _chunk_times(self, series: SeriesInfo, row: ChunkRow) -> FloatArray | None:
         plain = self._open_chunk(series, row)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edgetwin.errors import StoreFull
-from edgetwin.store import Secret, TwinStore
+from edgetwin.store import Secret, TwinStore, chunks
 from edgetwin.store import keys as keys_module
 from edgetwin.types import SampleBatch
 from tests.store.helpers import T0, all_samples, batch
@@ -146,12 +146,13 @@ def _adc_batch(t0: float, n: int, seed: int, channels: tuple[str, ...] = ("c0", 
 
 
 def test_what_waits_for_a_full_disk_is_packed_and_commits_bit_for_bit(
-    small_disk: Path, secret: Secret
+    small_disk: Path, secret: Secret, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While commits fail, the buffered samples are held packed with the chunk codec, far
     smaller than their float64 arrays, in arrival order (packed and new raw batches mixed,
     a change of channels between them), and commit exactly as they arrived once the disk
-    has room again."""
+    has room again: a pack of the stream's first layout sealed as it is, without decoding
+    and encoding it again."""
     with _twin_on_small_disk(small_disk, secret) as (store, filler):
         committed, _, _ = _commit_until_full(store)
         sent = [_adc_batch(0, 1000, 0), _adc_batch(10, 1000, 1)]
@@ -171,8 +172,18 @@ def test_what_waits_for_a_full_disk_is_packed_and_commits_bit_for_bit(
         with pytest.raises(StoreFull):
             store.commit()
         assert store.pending_rows() == 2560 + 3000
+        unpacked: list[tuple[str, ...]] = []
+        real_unpack = chunks.PackedSamples.unpack
+
+        def unpack(pack: chunks.PackedSamples) -> SampleBatch:
+            unpacked.append(pack.channels)
+            return real_unpack(pack)
+
+        monkeypatch.setattr(chunks.PackedSamples, "unpack", unpack)
         filler.unlink()
         store.commit()
+        # only the pack of the second layout (its chunk names layout 1, the pack layout 0)
+        assert unpacked == [("c0", "c1")]
         assert store.pending_rows() == 0 and store.pending_sample_bytes() == 0
         got = list(store.read_samples("bridge"))
         want = [*sent, *later]

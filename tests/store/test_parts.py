@@ -245,6 +245,9 @@ PUBLIC_API = {
     # added for issue 18: reads on their own connection; tail_counts (optional) carries the
     # counted tails from one status reader to the next
     "reader": "(self, *, tail_counts: 'TailCounts | None' = None) -> 'TwinStore'",
+    # issue 18: a read-only handle in a child process (the daemon's refit), keys over a pipe
+    "handoff": "(self) -> 'dict[str, str]'",
+    "from_handoff": "(doc: 'dict[str, str]') -> 'TwinStore'",
     "read_markers": "(self, t0: 'float | None' = None, t1: 'float | None' = None, *,"
     " source: 'str | None' = None, on_corrupt: 'OnCorrupt' = 'raise') -> 'list[Marker]'",
     "append_predictions": "(self, preds: 'Sequence[Prediction]') -> 'None'",
