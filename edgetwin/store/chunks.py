@@ -55,6 +55,11 @@ _minimum, _maximum, _dot = np.minimum.reduce, np.maximum.reduce, np.dot
 assert EARLIEST_T == -LATEST_T
 _SCALE = 1e-160  # (t * _SCALE) ** 2 neither overflows nor loses precision near 1e11
 _SQUARES_OK = 0.99 * (LATEST_T * _SCALE) ** 2  # a sum of squares at most this: |t| < 1e11
+# A commit inserts its sealed chunks in one statement, or, once they pass this size (a
+# catch-up after a stall, the wait of a full disk), as they pass it: so it never holds a
+# second copy of a long wait (SQLite keeps ~2 MiB of pages in its cache and writes the rest to
+# the WAL as they come, which on a full disk fails there, before the rest is sealed).
+_INSERT_AT_BYTES = 1 << 20
 
 
 def _held_bytes(batch: SampleBatch | PackedSamples) -> int:
@@ -100,6 +105,40 @@ class PackedSamples:
     def unpack(self) -> SampleBatch:
         _, t, values = codec.decode_samples(self.blob, [len(self.channels)])
         return SampleBatch(self.stream, self.channels, self.units, t, values, self.meta)
+
+
+ChunkRowValues = tuple[int, int, int, int, int, bytes]  # series_no, seq, key_id, b0, b1, sealed
+
+
+class _ChunkRows:
+    """A commit's sealed chunks on their way into the chunk table: inserted in one statement
+    at the end, or, once they pass :data:`_INSERT_AT_BYTES`, as they pass it (between packs
+    and streams)."""
+
+    __slots__ = ("_conn", "count", "held", "rows")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.rows: list[ChunkRowValues] = []
+        self.held = 0  # bytes sealed and not yet inserted
+        self.count = 0  # rows appended in all
+
+    def append(self, row: ChunkRowValues) -> None:
+        self.rows.append(row)
+        self.held += len(row[5])
+        self.count += 1
+
+    def let_go_if_large(self) -> None:
+        if self.held > _INSERT_AT_BYTES:
+            self.insert()
+
+    def insert(self) -> None:
+        self._conn.executemany(
+            "INSERT INTO chunk (series_no, seq, key_id, first_hour, last_hour, sealed)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            self.rows,
+        )
+        self.rows, self.held = [], 0
 
 
 class Chunks(SeriesTails):
@@ -366,14 +405,14 @@ class Chunks(SeriesTails):
             self._pending_preds[:0] = preds
 
         self._on_rollback.append(restore)
-        rows: list[tuple[int, int, int, int, int, bytes]] = []
+        rows = _ChunkRows(self._conn)
         reseal: list[SeriesInfo] = []
         grown: list[SeriesInfo] = []
         with self._db("writing samples"):
             for name, batches in pending.items():
                 series = self._load_series_for_write(KIND_SAMPLES, name, create=True)
                 assert series is not None
-                n_layouts, written = len(series.layouts), len(rows)
+                n_layouts, written = len(series.layouts), rows.count
                 raw = batches
                 if batches and isinstance(batches[0], PackedSamples):  # after a failed commit
                     packed = list(itertools.takewhile(
@@ -381,6 +420,7 @@ class Chunks(SeriesTails):
                     raw = batches[len(packed):]
                     for pack in cast("list[PackedSamples]", packed):
                         self._packed_rows(series, pack, rows)
+                        rows.let_go_if_large()
                 for layout_key, t, values, affine in _group_batches(
                     cast("list[SampleBatch]", raw)
                 ):
@@ -391,34 +431,31 @@ class Chunks(SeriesTails):
                 if meta and meta != series.meta:
                     series.meta = dict(meta)
                     changed = True
-                self._grow_tail(series, len(rows) - written, changed, reseal, grown)
+                self._grow_tail(series, rows.count - written, changed, reseal, grown)
+                rows.let_go_if_large()
             if frames:
                 series = self._load_series_for_write(KIND_FRAMES, "", create=True)
                 assert series is not None
-                written = len(rows)
+                written = rows.count
                 for group in _frame_groups(frames):
                     ts = [f.t for f in group]
                     plain = codec.encode_frames(group)
                     rows.append(self._seal_chunk(
                         series, day_of(ts[0]), plain, len(group), min(ts), max(ts)
                     ))
-                self._grow_tail(series, len(rows) - written, False, reseal, grown)
+                self._grow_tail(series, rows.count - written, False, reseal, grown)
             if preds:
                 series = self._load_series_for_write(KIND_PREDICTIONS, "", create=True)
                 assert series is not None
-                written = len(rows)
+                written = rows.count
                 for pgroup in _day_groups(preds, lambda p: p.t, PREDICTIONS_PER_CHUNK):
                     ts = [p.t for p in pgroup]
                     plain = codec.encode_predictions(pgroup)
                     rows.append(self._seal_chunk(
                         series, day_of(ts[0]), plain, len(pgroup), min(ts), max(ts)
                     ))
-                self._grow_tail(series, len(rows) - written, False, reseal, grown)
-            self._conn.executemany(
-                "INSERT INTO chunk (series_no, seq, key_id, first_hour, last_hour, sealed)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+                self._grow_tail(series, rows.count - written, False, reseal, grown)
+            rows.insert()
             if reseal:
                 self._conn.executemany(
                     "UPDATE series SET key_id = ?, sealed = ? WHERE series_no = ?",
@@ -433,7 +470,7 @@ class Chunks(SeriesTails):
         t: FloatArray,
         values: FloatArray,
         affine: Affine | None,
-        rows: list[tuple[int, int, int, int, int, bytes]],
+        rows: _ChunkRows,
     ) -> None:
         """Encode and seal samples of one layout as chunks (one per day, bounded), into
         ``rows``."""
@@ -451,8 +488,7 @@ class Chunks(SeriesTails):
             rows.append(self._seal_chunk(series, day, pt, b - a, t_min, t_max))
 
     def _packed_rows(
-        self, series: SeriesInfo, pack: PackedSamples,
-        rows: list[tuple[int, int, int, int, int, bytes]],
+        self, series: SeriesInfo, pack: PackedSamples, rows: _ChunkRows
     ) -> None:
         """A packed wait as chunks, into ``rows``: its blob sealed as it is when it is the
         chunk the usual path would write (the series' first layout, one day, within the chunk
@@ -484,7 +520,7 @@ class Chunks(SeriesTails):
 
     def _seal_chunk(
         self, series: SeriesInfo, day: int, plain: bytes, n: int, t_min: float, t_max: float
-    ) -> tuple[int, int, int, int, int, bytes]:
+    ) -> ChunkRowValues:
         key_id, aead = self._key_for_write(series.sid, day)
         b0, b1 = math.floor(t_min / BUCKET_S), math.floor(t_max / BUCKET_S)
         seq = series.next_seq
