@@ -132,9 +132,11 @@ def render_status(status: dict[str, Any], home: Path, *, daemon_line: bool = Tru
     d = status["daemon"]
     if d.get("running"):
         rss = d.get("rss_bytes", 0) / 2**20
+        children = d.get("children_cpu_s") or 0.0
+        in_children = f" + {children:.1f} s in child processes" if children else ""
         lines.append(
             f"daemon   running (pid {d['pid']}, up {_duration(d['uptime_s'])}, "
-            f"RSS {rss:.0f} MiB, CPU {d.get('cpu_s', 0):.1f} s)"
+            f"RSS {rss:.0f} MiB, CPU {d.get('cpu_s', 0):.1f} s{in_children})"
         )
         if d.get("last_frame_t"):
             lines.append(

@@ -319,6 +319,7 @@ class Daemon:
 
     def _status_doc(self, store_part: dict[str, Any]) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         last = self.recent_predictions[-1] if self.recent_predictions else None
         out: dict[str, Any] = {
             "daemon": {
@@ -331,6 +332,8 @@ class Daemon:
                 # CPU seconds per thread: the loop, the writer, each source's reader, ...
                 "threads_cpu_s": procstats.thread_cpu_s(),
                 "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+                # the refit's and OpenDP's short-lived children, once ended: the daemon's work
+                "children_cpu_s": round(children.ru_utime + children.ru_stime, 3),
                 "frames": self.frames,
                 "predictions": self.predictions,
                 "last_frame_t": self.last_frame_t,

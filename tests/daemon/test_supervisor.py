@@ -537,3 +537,22 @@ async def test_batches_arriving_together_take_one_writer_trip(home: Path) -> Non
     assert len(trips) <= 20  # 60 batches over >= 0.12 s gathered 0.1 s at a time
     times = np.concatenate([b.t for b in store.committed])
     assert np.all(np.diff(times) > 0)
+
+
+async def test_status_counts_the_cpu_of_the_daemons_ended_child_processes(home: Path) -> None:
+    """The refit and OpenDP run in short-lived children: their CPU is the daemon's work too,
+    shown beside its own rather than hidden."""
+    from edgetwin.cli.daemon import render_status
+
+    daemon = Daemon(home, CFG, MemoryStore(), [])
+    run = asyncio.create_task(daemon.run(duration=30.0))
+    while not control.socket_path(home).exists():
+        await asyncio.sleep(0.01)
+    before = (await daemon.request({"cmd": "status"}) or {})["daemon"]["children_cpu_s"]
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass"
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-c", burn], check=True)
+    doc = await daemon.request({"cmd": "status"}) or {}
+    daemon.stop()
+    await run
+    assert doc["daemon"]["children_cpu_s"] - before >= 0.25
+    assert f"{doc['daemon']['children_cpu_s']:.1f} s in child processes" in render_status(doc, home)
