@@ -45,6 +45,11 @@ class LoopLag:
         while self._samples and now - self._samples[0][0] > self.window_s:
             self._samples.popleft()
 
+    def longest_within(self, seconds: float) -> float:
+        """The longest lag (s) recorded in the last ``seconds``: how long the loop was held."""
+        since = self._clock() - seconds
+        return max((lag for t, lag in self._samples if t >= since), default=0.0)
+
     def snapshot(self) -> dict[str, float | int | None]:
         """``{"p50", "p99", "max"}`` in ms over the window (None before the first sample)."""
         lags = sorted(lag for _, lag in self._samples)

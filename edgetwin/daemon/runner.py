@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from edgetwin.daemon.backoff import Backoff, SourceState, describe_error, is_permanent
@@ -22,6 +23,15 @@ _LOGGER = logging.getLogger(__name__)
 
 # A stream that stayed healthy this long resets the backoff to its initial delay.
 _HEALTHY_AFTER_S = 30.0
+# A watchdog window whose end fell inside a hold of the loop at least this long, or in which
+# the loop-lag monitor saw one (the whole process frozen behind a disk that stopped: README,
+# "What a disk that stops can still stop"), says nothing about the source: it gets a new
+# window instead of a reconnect, which would throw away what its device, BrainFlow's ring
+# buffer or the kernel buffered meanwhile. Ten times the loop's worst lag in the soaks.
+LOOP_HELD_S = 0.5
+# The check runs just before the window's end, so that after a freeze it runs before the
+# expired window cancels the read (asyncio runs expired timers in order of their time).
+_CHECK_LEAD_S = 0.001
 
 
 class SourceRunner:
@@ -35,12 +45,17 @@ class SourceRunner:
         watchdog_s: float,
         backoff: Backoff,
         clock: Any = time.time,
+        loop_held_s: Callable[[float], float] | None = None,
     ) -> None:
+        """``loop_held_s(seconds)``: the longest the loop was held in the last ``seconds``
+        (:meth:`LoopLag.longest_within`), so a frozen daemon is not taken for a silent source."""
         self.source = source
         self.hub = hub
         self.watchdog_s = watchdog_s
         self.backoff = backoff
         self._clock = clock
+        self._loop_held_s = loop_held_s
+        self.held_windows = 0  # watchdog windows renewed because the loop itself was held
         self.state = SourceState.IDLE
         self.samples = 0
         self.batches = 0
@@ -78,6 +93,36 @@ class SourceRunner:
             if self.state not in (SourceState.FAILED, SourceState.STOPPED):
                 self.state = SourceState.STOPPED
 
+    def _renew_if_held(self, window: asyncio.Timeout, seconds: float) -> _WindowCheck:
+        """Just before ``window`` ends: a new window if the loop was held ``LOOP_HELD_S`` or
+        more at its end (this check runs that late) or within it (the loop-lag monitor saw
+        it)."""
+        loop = asyncio.get_running_loop()
+        check = _WindowCheck()
+        due = 0.0  # when the check runs
+
+        def renew() -> None:
+            held = loop.time() - due
+            if self._loop_held_s is not None:
+                held = max(held, self._loop_held_s(seconds))
+            if held < LOOP_HELD_S:
+                return  # the source was silent on a running loop: the window ends
+            self.held_windows += 1
+            _LOGGER.info("source %s: the daemon itself was held for %.1f s; not counted as "
+                         "the source's silence", self.source.name, held)
+            window.reschedule(loop.time() + seconds)
+            arm()
+
+        def arm() -> None:
+            nonlocal due
+            when = window.when()
+            assert when is not None
+            due = when - _CHECK_LEAD_S
+            check.handle = loop.call_at(due, renew)
+
+        arm()
+        return check
+
     async def _wait_to_retry(self, delay: float) -> None:
         """The backoff's delay, cut short when the source sees its device back (a replug:
         without this a 10 s unplug could cost 20 s of data, the backoff having grown)."""
@@ -109,6 +154,7 @@ class SourceRunner:
             "drops": counters.drops + self.hub.drops_by_source(self.source.name),
             "bad_packets": counters.bad_packets,
             "refused_batches": self.refused_batches,
+            "held_windows": self.held_windows,
             "gaps": counters.gaps,
             "last_sample_t": self.last_sample_t,
             "rate_hz": self.rate_hz(),
@@ -151,8 +197,12 @@ class SourceRunner:
                     # never suspends (the simulator under emulation) is every time, so the
                     # daemon could not stop (the aarch64 smoke's hang); it also saves a task
                     # per batch
-                    async with asyncio.timeout(watchdog_s):
-                        batch = await anext(iterator)
+                    async with asyncio.timeout(watchdog_s) as window:
+                        check = self._renew_if_held(window, watchdog_s)
+                        try:
+                            batch = await anext(iterator)
+                        finally:
+                            check.cancel()
                 except StopAsyncIteration:
                     return None
                 except TimeoutError:
@@ -212,3 +262,16 @@ class SourceRunner:
 def _times_out_of_range(batch: SampleBatch) -> bool:
     t = batch.t
     return bool(len(t)) and not bool(((t >= EARLIEST_T) & (t <= LATEST_T)).all())
+
+
+class _WindowCheck:
+    """The pending check of a watchdog window (re-armed when the window is renewed)."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()

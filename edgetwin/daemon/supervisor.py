@@ -159,12 +159,14 @@ class Daemon:
         self.publish_listeners: list[Callable[[list[FeatureFrame], list[Prediction]], None]] = []
         self.hub = Hub(config.daemon.hub_queue_batches,
                        int(config.daemon.hub_queue_mib * 2**20))
+        self.loop_lag = LoopLag()  # before the runners: their watchdogs ask it
         rng = random.Random(seed)
         self.runners = [
             SourceRunner(
                 source,
                 self.hub,
                 watchdog_s=config.daemon.watchdog_s,
+                loop_held_s=self.loop_lag.longest_within,
                 backoff=Backoff(
                     config.daemon.backoff_initial_s,
                     config.daemon.backoff_max_s,
@@ -200,7 +202,6 @@ class Daemon:
         # raw samples dropped, oldest first, to bound the buffer while commits failed; by stream
         self.shed_samples: collections.Counter[str] = collections.Counter()
         self._commit_retry_at = 0.0  # time.monotonic() before which the flusher does not try
-        self.loop_lag = LoopLag()
         # rows buffered but not committed, as the writer last counted them: status reads this
         # on the loop, and asking the store would wait for its lock, held for seconds by a
         # catch-up commit after a full disk, a day's delete for room, or a forget

@@ -265,3 +265,61 @@ async def test_a_stop_that_lands_as_the_device_comes_back_still_stops_the_runner
         assert done, f"the runner ignored its cancel (watch_fails={watch_fails})"
         assert task.cancelled()
         assert src.connects == 1
+
+
+async def test_a_frozen_daemon_is_not_taken_for_a_silent_source() -> None:
+    """The whole process held past the watchdog (a disk that stopped: README, "What a disk
+    that stops can still stop") is not the source's silence: its window is renewed and the
+    link kept, so what the device buffered meanwhile still arrives. The old watchdog
+    reconnected here."""
+    import time
+
+    from edgetwin.daemon.runner import LOOP_HELD_S
+
+    hub = Hub(10_000)
+    src = ScriptedSource("eeg", batches_per_session=10**6, interval_s=0.02, end_with=None)
+    runner = _runner(src, hub, watchdog_s=0.5)
+    task = asyncio.create_task(runner.run())
+    while runner.batches < 5:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.005)  # the runner waits for the next batch, inside its window
+    # the loop held past the window's end by more than LOOP_HELD_S, as by a page fault that
+    # waits for a frozen disk while its thread holds the GIL
+    time.sleep(0.5 + LOOP_HELD_S + 0.3)
+    before = runner.batches
+    while runner.batches < before + 5:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert runner.held_windows >= 1
+    assert src.connects == 1 and runner.failures == 0, runner.last_error
+
+
+async def test_a_hold_the_loop_lag_saw_renews_the_window_once_then_silence_reconnects() -> None:
+    """A hold that ended before the window did (the loop-lag monitor saw it) renews that
+    window; a source that then stays silent on a running loop is reconnected one window on."""
+    import time
+
+    from edgetwin.daemon.looplag import LoopLag
+    from edgetwin.daemon.runner import LOOP_HELD_S
+
+    lag = LoopLag(interval_s=0.01)
+    lag_task = asyncio.create_task(lag.run())
+    hub = Hub(1000)
+    src = ScriptedSource("strap", batches_per_session=10, silent_after=2, end_with=None,
+                         max_sessions=2)
+    runner = SourceRunner(
+        src, hub, watchdog_s=LOOP_HELD_S + 1.0, loop_held_s=lag.longest_within,
+        backoff=Backoff(initial_s=0.001, max_s=0.01, rng=random.Random(0)),
+    )
+    task = asyncio.create_task(runner.run())
+    while runner.batches < 2:
+        await asyncio.sleep(0.01)
+    time.sleep(LOOP_HELD_S + 0.2)  # held, then running again well before the window ends
+    while runner.failures < 1:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    lag_task.cancel()
+    await asyncio.gather(task, lag_task, return_exceptions=True)
+    assert runner.held_windows == 1
+    assert "sent nothing" in (runner.last_error or "")
