@@ -24,10 +24,11 @@ _LOGGER = logging.getLogger(__name__)
 # A stream that stayed healthy this long resets the backoff to its initial delay.
 _HEALTHY_AFTER_S = 30.0
 # A watchdog window whose end fell inside a hold of the loop at least this long, or in which
-# the loop-lag monitor saw one (the whole process frozen behind a disk that stopped: README,
-# "What a disk that stops can still stop"), says nothing about the source: it gets a new
-# window instead of a reconnect, which would throw away what its device, BrainFlow's ring
-# buffer or the kernel buffered meanwhile. Ten times the loop's worst lag in the soaks.
+# the loop-lag monitor saw one (the whole process paused: SIGSTOP, a cgroup freeze, a debugger
+# or profiler; README, "A paused daemon is not a silent sensor"), says nothing about the
+# source: it gets a new window instead of a reconnect, which would throw away what its
+# device, BrainFlow's ring buffer or the kernel buffered meanwhile. Ten times the loop's
+# worst lag in the soaks.
 LOOP_HELD_S = 0.5
 # The check runs just before the window's end, so that after a freeze it runs before the
 # expired window cancels the read (asyncio runs expired timers in order of their time).

@@ -268,8 +268,8 @@ async def test_a_stop_that_lands_as_the_device_comes_back_still_stops_the_runner
 
 
 async def test_a_frozen_daemon_is_not_taken_for_a_silent_source() -> None:
-    """The whole process held past the watchdog (a disk that stopped: README, "What a disk
-    that stops can still stop") is not the source's silence: its window is renewed and the
+    """The whole process held past the watchdog (paused: README, "A paused daemon is not a
+    silent sensor") is not the source's silence: its window is renewed and the
     link kept, so what the device buffered meanwhile still arrives. The old watchdog
     reconnected here."""
     import time
@@ -283,8 +283,8 @@ async def test_a_frozen_daemon_is_not_taken_for_a_silent_source() -> None:
     while runner.batches < 5:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.005)  # the runner waits for the next batch, inside its window
-    # the loop held past the window's end by more than LOOP_HELD_S, as by a page fault that
-    # waits for a frozen disk while its thread holds the GIL
+    # the loop held past the window's end by more than LOOP_HELD_S, as by a profiler that
+    # pauses the process
     time.sleep(0.5 + LOOP_HELD_S + 0.3)
     before = runner.batches
     while runner.batches < before + 5:
