@@ -277,9 +277,7 @@ class Chunks(SeriesTails):
         together; the packed ones are always the oldest (packed at an earlier failure), so
         only the raw tail is new. On any failure to pack, the raw batches stay as they were."""
         for name, batches in list(self._pending.items()):
-            raw_from = next(
-                (i for i, b in enumerate(batches) if isinstance(b, SampleBatch)), len(batches)
-            )
+            raw_from = _packed_prefix(batches)
             if raw_from == len(batches):
                 continue
             raw = cast("list[SampleBatch]", batches[raw_from:])
@@ -413,16 +411,14 @@ class Chunks(SeriesTails):
                 series = self._load_series_for_write(KIND_SAMPLES, name, create=True)
                 assert series is not None
                 n_layouts, written = len(series.layouts), rows.count
-                raw = batches
-                if batches and isinstance(batches[0], PackedSamples):  # after a failed commit
-                    packed = list(itertools.takewhile(
-                        lambda b: isinstance(b, PackedSamples), batches))
-                    raw = batches[len(packed):]
-                    for pack in cast("list[PackedSamples]", packed):
-                        self._packed_rows(series, pack, rows)
-                        rows.let_go_if_large()
+                # packs wait only after a failed commit; the usual list starts raw
+                n_packed = (_packed_prefix(batches)
+                            if batches and isinstance(batches[0], PackedSamples) else 0)
+                for pack in cast("list[PackedSamples]", batches[:n_packed]):
+                    self._packed_rows(series, pack, rows)
+                    rows.let_go_if_large()
                 for layout_key, t, values, affine in _group_batches(
-                    cast("list[SampleBatch]", raw)
+                    cast("list[SampleBatch]", batches[n_packed:])
                 ):
                     self._encoded_rows(series, layout_key, t, values, affine, rows)
                 # a description must be sealed before a chunk needs its new layout or meta
@@ -476,14 +472,13 @@ class Chunks(SeriesTails):
         ``rows``."""
         layout = series.layout_index(*layout_key)
         n, n_ch = values.shape
-        step = max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, n_ch)))
         lo, hi = float(_minimum(t)), float(_maximum(t))
-        day = math.floor(lo / PERIOD_S)
-        if n <= step and day == math.floor(hi / PERIOD_S):  # the usual case
+        day = _single_chunk_day(n, n_ch, lo, hi)
+        if day is not None:  # the usual case
             pt = codec.encode_samples(layout, t, values, affine)
             rows.append(self._seal_chunk(series, day, pt, n, lo, hi))
             return
-        for day, a, b, t_min, t_max in _day_spans(t, step, lo, hi):
+        for day, a, b, t_min, t_max in _day_spans(t, _max_chunk_rows(n_ch), lo, hi):
             pt = codec.encode_samples(layout, t[a:b], values[a:b], affine)
             rows.append(self._seal_chunk(series, day, pt, b - a, t_min, t_max))
 
@@ -495,9 +490,8 @@ class Chunks(SeriesTails):
         bounds), so a try to commit after a failure costs a seal, not a decode and an encode
         of all that waits (and their arrays); else decoded and encoded as arrived."""
         layout = series.layout_index(pack.channels, pack.units)
-        step = max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, len(pack.channels))))
-        day = math.floor(pack.t_min / PERIOD_S)
-        if layout == 0 and pack.rows <= step and day == math.floor(pack.t_max / PERIOD_S):
+        day = _single_chunk_day(pack.rows, len(pack.channels), pack.t_min, pack.t_max)
+        if layout == 0 and day is not None:
             rows.append(self._seal_chunk(series, day, pack.blob, pack.rows, pack.t_min,
                                          pack.t_max))
             return
@@ -731,6 +725,27 @@ def _day_runs(t: FloatArray, max_rows: int) -> Iterator[tuple[int, int, int]]:
     if t.shape[0]:
         for day, a, b, _lo, _hi in _day_spans(t, max_rows, float(t.min()), float(t.max())):
             yield day, a, b
+
+
+def _max_chunk_rows(n_channels: int) -> int:
+    """How many rows of ``n_channels`` one chunk may hold."""
+    return max(1, min(MAX_CHUNK_ROWS, MAX_CHUNK_CELLS // max(1, n_channels)))
+
+
+def _single_chunk_day(n: int, n_channels: int, t_min: float, t_max: float) -> int | None:
+    """The UTC day of ``n`` rows that make one chunk as they are (one day, within the chunk
+    bounds); None when they must be split."""
+    day = math.floor(t_min / PERIOD_S)
+    if n <= _max_chunk_rows(n_channels) and day == math.floor(t_max / PERIOD_S):
+        return day
+    return None
+
+
+def _packed_prefix(batches: Sequence[SampleBatch | PackedSamples]) -> int:
+    """How many of a stream's buffered batches are packed: they are always the oldest."""
+    return next(
+        (i for i, b in enumerate(batches) if not isinstance(b, PackedSamples)), len(batches)
+    )
 
 
 def _day_spans(

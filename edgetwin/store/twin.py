@@ -191,14 +191,7 @@ class TwinStore(Forgetting, Verification):
         sees this handle's buffered appends. Close it when done; a short-lived one also keeps
         no key of a stream forgotten meanwhile. ``tail_counts`` carries the streams' counted
         tails from one reader to the next (see :class:`~edgetwin.store.tails.TailCounts`)."""
-        conn = connect(self.home / DB_FILE, create=False)
-        try:
-            conn.execute("PRAGMA query_only = ON")
-            keystore = Keystore.load(self.home / KEYSTORE_FILE)
-        except BaseException:
-            conn.close()
-            raise
-        reader = type(self)(self.home, keystore, self._keys, conn)
+        reader = self._read_only(self.home, self._keys)
         reader._tail_counts = tail_counts
         return reader
 
@@ -217,12 +210,18 @@ class TwinStore(Forgetting, Verification):
         home = Path(doc["home"])
         keys = MasterKeys(base64.b64decode(doc["master"], validate=True),
                           bytes.fromhex(doc["twin_id"]))
-        keystore = Keystore.load(home / KEYSTORE_FILE)
+        return cls._read_only(home, keys, check=True)
+
+    @classmethod
+    def _read_only(cls, home: Path, keys: MasterKeys, *, check: bool = False) -> TwinStore:
+        """A handle on a query-only connection of its own with a fresh copy of the keystore;
+        ``check``: the twin's authentication check too (for keys from outside this process)."""
         conn = connect(home / DB_FILE, create=False)
         try:
             conn.execute("PRAGMA query_only = ON")
-            store = cls(home, keystore, keys, conn)
-            store._check_twin()
+            store = cls(home, Keystore.load(home / KEYSTORE_FILE), keys, conn)
+            if check:
+                store._check_twin()
         except BaseException:
             conn.close()
             raise
