@@ -198,7 +198,9 @@ class PresetLayout:
         Samples whose timestamp is earlier than one already seen (``last_t`` or
         an earlier sample of ``data``) are dropped; inf becomes NaN.
         """
-        t = np.asarray(data[self.timestamp_row], dtype=np.float64)
+        # copies, both: a row of ``data`` is a view that would keep all of BrainFlow's rows
+        # alive for as long as the batch waits in a queue or a store's buffer
+        t = np.array(data[self.timestamp_row], dtype=np.float64)
         values = np.ascontiguousarray(data[list(self.rows)].T, dtype=np.float64)
         values[~np.isfinite(values)] = np.nan
         keep = _monotonic_mask(t, last_t)
@@ -206,7 +208,7 @@ class PresetLayout:
         if dropped:
             t, values = t[keep], values[keep]
         return (
-            SampleBatch(stream, self.channels, self.units, np.ascontiguousarray(t), values,
+            SampleBatch(stream, self.channels, self.units, t, values,
                         dict(self.meta)),
             dropped,
         )

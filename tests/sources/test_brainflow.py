@@ -286,6 +286,20 @@ def test_layout_drops_backwards_timestamps_and_masks_inf() -> None:
     assert dropped_all == 5
 
 
+def test_a_batch_holds_only_its_own_rows_not_all_of_brainflows() -> None:
+    """A batch waits in the hub's queues and the store's buffer, a whole disk stall long:
+    a view of BrainFlow's array would keep every row of it alive beside the batch's copy."""
+    layout = preset_layout(resolve_board("SYNTHETIC_BOARD"), 0)
+    data = np.arange(layout.num_rows * 250, dtype=np.float64).reshape(layout.num_rows, 250)
+    data[layout.timestamp_row] = 1_700_000_000.0 + np.arange(250) / 250
+    for last_t in (-np.inf, data[layout.timestamp_row, 9]):  # all kept, and some dropped
+        batch, _ = layout.batch("s", data, last_t=last_t)
+        for array in (batch.t, batch.values):
+            assert not np.shares_memory(array, data)
+            assert array.base is None or array.base.nbytes == array.nbytes
+        np.testing.assert_array_equal(batch.t, data[layout.timestamp_row, -len(batch):])
+
+
 # -- names, params, errors ----------------------------------------------------------------
 
 
