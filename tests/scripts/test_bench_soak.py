@@ -166,6 +166,30 @@ def test_growth_between_faults_leaves_out_the_steps_faults_leave_behind() -> Non
     assert soak.growth_between_faults(samples[:4], [])["per_hour"] is None
 
 
+def test_a_lifetimes_warm_up_is_not_fitted_as_growth() -> None:
+    """RSS that rises 4 MiB over a lifetime's first 10 minutes and is flat after is not
+    ~3 MiB an hour for a month: the settled fit leaves the warm-up out and reports it."""
+    soak = _soak()
+    samples = []
+    for t in range(0, 7200, 10):
+        life = int(t >= 5000)
+        age = t - (5000 if life else 0)
+        samples.append({"t": float(t), "lifetime": life,
+                        "rss_mib": 130.0 + 4.0 * min(age, 600) / 600})
+    faults = [{"name": "sigkill_restart", "at": 5000.0, "until": 5002.0}]
+    assert soak.growth_between_faults(samples, faults)["per_hour"] > 1.0
+    settled = soak.growth_between_faults(samples, faults, warm_up_s=600.0)
+    assert settled["per_hour"] == pytest.approx(0.0, abs=1e-9)
+    lifetimes = [[s for s in samples if s["lifetime"] == k] for k in (0, 1)]
+    # its first minute past start-up (30-90 s) vs the minute after 600 s
+    assert soak.warm_up_rise(lifetimes, 600.0) == [pytest.approx(3.63, abs=0.01)] * 2
+    # growth that goes on after the warm-up is still found
+    for s in samples:
+        s["rss_mib"] += 2.0 * s["t"] / 3600.0
+    assert soak.growth_between_faults(samples, faults, warm_up_s=600.0)["per_hour"] == (
+        pytest.approx(2.0))
+
+
 def test_the_simulated_persons_own_dropouts_are_not_counted_as_lost() -> None:
     """The 2-hour soak's 98.5 s vitals gap was the simulator's scheduled sensor dropout: the
     real simulator, run over the same two hours, leaves that gap, and the soak explains it."""
