@@ -16,6 +16,7 @@ here, a tenth of the refit itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,6 +39,9 @@ from edgetwin.inference.serving import (
 
 # Generous: a Raspberry Pi reads a day in ~10 s; a twin on a slow SD card can take longer.
 CHILD_TIMEOUT_S = 600.0
+# The refit is background work beside the daemon's readers: on a busy core the child yields
+# to them (nice 10 weighs ~1/10 of the daemon's threads in the kernel's scheduler).
+CHILD_NICENESS = 10
 _STDERR_TAIL = 4000  # characters of a failed child's traceback logged
 _LOGGER = logging.getLogger(__name__)
 
@@ -101,6 +105,9 @@ def _child(stdin: bytes) -> dict[str, Any]:
     """The child's work: one request in, one plan out."""
     from edgetwin.store import TwinStore
 
+    with contextlib.suppress(OSError):  # where niceness cannot be raised, at the daemon's
+        os.nice(CHILD_NICENESS)
+
     request = json.loads(stdin)
     params = RefitParams(**request["params"])
     now = float(request["now"])
@@ -117,7 +124,7 @@ def _usage() -> dict[str, float]:
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    out = {"cpu_s": ru.ru_utime + ru.ru_stime}
+    out = {"cpu_s": ru.ru_utime + ru.ru_stime, "nice": float(os.nice(0))}
     try:
         for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
             if line.startswith("VmHWM:"):
