@@ -951,8 +951,8 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                     and abs(fit["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
 
     # what a day and a month would cost: the settled slope from the level the run ended at
-    end_level = _r(statistics.median(s["rss_mib"] for s in samples[-30:] if "rss_mib" in s)
-                   if any("rss_mib" in s for s in samples[-30:]) else None, 1)
+    ends = [s["rss_mib"] for s in samples[-30:] if "rss_mib" in s]
+    end_level = round(statistics.median(ends), 1) if ends else None
     projection = None
     if settled["per_hour"] is not None and end_level is not None:
         projection = {"from_mib": end_level,
