@@ -1046,6 +1046,20 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
     }
 
 
+def unwind_on_signals() -> None:
+    """SIGTERM and SIGINT unwind through the soak's finally blocks, which stop the daemon, the
+    collector, the emulators and the D-Bus daemon and unmount the small disk; left to their
+    default action they outlived the soak. SIGINT is set explicitly: a shell starts background
+    jobs with it ignored, and Python then keeps it ignored (a Ctrl-C or ``kill -INT`` of a soak
+    started with ``&`` did nothing)."""
+
+    def _terminated(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _terminated)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -1056,12 +1070,6 @@ if __name__ == "__main__":
                         help="inject no faults: the steady reference load (CPU/RSS comparisons)")
     args = parser.parse_args()
 
-    def _terminated(signum: int, _frame: object) -> None:
-        # a SIGTERM (a harness timeout, kill) unwinds through the finally blocks, which stop
-        # the daemon, the collector, the emulators and the D-Bus daemon; left to the default
-        # action they outlived the soak
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminated)
+    unwind_on_signals()
     print(json.dumps(run(args.quick, args.minutes, args.clock_step, faults=not args.no_faults),
                      indent=2, default=float))

@@ -257,3 +257,33 @@ def test_the_refits_children_are_read_from_the_daemons_log() -> None:
            "4301: 3.1 s of CPU, peak 66 MiB\n")
     assert soak.refit_children(log) == {"count": 2, "cpu_s_max": 3.1, "peak_rss_mib_max": 70.0}
     assert soak.refit_children("")["count"] == 0
+
+
+def test_soak_unwinds_on_sigint_even_when_started_with_it_ignored() -> None:
+    # a shell starts a background job (`scripts/bench_soak.py &`) with SIGINT ignored, and
+    # Python keeps it so: the soak must still unwind (its finally blocks stop the daemon and
+    # unmount the small disk) on a Ctrl-C or `kill -INT`
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys, time\n"
+        "from tests.scripts import load_script\n"
+        "soak = load_script('bench_soak')\n"
+        "assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN\n"
+        "soak.unwind_on_signals()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(10)\n"
+        "finally:\n"
+        "    print('unwound', flush=True)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        check=False,
+    )
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert done.stdout.strip() == "unwound"
