@@ -69,3 +69,18 @@ def thread_cpu_s() -> dict[str, float]:
         name = names.get(int(task.name), NATIVE)
         out[name] = round(out.get(name, 0.0) + cpu, 2)
     return out
+
+
+def handles() -> dict[str, int]:
+    """Open file descriptors and live threads (Linux), {} elsewhere.
+
+    Memory is not the only thing a daemon that runs for months can leak: a reconnect that
+    leaves a socket, a D-Bus connection or a thread behind does it again at every drop of a
+    link, and the process dies at its descriptor limit weeks later. The soak reads these
+    beside the RSS to see that each fault gives back what it took.
+    """
+    try:
+        return {"open_fds": sum(1 for _ in Path("/proc/self/fd").iterdir()),
+                "threads": sum(1 for _ in Path("/proc/self/task").iterdir())}
+    except OSError:
+        return {}

@@ -208,6 +208,7 @@ class Daemon:
         self._uncommitted_rows = 0
         self._writer = self._new_writer()
         self._status_read: asyncio.Future[dict[str, Any]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on
         self._store_status_cache: dict[str, Any] = {"store": {"streams": []}}
         self._tail_counts = TailCounts()  # what status readers counted, for the next one
 
@@ -225,6 +226,7 @@ class Daemon:
         if self._writer.closed:  # a second run: a fresh writer, no read of the last loop's
             self._writer = self._new_writer()
             self._status_read = None
+        self._loop = asyncio.get_running_loop()
         lag = asyncio.create_task(self.loop_lag.run(), name="looplag")
         try:
             await self._control.start()
@@ -332,6 +334,8 @@ class Daemon:
                 "memory": procstats.memory_parts(),
                 # CPU seconds per thread: the loop, the writer, each source's reader, ...
                 "threads_cpu_s": procstats.thread_cpu_s(),
+                # descriptors, threads and the loop's tasks: what a reconnect could leak
+                "handles": {**procstats.handles(), "asyncio_tasks": self._task_count()},
                 "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
                 # the refit's and OpenDP's short-lived children, once ended: the daemon's work
                 "children_cpu_s": round(children.ru_utime + children.ru_stime, 3),
@@ -356,6 +360,17 @@ class Daemon:
         }
         out.update(store_part)
         return out
+
+    def _task_count(self) -> int | None:
+        """The loop's live tasks; None before it runs (``status`` from another thread reads
+        the loop it ran on last)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        try:
+            return len(asyncio.all_tasks(loop))
+        except RuntimeError:  # the set changed size while another thread iterated it
+            return None
 
     # -- tasks ---------------------------------------------------------------
 

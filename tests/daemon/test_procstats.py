@@ -91,3 +91,23 @@ def test_memory_parts_add_up_to_the_resident_set() -> None:
     rss = procstats.rss_bytes()
     assert parts["anon_bytes"] > 0 and parts["file_bytes"] > 0
     assert parts["anon_bytes"] + parts["file_bytes"] <= rss * 1.1
+
+
+def test_handles_count_this_process_descriptors_and_threads() -> None:
+    before = procstats.handles()
+    pipes = [os.pipe() for _ in range(10)]
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, name="held")
+    worker.start()
+    try:
+        during = procstats.handles()
+    finally:
+        stop.set()
+        worker.join()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    after = procstats.handles()
+    assert during["open_fds"] - before["open_fds"] == 20
+    assert during["threads"] - before["threads"] == 1
+    assert after == before  # given back: what the soak looks for after every fault

@@ -106,6 +106,10 @@ async def test_status_and_predictions_over_the_control_socket(home: Path) -> Non
     threads = status["daemon"]["threads_cpu_s"]  # the loop's and the writer's CPU, apart
     assert {"MainThread", "edgetwin-writer"} <= threads.keys()
     assert all(v >= 0 for v in threads.values())
+    handles = status["daemon"]["handles"]
+    assert handles["open_fds"] > 3 and handles["threads"] >= 2
+    # the loop's own tasks: the loop-lag probe, the source, the store's consumer, the flusher
+    assert handles["asyncio_tasks"] >= 4
     (src,) = status["sources"]
     assert {"name", "kind", "state", "samples", "drops", "last_sample_t"} <= src.keys()
     assert src["state"] == "streaming"
