@@ -80,6 +80,7 @@ WARM_UP_S = 600.0
 AIMS = {"cpu_share_max": 0.08, "rss_mib_max": 150.0, "loop_lag_p99_ms_max": 20.0,
         "sigkill_loss_s_max": 2.0}
 PASS = "soak passphrase"
+CHURN_EVERY_S = 30.0  # --churn: a link fault this often
 UNIT = ROOT / "scripts" / "edgetwin.service"
 
 
@@ -107,10 +108,19 @@ SOAK_SYNC = "interval_s = 20\nbackoff_initial_s = 10\nbackoff_max_s = 30\n"
 
 
 def run(quick: bool, minutes: float | None = None, clock_step: bool = False,
-        faults: bool = True) -> dict[str, Any]:
+        faults: bool = True, churn: bool = False) -> dict[str, Any]:
     minutes = minutes if minutes is not None else (3.0 if quick else 30.0)
     return _soak(minutes * 60.0, sample_s=5.0 if quick else 10.0, clock_step=clock_step,
-                 faults_on=faults)
+                 faults_on=faults, churn=churn)
+
+
+def churn_schedule(duration: float, every_s: float = CHURN_EVERY_S) -> list[tuple[float, str]]:
+    """``--churn``: only link faults, one every ``every_s`` from the second to the last
+    interval, a BLE link drop (of each strap in turn) and a serial unplug by turns: a leak
+    of one descriptor or task per reconnect shows as a count that climbs fault by fault."""
+    n = max(2, int(duration / every_s) - 2)
+    return [((k + 1) * every_s / duration, "ble_link_drop" if k % 2 == 0 else "serial_unplug")
+            for k in range(n)]
 
 
 # -- pure helpers (unit-tested) ----------------------------------------------
@@ -155,6 +165,11 @@ def kill_gap(t: np.ndarray, nominal: float, kill_at: float, *, max_interval_s: f
 # in use and kept free, SQLite's caches (fitted per hour, whole run and between faults)
 MEMORY_PARTS = ("rss_anon_mib", "rss_file_mib", "py_blocks", "heap_used_mib", "heap_free_mib",
                 "sqlite_mib")
+# what a reconnect can leak besides memory, and how far a count may sit above the one before
+# a fault once it settled (a status read's socket, a refit's pipes, a periodic job's task come
+# and go at any moment)
+HANDLES = ("open_fds", "threads", "asyncio_tasks")
+HANDLES_SLACK = {"open_fds": 2.0, "threads": 1.0, "asyncio_tasks": 2.0}
 SIMULATOR_SEED = 3  # the soak's simulator source (pair add simulator --seed 3)
 SIMULATOR_DROPOUTS_PER_H = 0.12  # edgetwin.sources.simulator: its schedule with dropouts on
 
@@ -318,6 +333,42 @@ def growth_between_faults(samples: list[dict[str, Any]], faults: list[dict[str, 
     return {"per_hour": round(num / den, 3) if den > 0 else None, "stretches": len(stretches),
             "hours": round(sum(st[-1][0] - st[0][0] for st in stretches) / 3600.0, 2),
             "step_after_fault": steps}
+
+
+def handles_given_back(samples: list[dict[str, Any]],
+                       faults: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per kind of handle (:data:`HANDLES`): its range; the step each fault left behind (the
+    median of the minute after the fault settled less that of the minute before it); the count
+    just before each fault and its trend per fault (a least-squares line through them: faults
+    closer together than a settled minute, as ``--churn`` makes them, have no steps); and
+    ``kept_by``, the faults, or the trend, that kept more than :data:`HANDLES_SLACK`. A
+    descriptor or a task a reconnect leaves behind comes back at every drop of a link, for as
+    long as the daemon runs."""
+    out: dict[str, Any] = {}
+    for key in HANDLES:
+        rows = [s for s in samples if s.get(key) is not None]
+        if not rows:
+            continue
+        values = [s[key] for s in rows]
+        steps = growth_between_faults(samples, faults, key).get("step_after_fault", {})
+        kept = {name: step for name, step in steps.items() if step > HANDLES_SLACK[key]}
+        # the last count before each fault, within the lifetime the run ended in (a restart
+        # starts from its own count)
+        life = rows[-1].get("lifetime", 0)
+        before = []
+        for f in faults:
+            prior = [s[key] for s in rows if s["t"] < f["at"] and s.get("lifetime", 0) == life]
+            if prior:
+                before.append(prior[-1])
+        trend = None
+        if len(before) >= 3:
+            trend = round(float(np.polyfit(np.arange(len(before)), before, 1)[0]), 3)
+            if trend * (len(before) - 1) > HANDLES_SLACK[key]:
+                kept["trend"] = round(trend * (len(before) - 1), 2)
+        out[key] = {"first": values[0], "last": values[-1], "min": min(values),
+                    "max": max(values), "step_after_fault": steps,
+                    "before_each_fault": before, "trend_per_fault": trend, "kept_by": kept}
+    return out
 
 
 def warm_up_rise(lifetimes: list[list[dict[str, Any]]], warm_up_s: float) -> list[float | None]:
@@ -563,7 +614,7 @@ def _write_optics_file(path: Path, seconds: float) -> None:
 
 
 def _soak(duration: float, sample_s: float, clock_step: bool = False,
-          faults_on: bool = True) -> dict[str, Any]:
+          faults_on: bool = True, churn: bool = False) -> dict[str, Any]:
     from edgetwin.emulators.bridge import BridgeEmulator
     from tests.sources.bluez_emulator import EmulatorProcess, PrivateBus, control
 
@@ -659,6 +710,10 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                     schedule = [x for x in schedule
                                 if x[1] not in ("disk_nearly_full", "disk_stall")]
                     not_injected["disk_stall"] = disk.why_not
+                if churn:  # --churn: link faults only, again and again (leaks per reconnect)
+                    not_injected.update((name, "--churn") for _, name in schedule
+                                        if name not in ("ble_link_drop", "serial_unplug"))
+                    schedule = churn_schedule(duration)
                 if not faults_on:  # --no-faults: the steady load alone (footprint comparisons)
                     not_injected.update((name, "--no-faults") for _, name in schedule)
                     schedule = []
@@ -697,8 +752,9 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                             cli("consent", "grant", "rmssd_mean")  # releases fall due while down
                             open_faults[name] = (elapsed + outage, fault)
                         elif name == "ble_link_drop":
-                            asyncio.run(control(bus.address, "DropLink", STRAPS[0]))
-                            fault["streams"] = ["strap0"]
+                            k = sum(f["name"] == name for f in faults) - 1  # each in turn
+                            asyncio.run(control(bus.address, "DropLink", STRAPS[k % len(STRAPS)]))
+                            fault["streams"] = [f"strap{k % len(STRAPS)}"]
                         elif name == "serial_unplug":
                             bridge.unplug()
                             time.sleep(10.0)
@@ -779,6 +835,10 @@ def _soak(duration: float, sample_s: float, clock_step: bool = False,
                             if mem_parts.get(key) is not None:
                                 row[key.replace("_bytes", "_mib")] = mem_parts[key] / 2**20
                         row["threads_cpu_s"] = d.get("threads_cpu_s")
+                        # descriptors, threads, the loop's tasks: does each fault give back
+                        # what its reconnects took
+                        for key in HANDLES:
+                            row[key] = (d.get("handles") or {}).get(key)
                         row["loop_lag_max_ms"] = (d.get("loop_lag_ms") or {}).get("max")
                         row["drops"] = sum(s.get("drops", 0) for s in st.get("sources", []))
                         # what the hypervisor took from this VM meanwhile (CPU figures of a
@@ -950,6 +1010,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         return bool(fit["per_hour"] is not None and rss["median"]
                     and abs(fit["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
 
+    handles = handles_given_back(samples, rel_faults)
     # what a day and a month would cost: the settled slope from the level the run ended at
     ends = [s["rss_mib"] for s in samples[-30:] if "rss_mib" in s]
     end_level = round(statistics.median(ends), 1) if ends else None
@@ -979,6 +1040,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "growth_between_faults_by_part": {
             part: growth_between_faults(samples, rel_faults, part)["per_hour"]
             for part in MEMORY_PARTS},
+        "handles": handles,
         "cpu_share_by_thread": thread_shares(longest),
         "cpu_spikes": cpu_spikes(lifetimes),
         "faults": [{k: (round(v, 1) if k in ("at", "until") else v) for k, v in f.items()}
@@ -987,14 +1049,15 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
         "series": {"columns": ["t_s", "cpu_share", "rss_mib", "loop_lag_p99_ms",
                                "loop_lag_max_ms", "drops", "db_mib", "rss_anon_mib",
                                "rss_file_mib", "py_blocks", "heap_used_mib", "heap_free_mib",
-                               "sqlite_mib", "writer_running_for_s", "hub_queued_mib"],
+                               "sqlite_mib", "writer_running_for_s", "hub_queued_mib",
+                               *HANDLES],
                    "rows": [[round(s["t"], 1), _r(s.get("cpu_share"), 4), _r(s.get("rss_mib"), 1),
                              s.get("loop_lag_p99_ms"), s.get("loop_lag_max_ms"), s.get("drops"),
                              round(s["db_bytes"] / 2**20, 2), _r(s.get("rss_anon_mib"), 1),
                              _r(s.get("rss_file_mib"), 1), s.get("py_blocks"),
                              _r(s.get("heap_used_mib"), 2), _r(s.get("heap_free_mib"), 2),
                              _r(s.get("sqlite_mib"), 2), s.get("writer_running_for_s"),
-                             _r(s.get("hub_queued_mib"), 2)]
+                             _r(s.get("hub_queued_mib"), 2), *(s.get(k) for k in HANDLES)]
                             for s in samples]},
         "not_injected": not_injected,
         "store_errors_seen": sorted({str(s["store_error"])[:160] for s in samples
@@ -1032,6 +1095,9 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
             # the run's growth after each lifetime's warm-up within 5 % of its median RSS
             "memory_flat": flat(settled),
             "memory_flat_warm_up_included": flat(between),
+            # every fault gave back the descriptors, threads and tasks its recovery took
+            "handles_given_back": bool(handles) and not any(h["kept_by"]
+                                                            for h in handles.values()),
         },
         "committed_lost_at_kill_rows": lost_committed,
         "sigkill_lost_s_max_over_streams": {
@@ -1066,10 +1132,14 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--clock-step", action="store_true",
                         help="step the machine's clock 30 s forward and back (root)")
+    parser.add_argument("--churn", action="store_true",
+                        help=f"only link faults, a BLE drop or a serial unplug every "
+                             f"{CHURN_EVERY_S:.0f} s (leaks per reconnect)")
     parser.add_argument("--no-faults", action="store_true",
                         help="inject no faults: the steady reference load (CPU/RSS comparisons)")
     args = parser.parse_args()
 
     unwind_on_signals()
-    print(json.dumps(run(args.quick, args.minutes, args.clock_step, faults=not args.no_faults),
+    print(json.dumps(run(args.quick, args.minutes, args.clock_step, faults=not args.no_faults,
+                         churn=args.churn),
                      indent=2, default=float))

@@ -287,3 +287,42 @@ def test_soak_unwinds_on_sigint_even_when_started_with_it_ignored() -> None:
     )
     assert done.returncode == 128 + signal.SIGINT, done.stderr
     assert done.stdout.strip() == "unwound"
+
+
+def test_a_fault_that_keeps_a_descriptor_is_named_and_one_that_gives_it_back_is_not() -> None:
+    soak = _soak()
+    faults = [{"name": "ble_link_drop", "at": 600.0},
+              {"name": "serial_unplug", "at": 1200.0, "until": 1210.0}]
+    samples = []
+    for t in np.arange(0.0, 1800.0, 10.0):
+        # the BLE drop's recovery keeps 3 descriptors and a task; the unplug's gives all back
+        fds = 40 + (3 if t > 650.0 else 0) + (5 if 1195.0 < t < 1300.0 else 0)
+        samples.append({"t": float(t), "lifetime": 0, "open_fds": fds, "threads": 12,
+                        "asyncio_tasks": 30 + (1 if t > 650.0 else 0)})
+    got = soak.handles_given_back(samples, faults)
+    assert got["open_fds"]["kept_by"] == {"ble_link_drop": 3.0}
+    assert got["open_fds"]["step_after_fault"]["serial_unplug"] == 0.0
+    assert got["open_fds"]["max"] == 48
+    assert got["threads"]["kept_by"] == {}
+    # one task is within the slack (a periodic job's may be alive at any sample)
+    assert got["asyncio_tasks"]["kept_by"] == {}
+    assert soak.handles_given_back([{"t": 0.0, "lifetime": 0}], faults) == {}
+
+
+def test_a_descriptor_kept_at_every_reconnect_shows_as_a_trend_over_churned_faults() -> None:
+    soak = _soak()
+    schedule = soak.churn_schedule(600.0)
+    assert [name for _, name in schedule[:3]] == ["ble_link_drop", "serial_unplug",
+                                                  "ble_link_drop"]
+    assert len(schedule) == 18 and all(0.0 < at < 1.0 for at, _ in schedule)
+    faults = [{"name": name, "at": at * 600.0} for at, name in schedule]
+    samples = []
+    for t in np.arange(0.0, 600.0, 5.0):
+        done = sum(f["at"] + 2.0 < t for f in faults)
+        samples.append({"t": float(t), "lifetime": 0, "open_fds": 40 + done,  # one per fault
+                        "threads": 12, "asyncio_tasks": 30 + (t % 30.0 < 5.0)})  # jitter
+    got = soak.handles_given_back(samples, faults)
+    assert got["open_fds"]["before_each_fault"][:3] == [40, 41, 42]
+    assert got["open_fds"]["trend_per_fault"] == pytest.approx(1.0)
+    assert got["open_fds"]["kept_by"] == {"trend": pytest.approx(17.0)}
+    assert got["threads"]["kept_by"] == {} and got["asyncio_tasks"]["kept_by"] == {}
