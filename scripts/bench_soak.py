@@ -1,7 +1,7 @@
 """Soak: the real daemon at the reference load, with faults on a schedule.
 
 Reproduce: ``scripts/bench --only soak`` (30 min), ``--quick`` (3 min), or
-``python scripts/bench_soak.py --minutes N [--clock-step]``.
+``python scripts/bench_soak.py --minutes N [--clock-step] [--churn]``.
 
 A fresh twin (``EDGETWIN_KDF_PROFILE=test``) with these sources, each driven
 by an existing bench/test helper:
@@ -33,15 +33,17 @@ or a twentieth of a shorter run: every write and fsync of the twin blocks, as on
 card or a host busy with I/O; no stream may lose anything, the hub's queues hold ~100 s);
 SIGKILL of the daemon with an immediate restart; with
 ``--clock-step`` (root only: it steps the whole machine's clock) the host
-clock stepped 30 s forward and, 60 s later, back.
+clock stepped 30 s forward and, 60 s later, back. ``--churn`` injects nothing but link
+faults, one every 30 s: a BLE link drop of each strap in turn and a serial unplug by turns.
 
 ``EDGETWIN_SOAK_HISTORY_H=24`` seeds that many hours of what the daemon stores (a frame
 of five targets and their forecasts every 5 s, ending at the start) so the refit at start
 and every 30 minutes works over a full day, as on a twin that has run that long.
 
 Every ~10 s (5 s with ``--quick``) the daemon's CPU share (utime+stime over
-wall time from /proc, its ended children's included), RSS, loop lag p99 and hub
-drops (``edgetwin status --json``) and the store's file size are sampled. At the end the daemon is
+wall time from /proc, its ended children's included), RSS, loop lag p99, hub
+drops and open descriptors, threads and asyncio tasks (``edgetwin status --json``) and the
+store's file size are sampled. At the end the daemon is
 stopped and the store is read back: every gap in each stream's stored sample
 times (longer than 3 nominal intervals and 0.5 s) is attributed to a fault or
 reported as unexplained, in seconds of data; the collector's database is
