@@ -8,7 +8,13 @@ interval). Values are quantised like the devices' ADCs so compression behaves as
 on real data. The baseline writes the very same batches, coalesced the same way,
 as raw float64 bytes into plain SQLite (WAL, synchronous=FULL, same indexes).
 
-Both sides run in one process, a pair per repeat in alternating order. Besides wall time
+A third side, the format's floor, writes the same batches in the store's chunk format
+(shuffle + Zstandard, AES-GCM under a chunk's associated data, one row per stream and
+commit, the store's chunk table) with none of the store's own work (series, keys, days,
+tails, checks): what the format costs by itself, so the store's figure can be read against
+what compression and encryption alone take.
+
+All sides run in one process, a round per repeat in alternating order. Besides wall time
 (what the target is set in) each side's CPU time (``time.process_time``: user + system,
 fsync's kernel work included, waiting for the disk not) is reported: on a shared machine
 the wall-time ratio swings with other processes' I/O, the CPU ratio much less.
@@ -59,6 +65,7 @@ def run(quick: bool) -> dict[str, Any]:
     samples = sum(len(b) for sec in batches for b in sec)
     enc_rates, plain_rates, enc_commit_ms, plain_commit_ms = [], [], [], []
     pair_ratios, cpu_ratios = [], []
+    floor_ratios, floor_cpu_ratios = [], []
     enc_bytes = plain_bytes = 0.0
     read_rates = []
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
@@ -67,8 +74,10 @@ def run(quick: bool) -> dict[str, Any]:
             # side always gets the warmer cache; the pair's ratio cancels slow spells of a
             # shared machine better than a ratio of medians taken minutes apart
             pair: dict[str, float] = {}
-            for side in ("enc", "plain") if r % 2 == 0 else ("plain", "enc"):
-                if side == "enc":
+            for side in ("enc", "plain", "floor") if r % 2 == 0 else ("floor", "plain", "enc"):
+                if side == "floor":
+                    t, cpu = _run_format_floor(Path(tmp) / f"floor{r}.db", batches)
+                elif side == "enc":
                     home = Path(tmp) / f"enc{r}"
                     t, cpu, per_commit, size, read_rate = _run_encrypted(home, batches)
                     enc_rates.append(samples / t)
@@ -83,6 +92,8 @@ def run(quick: bool) -> dict[str, Any]:
                 pair[side], pair[side + "_cpu"] = t, cpu
             pair_ratios.append(pair["enc"] / pair["plain"])
             cpu_ratios.append(pair["enc_cpu"] / pair["plain_cpu"])
+            floor_ratios.append(pair["floor"] / pair["plain"])
+            floor_cpu_ratios.append(pair["floor_cpu"] / pair["plain_cpu"])
         unlock = _unlock_times(Path(tmp) / "unlock", 2 if quick else 5)
         year_old_ms = _year_old_commits(Path(tmp) / "year", batches[:60])
         destroy = {mode: [_destroy_a_day(Path(tmp) / f"day-{mode}-{r}", mode, quick)
@@ -100,6 +111,12 @@ def run(quick: bool) -> dict[str, Any]:
             "cpu_slowdown_per_pair": sorted(cpu_ratios),  # each repeat: CPU seconds enc / plain
             "cpu_slowdown_pair_median": statistics.median(cpu_ratios),
             "target_slowdown": 1.3,
+            # the same batches in the store's format (shuffle + Zstandard, AES-GCM under the
+            # chunk's associated data, one row per stream and commit) with none of the store's
+            # own work: no series, keys, days, tails or checks. What the format costs by itself
+            # in Python, as a floor under the store's figure
+            "format_floor_slowdown_pair_median": statistics.median(floor_ratios),
+            "format_floor_cpu_slowdown_pair_median": statistics.median(floor_cpu_ratios),
             "samples_per_run": samples,
             "simulated_seconds": seconds,
             "streams": len(STREAMS),
@@ -259,6 +276,52 @@ def _written() -> int:
     except OSError:
         pass
     return 0
+
+
+def _run_format_floor(path: Path, batches: list[list[SampleBatch]]) -> tuple[float, float]:
+    """The store's chunk format alone, as a floor: per commit and stream the batches joined,
+    their first and last time, encoded, sealed under an AD like a chunk's and inserted in one
+    statement into a chunk table like the store's; (wall s, CPU s)."""
+    import math
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from edgetwin.store import codec
+
+    aead, twin_id, sid = AESGCM(os.urandom(32)), os.urandom(16), os.urandom(16)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE chunk (series_no INTEGER NOT NULL, seq INTEGER NOT NULL, key_id INTEGER,"
+        " first_hour INTEGER, last_hour INTEGER, sealed BLOB, PRIMARY KEY (series_no, seq))"
+    )  # the store's chunk table and its index (edgetwin/store/schema.py)
+    conn.execute("CREATE INDEX chunk_time ON chunk(series_no, first_hour, seq)")
+    seqs: dict[str, int] = {}
+    numbers: dict[str, int] = {}
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    for sec in batches:
+        grouped: dict[str, list[SampleBatch]] = {}
+        for b in sec:
+            grouped.setdefault(b.stream, []).append(b)
+        conn.execute("BEGIN IMMEDIATE")
+        rows = []
+        for name, bs in grouped.items():
+            t = np.concatenate([b.t for b in bs])
+            v = np.concatenate([b.values for b in bs])
+            seq = seqs.get(name, 0)
+            seqs[name] = seq + 1
+            b0, b1 = math.floor(float(t.min()) / 3600), math.floor(float(t.max()) / 3600)
+            plain = codec.encode_samples(0, t, v)
+            sealed = codec.seal(aead, plain, codec.chunk_ad(twin_id, sid, seq, 1, b0, b1))
+            rows.append((numbers.setdefault(name, len(numbers)), seq, 1, b0, b1, sealed))
+        conn.executemany("INSERT INTO chunk VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    conn.close()
+    return elapsed, cpu
 
 
 def _run_plain(
