@@ -1008,9 +1008,13 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                                                    warm_up_s=warm_up)["per_hour"]
                        for part in MEMORY_PARTS}
 
-    def flat(fit: dict[str, Any]) -> bool:
-        return bool(fit["per_hour"] is not None and rss["median"]
-                    and abs(fit["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
+    def flat(fit: dict[str, Any]) -> bool | None:
+        if fit["per_hour"] is None or not rss["median"]:
+            return None  # no stretch long enough to fit (a --quick or --churn run)
+        return bool(abs(fit["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
+
+    # the SIGKILL's aims: None (not judged) in a run without one (--churn, --no-faults)
+    killed = any(f["name"] == "sigkill_restart" for f in faults)
 
     handles = handles_given_back(samples, rel_faults)
     # what a day and a month would cost: the settled slope from the level the run ended at
@@ -1089,10 +1093,12 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                 (s.get("rss_hwm_mib") or 0) <= AIMS["rss_mib_max"] for s in samples),
             "loop_lag_p99_le_20ms": lag["p99"] is not None and
             lag["p99"] <= AIMS["loop_lag_p99_ms_max"],
-            "nothing_committed_lost": all(v == 0 for v in lost_committed.values())
-            and bool(lost_committed),
-            "sigkill_loss_le_2s_incl_restart": bool(kill_losses) and max(kill_losses) <= 2.0,
-            "sigkill_uncommitted_le_2s": bool(kill_uncommitted) and max(kill_uncommitted) <= 2.0,
+            "nothing_committed_lost": (all(v == 0 for v in lost_committed.values())
+                                       and bool(lost_committed)) if killed else None,
+            "sigkill_loss_le_2s_incl_restart": (bool(kill_losses) and max(kill_losses) <= 2.0)
+            if killed else None,
+            "sigkill_uncommitted_le_2s": (bool(kill_uncommitted) and max(kill_uncommitted) <= 2.0)
+            if killed else None,
             "no_unexplained_gaps": not unexplained,
             # the run's growth after each lifetime's warm-up within 5 % of its median RSS
             "memory_flat": flat(settled),
