@@ -278,6 +278,16 @@ def _written() -> int:
     return 0
 
 
+def _joined(sec: list[SampleBatch]) -> list[tuple[str, SampleBatch, np.ndarray, np.ndarray]]:
+    """A second's batches per stream as a commit writes them: (stream, its first batch, the
+    times and the values joined)."""
+    grouped: dict[str, list[SampleBatch]] = {}
+    for b in sec:
+        grouped.setdefault(b.stream, []).append(b)
+    return [(name, bs[0], np.concatenate([b.t for b in bs]), np.concatenate([b.values for b in bs]))
+            for name, bs in grouped.items()]
+
+
 def _run_format_floor(path: Path, batches: list[list[SampleBatch]]) -> tuple[float, float]:
     """The store's chunk format alone, as a floor: per commit and stream the batches joined,
     their first and last time, encoded, sealed under an AD like a chunk's and inserted in one
@@ -302,14 +312,9 @@ def _run_format_floor(path: Path, batches: list[list[SampleBatch]]) -> tuple[flo
     cpu0 = time.process_time()
     start = time.perf_counter()
     for sec in batches:
-        grouped: dict[str, list[SampleBatch]] = {}
-        for b in sec:
-            grouped.setdefault(b.stream, []).append(b)
         conn.execute("BEGIN IMMEDIATE")
         rows = []
-        for name, bs in grouped.items():
-            t = np.concatenate([b.t for b in bs])
-            v = np.concatenate([b.values for b in bs])
+        for name, _, t, v in _joined(sec):
             seq = seqs.get(name, 0)
             seqs[name] = seq + 1
             b0, b1 = math.floor(float(t.min()) / 3600), math.floor(float(t.max()) / 3600)
@@ -341,18 +346,13 @@ def _run_plain(
     start = time.perf_counter()
     for sec in batches:
         c0 = time.perf_counter()
-        grouped: dict[str, list[SampleBatch]] = {}
-        for b in sec:
-            grouped.setdefault(b.stream, []).append(b)
         conn.execute("BEGIN IMMEDIATE")
         rows = []
-        for name, bs in grouped.items():
-            t = np.concatenate([b.t for b in bs])
-            v = np.concatenate([b.values for b in bs])
+        for name, first, t, v in _joined(sec):
             seq = seqs.get(name, 0)
             seqs[name] = seq + 1
-            rows.append((name, seq, int(t[0] // 3600), int(t[-1] // 3600), ",".join(bs[0].channels),
-                         t.tobytes(), v.tobytes()))
+            rows.append((name, seq, int(t[0] // 3600), int(t[-1] // 3600),
+                         ",".join(first.channels), t.tobytes(), v.tobytes()))
         conn.executemany("INSERT INTO chunk VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         conn.execute("COMMIT")
         per_commit.append((time.perf_counter() - c0) * 1000)
