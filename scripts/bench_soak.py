@@ -83,6 +83,7 @@ AIMS = {"cpu_share_max": 0.08, "rss_mib_max": 150.0, "loop_lag_p99_ms_max": 20.0
         "sigkill_loss_s_max": 2.0}
 PASS = "soak passphrase"
 CHURN_EVERY_S = 30.0  # --churn: a link fault this often
+MIN_FIT_H = 0.25  # memory flat is judged on at least this much time between faults
 UNIT = ROOT / "scripts" / "edgetwin.service"
 
 
@@ -335,6 +336,16 @@ def growth_between_faults(samples: list[dict[str, Any]], faults: list[dict[str, 
     return {"per_hour": round(num / den, 3) if den > 0 else None, "stretches": len(stretches),
             "hours": round(sum(st[-1][0] - st[0][0] for st in stretches) / 3600.0, 2),
             "step_after_fault": steps}
+
+
+def judge_flat(fit: dict[str, Any], rss_median: float | None, duration: float) -> bool | None:
+    """Memory flat: the fitted slope over the run's length within 5 % of its median RSS. None
+    (not judged) when the stretches between faults add up to less than :data:`MIN_FIT_H`:
+    a 30-minute run with seven faults leaves ~5 minutes of them, where a slope of +13 MiB/h
+    is noise, not a month's growth (a --quick or --churn run leaves none)."""
+    if fit["per_hour"] is None or not rss_median or fit.get("hours", 0.0) < MIN_FIT_H:
+        return None
+    return bool(abs(fit["per_hour"]) * (duration / 3600) < 0.05 * rss_median)
 
 
 def handles_given_back(samples: list[dict[str, Any]],
@@ -1009,9 +1020,7 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                        for part in MEMORY_PARTS}
 
     def flat(fit: dict[str, Any]) -> bool | None:
-        if fit["per_hour"] is None or not rss["median"]:
-            return None  # no stretch long enough to fit (a --quick or --churn run)
-        return bool(abs(fit["per_hour"]) * (duration / 3600) < 0.05 * rss["median"])
+        return judge_flat(fit, rss["median"], duration)
 
     # the SIGKILL's aims: None (not judged) in a run without one (--churn, --no-faults)
     killed = any(f["name"] == "sigkill_restart" for f in faults)

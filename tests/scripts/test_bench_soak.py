@@ -326,3 +326,12 @@ def test_a_descriptor_kept_at_every_reconnect_shows_as_a_trend_over_churned_faul
     assert got["open_fds"]["trend_per_fault"] == pytest.approx(1.0)
     assert got["open_fds"]["kept_by"] == {"trend": pytest.approx(17.0)}
     assert got["threads"]["kept_by"] == {} and got["asyncio_tasks"]["kept_by"] == {}
+
+
+def test_memory_flat_is_not_judged_on_a_few_minutes_between_faults() -> None:
+    soak = _soak()
+    # the 30-minute soak's settled fit: +13 MiB/h over 0.08 h of stretches is noise
+    assert soak.judge_flat({"per_hour": 13.0, "hours": 0.08}, 130.0, 1800.0) is None
+    assert soak.judge_flat({"per_hour": None, "stretches": 0}, 130.0, 180.0) is None
+    assert soak.judge_flat({"per_hour": -0.52, "hours": 1.2}, 133.8, 7200.0) is True
+    assert soak.judge_flat({"per_hour": 4.0, "hours": 1.2}, 133.8, 7200.0) is False
