@@ -1019,9 +1019,6 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
                                                    warm_up_s=warm_up)["per_hour"]
                        for part in MEMORY_PARTS}
 
-    def flat(fit: dict[str, Any]) -> bool | None:
-        return judge_flat(fit, rss["median"], duration)
-
     # the SIGKILL's aims: None (not judged) in a run without one (--churn, --no-faults)
     killed = any(f["name"] == "sigkill_restart" for f in faults)
 
@@ -1110,8 +1107,8 @@ def _report(duration: float, wall: float, samples: list[dict[str, Any]],
             if killed else None,
             "no_unexplained_gaps": not unexplained,
             # the run's growth after each lifetime's warm-up within 5 % of its median RSS
-            "memory_flat": flat(settled),
-            "memory_flat_warm_up_included": flat(between),
+            "memory_flat": judge_flat(settled, rss["median"], duration),
+            "memory_flat_warm_up_included": judge_flat(between, rss["median"], duration),
             # every fault gave back the descriptors, threads and tasks its recovery took
             "handles_given_back": bool(handles) and not any(h["kept_by"]
                                                             for h in handles.values()),
