@@ -95,7 +95,8 @@ def run(quick: bool) -> dict[str, Any]:
             floor_ratios.append(pair["floor"] / pair["plain"])
             floor_cpu_ratios.append(pair["floor_cpu"] / pair["plain_cpu"])
         unlock = _unlock_times(Path(tmp) / "unlock", 2 if quick else 5)
-        year_old_ms = _year_old_commits(Path(tmp) / "year", batches[:60])
+        year_old_ms, new_day_ms, year_keystore, year_unlock_ms = _year_old_commits(
+            Path(tmp) / "year", batches[:60])
         destroy = {mode: [_destroy_a_day(Path(tmp) / f"day-{mode}-{r}", mode, quick)
                           for r in range(2 if quick else 3)] for mode in ("store", "1")}
     enc_med, plain_med = statistics.median(enc_rates), statistics.median(plain_rates)
@@ -133,6 +134,12 @@ def run(quick: bool) -> dict[str, Any]:
             "p99": _p(year_old_ms, 99),
             "unit": "ms per 1 s flush, every stream holding a year of days (raw kept 365 d)",
             "fresh_median": statistics.median(enc_commit_ms),
+            # the first flush of a UTC day: a data key per series, the keystore rewritten
+            "first_of_a_day_median": statistics.median(new_day_ms),
+            "first_of_a_day_max": max(new_day_ms),
+            "keystore_bytes": year_keystore,
+            # test KDF parameters: the cost of a year of keys, without the passphrase's
+            "unlock_ms_median": statistics.median(year_unlock_ms),
         },
         "destroy_a_day": {
             # retention (or a forget, or the room floor) destroying a day of raw samples:
@@ -216,9 +223,14 @@ def _run_encrypted(
     return elapsed, cpu, per_commit, _size(home / "twin.db"), read_rate
 
 
-def _year_old_commits(home: Path, batches: list[list[SampleBatch]]) -> list[float]:
+def _year_old_commits(
+    home: Path, batches: list[list[SampleBatch]]
+) -> tuple[list[float], list[float], int, list[float]]:
     """Flush times once every stream has a year of days behind it: a series' sealed
-    description lists its days and is re-sealed at each commit that touches it."""
+    description lists its days and is re-sealed at each commit that touches it. Then the
+    first flush of each of three new days (it makes a data key per series and rewrites the
+    keystore, which holds a year of them) and unlock times of that twin; (flush ms, new-day
+    flush ms, keystore bytes, unlock ms)."""
     store = TwinStore.create(home, Secret.passphrase("bench"), kdf=KdfParams.for_tests())
     for day in range(365, 0, -1):
         for sec in batches[:1]:
@@ -233,8 +245,24 @@ def _year_old_commits(home: Path, batches: list[list[SampleBatch]]) -> list[floa
             store.append_samples(b)
         store.commit()
         per_commit.append((time.perf_counter() - c0) * 1000)
+    first = batches[-1][0].t[0]
+    to_midnight = (first // 86400.0 + 1) * 86400.0 - first
+    new_day = []
+    for k in range(3):
+        c0 = time.perf_counter()
+        for b in batches[-1]:
+            store.append_samples(SampleBatch.build(b.stream, b.channels,
+                                                   b.t + to_midnight + k * 86400.0, b.values))
+        store.commit()
+        new_day.append((time.perf_counter() - c0) * 1000)
     store.close()
-    return per_commit
+    keystore = (home / "keystore.json").stat().st_size
+    unlock = []
+    for _ in range(3):
+        u0 = time.perf_counter()
+        TwinStore.open(home, Secret.passphrase("bench")).close()
+        unlock.append((time.perf_counter() - u0) * 1000)
+    return per_commit, new_day, keystore, unlock
 
 
 def _destroy_a_day(home: Path, secure_delete: str, quick: bool) -> dict[str, float]:
