@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,19 +15,6 @@ import pytest
 from edgetwin import clock as twin_clock
 
 EXE = [sys.executable, "-m", "edgetwin"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    pw = tmp_path / "pw"
-    pw.write_text("daemon e2e passphrase\n")
-    pw.chmod(0o600)
-    return {
-        **os.environ,
-        "EDGETWIN_HOME": str(tmp_path / "home"),
-        "EDGETWIN_PASSPHRASE_FILE": str(pw),
-        "EDGETWIN_KDF_PROFILE": "test",
-    }
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 
 from edgetwin.store import Secret, TwinStore
 
+from .conftest import PASSPHRASE
 from .test_daemon_e2e import cli
 
 DAY_S = 86_400
@@ -29,16 +29,7 @@ PAST_S = 12  # and stops once a frame this long after it is stored
 
 
 @pytest.fixture
-def realtime_twin(tmp_path: Path) -> dict[str, str]:
-    pw = tmp_path / "pw"
-    pw.write_text("midnight passphrase\n")
-    pw.chmod(0o600)
-    env = {
-        **os.environ,
-        "EDGETWIN_HOME": str(tmp_path / "home"),
-        "EDGETWIN_PASSPHRASE_FILE": str(pw),
-        "EDGETWIN_KDF_PROFILE": "test",
-    }
+def realtime_twin(env: dict[str, str]) -> dict[str, str]:
     cli(env, "init")
     cli(env, "pair", "add", "simulator", "--seed", "7")  # real time, the daemon's 1 s flush
     return env
@@ -85,7 +76,7 @@ def test_the_daemon_crosses_utc_midnight_without_a_gap_and_with_new_day_keys(
 
     home = Path(realtime_twin["EDGETWIN_HOME"])
     monkeypatch.setenv("EDGETWIN_KDF_PROFILE", "test")
-    store = TwinStore.open(home, Secret.passphrase("midnight passphrase"))
+    store = TwinStore.open(home, Secret.passphrase(PASSPHRASE))
     try:
         streams = [s.name for s in store.streams()]
         assert len(streams) >= 5, streams
