@@ -5,6 +5,7 @@ real simulator, writer thread and store."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -25,7 +26,7 @@ from .test_daemon_e2e import cli
 
 DAY_S = 86_400
 BEFORE_S = 25  # the daemon starts this long before midnight (it is up in ~3 s)
-PAST_S = 12  # and stops once a frame this long after it is stored
+PAST_S = 12  # and is stopped (SIGTERM: all of it committed) once it has a frame this late
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_the_daemon_crosses_utc_midnight_without_a_gap_and_with_new_day_keys(
     # after midnight got that day's key (the keys are what forget and retention destroy).
     day = midnight // DAY_S
     first_hour = midnight // 3600
-    with sqlite3.connect(f"file:{home / 'twin.db'}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{home / 'twin.db'}?mode=ro", uri=True)) as db:
         wrong = db.execute(
             "SELECT count(*) FROM chunk c JOIN dek d ON d.id = c.key_id"
             " WHERE d.period != (CASE WHEN c.first_hour >= ? THEN ? ELSE ? END)",
