@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import math
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 from edgetwin.store import Secret, TwinStore
 
 from .conftest import PASSPHRASE
-from .test_daemon_e2e import cli
+from .test_daemon_e2e import EXE, cli, wait_status
 
 DAY_S = 86_400
 BEFORE_S = 25  # the daemon starts this long before midnight (it is up in ~3 s)
@@ -47,24 +45,13 @@ def test_the_daemon_crosses_utc_midnight_without_a_gap_and_with_new_day_keys(
     midnight = (math.floor((now + 3600) / DAY_S) + 1) * DAY_S  # at least an hour ahead
     faked = {**realtime_twin, "LD_PRELOAD": lib[0],
              "FAKETIME": f"+{int(midnight - BEFORE_S - now)}"}
-    exe = [sys.executable, "-m", "edgetwin"]
 
     log = tmp_path / "daemon.log"  # a file, not a pipe nobody reads while it runs
     with log.open("w") as out:
-        proc = subprocess.Popen([*exe, "daemon", "run"], env=faked, stderr=out)
+        proc = subprocess.Popen([*EXE, "daemon", "run"], env=faked, stderr=out)
     try:
-        deadline = time.monotonic() + BEFORE_S + PAST_S + 60
-        last = None
-        while time.monotonic() < deadline:
-            got = subprocess.run([*exe, "status", "--json"], env=faked,
-                                 capture_output=True, text=True, timeout=60, check=False)
-            if got.returncode == 0:
-                last = json.loads(got.stdout)["daemon"].get("last_frame_t")
-                if last is not None and last >= midnight + PAST_S:
-                    break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"no frame {PAST_S} s past midnight; the last at {last}")
+        wait_status(faked, lambda st: (st["daemon"].get("last_frame_t") or 0) >= midnight + PAST_S,
+                    timeout=BEFORE_S + PAST_S + 60)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
